@@ -1,1 +1,101 @@
-fn main() {}
+//! The `egresswatch` command line: argument parsing and wiring only. Each subcommand hands
+//! over to the crate that does the work (`flowlog`, `egresswatch-provision`,
+//! `egresswatch-monitor`) and turns its result into output and an exit status.
+
+mod parse_cmd;
+mod provision_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Stand up a SageMaker Studio VPC with controlled internet egress, and watch what leaves it.
+///
+/// egresswatch provisions the network an accepted architecture decision describes (private
+/// subnets, NAT gateway, S3 gateway endpoint, HTTPS-only security group, Studio in VpcOnly
+/// mode) with VPC flow logs that attribute every NAT flow to its workload, and runs a daemon
+/// that reads those flow logs, flags non-HTTPS and anomalous egress, exports Prometheus
+/// metrics and raises alerts.
+///
+/// AWS credentials and region come from the standard chain (environment, profile, SSO,
+/// instance role). Set AWS_ENDPOINT_URL (or --endpoint-url) to talk to an emulator.
+#[derive(Parser)]
+#[command(
+    name = "egresswatch",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, inspect, repair and delete the egress-controlled Studio network in an account.
+    Provision(provision_cmd::ProvisionArgs),
+    /// Run the monitoring daemon over the stack's flow logs (not yet available).
+    Monitor,
+    /// Parse flow-log files and print records as JSON lines, or a summary of counts.
+    ///
+    /// Reads each FILE in turn (stdin when none is given or for `-`); `.gz` files are
+    /// decompressed. A file whose first line is a header (as S3 delivery writes) is read in
+    /// that header's format, unless --format is given. Each bad line is reported on stderr as
+    /// FILE:LINE: REASON and parsing goes on.
+    ///
+    /// Exit status: 0 when every input was read (bad lines included), 1 when an input could
+    /// not be read, 2 for a usage error.
+    #[command(after_help = "Examples:\n  \
+        egresswatch parse flows.log\n  \
+        egresswatch parse --output summary 123456789012_vpcflowlogs_*.log.gz\n  \
+        aws logs filter-log-events ... | egresswatch parse --format '${version} ${srcaddr} ${dstaddr} ${bytes}'")]
+    Parse {
+        /// The record format: an AWS format string (`${version} ${srcaddr} …`) or field names
+        /// separated by spaces or commas. Default: a file's header line, else the default
+        /// version 2 format.
+        #[arg(long, short = 'f', value_parser = parse_format)]
+        format: Option<flowlog::Format>,
+        /// What to print.
+        #[arg(long, short = 'o', value_enum, default_value = "json")]
+        output: parse_cmd::Output,
+        /// Input files; `-` is stdin.
+        files: Vec<PathBuf>,
+    },
+    /// Generate labelled flow-log traffic for a stack (not yet available).
+    Simulate,
+    /// Run the whole thing locally against an AWS emulator (see scripts/demo).
+    Demo,
+}
+
+fn parse_format(s: &str) -> Result<flowlog::Format, String> {
+    flowlog::Format::parse(s).map_err(|e| e.to_string())
+}
+
+fn not_yet(what: &str) -> ExitCode {
+    eprintln!("egresswatch {what}: not yet available in this version");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Parse {
+            format,
+            output,
+            files,
+        } => {
+            let status = parse_cmd::run(parse_cmd::ParseArgs {
+                format,
+                output,
+                files,
+            });
+            ExitCode::from(status as u8)
+        }
+        Command::Provision(args) => provision_cmd::run(args),
+        Command::Monitor => not_yet("monitor"),
+        Command::Simulate => not_yet("simulate"),
+        Command::Demo => not_yet("demo (use scripts/demo)"),
+    }
+}

@@ -9,6 +9,8 @@ use crate::format::Format;
 use crate::record::{trim_line_end, ParseError, Record};
 
 /// What one line of input turned out to be.
+// Boxing the record would allocate once per line, which is what the zero-copy design avoids.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Line<'a> {
     /// Empty, only whitespace, or a `#` comment.

@@ -17,8 +17,8 @@ fn text() -> impl Strategy<Value = String> {
 
 fn addr() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
-        any::<[u8; 4]>().prop_map(|o| IpAddr::from(o)),
-        any::<[u8; 16]>().prop_map(|o| IpAddr::from(o)),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
     ]
 }
 

@@ -1,0 +1,451 @@
+//! `egresswatch parse`: flow-log files (or stdin) to JSON lines or a summary of counts.
+//!
+//! Bad lines are reported as `FILE:LINE: REASON` on stderr and never stop the run. Large
+//! plain files are read in big chunks and, for the summary, tallied on every core.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use flowlog::{Action, Decoder, Format, Line, LogStatus, Record};
+
+/// How `parse` prints what it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One JSON object per record, keys as AWS names them.
+    Json,
+    /// Counts of records, headers, blank and bad lines, statuses, actions, bytes, packets.
+    Summary,
+}
+
+pub struct ParseArgs {
+    pub format: Option<Format>,
+    pub output: Output,
+    pub files: Vec<PathBuf>,
+}
+
+const CHUNK: usize = 8 << 20;
+
+/// Counts of everything `--output summary` reports. Bad lines are counted by reason.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub headers: u64,
+    pub blanks: u64,
+    pub bad: BTreeMap<&'static str, u64>,
+    pub log_status: BTreeMap<&'static str, u64>,
+    pub action: BTreeMap<&'static str, u64>,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+impl Summary {
+    fn add_record(&mut self, r: &Record<'_>) {
+        self.records += 1;
+        let status = r.log_status().map_or("-", LogStatus::as_str);
+        *self.log_status.entry(status).or_default() += 1;
+        let action = r.action().map_or("-", Action::as_str);
+        *self.action.entry(action).or_default() += 1;
+        self.bytes += r.bytes().unwrap_or(0);
+        self.packets += r.packets().unwrap_or(0);
+    }
+
+    fn merge(&mut self, other: Summary) {
+        self.records += other.records;
+        self.headers += other.headers;
+        self.blanks += other.blanks;
+        self.bytes += other.bytes;
+        self.packets += other.packets;
+        for (map, from) in [
+            (&mut self.bad, other.bad),
+            (&mut self.log_status, other.log_status),
+            (&mut self.action, other.action),
+        ] {
+            for (k, v) in from {
+                *map.entry(k).or_default() += v;
+            }
+        }
+    }
+
+    fn bad_total(&self) -> u64 {
+        self.bad.values().sum()
+    }
+
+    fn print(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "records       {}", self.records)?;
+        writeln!(out, "header lines  {}", self.headers)?;
+        writeln!(out, "blank lines   {}", self.blanks)?;
+        writeln!(out, "bad lines     {}", self.bad_total())?;
+        for (reason, n) in &self.bad {
+            writeln!(out, "  {reason:<18} {n}")?;
+        }
+        writeln!(out, "log-status")?;
+        for (k, n) in &self.log_status {
+            writeln!(out, "  {k:<18} {n}")?;
+        }
+        writeln!(out, "action")?;
+        for (k, n) in &self.action {
+            writeln!(out, "  {k:<18} {n}")?;
+        }
+        writeln!(out, "bytes         {}", self.bytes)?;
+        writeln!(out, "packets       {}", self.packets)?;
+        Ok(())
+    }
+}
+
+/// Where a run's output goes: records to `out`, bad-line messages to `err`.
+struct Sink<'o> {
+    output: Output,
+    out: &'o mut dyn Write,
+    err: &'o mut dyn Write,
+    summary: Summary,
+}
+
+/// Runs the command; returns the process exit status.
+pub fn run(args: ParseArgs) -> i32 {
+    let stdout = io::stdout();
+    let stderr = io::stderr();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut err = BufWriter::new(stderr.lock());
+    let files = if args.files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        args.files
+    };
+    let mut sink = Sink {
+        output: args.output,
+        out: &mut out,
+        err: &mut err,
+        summary: Summary::default(),
+    };
+    let mut status = 0;
+    for path in &files {
+        let name = path.display().to_string();
+        let decoder = match &args.format {
+            Some(f) => Decoder::pinned(f.clone()),
+            None => Decoder::following_headers(Format::default_v2()),
+        };
+        let result = open(path).and_then(|reader| read_input(reader, &name, decoder, &mut sink));
+        if let Err(e) = result {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return 0;
+            }
+            let _ = writeln!(sink.err, "egresswatch parse: {name}: {e}");
+            status = 1;
+        }
+    }
+    if sink.output == Output::Summary {
+        let summary = std::mem::take(&mut sink.summary);
+        if let Err(e) = summary.print(sink.out) {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                status = 1;
+            }
+        }
+    }
+    let _ = sink.out.flush();
+    let _ = sink.err.flush();
+    status
+}
+
+fn open(path: &PathBuf) -> io::Result<Box<dyn Read>> {
+    let raw: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(File::open(path)?)
+    };
+    let is_gz = path.extension().is_some_and(|e| e == "gz");
+    Ok(if is_gz {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        raw
+    })
+}
+
+/// Reads whole lines in large chunks and hands each chunk to [`process_chunk`].
+fn read_input(
+    mut reader: Box<dyn Read>,
+    name: &str,
+    mut decoder: Decoder,
+    sink: &mut Sink<'_>,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let mut line_no: u64 = 0;
+    loop {
+        let filled = buf.len();
+        buf.resize(filled.max(CHUNK / 2) * 2, 0);
+        let n = read_full(&mut reader, &mut buf[filled..])?;
+        buf.truncate(filled + n);
+        let eof = n == 0;
+        let cut = if eof {
+            buf.len()
+        } else {
+            match buf.iter().rposition(|&b| b == b'\n') {
+                Some(p) => p + 1,
+                None => continue, // a line longer than the buffer: read more
+            }
+        };
+        line_no = process_chunk(&buf[..cut], line_no, name, &mut decoder, sink)?;
+        buf.drain(..cut);
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+fn read_full(reader: &mut dyn Read, mut buf: &mut [u8]) -> io::Result<usize> {
+    let mut total = 0;
+    while !buf.is_empty() {
+        match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                buf = &mut buf[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// One contiguous run of whole lines, numbered from `first_line + 1`.
+fn process_chunk(
+    chunk: &[u8],
+    first_line: u64,
+    name: &str,
+    decoder: &mut Decoder,
+    sink: &mut Sink<'_>,
+) -> io::Result<u64> {
+    if sink.output == Output::Summary && chunk.len() >= 1 << 20 {
+        return summarise_parallel(chunk, first_line, name, decoder, sink);
+    }
+    let mut tally = Tally::new(name, first_line);
+    let mut json = Vec::with_capacity(256);
+    for line in lines(chunk) {
+        tally.line_no += 1;
+        match decoder.decode(line) {
+            Ok(Line::Record(r)) => {
+                tally.summary.add_record(&r);
+                if sink.output == Output::Json {
+                    json.clear();
+                    serde_json::to_writer(&mut json, &r).map_err(io::Error::other)?;
+                    json.push(b'\n');
+                    sink.out.write_all(&json)?;
+                }
+            }
+            Ok(Line::Header) => tally.summary.headers += 1,
+            Ok(Line::Blank) => tally.summary.blanks += 1,
+            Err(e) => tally.bad(e),
+        }
+    }
+    let end = tally.line_no;
+    tally.finish(sink)?;
+    Ok(end)
+}
+
+/// Splits a chunk into lines; a final line without a newline counts.
+fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    let empty = chunk.is_empty();
+    body.split(|&b| b == b'\n')
+        .take(if empty { 0 } else { usize::MAX })
+}
+
+/// What one thread counted over its lines, and the messages for its bad lines, in order.
+struct Tally<'n> {
+    name: &'n str,
+    line_no: u64,
+    summary: Summary,
+    messages: Vec<String>,
+}
+
+impl<'n> Tally<'n> {
+    fn new(name: &'n str, first_line: u64) -> Self {
+        Tally {
+            name,
+            line_no: first_line,
+            summary: Summary::default(),
+            messages: Vec::new(),
+        }
+    }
+
+    fn bad(&mut self, e: flowlog::ParseError) {
+        *self.summary.bad.entry(e.reason()).or_default() += 1;
+        self.messages
+            .push(format!("{}:{}: {}", self.name, self.line_no, e));
+    }
+
+    fn finish(self, sink: &mut Sink<'_>) -> io::Result<()> {
+        for m in &self.messages {
+            writeln!(sink.err, "{m}")?;
+        }
+        sink.summary.merge(self.summary);
+        Ok(())
+    }
+}
+
+fn tally_lines<'n>(
+    chunk: &[u8],
+    first_line: u64,
+    name: &'n str,
+    decoder: &mut Decoder,
+) -> Tally<'n> {
+    let mut tally = Tally::new(name, first_line);
+    for line in lines(chunk) {
+        tally.line_no += 1;
+        match decoder.decode(line) {
+            Ok(Line::Record(r)) => tally.summary.add_record(&r),
+            Ok(Line::Header) => tally.summary.headers += 1,
+            Ok(Line::Blank) => tally.summary.blanks += 1,
+            Err(e) => tally.bad(e),
+        }
+    }
+    tally
+}
+
+/// Tallies the two halves of a chunk on two threads. A header in the first half changes
+/// the format for the second, so then the second half is done again with that format.
+fn summarise_parallel(
+    chunk: &[u8],
+    first_line: u64,
+    name: &str,
+    decoder: &mut Decoder,
+    sink: &mut Sink<'_>,
+) -> io::Result<u64> {
+    let mid = chunk.len() / 2;
+    let split = chunk[mid..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(chunk.len(), |p| mid + p + 1);
+    let (first, second) = chunk.split_at(split);
+    let start_format = decoder.clone();
+    let first_lines = bytecount_newlines(first);
+    let (tally_a, tally_b, decoder_b) = std::thread::scope(|scope| {
+        let mut decoder_b = start_format.clone();
+        let handle = scope.spawn(move || {
+            let t = tally_lines(second, first_line + first_lines, name, &mut decoder_b);
+            (t, decoder_b)
+        });
+        let a = tally_lines(first, first_line, name, decoder);
+        let (b, d) = handle
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (a, b, d)
+    });
+    let (tally_b, decoder_b) = if decoder.format() != start_format.format() {
+        let mut again = decoder.clone();
+        let t = tally_lines(second, first_line + first_lines, name, &mut again);
+        (t, again)
+    } else {
+        (tally_b, decoder_b)
+    };
+    let end = tally_b.line_no.max(first_line + first_lines);
+    tally_a.finish(sink)?;
+    tally_b.finish(sink)?;
+    *decoder = decoder_b;
+    Ok(end)
+}
+
+fn bytecount_newlines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_on(data: &[u8], output: Output, format: Option<Format>) -> (String, String, Summary) {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let summary;
+        {
+            let mut sink = Sink {
+                output,
+                out: &mut out,
+                err: &mut err,
+                summary: Summary::default(),
+            };
+            let decoder = match format {
+                Some(f) => Decoder::pinned(f),
+                None => Decoder::following_headers(Format::default_v2()),
+            };
+            read_input(
+                Box::new(std::io::Cursor::new(data.to_vec())),
+                "in.log",
+                decoder,
+                &mut sink,
+            )
+            .unwrap();
+            summary = sink.summary.clone();
+        }
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            summary,
+        )
+    }
+
+    const GOOD: &str = "2 123456789010 eni-1 10.0.0.1 10.0.0.2 443 5000 6 10 840 1439387263 1439387264 ACCEPT OK\n";
+
+    #[test]
+    fn json_and_errors_with_line_numbers() {
+        let data =
+            format!("{GOOD}\n2 1 eni-1 10.0.0.1 10.0.0.2 65536 1 6 1 1 1 1 ACCEPT OK\n{GOOD}");
+        let (out, err, s) = run_on(data.as_bytes(), Output::Json, None);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["srcport"], 443);
+        assert_eq!(lines[0]["account-id"], "123456789010");
+        assert_eq!(
+            err,
+            "in.log:3: field `srcport` at column 29: `65536` is out of range (0 to 65535)\n"
+        );
+        assert_eq!((s.records, s.blanks, s.bad_total()), (2, 1, 1));
+    }
+
+    #[test]
+    fn header_switches_format_unless_pinned() {
+        let data = b"srcaddr dstport bytes\n10.0.0.1 443 100\n10.0.0.2 22 5\n";
+        let (_, err, s) = run_on(data, Output::Summary, None);
+        assert_eq!(err, "");
+        assert_eq!((s.records, s.headers, s.bytes), (2, 1, 105));
+        let (_, err, s) = run_on(data, Output::Summary, Some(Format::default_v2()));
+        assert_eq!((s.records, s.headers, s.bad_total()), (0, 1, 2));
+        assert!(err.starts_with("in.log:2: "), "{err}");
+    }
+
+    #[test]
+    fn large_input_is_tallied_in_parallel_exactly() {
+        // Enough lines to cross the parallel threshold and several chunks, with a bad line
+        // and a format-changing header in the middle.
+        let mut data = Vec::new();
+        let n = 40_000;
+        for i in 0..n {
+            data.extend_from_slice(GOOD.as_bytes());
+            if i == n / 4 {
+                data.extend_from_slice(b"bad line\n");
+            }
+        }
+        data.extend_from_slice(b"srcaddr bytes\n");
+        for _ in 0..n {
+            data.extend_from_slice(b"10.0.0.9 7\n");
+        }
+        let (_, err, s) = run_on(&data, Output::Summary, None);
+        assert_eq!(s.records, 2 * n);
+        assert_eq!(s.bytes, n * 840 + n * 7);
+        assert_eq!(s.packets, n * 10);
+        assert_eq!(s.headers, 1);
+        assert_eq!(s.bad.get("invalid_number"), Some(&1));
+        assert_eq!(
+            err,
+            format!(
+                "in.log:{}: field `version` at column 1: `bad` is not a number\n",
+                n / 4 + 2
+            )
+        );
+    }
+}
