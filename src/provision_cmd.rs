@@ -1,11 +1,175 @@
 //! `egresswatch provision`: argument parsing and human output for the provisioner.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct ProvisionArgs {}
+use egresswatch_provision::{self as provision, Change, ChangeKind, Clients, Mode, StackSpec};
 
-pub fn run(_args: ProvisionArgs) -> ExitCode {
-    eprintln!("egresswatch provision: not yet available in this version");
-    ExitCode::from(2)
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  \
+    egresswatch provision init > stack.toml\n  \
+    egresswatch provision plan --spec stack.toml\n  \
+    egresswatch provision up --spec stack.toml --stack research\n  \
+    egresswatch provision outputs > outputs.json\n  \
+    AWS_ENDPOINT_URL=http://127.0.0.1:5000 egresswatch provision up   # against an emulator")]
+pub struct ProvisionArgs {
+    #[command(subcommand)]
+    command: Sub,
+    /// The stack's name; every resource is tagged `egresswatch:stack=NAME`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "egresswatch",
+        env = "EGRESSWATCH_STACK"
+    )]
+    stack: String,
+    /// Stack spec (TOML); every key is optional. See `provision init`.
+    #[arg(long, global = true, env = "EGRESSWATCH_SPEC")]
+    spec: Option<PathBuf>,
+    /// AWS region (default: the standard chain, e.g. AWS_REGION or the profile).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Send every AWS call here instead (an emulator); default: AWS_ENDPOINT_URL.
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Print a commented stack spec with every default.
+    Init,
+    /// Show what `up` would create, change or delete. Makes no change.
+    Plan,
+    /// Create or repair the stack until it matches the spec. Safe to run again at any time.
+    Up,
+    /// Report each resource present, missing or drifted; security findings first.
+    /// Exit status 0 when in spec, 3 when drifted or incomplete.
+    Status,
+    /// Print, as JSON, everything the monitor needs to know about the stack.
+    Outputs,
+    /// Delete everything the stack created, including what Studio left behind.
+    Down,
+}
+
+fn print_changes(changes: &[Change]) {
+    let mut sorted: Vec<&Change> = changes.iter().collect();
+    sorted.sort_by_key(|c| !c.security);
+    for c in sorted {
+        let sign = match c.kind {
+            ChangeKind::Create => "+",
+            ChangeKind::Update => "~",
+            ChangeKind::Replace => "-/+",
+            ChangeKind::Delete => "-",
+        };
+        let flag = if c.security { "  [security]" } else { "" };
+        println!("{sign:>3} {:<26} {}{flag}", c.resource, c.detail);
+    }
+}
+
+pub fn run(args: ProvisionArgs) -> ExitCode {
+    if let Sub::Init = args.command {
+        print!("{}", provision::SPEC_TEMPLATE);
+        return ExitCode::SUCCESS;
+    }
+    let spec = match &args.spec {
+        None => StackSpec::default(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => match StackSpec::from_toml(&text, &path.display().to_string()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("egresswatch provision: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("egresswatch provision: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("egresswatch provision: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let clients = match Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("egresswatch provision: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let progress = |line: &str| eprintln!("  {line}");
+        let result = match args.command {
+            Sub::Init => unreachable!("handled above"),
+            Sub::Plan => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
+                if changes.is_empty() {
+                    println!("stack {}: no changes; the account matches the spec", args.stack);
+                } else {
+                    println!("stack {}: `up` would make {} change(s):", args.stack, changes.len());
+                    print_changes(&changes);
+                }
+                ExitCode::SUCCESS
+            }),
+            Sub::Status => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
+                if changes.is_empty() {
+                    println!("stack {}: in spec", args.stack);
+                    ExitCode::SUCCESS
+                } else {
+                    let security = changes.iter().filter(|c| c.security).count();
+                    println!("stack {}: {} difference(s) from the spec, {security} of them security-relevant:", args.stack, changes.len());
+                    print_changes(&changes);
+                    println!("run `egresswatch provision up` to repair");
+                    ExitCode::from(3)
+                }
+            }),
+            Sub::Up => {
+                let started = std::time::Instant::now();
+                provision::reconcile(&clients, &spec, &args.stack, Mode::Apply, progress).await.map(|(changes, _)| {
+                    let calls = clients.calls.calls();
+                    let mutating = clients.calls.mutating();
+                    if changes.is_empty() {
+                        println!("stack {}: already in spec; no change made ({calls} read calls, {:.1}s)", args.stack, started.elapsed().as_secs_f64());
+                    } else {
+                        println!("stack {}: {} change(s) made ({mutating} mutating of {calls} calls, {:.1}s)", args.stack, changes.len(), started.elapsed().as_secs_f64());
+                    }
+                    ExitCode::SUCCESS
+                })
+            }
+            Sub::Outputs => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, |_| {}).await.map(|(changes, out)| {
+                if changes.iter().any(|c| c.resource == "vpc" && c.kind == ChangeKind::Create) {
+                    eprintln!("egresswatch provision: stack {} does not exist; run `up` first", args.stack);
+                    return ExitCode::from(3);
+                }
+                match serde_json::to_string_pretty(&out) {
+                    Ok(json) => {
+                        println!("{json}");
+                        if changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
+                    }
+                    Err(e) => {
+                        eprintln!("egresswatch provision: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }),
+            Sub::Down => provision::down(&clients, &args.stack, progress).await.map(|deleted| {
+                if deleted.is_empty() {
+                    println!("stack {}: nothing to delete", args.stack);
+                } else {
+                    println!("stack {}: deleted {} resource(s); nothing tagged for it remains", args.stack, deleted.len());
+                }
+                ExitCode::SUCCESS
+            }),
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("egresswatch provision: {e}");
+            ExitCode::FAILURE
+        })
+    })
 }

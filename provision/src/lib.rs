@@ -1,1 +1,57 @@
+//! `egresswatch-provision`: the network of the architecture decision as reconciled desired
+//! state. A VPC with public and private subnets in two zones, a NAT gateway, an S3 gateway
+//! endpoint, an HTTPS-only security group, IAM roles, a flow log to CloudWatch Logs in a
+//! format that attributes NAT traffic, and a VpcOnly SageMaker Studio domain. The tags in AWS
+//! are the state: there is no state file to lose.
 
+pub mod aws;
+mod down;
+pub mod spec;
+pub mod stack;
+
+use std::time::Duration;
+
+pub use aws::{CallLog, Clients};
+pub use down::down;
+pub use spec::{flow_log_format, StackSpec, FLOW_LOG_FIELDS, SPEC_TEMPLATE};
+pub use stack::{Change, ChangeKind, Mode, Outputs, Reconciler, STACK_TAG};
+
+/// Everything that can stop a provisioning run, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{resource}: {call} failed: {code} {message}{}", if hint.is_empty() { String::new() } else { format!("\n  hint: {hint}") })]
+    Aws {
+        resource: String,
+        call: &'static str,
+        code: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("no AWS region is configured: set AWS_REGION, a profile's region, or pass --region")]
+    NoRegion,
+    #[error("stack spec: {0}")]
+    Spec(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{resource} is still {state} after {}s; it may finish on its own: run the command again to carry on", waited.as_secs())]
+    Timeout {
+        resource: String,
+        waited: Duration,
+        state: String,
+    },
+    #[error("unexpected reply from AWS: {0}")]
+    Unexpected(String),
+}
+
+/// Reconciles (or, in `Mode::Plan`, only inspects) the stack; returns the changes and outputs.
+pub async fn reconcile(
+    clients: &Clients,
+    spec: &StackSpec,
+    stack: &str,
+    mode: Mode,
+    progress: impl FnMut(&str) + Send,
+) -> Result<(Vec<Change>, Outputs), ProvisionError> {
+    let mut r = Reconciler::new(clients, spec.clone(), stack, mode).on_progress(progress);
+    r.run().await?;
+    Ok((r.changes, r.out))
+}

@@ -1,0 +1,431 @@
+//! `down`: deletes everything the stack tagged, in reverse dependency order, waiting where
+//! AWS needs it and tolerating what is already gone, until nothing carries the stack tag.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::Filter;
+
+use crate::aws::{aws_error, Clients};
+use crate::spec::StackSpec;
+use crate::stack::{Mode, Reconciler, STACK_TAG};
+use crate::ProvisionError;
+
+fn f(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+/// Deletes the stack; returns what was deleted, one line each.
+pub async fn down(
+    clients: &Clients,
+    stack: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<String>, ProvisionError> {
+    let mut deleted = Vec::new();
+    macro_rules! say {
+        ($line:expr) => {{
+            let line: String = $line;
+            progress(&format!("deleted {line}"));
+            deleted.push(line);
+        }};
+    }
+    let ec2 = &clients.ec2;
+    let tag = f(&format!("tag:{STACK_TAG}"), stack);
+    let r = Reconciler::new(clients, StackSpec::default(), stack, Mode::Plan);
+
+    // The Studio domain first, with its home EFS volume; it must be gone before its ENIs.
+    if let Some((id, _)) = r.find_domain().await? {
+        use aws_sdk_sagemaker::types::{RetentionPolicy, RetentionType};
+        clients
+            .sagemaker
+            .delete_domain()
+            .domain_id(&id)
+            .retention_policy(
+                RetentionPolicy::builder()
+                    .home_efs_file_system(RetentionType::Delete)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws_error("studio-domain", "DeleteDomain", e))?;
+        let started = Instant::now();
+        while r.find_domain().await?.is_some() {
+            if started.elapsed() > Duration::from_secs(30 * 60) {
+                return Err(ProvisionError::Timeout {
+                    resource: format!("studio-domain {id}"),
+                    waited: started.elapsed(),
+                    state: "Deleting".into(),
+                });
+            }
+            progress(&format!(
+                "waiting for studio-domain {id} to be deleted ({}s)",
+                started.elapsed().as_secs()
+            ));
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        say!(format!("studio-domain {id}"));
+    }
+
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(tag.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("vpc", "DescribeVpcs", e))?;
+    let vpc_ids: Vec<String> = vpcs
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(String::from))
+        .collect();
+
+    // Flow logs (tagged), then the log group and roles, which nothing else depends on.
+    let fls = ec2
+        .describe_flow_logs()
+        .filter(tag.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("flow-log", "DescribeFlowLogs", e))?;
+    for fl in fls.flow_logs() {
+        if let Some(id) = fl.flow_log_id() {
+            ec2.delete_flow_logs()
+                .flow_log_ids(id)
+                .send()
+                .await
+                .map_err(|e| aws_error("flow-log", "DeleteFlowLogs", e))?;
+            say!(format!("flow-log {id}"));
+        }
+    }
+    let group = r.log_group_name();
+    match clients
+        .logs
+        .delete_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+    {
+        Ok(_) => say!(format!("log-group {group}")),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+        Err(e) => return Err(aws_error("log-group", "DeleteLogGroup", e)),
+    }
+    for which in ["studio-execution", "flow-logs"] {
+        let name = r.role_name(which);
+        if delete_role(clients, &name).await? {
+            say!(format!("iam-role {name}"));
+        }
+    }
+
+    for vpc in &vpc_ids {
+        // The S3 endpoint, then NAT gateways (they hold the Elastic IPs and public subnets).
+        let eps = ec2
+            .describe_vpc_endpoints()
+            .filters(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("s3-endpoint", "DescribeVpcEndpoints", e))?;
+        let ids: Vec<String> = eps
+            .vpc_endpoints()
+            .iter()
+            .filter(|e| !matches!(e.state().map(|s| s.as_str()), Some("deleted")))
+            .filter_map(|e| e.vpc_endpoint_id().map(String::from))
+            .collect();
+        if !ids.is_empty() {
+            ec2.delete_vpc_endpoints()
+                .set_vpc_endpoint_ids(Some(ids.clone()))
+                .send()
+                .await
+                .map_err(|e| aws_error("s3-endpoint", "DeleteVpcEndpoints", e))?;
+            for id in ids {
+                say!(format!("vpc-endpoint {id}"));
+            }
+        }
+        let nats = ec2
+            .describe_nat_gateways()
+            .filter(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("nat-gateway", "DescribeNatGateways", e))?;
+        for n in nats.nat_gateways() {
+            let state = n
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            if state == "deleted" {
+                continue;
+            }
+            let Some(id) = n.nat_gateway_id() else {
+                continue;
+            };
+            if state != "deleting" {
+                ec2.delete_nat_gateway()
+                    .nat_gateway_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("nat-gateway", "DeleteNatGateway", e))?;
+            }
+            wait_nat_deleted(clients, id, &mut progress).await?;
+            say!(format!("nat-gateway {id}"));
+        }
+        // Route tables: disassociate, then delete (never the VPC's main table).
+        let rts = ec2
+            .describe_route_tables()
+            .filters(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("route-table", "DescribeRouteTables", e))?;
+        for rt in rts.route_tables() {
+            if rt.associations().iter().any(|a| a.main() == Some(true)) {
+                continue;
+            }
+            for a in rt.associations() {
+                if let Some(aid) = a.route_table_association_id() {
+                    ec2.disassociate_route_table()
+                        .association_id(aid)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("route-table", "DisassociateRouteTable", e))?;
+                }
+            }
+            if let Some(id) = rt.route_table_id() {
+                ec2.delete_route_table()
+                    .route_table_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("route-table", "DeleteRouteTable", e))?;
+                say!(format!("route-table {id}"));
+            }
+        }
+        // Interfaces Studio leaves behind block subnet and group deletion.
+        let enis = ec2
+            .describe_network_interfaces()
+            .filters(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("network-interface", "DescribeNetworkInterfaces", e))?;
+        for eni in enis.network_interfaces() {
+            if eni.status().map(|s| s.as_str()) == Some("available") {
+                if let Some(id) = eni.network_interface_id() {
+                    ec2.delete_network_interface()
+                        .network_interface_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("network-interface", "DeleteNetworkInterface", e))?;
+                    say!(format!("network-interface {id}"));
+                }
+            }
+        }
+        // Security groups: ours and those Studio created in the VPC, all but the default.
+        let sgs = ec2
+            .describe_security_groups()
+            .filters(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("security-group", "DescribeSecurityGroups", e))?;
+        for g in sgs.security_groups() {
+            if g.group_name() == Some("default") {
+                continue;
+            }
+            if let Some(id) = g.group_id() {
+                // Rules that reference another group block its deletion: clear them first.
+                if !g.ip_permissions().is_empty() {
+                    ec2.revoke_security_group_ingress()
+                        .group_id(id)
+                        .set_ip_permissions(Some(g.ip_permissions().to_vec()))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            aws_error("security-group", "RevokeSecurityGroupIngress", e)
+                        })?;
+                }
+                if !g.ip_permissions_egress().is_empty() {
+                    ec2.revoke_security_group_egress()
+                        .group_id(id)
+                        .set_ip_permissions(Some(g.ip_permissions_egress().to_vec()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("security-group", "RevokeSecurityGroupEgress", e))?;
+                }
+            }
+        }
+        for g in sgs.security_groups() {
+            if g.group_name() == Some("default") {
+                continue;
+            }
+            if let Some(id) = g.group_id() {
+                ec2.delete_security_group()
+                    .group_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("security-group", "DeleteSecurityGroup", e))?;
+                say!(format!("security-group {id}"));
+            }
+        }
+        let igws = ec2
+            .describe_internet_gateways()
+            .filters(f("attachment.vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("internet-gateway", "DescribeInternetGateways", e))?;
+        for g in igws.internet_gateways() {
+            if let Some(id) = g.internet_gateway_id() {
+                ec2.detach_internet_gateway()
+                    .internet_gateway_id(id)
+                    .vpc_id(vpc)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+            }
+        }
+        let subnets = ec2
+            .describe_subnets()
+            .filters(f("vpc-id", vpc))
+            .send()
+            .await
+            .map_err(|e| aws_error("subnet", "DescribeSubnets", e))?;
+        for s in subnets.subnets() {
+            if let Some(id) = s.subnet_id() {
+                ec2.delete_subnet()
+                    .subnet_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("subnet", "DeleteSubnet", e))?;
+                say!(format!("subnet {id}"));
+            }
+        }
+    }
+    // Internet gateways and Elastic IPs by tag: also those a crashed `up` left unattached.
+    let igws = ec2
+        .describe_internet_gateways()
+        .filters(tag.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("internet-gateway", "DescribeInternetGateways", e))?;
+    for g in igws.internet_gateways() {
+        if let Some(id) = g.internet_gateway_id() {
+            for a in g.attachments() {
+                if let Some(v) = a.vpc_id() {
+                    ec2.detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(v)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+                }
+            }
+            ec2.delete_internet_gateway()
+                .internet_gateway_id(id)
+                .send()
+                .await
+                .map_err(|e| aws_error("internet-gateway", "DeleteInternetGateway", e))?;
+            say!(format!("internet-gateway {id}"));
+        }
+    }
+    let eips = ec2
+        .describe_addresses()
+        .filters(tag.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("elastic-ip", "DescribeAddresses", e))?;
+    for a in eips.addresses() {
+        if let Some(id) = a.allocation_id() {
+            ec2.release_address()
+                .allocation_id(id)
+                .send()
+                .await
+                .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))?;
+            say!(format!("elastic-ip {id}"));
+        }
+    }
+    for vpc in &vpc_ids {
+        ec2.delete_vpc()
+            .vpc_id(vpc)
+            .send()
+            .await
+            .map_err(|e| aws_error("vpc", "DeleteVpc", e))?;
+        say!(format!("vpc {vpc}"));
+    }
+    Ok(deleted)
+}
+
+async fn wait_nat_deleted(
+    clients: &Clients,
+    id: &str,
+    progress: &mut impl FnMut(&str),
+) -> Result<(), ProvisionError> {
+    let started = Instant::now();
+    loop {
+        let got = clients
+            .ec2
+            .describe_nat_gateways()
+            .nat_gateway_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error("nat-gateway", "DescribeNatGateways", e))?;
+        let state = got
+            .nat_gateways()
+            .first()
+            .and_then(|n| n.state())
+            .map(|s| s.as_str().to_string());
+        if matches!(state.as_deref(), None | Some("deleted")) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(15 * 60) {
+            return Err(ProvisionError::Timeout {
+                resource: format!("nat-gateway {id}"),
+                waited: started.elapsed(),
+                state: state.unwrap_or_default(),
+            });
+        }
+        progress(&format!(
+            "waiting for nat-gateway {id} to be deleted ({}s)",
+            started.elapsed().as_secs()
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Deletes a role with its policies; false when it did not exist.
+async fn delete_role(clients: &Clients, name: &str) -> Result<bool, ProvisionError> {
+    let iam = &clients.iam;
+    let res = format!("iam-role/{name}");
+    let inline = match iam.list_role_policies().role_name(name).send().await {
+        Ok(p) => p.policy_names().to_vec(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(aws_error(&res, "ListRolePolicies", e)),
+    };
+    for p in inline {
+        iam.delete_role_policy()
+            .role_name(name)
+            .policy_name(&p)
+            .send()
+            .await
+            .map_err(|e| aws_error(&res, "DeleteRolePolicy", e))?;
+    }
+    let attached = iam
+        .list_attached_role_policies()
+        .role_name(name)
+        .send()
+        .await
+        .map_err(|e| aws_error(&res, "ListAttachedRolePolicies", e))?;
+    for p in attached.attached_policies() {
+        if let Some(arn) = p.policy_arn() {
+            iam.detach_role_policy()
+                .role_name(name)
+                .policy_arn(arn)
+                .send()
+                .await
+                .map_err(|e| aws_error(&res, "DetachRolePolicy", e))?;
+        }
+    }
+    iam.delete_role()
+        .role_name(name)
+        .send()
+        .await
+        .map_err(|e| aws_error(&res, "DeleteRole", e))?;
+    Ok(true)
+}

@@ -1,0 +1,291 @@
+//! The stack spec: what `provision` stands up, read from TOML. Every key is optional and
+//! defaults to the secure choice; values AWS would reject are rejected here, by name, even
+//! where an emulator would accept them.
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::ProvisionError;
+
+/// Retention values CloudWatch Logs accepts (PutRetentionPolicy).
+pub const ALLOWED_RETENTION_DAYS: [i32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// The flow-log fields the monitor needs to attribute NAT traffic to workloads: every v2 field,
+/// the interface's VPC/subnet/instance, TCP flags, packet-level addresses (the NAT ENI's
+/// `pkt-srcaddr`/`pkt-dstaddr` name the workload and the remote), AWS service names,
+/// direction, path and the reject reason.
+pub const FLOW_LOG_FIELDS: [&str; 30] = [
+    "version",
+    "account-id",
+    "interface-id",
+    "srcaddr",
+    "dstaddr",
+    "srcport",
+    "dstport",
+    "protocol",
+    "packets",
+    "bytes",
+    "start",
+    "end",
+    "action",
+    "log-status",
+    "vpc-id",
+    "subnet-id",
+    "instance-id",
+    "tcp-flags",
+    "type",
+    "pkt-srcaddr",
+    "pkt-dstaddr",
+    "region",
+    "az-id",
+    "pkt-src-aws-service",
+    "pkt-dst-aws-service",
+    "flow-direction",
+    "traffic-path",
+    "sublocation-type",
+    "sublocation-id",
+    "reject-reason",
+];
+
+/// The `LogFormat` string the flow log is created with.
+pub fn flow_log_format() -> String {
+    FLOW_LOG_FIELDS
+        .iter()
+        .map(|f| format!("${{{f}}}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct StackSpec {
+    /// The VPC's IPv4 range.
+    pub vpc_cidr: Ipv4Net,
+    /// One public subnet per availability zone; they hold only the NAT gateway(s).
+    pub public_subnets: Vec<Ipv4Net>,
+    /// One private subnet per availability zone, for Studio (2–4 addresses per user).
+    pub private_subnets: Vec<Ipv4Net>,
+    /// Availability zones by name; empty means the region's first ones.
+    pub availability_zones: Vec<String>,
+    /// One NAT gateway per zone (resilient, costs more) instead of one for all.
+    pub nat_gateway_per_az: bool,
+    /// Buckets the S3 gateway endpoint allows; empty allows all of S3.
+    pub s3_endpoint_buckets: Vec<String>,
+    /// Days CloudWatch Logs keeps flow logs (one of the values AWS accepts).
+    pub log_retention_days: i32,
+    /// KMS key ARN to encrypt the log group with; its key policy must allow CloudWatch Logs.
+    pub log_kms_key_arn: Option<String>,
+    /// Attach the AWS managed AmazonSageMakerFullAccess policy to the Studio role.
+    pub studio_managed_policy: bool,
+    /// Create the SageMaker Studio domain.
+    pub studio_domain: bool,
+}
+
+impl Default for StackSpec {
+    fn default() -> Self {
+        let net = |s: &str| s.parse::<Ipv4Net>().expect("valid default CIDR");
+        StackSpec {
+            vpc_cidr: net("10.42.0.0/16"),
+            public_subnets: vec![net("10.42.0.0/24"), net("10.42.1.0/24")],
+            private_subnets: vec![net("10.42.16.0/20"), net("10.42.32.0/20")],
+            availability_zones: vec![],
+            nat_gateway_per_az: false,
+            s3_endpoint_buckets: vec![],
+            log_retention_days: 90,
+            log_kms_key_arn: None,
+            studio_managed_policy: false,
+            studio_domain: true,
+        }
+    }
+}
+
+/// The commented spec `provision init` writes.
+pub const SPEC_TEMPLATE: &str = r#"# egresswatch stack spec. Every key is optional; the values shown are the defaults.
+
+# The VPC's IPv4 range.
+vpc-cidr = "10.42.0.0/16"
+
+# One public subnet per availability zone; they hold only the NAT gateway(s).
+public-subnets = ["10.42.0.0/24", "10.42.1.0/24"]
+
+# One private subnet per availability zone, for SageMaker Studio. Size them for 2-4 addresses
+# per user.
+private-subnets = ["10.42.16.0/20", "10.42.32.0/20"]
+
+# Availability zones by name, one per subnet pair. Empty: the region's first zones.
+availability-zones = []
+
+# One NAT gateway per zone (survives a zone outage; each costs about USD 0.045/hour plus
+# data) instead of one shared NAT gateway.
+nat-gateway-per-az = false
+
+# Buckets the S3 gateway endpoint allows (plus what Studio itself needs). Empty: all of S3.
+s3-endpoint-buckets = []
+
+# Days CloudWatch Logs keeps the flow logs. One of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180,
+# 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653.
+log-retention-days = 90
+
+# KMS key ARN for the log group (its key policy must allow logs.<region>.amazonaws.com).
+# log-kms-key-arn = "arn:aws:kms:us-east-1:123456789012:key/..."
+
+# Attach the AWS managed policy AmazonSageMakerFullAccess to the Studio execution role.
+# Off: the role gets a scoped inline policy only.
+studio-managed-policy = false
+
+# Create the SageMaker Studio domain (VpcOnly, IAM auth) in the private subnets.
+studio-domain = true
+"#;
+
+impl StackSpec {
+    /// Reads and checks a spec file.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ProvisionError> {
+        let spec: StackSpec =
+            toml::from_str(text).map_err(|e| ProvisionError::Spec(format!("{origin}: {e}")))?;
+        spec.validate()
+            .map_err(|e| ProvisionError::Spec(format!("{origin}: {e}")))?;
+        Ok(spec)
+    }
+
+    /// Checks the rules AWS enforces (and some an emulator does not).
+    pub fn validate(&self) -> Result<(), String> {
+        if !ALLOWED_RETENTION_DAYS.contains(&self.log_retention_days) {
+            return Err(format!(
+                "log-retention-days = {} is not a value CloudWatch Logs accepts ({})",
+                self.log_retention_days,
+                ALLOWED_RETENTION_DAYS.map(|d| d.to_string()).join(", ")
+            ));
+        }
+        let prefix = self.vpc_cidr.prefix_len();
+        if !(16..=28).contains(&prefix) {
+            return Err(format!(
+                "vpc-cidr = \"{}\": a VPC's prefix must be /16 to /28",
+                self.vpc_cidr
+            ));
+        }
+        if self.public_subnets.len() < 2 || self.private_subnets.len() < 2 {
+            return Err("public-subnets and private-subnets need at least 2 entries each (two availability zones)".into());
+        }
+        if self.public_subnets.len() != self.private_subnets.len() {
+            return Err(
+                "public-subnets and private-subnets need one entry per availability zone each"
+                    .into(),
+            );
+        }
+        if !self.availability_zones.is_empty()
+            && self.availability_zones.len() != self.private_subnets.len()
+        {
+            return Err("availability-zones needs one zone per subnet pair, or none".into());
+        }
+        let all: Vec<(&str, &Ipv4Net)> = self
+            .public_subnets
+            .iter()
+            .map(|n| ("public-subnets", n))
+            .chain(self.private_subnets.iter().map(|n| ("private-subnets", n)))
+            .collect();
+        for (i, (key, net)) in all.iter().enumerate() {
+            if !self.vpc_cidr.contains(*net) {
+                return Err(format!(
+                    "{key}: \"{net}\" is not inside vpc-cidr \"{}\"",
+                    self.vpc_cidr
+                ));
+            }
+            if net.prefix_len() > 28 {
+                return Err(format!(
+                    "{key}: \"{net}\" is smaller than /28, the smallest subnet AWS allows"
+                ));
+            }
+            for (other_key, other) in &all[i + 1..] {
+                if net.contains(*other) || other.contains(*net) {
+                    return Err(format!(
+                        "{key}: \"{net}\" overlaps {other_key}: \"{other}\""
+                    ));
+                }
+            }
+        }
+        for b in &self.s3_endpoint_buckets {
+            if b.is_empty() || b.contains('/') || b.contains('*') && b.len() < 2 {
+                return Err(format!("s3-endpoint-buckets: \"{b}\" is not a bucket name"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn zones(&self) -> usize {
+        self.private_subnets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_the_default() {
+        assert_eq!(
+            StackSpec::from_toml(SPEC_TEMPLATE, "init").unwrap(),
+            StackSpec::default()
+        );
+        assert_eq!(
+            StackSpec::from_toml("", "empty").unwrap(),
+            StackSpec::default()
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = StackSpec::from_toml("log-retention-days = 45", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s.toml") && e.contains("log-retention-days = 45"),
+            "{e}"
+        );
+        let e = StackSpec::from_toml("vpc-cidrs = \"10.0.0.0/16\"", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field") && e.contains("vpc-cidrs"),
+            "{e}"
+        );
+        let e = StackSpec::from_toml("vpc-cidr = \"10.0.0.0/16\"", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not inside vpc-cidr"), "{e}");
+        let e = StackSpec::from_toml(
+            "private-subnets = [\"10.42.0.0/20\", \"10.42.32.0/20\"]",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("overlaps"), "{e}");
+        let e = StackSpec::from_toml("vpc-cidr = \"banana\"", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vpc-cidr") || e.contains("invalid"), "{e}");
+    }
+
+    #[test]
+    fn format_has_the_attribution_fields() {
+        let f = flow_log_format();
+        assert!(f.starts_with("${version} ${account-id}"));
+        assert!(!f.ends_with(' '));
+        for needed in [
+            "${pkt-srcaddr}",
+            "${pkt-dstaddr}",
+            "${flow-direction}",
+            "${traffic-path}",
+            "${az-id}",
+            "${tcp-flags}",
+            "${instance-id}",
+            "${subnet-id}",
+            "${vpc-id}",
+            "${type}",
+        ] {
+            assert!(f.contains(needed), "{needed}");
+        }
+    }
+}
