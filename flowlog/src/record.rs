@@ -19,6 +19,11 @@ use crate::value::{Action, FlowDirection, IpType, LogStatus, TcpFlags, TrafficPa
 /// delivery paths write milliseconds despite the documentation.
 const MILLISECOND_THRESHOLD: u64 = 100_000_000_000;
 
+/// Timestamps at or above this are neither seconds nor milliseconds of any real date (the
+/// millisecond reading would be past the year 5138): they are rejected as out of range, so
+/// normalisation never has to guess twice.
+const TIMESTAMP_LIMIT: u64 = 100_000_000_000_000 - 1;
+
 /// The longest piece of a bad token quoted back in an error message.
 const QUOTE_LIMIT: usize = 48;
 
@@ -283,7 +288,8 @@ fn fast_convert(kind: Kind, line: &[u8], i: usize, slot: &mut Value<'_>) -> Opti
     let max = match kind {
         Kind::Port => u16::MAX as u64,
         Kind::Protocol | Kind::Version | Kind::TcpFlags | Kind::Code => u8::MAX as u64,
-        Kind::Count | Kind::Timestamp => u64::MAX,
+        Kind::Count => u64::MAX,
+        Kind::Timestamp => TIMESTAMP_LIMIT,
         Kind::Addr => {
             let (addr, end) = scan_ipv4(line, i)?;
             *slot = Value::Addr(IpAddr::V4(addr));
@@ -379,7 +385,7 @@ fn convert_into<'a>(
         }
         Kind::Count => *slot = Value::Int(parse_uint(tok, u64::MAX)?),
         Kind::Timestamp => {
-            let t = parse_uint(tok, u64::MAX)?;
+            let t = parse_uint(tok, TIMESTAMP_LIMIT)?;
             *slot = Value::Int(if t >= MILLISECOND_THRESHOLD {
                 t / 1000
             } else {
@@ -796,6 +802,20 @@ mod tests {
         .unwrap();
         assert_eq!(r.start(), Some(1512564058));
         assert_eq!(r.end(), Some(1512564059));
+    }
+
+    #[test]
+    fn implausible_timestamps_rejected() {
+        let f = v2();
+        let r = Record::parse(&f, b"2 1 eni-1 - - - - - - - 99999999999999 1 - NODATA").unwrap();
+        assert_eq!(r.start(), Some(99_999_999_999));
+        let e =
+            Record::parse(&f, b"2 1 eni-1 - - - - - - - 100000000000000 1 - NODATA").unwrap_err();
+        assert_eq!((e.field, e.reason()), (Some(Field::Start), "out_of_range"));
+        // Found by fuzzing: a value that stayed in the millisecond range after one division.
+        let e =
+            Record::parse(&f, b"2 1 eni-1 - - - - - - - 1 800000000050091 - NODATA").unwrap_err();
+        assert_eq!((e.field, e.reason()), (Some(Field::End), "out_of_range"));
     }
 
     #[test]

@@ -1,0 +1,507 @@
+//! The provisioner against a real moto server on 127.0.0.1: what `up` creates (checked by
+//! describing each resource), idempotence, convergence after a crash at every mutating call,
+//! drift repair, `plan` on a partial stack, and a `down` that leaves nothing behind.
+
+use aws_sdk_ec2::types::Filter;
+use egresswatch_provision::{self as provision, ChangeKind, Clients, Mode, StackSpec, STACK_TAG};
+
+async fn clients(endpoint: &str) -> Clients {
+    // Credentials for the emulator; every test sets the same values.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    Clients::from_env(Some("us-east-1".into()), Some(endpoint.into()))
+        .await
+        .unwrap()
+}
+
+/// (protocol, from port, to port, CIDRs, security groups) of one egress permission.
+type EgressRule = (String, i32, i32, Vec<String>, Vec<String>);
+
+fn tag_filter(stack: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{STACK_TAG}"))
+        .values(stack)
+        .build()
+}
+
+async fn up(c: &Clients, spec: &StackSpec, stack: &str) -> Vec<provision::Change> {
+    provision::reconcile(c, spec, stack, Mode::Apply, |_| {})
+        .await
+        .unwrap()
+        .0
+}
+
+async fn plan(c: &Clients, spec: &StackSpec, stack: &str) -> Vec<provision::Change> {
+    provision::reconcile(c, spec, stack, Mode::Plan, |_| {})
+        .await
+        .unwrap()
+        .0
+}
+
+/// Counts what carries the stack tag (or the stack's role names) in the account.
+async fn tagged(c: &Clients, stack: &str) -> usize {
+    let ec2 = &c.ec2;
+    let mut n = 0;
+    n += ec2
+        .describe_vpcs()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+        .len();
+    n += ec2
+        .describe_subnets()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .subnets()
+        .len();
+    n += ec2
+        .describe_internet_gateways()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .internet_gateways()
+        .len();
+    n += ec2
+        .describe_addresses()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .addresses()
+        .len();
+    n += ec2
+        .describe_route_tables()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .route_tables()
+        .len();
+    n += ec2
+        .describe_security_groups()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .len();
+    n += ec2
+        .describe_flow_logs()
+        .filter(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .flow_logs()
+        .len();
+    let nats = ec2.describe_nat_gateways().send().await.unwrap();
+    n += nats
+        .nat_gateways()
+        .iter()
+        .filter(|g| {
+            g.tags()
+                .iter()
+                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack))
+                && g.state().map(|s| s.as_str()) != Some("deleted")
+        })
+        .count();
+    let eps = ec2
+        .describe_vpc_endpoints()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap();
+    n += eps
+        .vpc_endpoints()
+        .iter()
+        .filter(|e| e.state().map(|s| s.as_str()) != Some("deleted"))
+        .count();
+    let roles = c.iam.list_roles().send().await.unwrap();
+    n += roles
+        .roles()
+        .iter()
+        .filter(|r| r.role_name().starts_with(&format!("{stack}-")))
+        .count();
+    let groups = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix(format!("/egresswatch/{stack}/"))
+        .send()
+        .await
+        .unwrap();
+    n += groups.log_groups().len();
+    let domains = c.sagemaker.list_domains().send().await.unwrap();
+    n += domains
+        .domains()
+        .iter()
+        .filter(|d| d.domain_name() == Some(stack))
+        .count();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_creates_the_decision_records_network() {
+    let moto = egresswatch_testkit::moto();
+    let c = clients(&moto.endpoint()).await;
+    let spec = StackSpec::default();
+    let changes = up(&c, &spec, "research").await;
+    assert!(changes
+        .iter()
+        .any(|ch| ch.resource == "vpc" && ch.kind == ChangeKind::Create));
+    let (_, out) = provision::reconcile(&c, &spec, "research", Mode::Plan, |_| {})
+        .await
+        .unwrap();
+    let ec2 = &c.ec2;
+
+    // VPC with DNS support and hostnames.
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(tag_filter("research"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1);
+    let vpc = &vpcs.vpcs()[0];
+    assert_eq!(vpc.cidr_block(), Some("10.42.0.0/16"));
+    let vpc_id = vpc.vpc_id().unwrap();
+    for attr in [
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport,
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames,
+    ] {
+        let a = ec2
+            .describe_vpc_attribute()
+            .vpc_id(vpc_id)
+            .attribute(attr.clone())
+            .send()
+            .await
+            .unwrap();
+        let on = a
+            .enable_dns_support()
+            .or(a.enable_dns_hostnames())
+            .and_then(|v| v.value());
+        assert_eq!(on, Some(true), "{attr:?}");
+    }
+    // Four subnets in two zones.
+    let subnets = ec2
+        .describe_subnets()
+        .filters(tag_filter("research"))
+        .send()
+        .await
+        .unwrap();
+    let mut cidrs: Vec<(&str, &str)> = subnets
+        .subnets()
+        .iter()
+        .map(|s| (s.cidr_block().unwrap(), s.availability_zone().unwrap()))
+        .collect();
+    cidrs.sort();
+    assert_eq!(
+        cidrs,
+        [
+            ("10.42.0.0/24", "us-east-1a"),
+            ("10.42.1.0/24", "us-east-1b"),
+            ("10.42.16.0/20", "us-east-1a"),
+            ("10.42.32.0/20", "us-east-1b")
+        ]
+    );
+    // Private route tables send 0.0.0.0/0 to the NAT gateway and S3 to the endpoint.
+    let nat_id = out.nat_gateways[0].id.clone();
+    assert!(nat_id.starts_with("nat-"));
+    let rts = ec2
+        .describe_route_tables()
+        .filters(tag_filter("research"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rts.route_tables().len(), 3);
+    for rt in rts.route_tables() {
+        let default = rt
+            .routes()
+            .iter()
+            .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+            .unwrap();
+        let name = rt
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("egresswatch:resource"))
+            .and_then(|t| t.value())
+            .unwrap();
+        if name.contains("private") {
+            assert_eq!(default.nat_gateway_id(), Some(nat_id.as_str()), "{name}");
+            assert!(
+                rt.routes()
+                    .iter()
+                    .any(|r| r.destination_prefix_list_id().is_some()),
+                "{name} has the S3 prefix-list route"
+            );
+        } else {
+            assert_eq!(default.gateway_id(), Some(out.internet_gateway_id.as_str()));
+            assert_eq!(rt.associations().len(), 2);
+        }
+    }
+    // S3 gateway endpoint on both private route tables.
+    let eps = ec2
+        .describe_vpc_endpoints()
+        .filters(tag_filter("research"))
+        .send()
+        .await
+        .unwrap();
+    let ep = &eps.vpc_endpoints()[0];
+    assert_eq!(ep.service_name(), Some("com.amazonaws.us-east-1.s3"));
+    assert_eq!(ep.route_table_ids().len(), 2);
+    // Security group: HTTPS out only; NFS and kernel ports within the group; nothing else.
+    let sg = ec2
+        .describe_security_groups()
+        .filters(tag_filter("research"))
+        .send()
+        .await
+        .unwrap();
+    let sg = &sg.security_groups()[0];
+    let egress: Vec<EgressRule> = sg
+        .ip_permissions_egress()
+        .iter()
+        .map(|p| {
+            (
+                p.ip_protocol().unwrap().to_string(),
+                p.from_port().unwrap_or(-1),
+                p.to_port().unwrap_or(-1),
+                p.ip_ranges()
+                    .iter()
+                    .map(|r| r.cidr_ip().unwrap().to_string())
+                    .collect(),
+                p.user_id_group_pairs()
+                    .iter()
+                    .map(|g| g.group_id().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    let own = sg.group_id().unwrap().to_string();
+    let mut egress_sorted = egress.clone();
+    egress_sorted.sort();
+    assert_eq!(
+        egress_sorted,
+        vec![
+            (
+                "tcp".to_string(),
+                443,
+                443,
+                vec!["0.0.0.0/0".to_string()],
+                vec![]
+            ),
+            ("tcp".to_string(), 2049, 2049, vec![], vec![own.clone()]),
+            ("tcp".to_string(), 8192, 65535, vec![], vec![own.clone()]),
+        ]
+    );
+    assert!(
+        sg.ip_permissions().iter().all(|p| p.ip_ranges().is_empty()),
+        "no ingress from outside the group"
+    );
+    assert_eq!(sg.ip_permissions().len(), 2);
+    // Flow log: ALL, 60 s, the attribution format, to the log group, with the delivery role.
+    let fl = ec2
+        .describe_flow_logs()
+        .filter(Filter::builder().name("resource-id").values(vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    let fl = &fl.flow_logs()[0];
+    assert_eq!(fl.log_format(), Some(provision::flow_log_format().as_str()));
+    assert_eq!(fl.max_aggregation_interval(), Some(60));
+    assert_eq!(fl.traffic_type().map(|t| t.as_str()), Some("ALL"));
+    assert_eq!(fl.log_group_name(), Some("/egresswatch/research/flow-logs"));
+    // Log group retention.
+    let groups = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix("/egresswatch/research/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(groups.log_groups()[0].retention_in_days(), Some(90));
+    // Flow-log role trusted only with SourceAccount and SourceArn conditions.
+    let role = c
+        .iam
+        .get_role()
+        .role_name("research-flow-logs")
+        .send()
+        .await
+        .unwrap();
+    let trust = percent_encoding::percent_decode_str(
+        role.role().unwrap().assume_role_policy_document().unwrap(),
+    )
+    .decode_utf8_lossy()
+    .to_string();
+    let trust: serde_json::Value = serde_json::from_str(&trust).unwrap();
+    assert_eq!(
+        trust["Statement"][0]["Principal"]["Service"],
+        "vpc-flow-logs.amazonaws.com"
+    );
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["StringEquals"]["aws:SourceAccount"],
+        "123456789012"
+    );
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
+        "arn:aws:ec2:us-east-1:123456789012:vpc-flow-log/*"
+    );
+    let attached = c
+        .iam
+        .list_attached_role_policies()
+        .role_name("research-studio-execution")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attached.attached_policies().is_empty(),
+        "no managed policy unless the spec asks"
+    );
+    // Studio domain: VpcOnly, IAM auth, private subnets, our SG and role.
+    let d = c
+        .sagemaker
+        .describe_domain()
+        .domain_id(&out.domain_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.app_network_access_type().map(|m| m.as_str()),
+        Some("VpcOnly")
+    );
+    assert_eq!(d.auth_mode().map(|m| m.as_str()), Some("IAM"));
+    assert_eq!(d.vpc_id(), Some(vpc_id));
+    let mut subnet_ids = d.subnet_ids().to_vec();
+    subnet_ids.sort();
+    let mut private: Vec<String> = out.private_subnets.iter().map(|s| s.id.clone()).collect();
+    private.sort();
+    assert_eq!(subnet_ids, private);
+    assert_eq!(
+        d.default_user_settings().and_then(|u| u.execution_role()),
+        Some(out.studio_role_arn.as_str())
+    );
+
+    // A second `up` makes no mutating call.
+    let before = c.calls.mutating();
+    let again = up(&c, &spec, "research").await;
+    assert_eq!(again, vec![]);
+    assert_eq!(
+        c.calls.mutating(),
+        before,
+        "mutating calls on a no-op up: {:?}",
+        c.calls.mutating_names()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_interrupted_at_every_mutating_call_converges() {
+    let moto = egresswatch_testkit::moto();
+    let c = clients(&moto.endpoint()).await;
+    let spec = StackSpec::default();
+    // How many mutating calls a clean `up` makes, in a throwaway stack.
+    let before = c.calls.mutating();
+    up(&c, &spec, "probe").await;
+    let total = c.calls.mutating() - before;
+    assert!(total > 20, "{total}");
+    provision::down(&c, "probe", |_| {}).await.unwrap();
+    for k in 1..=total {
+        let stack = format!("crash{k}");
+        c.calls.fail_mutating_call(k);
+        let first = provision::reconcile(&c, &spec, &stack, Mode::Apply, |_| {}).await;
+        assert!(first.is_err(), "k={k}: the injected fault should stop up");
+        c.calls.fail_mutating_call(0);
+        up(&c, &spec, &stack).await;
+        assert_eq!(plan(&c, &spec, &stack).await, vec![], "k={k}: converged");
+        let vpcs = c
+            .ec2
+            .describe_vpcs()
+            .filters(tag_filter(&stack))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(vpcs.vpcs().len(), 1, "k={k}: exactly one VPC");
+        provision::down(&c, &stack, |_| {}).await.unwrap();
+        assert_eq!(tagged(&c, &stack).await, 0, "k={k}: down leaves nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
+    let moto = egresswatch_testkit::moto();
+    let c = clients(&moto.endpoint()).await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "lab", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // Someone opens SSH to the internet and deletes the flow log.
+    c.ec2
+        .authorize_security_group_egress()
+        .group_id(&out.security_group_id)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(22)
+                .to_port(22)
+                .ip_ranges(
+                    aws_sdk_ec2::types::IpRange::builder()
+                        .cidr_ip("0.0.0.0/0")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    c.ec2
+        .delete_flow_logs()
+        .flow_log_ids(&out.flow_log_id)
+        .send()
+        .await
+        .unwrap();
+    let findings = plan(&c, &spec, "lab").await;
+    let summary: Vec<(String, bool)> = findings
+        .iter()
+        .map(|f| (f.resource.clone(), f.security))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("security-group".to_string(), true),
+            ("flow-log".to_string(), true)
+        ]
+    );
+    assert!(
+        findings[0].detail.contains("22-22 cidr:0.0.0.0/0"),
+        "{}",
+        findings[0].detail
+    );
+    // `up` repairs exactly that.
+    let repaired = up(&c, &spec, "lab").await;
+    assert_eq!(repaired.len(), 2);
+    assert_eq!(plan(&c, &spec, "lab").await, vec![]);
+    // A partial stack: delete the S3 endpoint; plan lists exactly it.
+    c.ec2
+        .delete_vpc_endpoints()
+        .vpc_endpoint_ids(&out.s3_endpoint_id)
+        .send()
+        .await
+        .unwrap();
+    let missing = plan(&c, &spec, "lab").await;
+    assert_eq!(
+        missing
+            .iter()
+            .map(|m| (m.resource.as_str(), m.kind.clone()))
+            .collect::<Vec<_>>(),
+        vec![("s3-endpoint", ChangeKind::Create)]
+    );
+    // Down, twice: everything goes, and the second finds nothing.
+    let deleted = provision::down(&c, "lab", |_| {}).await.unwrap();
+    assert!(deleted.len() >= 15, "{deleted:?}");
+    assert_eq!(tagged(&c, "lab").await, 0);
+    assert_eq!(
+        provision::down(&c, "lab", |_| {}).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
