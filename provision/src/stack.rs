@@ -1582,9 +1582,55 @@ impl<'c> Reconciler<'c> {
                             .map(String::from)
                     })
                     .unwrap_or_default();
+                self.wait_domain().await?;
             }
         }
         Ok(())
+    }
+}
+
+impl Reconciler<'_> {
+    /// Waits until the new domain is InService; creation takes several minutes on AWS.
+    async fn wait_domain(&mut self) -> Result<(), ProvisionError> {
+        let id = self.out.domain_id.clone();
+        let started = Instant::now();
+        loop {
+            let d = self
+                .clients
+                .sagemaker
+                .describe_domain()
+                .domain_id(&id)
+                .send()
+                .await
+                .map_err(|e| aws_error("studio-domain", "DescribeDomain", e))?;
+            let status = d
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            match status.as_str() {
+                "InService" | "" => return Ok(()),
+                "Failed" | "Update_Failed" => {
+                    return Err(ProvisionError::Conflict(format!(
+                        "studio-domain {id} failed: {}",
+                        d.failure_reason().unwrap_or("no reason given")
+                    )))
+                }
+                _ if started.elapsed() > self.wait_timeout => {
+                    return Err(ProvisionError::Timeout {
+                        resource: format!("studio-domain {id}"),
+                        waited: started.elapsed(),
+                        state: status,
+                    })
+                }
+                _ => {
+                    (self.progress)(&format!(
+                        "waiting for studio-domain {id} ({status}, {}s)",
+                        started.elapsed().as_secs()
+                    ));
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
     }
 }
 

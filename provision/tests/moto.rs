@@ -505,3 +505,66 @@ async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_nat_gateway_per_zone_when_asked() {
+    let moto = egresswatch_testkit::moto();
+    let c = clients(&moto.endpoint()).await;
+    let spec = StackSpec {
+        nat_gateway_per_az: true,
+        studio_domain: false,
+        s3_endpoint_buckets: vec!["research-data".into()],
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "multi", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.nat_gateways.len(), 2);
+    assert_ne!(out.nat_gateways[0].id, out.nat_gateways[1].id);
+    assert_eq!(out.nat_gateways[1].subnet_id, out.public_subnets[1].id);
+    assert!(out.domain_id.is_empty());
+    let rts = c
+        .ec2
+        .describe_route_tables()
+        .filters(tag_filter("multi"))
+        .send()
+        .await
+        .unwrap();
+    for rt in rts.route_tables() {
+        let name = rt
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("egresswatch:resource"))
+            .and_then(|t| t.value())
+            .unwrap();
+        let nat = rt.routes().iter().find_map(|r| r.nat_gateway_id());
+        match name {
+            "route-table/private-0" => assert_eq!(nat, Some(out.nat_gateways[0].id.as_str())),
+            "route-table/private-1" => assert_eq!(nat, Some(out.nat_gateways[1].id.as_str())),
+            _ => assert_eq!(nat, None),
+        }
+    }
+    // The endpoint policy allows only the listed bucket and ECR's layer bucket.
+    let ep = c
+        .ec2
+        .describe_vpc_endpoints()
+        .vpc_endpoint_ids(&out.s3_endpoint_id)
+        .send()
+        .await
+        .unwrap();
+    let doc = ep.vpc_endpoints()[0].policy_document().unwrap();
+    let policy: serde_json::Value =
+        serde_json::from_str(&percent_encoding::percent_decode_str(doc).decode_utf8_lossy())
+            .unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Resource"],
+        serde_json::json!([
+            "arn:aws:s3:::research-data",
+            "arn:aws:s3:::research-data/*",
+            "arn:aws:s3:::prod-us-east-1-starport-layer-bucket/*"
+        ])
+    );
+    assert_eq!(plan(&c, &spec, "multi").await, vec![]);
+    provision::down(&c, "multi", |_| {}).await.unwrap();
+    assert_eq!(tagged(&c, "multi").await, 0);
+}
