@@ -152,13 +152,10 @@ fn is_char_boundary(b: &[u8], i: usize) -> bool {
     i >= b.len() || (b[i] as i8) >= -0x40
 }
 
+/// Field separators. Line endings count too, so a stray `\r` or `\n` inside a line (found by
+/// fuzzing) separates fields instead of ending up inside one.
 #[inline]
 fn is_blank(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-#[inline]
-fn is_line_end(b: u8) -> bool {
     b == b' ' || b == b'\t' || b == b'\r' || b == b'\n'
 }
 
@@ -174,7 +171,7 @@ fn token(input: &[u8]) -> IResult<&[u8], &[u8]> {
 #[inline]
 pub(crate) fn trim_line_end(mut line: &[u8]) -> &[u8] {
     while let [rest @ .., last] = line {
-        if is_line_end(*last) {
+        if is_blank(*last) {
             line = rest;
         } else {
             break;
@@ -802,6 +799,16 @@ mod tests {
         .unwrap();
         assert_eq!(r.start(), Some(1512564058));
         assert_eq!(r.end(), Some(1512564059));
+    }
+
+    #[test]
+    fn line_endings_inside_a_line_separate_fields() {
+        let f = Format::parse("srcport dstport").unwrap();
+        let r = Record::parse(&f, b"1\r2 #c").unwrap();
+        assert_eq!((r.srcport(), r.dstport()), (Some(1), Some(2)));
+        let f = Format::parse("srcport interface-id").unwrap();
+        let r = Record::parse(&f, b"1 eni-0\n #c").unwrap();
+        assert_eq!(r.interface_id(), Some("eni-0"));
     }
 
     #[test]
