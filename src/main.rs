@@ -2,6 +2,7 @@
 //! over to the crate that does the work (`flowlog`, `egresswatch-provision`,
 //! `egresswatch-monitor`) and turns its result into output and an exit status.
 
+mod monitor_cmd;
 mod parse_cmd;
 mod provision_cmd;
 
@@ -36,8 +37,14 @@ struct Cli {
 enum Command {
     /// Create, inspect, repair and delete the egress-controlled Studio network in an account.
     Provision(provision_cmd::ProvisionArgs),
-    /// Run the monitoring daemon over the stack's flow logs (not yet available).
-    Monitor,
+    /// Run the monitoring daemon: read flow logs, flag non-HTTPS and suspicious egress through
+    /// the NAT, export Prometheus metrics and send alerts.
+    ///
+    /// Reads the stack's flow-log group in CloudWatch Logs (or a file, or stdin), classifies
+    /// every record against the network (`provision outputs`), raises findings, and commits
+    /// per-stream checkpoints in the state dir after each batch, so a restart loses nothing
+    /// and counts nothing twice. SIGTERM or Ctrl-C finishes the batch in flight and exits 0.
+    Monitor(monitor_cmd::MonitorArgs),
     /// Parse flow-log files and print records as JSON lines, or a summary of counts.
     ///
     /// Reads each FILE in turn (stdin when none is given or for `-`); `.gz` files are
@@ -80,6 +87,14 @@ fn not_yet(what: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG tunes them (default: info).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     match cli.command {
         Command::Parse {
             format,
@@ -94,7 +109,7 @@ fn main() -> ExitCode {
             ExitCode::from(status as u8)
         }
         Command::Provision(args) => provision_cmd::run(args),
-        Command::Monitor => not_yet("monitor"),
+        Command::Monitor(args) => monitor_cmd::run(args),
         Command::Simulate => not_yet("simulate"),
         Command::Demo => not_yet("demo (use scripts/demo)"),
     }

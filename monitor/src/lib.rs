@@ -1,1 +1,18 @@
+//! `egresswatch-monitor`: the daemon that watches what leaves the VPC. Sources feed batches of
+//! flow-log lines through parse, classify, detect and the alert router; metrics are kept at
+//! every stage and read positions are committed only after a batch has passed them all.
 
+pub mod alert;
+pub mod checkpoint;
+pub mod classify;
+pub mod config;
+pub mod daemon;
+pub mod denylist;
+pub mod detect;
+pub mod metrics;
+pub mod pipeline;
+pub mod topology;
+
+pub use config::Config;
+pub use daemon::{run, RunSummary};
+pub use metrics::Metrics;

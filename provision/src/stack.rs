@@ -47,7 +47,7 @@ pub struct Change {
 }
 
 /// What `outputs` prints: everything the monitor needs to know about the stack.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Outputs {
     pub stack: String,
     pub region: String,
@@ -69,14 +69,14 @@ pub struct Outputs {
     pub domain_id: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct SubnetOut {
     pub id: String,
     pub cidr: String,
     pub availability_zone: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct NatOut {
     pub id: String,
     pub subnet_id: String,

@@ -1,0 +1,363 @@
+//! The daemon: serves metrics and health, reads the configured source, pushes every batch
+//! through the pipeline and commits the checkpoint only after the whole batch is processed.
+//! On SIGTERM/SIGINT it stops reading, finishes and checkpoints the batch in flight, flushes
+//! the alert sinks and returns.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use flowlog::{Decoder, Format};
+use tokio::sync::watch;
+
+use crate::alert::{Router, Sink};
+use crate::checkpoint::CheckpointStore;
+use crate::config::{parse_shard, Config};
+use crate::metrics::Metrics;
+use crate::pipeline::{detectors, Pipeline};
+use crate::topology::Topology;
+
+/// What a finished run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub records: u64,
+    pub batches: u64,
+}
+
+/// The shard a log stream belongs to: rendezvous (highest random weight) hashing, so adding a
+/// shard moves only the streams it wins.
+pub fn shard_of(stream: &str, count: u32) -> u32 {
+    (0..count)
+        .max_by_key(|i| fnv1a(stream.as_bytes(), *i))
+        .unwrap_or(0)
+}
+
+fn fnv1a(data: &[u8], seed: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for &b in data.iter().chain(seed.to_le_bytes().iter()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // A final mix so that seeds differing in one bit spread over the whole range.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Serves /metrics, /healthz and /readyz until shutdown.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    use axum::{routing::get, Router as Http};
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let m = metrics.clone();
+    let app = Http::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.clone();
+                async move {
+                    if r.load(Ordering::SeqCst) {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    Ok(())
+}
+
+fn topology(config: &Config) -> Result<Topology, String> {
+    if let Some(t) = &config.topology {
+        return Ok(t.clone());
+    }
+    if let Some(p) = &config.outputs_file {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("outputs-file {}: {e}", p.display()))?;
+        return Topology::from_outputs_json(&text)
+            .map_err(|e| format!("outputs-file {}: {e}", p.display()));
+    }
+    Err("no network topology: set outputs-file (from `egresswatch provision outputs`) or [topology] in the config".into())
+}
+
+/// Runs the daemon until the source ends (files, stdin) or shutdown is signalled.
+pub async fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    clients: Option<egresswatch_provision::Clients>,
+) -> Result<RunSummary, String> {
+    let topo = topology(&config)?;
+    let dets = detectors(&config.rules)?;
+    let router = Router::start(
+        &config.alerts,
+        Sink::from_config(&config.alerts),
+        metrics.clone(),
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    serve(
+        config.listen,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
+    let result = if config.source == "cloudwatch" {
+        let clients = clients.ok_or("the cloudwatch source needs AWS clients")?;
+        cloudwatch(&config, &clients, &mut pipeline, shutdown, &ready).await
+    } else {
+        ready.store(true, Ordering::SeqCst);
+        let format = match &config.format {
+            Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
+            None => Format::default_v2(),
+        };
+        let path = config.source.strip_prefix("file:").map(PathBuf::from);
+        read_stream(path, format, &mut pipeline).map(|records| RunSummary {
+            records,
+            batches: 1,
+        })
+    };
+    pipeline.router.shutdown(Duration::from_secs(10)).await;
+    result
+}
+
+fn read_stream(path: Option<PathBuf>, format: Format, p: &mut Pipeline) -> Result<u64, String> {
+    let (name, raw): (String, Box<dyn Read>) = match &path {
+        None => ("stdin".into(), Box::new(std::io::stdin())),
+        Some(path) => (
+            path.display().to_string(),
+            Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        ),
+    };
+    let reader: Box<dyn Read> = if name.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        raw
+    };
+    let mut decoder = Decoder::following_headers(format);
+    let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let read = std::io::BufRead::read_until(&mut buf, b'\n', &mut line)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if read == 0 {
+            return Ok(n);
+        }
+        n += 1;
+        let origin = format!("{name}:{n}");
+        p.line(&mut decoder, &line, &origin);
+    }
+}
+
+async fn flow_log_format(
+    config: &Config,
+    clients: &egresswatch_provision::Clients,
+    group: &str,
+) -> Result<Format, String> {
+    if let Some(f) = &config.format {
+        return Format::parse(f).map_err(|e| format!("format: {e}"));
+    }
+    let got = clients
+        .ec2
+        .describe_flow_logs()
+        .filter(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("log-group-name")
+                .values(group)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "DescribeFlowLogs for log group {group}: {}",
+                e.message().unwrap_or(&e.to_string())
+            )
+        })?;
+    let f = got
+        .flow_logs()
+        .first()
+        .and_then(|f| f.log_format())
+        .ok_or_else(|| {
+            format!("no flow log delivers to log group {group}; set `format` in the config")
+        })?;
+    Format::parse(f).map_err(|e| format!("flow log format `{f}`: {e}"))
+}
+
+async fn cloudwatch(
+    config: &Config,
+    clients: &egresswatch_provision::Clients,
+    p: &mut Pipeline,
+    mut shutdown: watch::Receiver<bool>,
+    ready: &AtomicBool,
+) -> Result<RunSummary, String> {
+    let group = config
+        .log_group
+        .clone()
+        .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack));
+    let format = flow_log_format(config, clients, &group).await?;
+    let shard = config.shard.as_deref().map(parse_shard).transpose()?;
+    let store_name = match shard {
+        Some((i, n)) => format!("cloudwatch-{i}-of-{n}"),
+        None => "cloudwatch".into(),
+    };
+    let store = CheckpointStore::new(&config.state_dir, &store_name)?;
+    let mut cp = store.load()?;
+    let m = p.metrics.clone();
+    let mut summary = RunSummary::default();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(summary);
+        }
+        // Every stream of the group; new ENIs bring new streams.
+        let mut streams = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            m.source_calls
+                .with_label_values(&["DescribeLogStreams"])
+                .inc();
+            let r = clients
+                .logs
+                .describe_log_streams()
+                .log_group_name(&group)
+                .set_next_token(token.clone())
+                .send()
+                .await;
+            let page = match r {
+                Ok(page) => page,
+                Err(e) => {
+                    count_error(&m, "DescribeLogStreams", e.code());
+                    tracing::warn!(error = %e.message().unwrap_or(&e.to_string()), "DescribeLogStreams failed; retrying next poll");
+                    break;
+                }
+            };
+            streams.extend(
+                page.log_streams()
+                    .iter()
+                    .filter_map(|s| s.log_stream_name().map(String::from)),
+            );
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                break;
+            }
+        }
+        if let Some((i, n)) = shard {
+            streams.retain(|s| shard_of(s, n) == i);
+        }
+        ready.store(true, Ordering::SeqCst);
+        for stream in streams {
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(summary);
+                }
+                let start = cp.streams.get(&stream).cloned();
+                m.source_calls.with_label_values(&["GetLogEvents"]).inc();
+                let r = clients
+                    .logs
+                    .get_log_events()
+                    .log_group_name(&group)
+                    .log_stream_name(&stream)
+                    .start_from_head(true)
+                    .limit(10_000)
+                    .set_next_token(start.clone())
+                    .send()
+                    .await;
+                let page = match r {
+                    Ok(page) => page,
+                    Err(e) => {
+                        count_error(&m, "GetLogEvents", e.code());
+                        tracing::warn!(stream = %stream, error = %e.message().unwrap_or(&e.to_string()), "GetLogEvents failed; retrying next poll");
+                        break;
+                    }
+                };
+                let next = page.next_forward_token().map(String::from);
+                let events = page.events();
+                let mut decoder = Decoder::pinned(format.clone());
+                for ev in events {
+                    let origin = format!("{group}/{stream}@{}", ev.timestamp().unwrap_or(0));
+                    p.line(&mut decoder, ev.message().unwrap_or("").as_bytes(), &origin);
+                }
+                summary.records += events.len() as u64;
+                summary.batches += 1;
+                // Only now, with the batch through every stage, does the position move.
+                let unchanged = next.is_none() || next == start;
+                if let Some(n) = next {
+                    cp.streams.insert(stream.clone(), n);
+                }
+                cp.records_committed += events.len() as u64;
+                store.save(&cp)?;
+                m.checkpoint_timestamp.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0),
+                );
+                if events.is_empty() || unchanged {
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(config.poll_interval_seconds)) => {}
+        }
+    }
+}
+
+fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
+    m.source_errors.with_label_values(&[op]).inc();
+    if code.is_some_and(|c| c.contains("Throttl") || c.contains("LimitExceeded")) {
+        m.source_throttles.with_label_values(&[op]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_streams_without_overlap_or_gap() {
+        let streams: Vec<String> = (0..300).map(|i| format!("eni-{i:08x}-all")).collect();
+        let mut counts = [0usize; 3];
+        for s in &streams {
+            let owner = shard_of(s, 3);
+            counts[owner as usize] += 1;
+            // Exactly one shard owns each stream.
+            assert_eq!((0..3).filter(|i| shard_of(s, 3) == *i).count(), 1);
+        }
+        assert_eq!(counts.iter().sum::<usize>(), 300);
+        assert!(counts.iter().all(|&c| c > 60), "{counts:?}");
+        // Adding a fourth shard moves only streams to the new shard.
+        for s in &streams {
+            let after = shard_of(s, 4);
+            assert!(after == 3 || after == shard_of(s, 3), "{s}");
+        }
+    }
+}

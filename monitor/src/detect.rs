@@ -1,0 +1,211 @@
+//! Detection rules. Each rule is one type behind the [`Detector`] trait: it observes Flows in
+//! event time and emits [`Finding`]s that explain themselves.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{Flow, Path};
+use crate::denylist::Denylist;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+}
+
+/// Something a rule flagged, with the evidence behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub summary: String,
+    pub workload: Option<IpAddr>,
+    pub interface_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub remote: Option<IpAddr>,
+    pub remote_port: Option<u16>,
+    pub protocol: Option<u8>,
+    pub bytes: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub records: u64,
+}
+
+impl Finding {
+    fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
+        Finding {
+            rule,
+            severity,
+            summary,
+            workload: f.workload,
+            interface_id: f.interface_id.clone(),
+            instance_id: f.instance_id.clone(),
+            remote: f.remote,
+            remote_port: f.remote_port,
+            protocol: f.protocol,
+            bytes: f.bytes,
+            first_seen: f.start,
+            last_seen: f.end,
+            records: 1,
+        }
+    }
+}
+
+/// One detection rule.
+pub trait Detector: Send {
+    fn name(&self) -> &'static str;
+    /// Looks at one flow; pushes what it finds.
+    fn observe(&mut self, flow: &Flow, out: &mut Vec<Finding>);
+}
+
+/// Ports whose use through the NAT is high severity: remote shells, file shares, databases.
+const HIGH_RISK_PORTS: [u16; 12] = [
+    21, 22, 23, 445, 1433, 1521, 3306, 3389, 5432, 5900, 6379, 27017,
+];
+
+/// Human name of a protocol number for messages.
+fn proto_name(p: Option<u8>) -> String {
+    match p {
+        Some(6) => "TCP".into(),
+        Some(17) => "UDP".into(),
+        Some(1) => "ICMP".into(),
+        Some(n) => format!("protocol {n}"),
+        None => "unknown protocol".into(),
+    }
+}
+
+/// Accepted NAT egress to a port outside the allowed set (default {443}).
+pub struct NonHttpsEgress {
+    pub allowed_ports: BTreeSet<u16>,
+}
+
+impl Detector for NonHttpsEgress {
+    fn name(&self) -> &'static str {
+        "non_https_egress"
+    }
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if f.path != Path::NatEgress || f.action == Some("REJECT") {
+            return;
+        }
+        // DNS has its own rule.
+        let port = f.remote_port.unwrap_or(0);
+        if self.allowed_ports.contains(&port) || port == 53 || port == 853 {
+            return;
+        }
+        let severity = if HIGH_RISK_PORTS.contains(&port) {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        let summary = format!(
+            "{} egress through the NAT to port {port} ({} bytes); allowed ports: {:?}",
+            proto_name(f.protocol),
+            f.bytes,
+            self.allowed_ports
+        );
+        out.push(Finding::from_flow(self.name(), severity, summary, f));
+    }
+}
+
+/// Outbound attempts the security group or a network ACL rejected.
+pub struct RejectedEgress;
+
+impl Detector for RejectedEgress {
+    fn name(&self) -> &'static str {
+        "rejected_egress"
+    }
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if f.path != Path::RejectedEgress {
+            return;
+        }
+        let port = f.remote_port.unwrap_or(0);
+        let severity = if HIGH_RISK_PORTS.contains(&port) {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        let summary = format!(
+            "outbound {} to port {port} was rejected by the security group or network ACL",
+            proto_name(f.protocol)
+        );
+        out.push(Finding::from_flow(self.name(), severity, summary, f));
+    }
+}
+
+/// Egress to an address on a deny list (plain CIDRs, Spamhaus DROP, Tor exit lists).
+pub struct DenylistedDestination {
+    pub list: Denylist,
+    pub files: Vec<PathBuf>,
+}
+
+impl Detector for DenylistedDestination {
+    fn name(&self) -> &'static str {
+        "denylisted_destination"
+    }
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if !matches!(f.path, Path::NatEgress | Path::RejectedEgress) {
+            return;
+        }
+        let Some(remote) = f.remote else { return };
+        if let Some(source) = self.list.lookup(remote) {
+            let severity = if f.path == Path::NatEgress {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            let verb = if f.path == Path::NatEgress {
+                "reached"
+            } else {
+                "tried to reach"
+            };
+            let summary = format!("workload {verb} {remote}, listed in {source}");
+            out.push(Finding::from_flow(self.name(), severity, summary, f));
+        }
+    }
+}
+
+/// DNS (53) or DNS over TLS (853) to the internet: the Amazon resolver's own traffic never
+/// appears in flow logs, so this is a workload using an outside resolver.
+pub struct DnsBypass;
+
+impl Detector for DnsBypass {
+    fn name(&self) -> &'static str {
+        "dns_bypass"
+    }
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if !matches!(f.path, Path::NatEgress | Path::RejectedEgress) {
+            return;
+        }
+        if let Some(port @ (53 | 853)) = f.remote_port {
+            let what = if port == 53 { "DNS" } else { "DNS over TLS" };
+            let summary = format!(
+                "{what} to outside resolver {} instead of the VPC resolver",
+                f.remote.map(|r| r.to_string()).unwrap_or_default()
+            );
+            out.push(Finding::from_flow(self.name(), Severity::High, summary, f));
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Every metric the daemon exports, declared in one place on one registry. Labels are
+//! low-cardinality (path, port class, action, rule, severity, reason, sink): never an address.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub findings: IntCounterVec,
+    pub bad_lines: IntCounterVec,
+    pub skipped_records: IntCounterVec,
+    pub ingest_lag: Histogram,
+    pub source_calls: IntCounterVec,
+    pub source_errors: IntCounterVec,
+    pub source_throttles: IntCounterVec,
+    pub checkpoint_timestamp: IntGauge,
+    pub last_record_timestamp: IntGauge,
+    pub alerts_sent: IntCounterVec,
+    pub alerts_failed: IntCounterVec,
+    pub alerts_dropped: IntCounterVec,
+    pub alerts_suppressed: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let records = counter_vec(
+            &r,
+            "egresswatch_flow_records_total",
+            "Flow-log records processed, by classified path, remote port class and action.",
+            &["path", "port_class", "action"],
+        );
+        let bytes = counter_vec(&r, "egresswatch_flow_bytes_total", "Bytes in processed flow-log records, by path, remote port class and action (duplicate views of a connection are under path=\"duplicate\").", &["path", "port_class", "action"]);
+        let findings = counter_vec(
+            &r,
+            "egresswatch_findings_total",
+            "Findings raised, by rule and severity.",
+            &["rule", "severity"],
+        );
+        let bad_lines = counter_vec(
+            &r,
+            "egresswatch_bad_lines_total",
+            "Lines that were not valid records in their format, by reason.",
+            &["reason"],
+        );
+        let skipped_records = counter_vec(
+            &r,
+            "egresswatch_status_records_total",
+            "NODATA and SKIPDATA records (SKIPDATA means AWS lost visibility), by log status.",
+            &["log_status"],
+        );
+        let ingest_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "egresswatch_ingest_lag_seconds",
+                "Time from a record's window end to its processing.",
+            )
+            .buckets(vec![
+                15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(ingest_lag.clone()))
+            .expect("registered once");
+        let source_calls = counter_vec(
+            &r,
+            "egresswatch_source_requests_total",
+            "API calls made by the source, by operation.",
+            &["operation"],
+        );
+        let source_errors = counter_vec(
+            &r,
+            "egresswatch_source_request_errors_total",
+            "Source API calls that failed, by operation.",
+            &["operation"],
+        );
+        let source_throttles = counter_vec(
+            &r,
+            "egresswatch_source_request_throttles_total",
+            "Source API calls that were throttled, by operation.",
+            &["operation"],
+        );
+        let checkpoint_timestamp = IntGauge::new(
+            "egresswatch_checkpoint_timestamp_seconds",
+            "When the last checkpoint was committed (Unix seconds).",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(checkpoint_timestamp.clone()))
+            .expect("registered once");
+        let last_record_timestamp = IntGauge::new(
+            "egresswatch_last_record_timestamp_seconds",
+            "Window end of the newest record processed (Unix seconds).",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(last_record_timestamp.clone()))
+            .expect("registered once");
+        let alerts_sent = counter_vec(
+            &r,
+            "egresswatch_alerts_sent_total",
+            "Alerts delivered, by sink.",
+            &["sink"],
+        );
+        let alerts_failed = counter_vec(
+            &r,
+            "egresswatch_alert_send_failures_total",
+            "Alert deliveries that failed (and are retried), by sink.",
+            &["sink"],
+        );
+        let alerts_dropped = counter_vec(
+            &r,
+            "egresswatch_alerts_dropped_total",
+            "Alerts dropped because a sink's queue was full, by sink.",
+            &["sink"],
+        );
+        let alerts_suppressed = IntCounter::new("egresswatch_alerts_deduplicated_total", "Findings not sent again because the same rule, workload and remote alerted within the dedupe window.").expect("valid counter");
+        r.register(Box::new(alerts_suppressed.clone()))
+            .expect("registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("egresswatch_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(build_info.clone()))
+            .expect("registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            registry: r,
+            records,
+            bytes,
+            findings,
+            bad_lines,
+            skipped_records,
+            ingest_lag,
+            source_calls,
+            source_errors,
+            source_throttles,
+            checkpoint_timestamp,
+            last_record_timestamp,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
+            alerts_suppressed,
+            build_info,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The remote port's class: a bounded label instead of the port itself.
+pub fn port_class(port: Option<u16>, protocol: Option<u8>) -> &'static str {
+    match (protocol, port) {
+        (Some(1) | Some(58), _) => "icmp",
+        (_, Some(443)) => "https",
+        (_, Some(80)) => "http",
+        (_, Some(53) | Some(853)) => "dns",
+        (_, Some(22)) => "ssh",
+        (_, Some(3389)) => "rdp",
+        (_, Some(445) | Some(139)) => "smb",
+        (_, Some(2049)) => "nfs",
+        (_, Some(1433 | 1521 | 3306 | 5432 | 6379 | 27017)) => "database",
+        (_, Some(p)) if p >= 8192 => "high",
+        (_, Some(_)) => "other",
+        (_, None) => "none",
+    }
+}

@@ -1,0 +1,60 @@
+//! What the monitor knows about the stack's network: the VPC's ranges, the NAT gateways'
+//! interfaces and private addresses, and the S3 prefix-list ranges. It comes from
+//! `provision outputs` JSON or the config file, and is what turns a record into a Flow.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Topology {
+    /// The VPC's CIDR blocks.
+    pub vpc_cidrs: Vec<IpNet>,
+    /// NAT gateway network interface ids (`eni-…`).
+    pub nat_interfaces: Vec<String>,
+    /// NAT gateway private addresses.
+    pub nat_private_ips: Vec<IpAddr>,
+    /// Ranges behind the S3 gateway endpoint (the `pl-…` prefix list's CIDRs).
+    pub s3_cidrs: Vec<IpNet>,
+}
+
+impl Topology {
+    /// Reads the JSON `egresswatch provision outputs` prints.
+    pub fn from_outputs_json(text: &str) -> Result<Self, String> {
+        let out: egresswatch_provision::Outputs =
+            serde_json::from_str(text).map_err(|e| format!("not `provision outputs` JSON: {e}"))?;
+        let vpc = out
+            .vpc_cidr
+            .parse::<IpNet>()
+            .map_err(|e| format!("vpc_cidr `{}`: {e}", out.vpc_cidr))?;
+        let mut t = Topology {
+            vpc_cidrs: vec![vpc],
+            ..Topology::default()
+        };
+        for n in &out.nat_gateways {
+            t.nat_interfaces.push(n.network_interface_id.clone());
+            if let Ok(ip) = n.private_ip.parse() {
+                t.nat_private_ips.push(ip);
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn in_vpc(&self, ip: IpAddr) -> bool {
+        self.vpc_cidrs.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_nat_ip(&self, ip: IpAddr) -> bool {
+        self.nat_private_ips.contains(&ip)
+    }
+
+    pub fn is_nat_interface(&self, eni: &str) -> bool {
+        self.nat_interfaces.iter().any(|n| n == eni)
+    }
+
+    pub fn is_s3(&self, ip: IpAddr) -> bool {
+        self.s3_cidrs.iter().any(|n| n.contains(&ip))
+    }
+}

@@ -1,0 +1,139 @@
+//! `egresswatch monitor`: loads the config, applies command-line overrides, installs signal
+//! handlers and runs the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use egresswatch_monitor::{Config, Metrics};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  \
+    egresswatch provision outputs > /etc/egresswatch/outputs.json\n  \
+    egresswatch monitor --config /etc/egresswatch/monitor.toml\n  \
+    egresswatch monitor --source file:flows.log.gz --outputs outputs.json --state-dir /tmp/ew\n  \
+    egresswatch monitor --shard 0/3     # one of three daemons splitting the log streams")]
+pub struct MonitorArgs {
+    /// Config file (TOML); every key is optional.
+    #[arg(long, short = 'c', env = "EGRESSWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// The stack whose flow-log group to read.
+    #[arg(long)]
+    stack: Option<String>,
+    /// `cloudwatch`, `file:PATH` (plain or .gz) or `stdin`.
+    #[arg(long)]
+    source: Option<String>,
+    /// Read this log group instead of the stack's.
+    #[arg(long)]
+    log_group: Option<String>,
+    /// Address for /metrics, /healthz and /readyz [default: 127.0.0.1:9477].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where checkpoints live [default: /var/lib/egresswatch].
+    #[arg(long, env = "STATE_DIRECTORY")]
+    state_dir: Option<PathBuf>,
+    /// `egresswatch provision outputs` JSON describing the network.
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    /// Read only the log streams of shard INDEX of COUNT, e.g. 0/3.
+    #[arg(long)]
+    shard: Option<String>,
+    /// AWS region (default: the standard chain).
+    #[arg(long)]
+    region: Option<String>,
+    /// Send AWS calls here (an emulator); default: AWS_ENDPOINT_URL.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+}
+
+pub fn run(args: MonitorArgs) -> ExitCode {
+    let mut config = match &args.config {
+        None => Config::default(),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => match Config::from_toml(&t, &p.display().to_string()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("egresswatch monitor: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("egresswatch monitor: cannot read {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let Some(v) = args.stack {
+        config.stack = v;
+    }
+    if let Some(v) = args.source {
+        config.source = v;
+    }
+    if let Some(v) = args.log_group {
+        config.log_group = Some(v);
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.state_dir {
+        config.state_dir = v;
+    }
+    if let Some(v) = args.outputs {
+        config.outputs_file = Some(v);
+    }
+    if let Some(v) = args.shard {
+        config.shard = Some(v);
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("egresswatch monitor: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("egresswatch monitor: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down: finishing the batch in flight");
+            let _ = tx.send(true);
+        });
+        let clients = if config.source == "cloudwatch" {
+            match egresswatch_provision::Clients::from_env(args.region, args.endpoint_url).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("egresswatch monitor: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(listen = %config.listen, source = %config.source, "egresswatch monitor starting");
+        match egresswatch_monitor::run(config, Arc::new(Metrics::new()), rx, clients).await {
+            Ok(s) => {
+                tracing::info!(records = s.records, "egresswatch monitor stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("egresswatch monitor: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
