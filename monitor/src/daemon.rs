@@ -171,8 +171,7 @@ fn read_stream(path: Option<PathBuf>, format: Format, p: &mut Pipeline) -> Resul
             return Ok(n);
         }
         n += 1;
-        let origin = format!("{name}:{n}");
-        p.line(&mut decoder, &line, &origin);
+        p.line(&mut decoder, &line, &Origin(&name, n));
     }
 }
 
@@ -300,8 +299,9 @@ async fn cloudwatch(
                 let next = page.next_forward_token().map(String::from);
                 let events = page.events();
                 let mut decoder = Decoder::pinned(format.clone());
+                let label = format!("{group}/{stream}@");
                 for ev in events {
-                    let origin = format!("{group}/{stream}@{}", ev.timestamp().unwrap_or(0));
+                    let origin = Origin(&label, ev.timestamp().unwrap_or(0) as u64);
                     p.line(&mut decoder, ev.message().unwrap_or("").as_bytes(), &origin);
                 }
                 summary.records += events.len() as u64;
@@ -327,6 +327,19 @@ async fn cloudwatch(
         tokio::select! {
             _ = shutdown.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(config.poll_interval_seconds)) => {}
+        }
+    }
+}
+
+/// Where a line came from, formatted only when a bad line is logged.
+struct Origin<'a>(&'a str, u64);
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.ends_with('@') {
+            write!(f, "{}{}", self.0, self.1)
+        } else {
+            write!(f, "{}:{}", self.0, self.1)
         }
     }
 }

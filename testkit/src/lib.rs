@@ -114,3 +114,174 @@ pub fn moto() -> Service {
         port,
     }
 }
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "egresswatch-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&d).expect("create a temporary directory");
+    d
+}
+
+fn ensure_installed(bin: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        let status = Command::new(workspace_root().join("scripts/install-test-services"))
+            .status()
+            .expect("run scripts/install-test-services");
+        assert!(status.success(), "installing test services failed");
+    }
+}
+
+/// Starts a real Alertmanager (Debian package) that keeps what it receives.
+pub fn alertmanager() -> Service {
+    ensure_installed("prometheus-alertmanager");
+    let dir = temp_dir("alertmanager");
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route:\n  receiver: keep\n  group_by: ['rule']\nreceivers:\n  - name: keep\n",
+    )
+    .expect("write config");
+    let port = free_port();
+    let mut child = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus-alertmanager");
+    wait_http(
+        port,
+        "/-/ready",
+        Duration::from_secs(30),
+        &mut child,
+        "alertmanager",
+    );
+    Service {
+        name: "alertmanager",
+        child,
+        port,
+    }
+}
+
+/// A private D-Bus session bus with an `org.freedesktop.Notifications` server on it that
+/// writes each notification it receives as a JSON line to `log`.
+pub struct NotificationBus {
+    pub address: String,
+    pub log: PathBuf,
+    bus: Child,
+    server: Child,
+}
+
+impl Drop for NotificationBus {
+    fn drop(&mut self) {
+        for c in [&mut self.server, &mut self.bus] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const NOTIFICATION_SERVER: &str = r#"
+import json, sys
+import dbus, dbus.service
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+
+log = open(sys.argv[1], "a", buffering=1)
+
+class Server(dbus.service.Object):
+    def __init__(self, bus):
+        super().__init__(bus, "/org/freedesktop/Notifications")
+        self.next_id = 0
+
+    @dbus.service.method("org.freedesktop.Notifications", in_signature="susssasa{sv}i", out_signature="u")
+    def Notify(self, app, replaces, icon, summary, body, actions, hints, timeout):
+        self.next_id += 1
+        urgency = int(hints["urgency"]) if "urgency" in hints else None
+        log.write(json.dumps({"app": str(app), "summary": str(summary), "body": str(body), "urgency": urgency}) + "\n")
+        return self.next_id
+
+    @dbus.service.method("org.freedesktop.Notifications", out_signature="as")
+    def GetCapabilities(self):
+        return ["body"]
+
+    @dbus.service.method("org.freedesktop.Notifications", out_signature="ssss")
+    def GetServerInformation(self):
+        return ["egresswatch-test", "egresswatch", "1", "1.2"]
+
+    @dbus.service.method("org.freedesktop.Notifications", in_signature="u")
+    def CloseNotification(self, nid):
+        pass
+
+DBusGMainLoop(set_as_default=True)
+bus = dbus.SessionBus()
+name = dbus.service.BusName("org.freedesktop.Notifications", bus)
+server = Server(bus)
+log.write(json.dumps({"ready": True}) + "\n")
+GLib.MainLoop().run()
+"#;
+
+/// Starts the bus and the notification server, and waits until the server owns its name.
+pub fn notification_bus() -> NotificationBus {
+    ensure_installed("dbus-daemon");
+    let dir = temp_dir("dbus");
+    let address = format!("unix:path={}", dir.join("bus").display());
+    let bus = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", &format!("--address={address}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dbus-daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("bus").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "dbus-daemon did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = dir.join("notifications.py");
+    std::fs::write(&script, NOTIFICATION_SERVER).expect("write the notification server");
+    let log = dir.join("notifications.jsonl");
+    // Debian's python3, which has the dbus and gi modules.
+    let server = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&log)
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the notification server");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if std::fs::read_to_string(&log)
+            .map(|t| t.contains("\"ready\""))
+            .unwrap_or(false)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the notification server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    NotificationBus {
+        address,
+        log,
+        bus,
+        server,
+    }
+}

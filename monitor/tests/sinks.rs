@@ -1,0 +1,114 @@
+//! Alerts reach a real Alertmanager (read back through its v2 API), and a failing sink is
+//! retried and counted without blocking the pipeline or the other sinks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use egresswatch_monitor::Metrics;
+
+mod common;
+use common::config;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn findings_reach_a_real_alertmanager() {
+    let am = egresswatch_testkit::alertmanager();
+    let dir = std::env::temp_dir().join(format!("ew-am-{}", std::process::id()));
+    let config = config(&dir, &format!("alertmanager-url = \"{}\"", am.endpoint()));
+    let metrics = Arc::new(Metrics::new());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let summary = egresswatch_monitor::run(config, metrics.clone(), rx, None)
+        .await
+        .unwrap();
+    assert_eq!(summary.records, 5, "header plus four records");
+    let text = metrics.render();
+    // The second SSH record is the same (rule, workload, remote) within the window: deduplicated.
+    assert!(
+        text.contains("egresswatch_alerts_deduplicated_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 2"),
+        "{text}"
+    );
+
+    let alerts: serde_json::Value = reqwest::get(format!("{}/api/v2/alerts", am.endpoint()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String, String, String)> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let l = &a["labels"];
+            (
+                l["rule"].as_str().unwrap().into(),
+                l["severity"].as_str().unwrap().into(),
+                l["remote"].as_str().unwrap().into(),
+                l["workload"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "dns_bypass".into(),
+                "high".into(),
+                "8.8.8.8".into(),
+                "10.0.1.5".into()
+            ),
+            (
+                "non_https_egress".into(),
+                "high".into(),
+                "198.51.100.22".into(),
+                "10.0.1.5".into()
+            ),
+        ]
+    );
+    for a in alerts.as_array().unwrap() {
+        assert_eq!(a["labels"]["alertname"], "EgressWatchFinding");
+        assert!(!a["annotations"]["summary"].as_str().unwrap().is_empty());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_sink_is_retried_and_counted_and_does_not_block() {
+    // Nothing listens on this port: every webhook delivery fails. The pipeline still finishes,
+    // and the failures are counted per sink.
+    let dead = format!("http://127.0.0.1:{}/hook", egresswatch_testkit::free_port());
+    let am = egresswatch_testkit::alertmanager();
+    let dir = std::env::temp_dir().join(format!("ew-dead-{}", std::process::id()));
+    let config = config(
+        &dir,
+        &format!(
+            "webhook-url = \"{dead}\"\nalertmanager-url = \"{}\"",
+            am.endpoint()
+        ),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let summary = egresswatch_monitor::run(config, metrics.clone(), rx, None)
+        .await
+        .unwrap();
+    assert_eq!(summary.records, 5);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let text = metrics.render();
+    let failures: f64 = text
+        .lines()
+        .find(|l| l.starts_with("egresswatch_alert_send_failures_total{sink=\"webhook\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 2.0, "{text}");
+    assert!(
+        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 2"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
