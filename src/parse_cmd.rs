@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-use flowlog::{Action, Decoder, Format, Line, LogStatus, Record};
+use flowlog::{line_kind, Action, Decoder, Format, Line, LineKind, LogStatus, Record};
 
 /// How `parse` prints what it read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,15 +40,59 @@ pub struct Summary {
     pub packets: u64,
 }
 
-impl Summary {
-    fn add_record(&mut self, r: &Record<'_>) {
+/// Per-record counts kept in arrays on the hot path and folded into a [`Summary`] per chunk.
+#[derive(Default)]
+struct FastCounts {
+    status: [u64; 4],
+    action: [u64; 3],
+    records: u64,
+    bytes: u64,
+    packets: u64,
+}
+
+impl FastCounts {
+    #[inline]
+    fn add(&mut self, r: &Record<'_>) {
         self.records += 1;
-        let status = r.log_status().map_or("-", LogStatus::as_str);
-        *self.log_status.entry(status).or_default() += 1;
-        let action = r.action().map_or("-", Action::as_str);
-        *self.action.entry(action).or_default() += 1;
+        let s = match r.log_status() {
+            Some(LogStatus::Ok) => 0,
+            Some(LogStatus::NoData) => 1,
+            Some(LogStatus::SkipData) => 2,
+            None => 3,
+        };
+        self.status[s] += 1;
+        let a = match r.action() {
+            Some(Action::Accept) => 0,
+            Some(Action::Reject) => 1,
+            None => 2,
+        };
+        self.action[a] += 1;
         self.bytes += r.bytes().unwrap_or(0);
         self.packets += r.packets().unwrap_or(0);
+    }
+
+    fn fold_into(self, s: &mut Summary) {
+        s.records += self.records;
+        s.bytes += self.bytes;
+        s.packets += self.packets;
+        for (n, name) in self.status.iter().zip(["OK", "NODATA", "SKIPDATA", "-"]) {
+            if *n > 0 {
+                *s.log_status.entry(name).or_default() += n;
+            }
+        }
+        for (n, name) in self.action.iter().zip(["ACCEPT", "REJECT", "-"]) {
+            if *n > 0 {
+                *s.action.entry(name).or_default() += n;
+            }
+        }
+    }
+}
+
+impl Summary {
+    fn add_record(&mut self, r: &Record<'_>) {
+        let mut c = FastCounts::default();
+        c.add(r);
+        c.fold_into(self);
     }
 
     fn merge(&mut self, other: Summary) {
@@ -148,9 +192,9 @@ pub fn run(args: ParseArgs) -> i32 {
     status
 }
 
-fn open(path: &PathBuf) -> io::Result<Box<dyn Read>> {
-    let raw: Box<dyn Read> = if path.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
+fn open(path: &PathBuf) -> io::Result<Box<dyn Read + Send>> {
+    let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
+        Box::new(io::stdin())
     } else {
         Box::new(File::open(path)?)
     };
@@ -162,51 +206,58 @@ fn open(path: &PathBuf) -> io::Result<Box<dyn Read>> {
     })
 }
 
-/// Reads whole lines in large chunks and hands each chunk to [`process_chunk`].
+/// Reads whole lines in large chunks on a reader thread, so reading overlaps parsing, and
+/// hands each chunk to [`process_chunk`] in order. Buffers go back to the reader for reuse.
 fn read_input(
-    mut reader: Box<dyn Read>,
+    reader: Box<dyn Read + Send>,
     name: &str,
     mut decoder: Decoder,
     sink: &mut Sink<'_>,
 ) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    // Not joined: if output fails (a closed pipe) the process stops without waiting for it.
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let mut buf = empty_rx
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK + (1 << 16)));
+            buf.clear();
+            buf.append(&mut carry);
+            let n = match (&mut reader).take(CHUNK as u64).read_to_end(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = full_tx.send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                let len = buf.len();
+                if len > 0 {
+                    let _ = full_tx.send(Ok((buf, len)));
+                }
+                return;
+            }
+            let Some(cut) = buf.iter().rposition(|&b| b == b'\n').map(|p| p + 1) else {
+                // A line longer than a chunk: keep reading it.
+                carry = buf;
+                continue;
+            };
+            carry.extend_from_slice(&buf[cut..]);
+            if full_tx.send(Ok((buf, cut))).is_err() {
+                return;
+            }
+        }
+    });
     let mut line_no: u64 = 0;
-    loop {
-        let filled = buf.len();
-        buf.resize(filled.max(CHUNK / 2) * 2, 0);
-        let n = read_full(&mut reader, &mut buf[filled..])?;
-        buf.truncate(filled + n);
-        let eof = n == 0;
-        let cut = if eof {
-            buf.len()
-        } else {
-            match buf.iter().rposition(|&b| b == b'\n') {
-                Some(p) => p + 1,
-                None => continue, // a line longer than the buffer: read more
-            }
-        };
+    for message in full_rx {
+        let (buf, cut) = message?;
         line_no = process_chunk(&buf[..cut], line_no, name, &mut decoder, sink)?;
-        buf.drain(..cut);
-        if eof {
-            return Ok(());
-        }
+        let _ = empty_tx.send(buf);
     }
-}
-
-fn read_full(reader: &mut dyn Read, mut buf: &mut [u8]) -> io::Result<usize> {
-    let mut total = 0;
-    while !buf.is_empty() {
-        match reader.read(buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                total += n;
-                buf = &mut buf[n..];
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
+    Ok(())
 }
 
 /// One contiguous run of whole lines, numbered from `first_line + 1`.
@@ -217,8 +268,14 @@ fn process_chunk(
     decoder: &mut Decoder,
     sink: &mut Sink<'_>,
 ) -> io::Result<u64> {
-    if sink.output == Output::Summary && chunk.len() >= 1 << 20 {
-        return summarise_parallel(chunk, first_line, name, decoder, sink);
+    if sink.output == Output::Summary {
+        if chunk.len() >= 1 << 20 {
+            return summarise_parallel(chunk, first_line, name, decoder, sink);
+        }
+        let tally = tally_lines(chunk, first_line, name, decoder);
+        let end = tally.line_no;
+        tally.finish(sink)?;
+        return Ok(end);
     }
     let mut tally = Tally::new(name, first_line);
     let mut json = Vec::with_capacity(256);
@@ -285,6 +342,7 @@ impl<'n> Tally<'n> {
     }
 }
 
+/// Counts a run of lines, reusing one record for every line of a format.
 fn tally_lines<'n>(
     chunk: &[u8],
     first_line: u64,
@@ -292,15 +350,34 @@ fn tally_lines<'n>(
     decoder: &mut Decoder,
 ) -> Tally<'n> {
     let mut tally = Tally::new(name, first_line);
-    for line in lines(chunk) {
-        tally.line_no += 1;
-        match decoder.decode(line) {
-            Ok(Line::Record(r)) => tally.summary.add_record(&r),
-            Ok(Line::Header) => tally.summary.headers += 1,
-            Ok(Line::Blank) => tally.summary.blanks += 1,
-            Err(e) => tally.bad(e),
+    let mut counts = FastCounts::default();
+    let mut rest = lines(chunk);
+    loop {
+        let format = decoder.format().clone();
+        let mut record = Record::empty(&format);
+        let mut new_format = None;
+        for line in rest.by_ref() {
+            tally.line_no += 1;
+            match line_kind(line) {
+                LineKind::Blank => tally.summary.blanks += 1,
+                LineKind::Header(f) => {
+                    tally.summary.headers += 1;
+                    if decoder.header(f) {
+                        new_format = Some(());
+                        break;
+                    }
+                }
+                LineKind::Data => match record.parse_into(line) {
+                    Ok(()) => counts.add(&record),
+                    Err(e) => tally.bad(e),
+                },
+            }
+        }
+        if new_format.is_none() {
+            break;
         }
     }
+    counts.fold_into(&mut tally.summary);
     tally
 }
 

@@ -21,6 +21,27 @@ pub enum Line<'a> {
     Record(Record<'a>),
 }
 
+/// What a line is, before any record parsing.
+#[derive(Debug)]
+pub enum LineKind {
+    Blank,
+    Header(Format),
+    Data,
+}
+
+/// Tells blank lines, comments and header lines from data lines.
+pub fn line_kind(line: &[u8]) -> LineKind {
+    let trimmed = trim_line_end(line);
+    match trimmed.iter().position(|&b| b != b' ' && b != b'\t') {
+        None => LineKind::Blank,
+        Some(first) if trimmed[first] == b'#' => LineKind::Blank,
+        Some(_) => match Format::from_header_line(trimmed) {
+            Some(f) => LineKind::Header(f),
+            None => LineKind::Data,
+        },
+    }
+}
+
 /// Turns lines into records, following header lines unless the format was pinned.
 #[derive(Clone, Debug)]
 pub struct Decoder {
@@ -50,23 +71,25 @@ impl Decoder {
         &self.format
     }
 
+    /// Takes a header line's format, unless the format is pinned; returns whether it changed.
+    pub fn header(&mut self, format: Format) -> bool {
+        if self.follow_headers && format != self.format {
+            self.format = format;
+            return true;
+        }
+        false
+    }
+
     /// Classifies and parses one line (its line ending may be included).
     pub fn decode<'a>(&'a mut self, line: &'a [u8]) -> Result<Line<'a>, ParseError> {
-        let trimmed = trim_line_end(line);
-        let first = trimmed.iter().position(|&b| b != b' ' && b != b'\t');
-        let Some(first) = first else {
-            return Ok(Line::Blank);
-        };
-        if trimmed[first] == b'#' {
-            return Ok(Line::Blank);
-        }
-        if let Some(header) = Format::from_header_line(trimmed) {
-            if self.follow_headers {
-                self.format = header;
+        match line_kind(line) {
+            LineKind::Blank => Ok(Line::Blank),
+            LineKind::Header(f) => {
+                self.header(f);
+                Ok(Line::Header)
             }
-            return Ok(Line::Header);
+            LineKind::Data => Record::parse(&self.format, line).map(Line::Record),
         }
-        Record::parse(&self.format, trimmed).map(Line::Record)
     }
 }
 

@@ -23,7 +23,7 @@ mod record;
 mod serialize;
 mod value;
 
-pub use decode::{Decoder, Line};
+pub use decode::{line_kind, Decoder, Line, LineKind};
 pub use field::{Field, Kind, FIELD_COUNT};
 pub use format::{Format, FormatError, DEFAULT_FIELDS, DEFAULT_FORMAT_STRING};
 pub use record::{ErrorKind, ParseError, Record};
