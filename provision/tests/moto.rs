@@ -481,6 +481,73 @@ async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
     let repaired = up(&c, &spec, "lab").await;
     assert_eq!(repaired.len(), 2);
     assert_eq!(plan(&c, &spec, "lab").await, vec![]);
+    // The flow log replaced by one with a format that cannot attribute NAT traffic (flow logs
+    // cannot change in place): status flags it, up replaces it.
+    let (_, now) = provision::reconcile(&c, &spec, "lab", Mode::Plan, |_| {})
+        .await
+        .unwrap();
+    c.ec2
+        .delete_flow_logs()
+        .flow_log_ids(&now.flow_log_id)
+        .send()
+        .await
+        .unwrap();
+    c.ec2
+        .create_flow_logs()
+        .resource_ids(&now.vpc_id)
+        .resource_type(aws_sdk_ec2::types::FlowLogsResourceType::Vpc)
+        .traffic_type(aws_sdk_ec2::types::TrafficType::All)
+        .log_destination_type(aws_sdk_ec2::types::LogDestinationType::CloudWatchLogs)
+        .log_group_name(&now.log_group)
+        .deliver_logs_permission_arn(&now.flow_log_role_arn)
+        .log_format("${version} ${srcaddr} ${dstaddr} ${bytes}")
+        .max_aggregation_interval(60)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::VpcFlowLog)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(STACK_TAG)
+                        .value("lab")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "lab").await;
+    let kinds: Vec<(&str, ChangeKind, bool)> = drift
+        .iter()
+        .map(|d| (d.resource.as_str(), d.kind.clone(), d.security))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("flow-log", ChangeKind::Replace, true),
+            ("flow-log", ChangeKind::Create, true)
+        ]
+    );
+    assert!(
+        drift[0].detail.contains("record format differs"),
+        "{}",
+        drift[0].detail
+    );
+    up(&c, &spec, "lab").await;
+    assert_eq!(plan(&c, &spec, "lab").await, vec![]);
+    let fls = c
+        .ec2
+        .describe_flow_logs()
+        .filter(tag_filter("lab"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fls.flow_logs().len(), 1);
+    assert_eq!(
+        fls.flow_logs()[0].log_format(),
+        Some(provision::flow_log_format().as_str())
+    );
+
     // A partial stack: delete the S3 endpoint; plan lists exactly it.
     c.ec2
         .delete_vpc_endpoints()
