@@ -114,11 +114,11 @@ fn metric_values(text: &str) -> BTreeMap<String, f64> {
 async fn run_until(
     config: Config,
     expect_records: u64,
+    endpoint: &str,
 ) -> (BTreeMap<String, f64>, egresswatch_monitor::RunSummary) {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let endpoint = std::env::var("EW_TEST_ENDPOINT").unwrap();
-    let clients = Clients::from_env(Some("us-east-1".into()), Some(endpoint))
+    let clients = Clients::from_env(Some("us-east-1".into()), Some(endpoint.to_string()))
         .await
         .unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -159,7 +159,6 @@ async fn run_until(
 #[tokio::test(flavor = "multi_thread")]
 async fn known_mix_gives_exact_counters_and_findings_and_resumes_after_restart() {
     let moto = egresswatch_testkit::moto();
-    std::env::set_var("EW_TEST_ENDPOINT", moto.endpoint());
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
@@ -351,7 +350,7 @@ dedupe-window-seconds = 3600
         deny = dir.join("deny.txt").display()
     );
     let config = Config::from_toml(&toml, "test.toml").unwrap();
-    let (m, summary) = run_until(config.clone(), 11).await;
+    let (m, summary) = run_until(config.clone(), 11, &moto.endpoint()).await;
     assert_eq!(summary.records, 11);
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     assert_eq!(
@@ -512,7 +511,7 @@ dedupe-window-seconds = 3600
         ],
     )
     .await;
-    let (m2, summary2) = run_until(config, 2).await;
+    let (m2, summary2) = run_until(config, 2, &moto.endpoint()).await;
     assert_eq!(summary2.records, 2);
     assert_eq!(
         m2.get(
@@ -526,5 +525,120 @@ dedupe-window-seconds = 3600
     )
     .unwrap();
     assert_eq!(cp["records_committed"], 13);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_shards_together_count_exactly_what_one_daemon_counts() {
+    let moto = egresswatch_testkit::moto();
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+        .await
+        .unwrap();
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "shards", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let streams: Vec<String> = (0..9).map(|i| format!("eni-0{i:016x}-all")).collect();
+    let mut total = 0u64;
+    for (i, stream) in streams.iter().enumerate() {
+        let lines: Vec<String> = (0..(100 + i * 37))
+            .map(|n| {
+                leg(
+                    &stream[..21],
+                    "10.42.16.5",
+                    "10.42.32.9",
+                    &format!("{}", 40000 + n),
+                    "2049",
+                    "6",
+                    "10",
+                    "ACCEPT",
+                    "10.42.16.5",
+                    "10.42.32.9",
+                )
+            })
+            .collect();
+        total += lines.len() as u64;
+        put(&c, &out.log_group, stream, &lines).await;
+    }
+    let dir = std::env::temp_dir().join(format!("ew-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
+    let config = |shard: Option<&str>, state: &str| {
+        let shard_line = shard
+            .map(|s| format!("shard = \"{s}\""))
+            .unwrap_or_default();
+        Config::from_toml(&format!("listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nstack = \"shards\"\noutputs-file = \"{}\"\npoll-interval-seconds = 1\n{shard_line}\n[alerts]\nstdout = false\n",
+            egresswatch_testkit::free_port(), dir.join(state).display(), dir.join("outputs.json").display()), "test.toml").unwrap()
+    };
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let clients = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+            .await
+            .unwrap();
+        let task = tokio::spawn(egresswatch_monitor::run(
+            config(Some(&format!("{i}/3")), &format!("shard{i}")),
+            metrics.clone(),
+            rx,
+            Some(clients),
+        ));
+        runs.push((metrics, tx, task));
+    }
+    let counted = |runs: &[(Arc<Metrics>, _, _)]| -> u64 {
+        runs.iter()
+            .map(|(m, _, _)| {
+                metric_values(&m.render())
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("egresswatch_flow_records_total"))
+                    .map(|(_, v)| *v as u64)
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counted(&runs) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards counted {} of {total}",
+            counted(&runs)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut per_shard = Vec::new();
+    for (_, tx, task) in runs {
+        tx.send(true).unwrap();
+        per_shard.push(task.await.unwrap().unwrap().records);
+    }
+    assert_eq!(per_shard.iter().sum::<u64>(), total, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "every shard got streams: {per_shard:?}"
+    );
+    // The shards' checkpoints cover every stream exactly once.
+    let mut owned: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let cp: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("shard{i}/cloudwatch-{i}-of-3.checkpoint.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        owned.extend(cp["streams"].as_object().unwrap().keys().cloned());
+    }
+    owned.sort();
+    assert_eq!(owned, streams);
+    // One daemon alone counts the same.
+    let (_, single) = run_until(config(None, "single"), total, &moto.endpoint()).await;
+    assert_eq!(single.records, total);
     std::fs::remove_dir_all(&dir).unwrap();
 }
