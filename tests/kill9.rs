@@ -11,9 +11,12 @@ use egresswatch_provision::{self as provision, Clients, Mode, StackSpec};
 const RECORDS: usize = 200_000;
 const STREAMS: usize = 4;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
-    let moto = egresswatch_testkit::moto();
+/// Provisions a stack in moto and writes `records` flow-log records over `STREAMS` streams.
+async fn stack_with_records(
+    moto: &egresswatch_testkit::Service,
+    stack: &str,
+    records: usize,
+) -> provision::Outputs {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
@@ -23,7 +26,7 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
         studio_domain: false,
         ..StackSpec::default()
     };
-    let (_, out) = provision::reconcile(&c, &spec, "crash", Mode::Apply, |_| {})
+    let (_, out) = provision::reconcile(&c, &spec, stack, Mode::Apply, |_| {})
         .await
         .unwrap();
     let format = flowlog::Format::parse(&out.flow_log_format).unwrap();
@@ -42,11 +45,10 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
             .send()
             .await
             .unwrap();
-        let per_stream = RECORDS / STREAMS;
-        for chunk in 0..per_stream / 10_000 {
-            let events: Vec<_> = (0..10_000)
-                .map(|i| {
-                    let n = chunk * 10_000 + i;
+        let per_stream = records / STREAMS;
+        for chunk in 0..per_stream.div_ceil(10_000) {
+            let events: Vec<_> = (chunk * 10_000..per_stream.min((chunk + 1) * 10_000))
+                .map(|n| {
                     let line: Vec<String> = format
                         .fields()
                         .iter()
@@ -84,7 +86,45 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
                 .unwrap();
         }
     }
+    out
+}
 
+fn committed(checkpoint: &std::path::Path) -> u64 {
+    std::fs::read(checkpoint)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["records_committed"].as_u64())
+        .unwrap_or(0)
+}
+
+fn monitor(
+    moto: &egresswatch_testkit::Service,
+    stack: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--stack", stack, "--outputs"])
+        .arg(dir.join("outputs.json"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+            "--endpoint-url",
+            &moto.endpoint(),
+            "--region",
+            "us-east-1",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
+    let moto = egresswatch_testkit::moto();
+    let out = stack_with_records(&moto, "crash", RECORDS).await;
     let dir = std::env::temp_dir().join(format!("ew-kill9-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -104,23 +144,7 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-            .args(["monitor", "--stack", "crash", "--outputs"])
-            .arg(dir.join("outputs.json"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
-                "--endpoint-url",
-                &moto.endpoint(),
-                "--region",
-                "us-east-1",
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = monitor(&moto, "crash", &dir);
         if committed() as usize >= RECORDS {
             // Caught up: let it poll once more to show nothing new is counted, then stop.
             std::thread::sleep(Duration::from_secs(3));
@@ -144,5 +168,53 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
     }
     assert!(kills >= 2, "the daemon was killed {kills} times");
     assert_eq!(committed() as usize, RECORDS);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
+    let moto = egresswatch_testkit::moto();
+    let total = 80_000;
+    let out = stack_with_records(&moto, "term", total).await;
+    let dir = std::env::temp_dir().join(format!("ew-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = dir.join("state/cloudwatch.checkpoint.json");
+    let mut child = monitor(&moto, "term", &dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&checkpoint) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
+    let after_term = committed(&checkpoint);
+    assert!(after_term > 0);
+    // A second run carries on from the checkpoint to exactly the total.
+    let mut child = monitor(&moto, "term", &dir);
+    while (committed(&checkpoint) as usize) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total}",
+            committed(&checkpoint)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(committed(&checkpoint) as usize, total);
     std::fs::remove_dir_all(&dir).unwrap();
 }

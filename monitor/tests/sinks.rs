@@ -112,3 +112,50 @@ async fn a_failing_sink_is_retried_and_counted_and_does_not_block() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_pass_promtool_and_carry_no_addresses() {
+    let dir = std::env::temp_dir().join(format!("ew-promtool-{}", std::process::id()));
+    let config = config(&dir, "");
+    let metrics = Arc::new(Metrics::new());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    egresswatch_monitor::run(config, metrics.clone(), rx, None)
+        .await
+        .unwrap();
+    let exposition = metrics.render();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-test-services installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{exposition}"
+    );
+    // Records were counted, and no label value is an address.
+    assert!(exposition.contains("egresswatch_flow_records_total{action=\"ACCEPT\",path=\"nat_egress\",port_class=\"ssh\"} 2"), "{exposition}");
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("10.0.1.5")
+                && !line.contains("198.51.100.22")
+                && !line.contains("8.8.8.8"),
+            "{line}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
