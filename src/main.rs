@@ -80,6 +80,37 @@ fn parse_format(s: &str) -> Result<flowlog::Format, String> {
     flowlog::Format::parse(s).map_err(|e| e.to_string())
 }
 
+/// Reads a TOML file into `T` with `parse(text, origin)`; errors are printed and become exit
+/// status 2 (a usage error), as for any bad argument.
+fn load_toml<T>(
+    command: &str,
+    path: Option<&std::path::Path>,
+    parse: impl Fn(&str, &str) -> Result<T, String>,
+) -> Result<Option<T>, ExitCode> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("egresswatch {command}: cannot read {}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    parse(&text, &path.display().to_string())
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("egresswatch {command}: {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// The async runtime the AWS-facing commands run on.
+fn tokio_runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("egresswatch {command}: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn not_yet(what: &str) -> ExitCode {
     eprintln!("egresswatch {what}: not yet available in this version");
     ExitCode::from(2)

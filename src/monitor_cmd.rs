@@ -48,21 +48,9 @@ pub struct MonitorArgs {
 }
 
 pub fn run(args: MonitorArgs) -> ExitCode {
-    let mut config = match &args.config {
-        None => Config::default(),
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => match Config::from_toml(&t, &p.display().to_string()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("egresswatch monitor: {e}");
-                    return ExitCode::from(2);
-                }
-            },
-            Err(e) => {
-                eprintln!("egresswatch monitor: cannot read {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
+    let mut config = match crate::load_toml("monitor", args.config.as_deref(), Config::from_toml) {
+        Ok(c) => c.unwrap_or_default(),
+        Err(code) => return code,
     };
     if let Some(v) = args.stack {
         config.stack = v;
@@ -89,15 +77,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         eprintln!("egresswatch monitor: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::tokio_runtime("monitor") {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("egresswatch monitor: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

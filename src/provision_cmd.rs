@@ -71,31 +71,15 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
         print!("{}", provision::SPEC_TEMPLATE);
         return ExitCode::SUCCESS;
     }
-    let spec = match &args.spec {
-        None => StackSpec::default(),
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => match StackSpec::from_toml(&text, &path.display().to_string()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("egresswatch provision: {e}");
-                    return ExitCode::from(2);
-                }
-            },
-            Err(e) => {
-                eprintln!("egresswatch provision: cannot read {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+    let spec = match crate::load_toml("provision", args.spec.as_deref(), |t, o| {
+        StackSpec::from_toml(t, o).map_err(|e| e.to_string())
+    }) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::tokio_runtime("provision") {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("egresswatch provision: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let clients = match Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
