@@ -28,10 +28,13 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; under `cargo test` this is a quick smoke run of the same path.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let default_records = if benchmarking { 2_000_000 } else { 100_000 };
     let records: u64 = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000_000);
+        .unwrap_or(default_records);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,6 +141,10 @@ fn main() {
         processed += block;
     }
     let rate = processed as f64 / busy.as_secs_f64();
+    assert_eq!(
+        pipeline.records, processed,
+        "every record reached the pipeline"
+    );
     println!(
         "pipeline: {processed} records in {:.3} s of processing = {:.0} records/s on one core",
         busy.as_secs_f64(),
