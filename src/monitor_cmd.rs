@@ -24,6 +24,9 @@ pub struct MonitorArgs {
     /// `cloudwatch`, `file:PATH` (plain or .gz) or `stdin`.
     #[arg(long)]
     source: Option<String>,
+    /// With `--source file:PATH`, keep reading what is appended to the file (like tail -f).
+    #[arg(long)]
+    follow: bool,
     /// Read this log group instead of the stack's.
     #[arg(long)]
     log_group: Option<String>,
@@ -52,6 +55,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         Ok(c) => c.unwrap_or_default(),
         Err(code) => return code,
     };
+    if args.follow {
+        config.follow = true;
+    }
     if let Some(v) = args.stack {
         config.stack = v;
     }

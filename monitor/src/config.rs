@@ -18,6 +18,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `cloudwatch`, `file:PATH` or `stdin`.
     pub source: String,
+    /// With `file:PATH`, keep reading what is appended to the file until shutdown.
+    pub follow: bool,
     /// The stack whose flow-log group `cloudwatch` reads.
     pub stack: String,
     /// Read this log group instead of the stack's.
@@ -75,6 +77,7 @@ impl Default for Config {
             listen: "127.0.0.1:9477".parse().expect("valid address"),
             state_dir: PathBuf::from("/var/lib/egresswatch"),
             source: "cloudwatch".into(),
+            follow: false,
             stack: "egresswatch".into(),
             log_group: None,
             format: None,
@@ -131,6 +134,9 @@ impl Config {
                 "source = \"{}\": expected cloudwatch, stdin or file:PATH",
                 self.source
             ));
+        }
+        if self.follow && !self.source.starts_with("file:") {
+            return Err("follow = true needs source = \"file:PATH\"".into());
         }
         if let Some(s) = &self.shard {
             parse_shard(s)?;

@@ -137,16 +137,26 @@ pub async fn run(
             None => Format::default_v2(),
         };
         let path = config.source.strip_prefix("file:").map(PathBuf::from);
-        read_stream(path, format, &mut pipeline).map(|records| RunSummary {
-            records,
-            batches: 1,
+        read_stream(path, format, &mut pipeline, config.follow, &shutdown).map(|records| {
+            RunSummary {
+                records,
+                batches: 1,
+            }
         })
     };
     pipeline.router.shutdown(Duration::from_secs(10)).await;
     result
 }
 
-fn read_stream(path: Option<PathBuf>, format: Format, p: &mut Pipeline) -> Result<u64, String> {
+/// Reads a file (plain or .gz) or stdin to its end; with `follow`, keeps reading what is
+/// appended to a plain file (a partial last line waits for its newline) until shutdown.
+fn read_stream(
+    path: Option<PathBuf>,
+    format: Format,
+    p: &mut Pipeline,
+    follow: bool,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<u64, String> {
     let (name, raw): (String, Box<dyn Read>) = match &path {
         None => ("stdin".into(), Box::new(std::io::stdin())),
         Some(path) => (
@@ -164,14 +174,24 @@ fn read_stream(path: Option<PathBuf>, format: Format, p: &mut Pipeline) -> Resul
     let mut line = Vec::new();
     let mut n = 0u64;
     loop {
-        line.clear();
         let read = std::io::BufRead::read_until(&mut buf, b'\n', &mut line)
             .map_err(|e| format!("{name}: {e}"))?;
-        if read == 0 {
-            return Ok(n);
+        let complete = line.last() == Some(&b'\n');
+        if read == 0 || (follow && !complete) {
+            if !follow || *shutdown.borrow() {
+                if !line.is_empty() {
+                    n += 1;
+                    p.line(&mut decoder, &line, &Origin(&name, n));
+                }
+                return Ok(n);
+            }
+            // Wait for more to be appended; the partial line stays in `line`.
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
         }
         n += 1;
         p.line(&mut decoder, &line, &Origin(&name, n));
+        line.clear();
     }
 }
 
