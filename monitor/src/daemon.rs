@@ -243,6 +243,7 @@ async fn cloudwatch(
         .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack));
     let format = flow_log_format(config, clients, &group).await?;
     let shard = config.shard.as_deref().map(parse_shard).transpose()?;
+    let mut reloader = Reloader::new(config);
     let store_name = match shard {
         Some((i, n)) => format!("cloudwatch-{i}-of-{n}"),
         None => "cloudwatch".into(),
@@ -291,6 +292,7 @@ async fn cloudwatch(
             streams.retain(|s| shard_of(s, n) == i);
         }
         ready.store(true, Ordering::SeqCst);
+        reloader.reload_if_changed(config, p);
         for stream in streams {
             loop {
                 if *shutdown.borrow() {
@@ -351,6 +353,62 @@ async fn cloudwatch(
     }
 }
 
+/// Watches the files the daemon was configured from (the network description and the deny
+/// lists) and swaps in a new topology or new rules when one changes. A file that no longer
+/// parses is reported and the running version is kept.
+struct Reloader {
+    stamps: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Reloader {
+    fn new(config: &Config) -> Self {
+        let mut paths: Vec<PathBuf> = config.rules.denylists.clone();
+        if config.topology.is_none() {
+            paths.extend(config.outputs_file.clone());
+        }
+        Reloader {
+            stamps: paths
+                .into_iter()
+                .map(|p| {
+                    let t = modified(&p);
+                    (p, t)
+                })
+                .collect(),
+        }
+    }
+
+    fn reload_if_changed(&mut self, config: &Config, p: &mut Pipeline) {
+        let mut changed = false;
+        for (path, stamp) in &mut self.stamps {
+            let now = modified(path);
+            if now != *stamp {
+                *stamp = now;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        match topology(config) {
+            Ok(t) => p.topology = t,
+            Err(e) => {
+                tracing::error!(error = %e, "network description changed but cannot be read; keeping the previous one")
+            }
+        }
+        match detectors(&config.rules) {
+            Ok(d) => p.detectors = d,
+            Err(e) => {
+                tracing::error!(error = %e, "a deny list changed but cannot be read; keeping the previous rules")
+            }
+        }
+        tracing::info!("reloaded the network description and deny lists");
+    }
+}
+
 /// Where a line came from, formatted only when a bad line is logged.
 struct Origin<'a>(&'a str, u64);
 
@@ -374,6 +432,63 @@ fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn changed_deny_lists_are_reloaded_and_bad_ones_refused() {
+        let dir = std::env::temp_dir().join(format!("ew-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let deny = dir.join("deny.txt");
+        std::fs::write(&deny, "192.0.2.0/24\n").unwrap();
+        let toml = format!(
+            "state-dir = \"{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[rules]\ndenylists = [\"{}\"]\n[alerts]\nstdout = false\n",
+            dir.display(),
+            deny.display()
+        );
+        let config = Config::from_toml(&toml, "t.toml").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::start(&config.alerts, vec![], metrics.clone());
+        let mut p = Pipeline::new(
+            topology(&config).unwrap(),
+            detectors(&config.rules).unwrap(),
+            router,
+            metrics.clone(),
+        );
+        let format = Format::parse("interface-id srcaddr dstaddr dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr end").unwrap();
+        let line =
+            b"eni-nat 10.0.1.5 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.5 203.0.113.5 1764150060";
+        let denied = || {
+            metrics
+                .findings
+                .with_label_values(&["denylisted_destination", "critical"])
+                .get()
+        };
+        let mut reloader = Reloader::new(&config);
+        let mut decoder = Decoder::pinned(format.clone());
+        p.line(&mut decoder, line, &"t");
+        assert_eq!(denied(), 0);
+
+        let bump = |text: &str, secs: u64| {
+            std::fs::write(&deny, text).unwrap();
+            let f = std::fs::File::options().write(true).open(&deny).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .unwrap();
+        };
+        bump("203.0.113.0/24\n", 1_000);
+        reloader.reload_if_changed(&config, &mut p);
+        // A later event time, past the dedupe window of nothing: the new rule fires.
+        p.line(&mut decoder, line, &"t");
+        assert_eq!(denied(), 1);
+
+        // A broken list is refused; the working rules stay.
+        bump("banana\n", 2_000);
+        reloader.reload_if_changed(&config, &mut p);
+        let other =
+            b"eni-nat 10.0.1.6 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.6 203.0.113.9 1764150060";
+        p.line(&mut decoder, other, &"t");
+        assert_eq!(denied(), 2);
+        p.router.shutdown(Duration::from_secs(1)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn shards_split_streams_without_overlap_or_gap() {
