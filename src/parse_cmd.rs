@@ -89,12 +89,6 @@ impl FastCounts {
 }
 
 impl Summary {
-    fn add_record(&mut self, r: &Record<'_>) {
-        let mut c = FastCounts::default();
-        c.add(r);
-        c.fold_into(self);
-    }
-
     fn merge(&mut self, other: Summary) {
         self.records += other.records;
         self.headers += other.headers;
@@ -278,24 +272,24 @@ fn process_chunk(
         return Ok(end);
     }
     let mut tally = Tally::new(name, first_line);
+    let mut counts = FastCounts::default();
     let mut json = Vec::with_capacity(256);
     for line in lines(chunk) {
         tally.line_no += 1;
         match decoder.decode(line) {
             Ok(Line::Record(r)) => {
-                tally.summary.add_record(&r);
-                if sink.output == Output::Json {
-                    json.clear();
-                    serde_json::to_writer(&mut json, &r).map_err(io::Error::other)?;
-                    json.push(b'\n');
-                    sink.out.write_all(&json)?;
-                }
+                counts.add(&r);
+                json.clear();
+                serde_json::to_writer(&mut json, &r).map_err(io::Error::other)?;
+                json.push(b'\n');
+                sink.out.write_all(&json)?;
             }
             Ok(Line::Header) => tally.summary.headers += 1,
             Ok(Line::Blank) => tally.summary.blanks += 1,
             Err(e) => tally.bad(e),
         }
     }
+    counts.fold_into(&mut tally.summary);
     let end = tally.line_no;
     tally.finish(sink)?;
     Ok(end)
@@ -362,7 +356,7 @@ fn tally_lines<'n>(
     loop {
         let format = decoder.format().clone();
         let mut record = Record::empty(&format);
-        let mut new_format = None;
+        let mut format_changed = false;
         for line in rest.by_ref() {
             tally.line_no += 1;
             match line_kind(line) {
@@ -370,7 +364,7 @@ fn tally_lines<'n>(
                 LineKind::Header(f) => {
                     tally.summary.headers += 1;
                     if decoder.header(f) {
-                        new_format = Some(());
+                        format_changed = true;
                         break;
                     }
                 }
@@ -380,7 +374,7 @@ fn tally_lines<'n>(
                 },
             }
         }
-        if new_format.is_none() {
+        if !format_changed {
             break;
         }
     }
