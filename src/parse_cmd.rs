@@ -4,7 +4,6 @@
 //! plain files are read in big chunks and, for the summary, tallied on every core.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
@@ -186,18 +185,9 @@ pub fn run(args: ParseArgs) -> i32 {
     status
 }
 
-fn open(path: &PathBuf) -> io::Result<Box<dyn Read + Send>> {
-    let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(File::open(path)?)
-    };
-    let is_gz = path.extension().is_some_and(|e| e == "gz");
-    Ok(if is_gz {
-        Box::new(flate2::read::MultiGzDecoder::new(raw))
-    } else {
-        raw
-    })
+fn open(path: &std::path::Path) -> io::Result<Box<dyn Read + Send>> {
+    let file = (path.as_os_str() != "-").then_some(path);
+    egresswatch_monitor::daemon::open_input(file)
 }
 
 /// Reads whole lines in large chunks on a reader thread, so reading overlaps parsing, and

@@ -148,6 +148,20 @@ pub async fn run(
     result
 }
 
+/// Opens a flow-log file, decompressing `.gz` (every member, as concatenated S3 files have
+/// several), or stdin when there is no path.
+pub fn open_input(path: Option<&std::path::Path>) -> std::io::Result<Box<dyn Read + Send>> {
+    let Some(path) = path else {
+        return Ok(Box::new(std::io::stdin()));
+    };
+    let file: Box<dyn Read + Send> = Box::new(std::fs::File::open(path)?);
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        file
+    })
+}
+
 /// Reads a file (plain or .gz) or stdin to its end; with `follow`, keeps reading what is
 /// appended to a plain file (a partial last line waits for its newline) until shutdown.
 fn read_stream(
@@ -157,18 +171,10 @@ fn read_stream(
     follow: bool,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<u64, String> {
-    let (name, raw): (String, Box<dyn Read>) = match &path {
-        None => ("stdin".into(), Box::new(std::io::stdin())),
-        Some(path) => (
-            path.display().to_string(),
-            Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?),
-        ),
-    };
-    let reader: Box<dyn Read> = if name.ends_with(".gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(raw))
-    } else {
-        raw
-    };
+    let name = path
+        .as_ref()
+        .map_or("stdin".to_string(), |p| p.display().to_string());
+    let reader = open_input(path.as_deref()).map_err(|e| format!("{name}: {e}"))?;
     let mut decoder = Decoder::following_headers(format);
     let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
     let mut line = Vec::new();
