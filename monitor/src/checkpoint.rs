@@ -1,6 +1,7 @@
-//! Per-stream read positions, persisted atomically in the state dir after a batch has passed
-//! every stage: write a temporary file, fsync, rename over the old one, fsync the directory.
-//! A crash leaves either the old or the new checkpoint, never half of one.
+//! What the daemon persists in its state dir: per-stream read positions, saved after a batch
+//! has passed every stage, and snapshots of what the rules have learnt. Both are written the
+//! same way: a temporary file, fsync, rename over the old one, fsync the directory. A crash
+//! leaves either the old or the new file, never half of one.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +19,23 @@ pub struct Checkpoint {
 
 pub struct CheckpointStore {
     path: PathBuf,
+    rules_path: PathBuf,
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new content.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl CheckpointStore {
@@ -26,6 +44,7 @@ impl CheckpointStore {
             .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
         Ok(CheckpointStore {
             path: state_dir.join(format!("{name}.checkpoint.json")),
+            rules_path: state_dir.join(format!("{name}.rules.state")),
         })
     }
 
@@ -43,18 +62,25 @@ impl CheckpointStore {
     }
 
     pub fn save(&self, cp: &Checkpoint) -> Result<(), String> {
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(cp).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| format!("{}: {e}", self.path.display()))
+        let bytes = serde_json::to_vec(cp).map_err(|e| e.to_string())?;
+        write_atomically(&self.path, &bytes)
+    }
+
+    /// The rules' last snapshot, if one was saved.
+    pub fn load_rules(&self) -> Result<Option<Vec<u8>>, String> {
+        match std::fs::read(&self.rules_path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", self.rules_path.display())),
+        }
+    }
+
+    pub fn save_rules(&self, snapshot: &[u8]) -> Result<(), String> {
+        write_atomically(&self.rules_path, snapshot)
+    }
+
+    pub fn rules_path(&self) -> &Path {
+        &self.rules_path
     }
 }
 

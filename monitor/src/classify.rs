@@ -76,6 +76,9 @@ pub struct Flow {
     pub start: u64,
     pub interface_id: Option<String>,
     pub instance_id: Option<String>,
+    /// The record holds a connection's first packet (TCP SYN seen; always true for protocols
+    /// without flags or when the format has no `tcp-flags`).
+    pub opens_connection: bool,
 }
 
 /// Where a record puts the traffic, given the topology.
@@ -103,6 +106,8 @@ pub fn classify(record: &Record<'_>, topo: &Topology) -> Option<Flow> {
         start: record.start().unwrap_or(0),
         interface_id: record.interface_id().map(String::from),
         instance_id: record.instance_id().map(String::from),
+        opens_connection: record.protocol() != Some(6)
+            || record.tcp_flags().is_none_or(|f| f.syn()),
     };
     let outbound = |f: &mut Flow, path: Path, workload: IpAddr, remote: IpAddr| {
         f.path = path;

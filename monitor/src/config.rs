@@ -50,6 +50,171 @@ pub struct Rules {
     pub rejected_egress: bool,
     pub denylisted_destination: bool,
     pub dns_bypass: bool,
+    /// Entries each behavioural rule's state table may hold; the least recently touched half
+    /// is forgotten when a table is full.
+    pub state_entries: usize,
+    pub new_remote_port: NewRemotePortRule,
+    pub traffic_volume: TrafficVolumeRule,
+    pub rare_destination: RareDestinationRule,
+    pub slow_drip: SlowDripRule,
+    pub beaconing: BeaconingRule,
+    pub port_scan: PortScanRule,
+}
+
+/// A workload reaching a remote port it never used (GuardDuty's NetworkPortUnusual).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct NewRemotePortRule {
+    pub enabled: bool,
+    /// Event-time seconds from a workload's first flow during which its ports are learnt.
+    pub learning_seconds: u64,
+}
+
+/// Bytes sent to one remote in one window, against the workload's own history
+/// (GuardDuty's TrafficVolumeUnusual).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct TrafficVolumeRule {
+    pub enabled: bool,
+    pub window_seconds: u64,
+    /// Never flag less than this many bytes to one remote in one window.
+    pub min_bytes: u64,
+    /// How many mean absolute deviations above the workload's mean counts as unusual.
+    pub deviations: f64,
+    /// Active windows a workload needs before its baseline is trusted.
+    pub learning_windows: u64,
+    /// Bytes sent must be at least this multiple of bytes received (an upload).
+    pub upload_ratio: f64,
+}
+
+/// Uploads to destinations no workload in the fleet had contacted before.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct RareDestinationRule {
+    pub enabled: bool,
+    /// Event-time seconds from the first flow during which destinations are only learnt.
+    pub learning_seconds: u64,
+    /// How long a destination counts as new after it was first contacted.
+    pub new_for_seconds: u64,
+    /// Bytes sent to a new destination that make a finding.
+    pub upload_bytes: u64,
+    pub upload_ratio: f64,
+    /// A new destination contacted by more workloads than this is fleet traffic, not one
+    /// workload's exfiltration.
+    pub max_workloads: usize,
+    /// Destinations the seen-filter holds per generation (two generations are kept).
+    pub filter_capacity: usize,
+}
+
+/// Cumulative bytes to one remote over a long horizon, below any per-window threshold.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct SlowDripRule {
+    pub enabled: bool,
+    pub horizon_seconds: u64,
+    pub bytes: u64,
+    pub upload_ratio: f64,
+    /// Destinations more workloads than this talk to are shared services, not a drop point.
+    pub max_workloads: usize,
+}
+
+/// Regular connections to one remote: periodic start times and near-constant sizes, scored
+/// like RITA's beacon score.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct BeaconingRule {
+    pub enabled: bool,
+    /// Connections needed before a pair is scored.
+    pub min_connections: usize,
+    /// Connection starts kept per pair.
+    pub history: usize,
+    /// Bursts (median gap below this) are not beacons.
+    pub min_interval_seconds: u64,
+    /// Score in [0, 1] at which a pair is a beacon.
+    pub score: f64,
+}
+
+/// Outbound scans: many ports on one host (Recon:EC2/Portscan) or one port on many hosts
+/// (Impact:EC2/PortSweep) within a window. Counts are exact up to the thresholds, which
+/// bounds the memory per key.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PortScanRule {
+    pub enabled: bool,
+    pub window_seconds: u64,
+    pub distinct_ports: usize,
+    pub distinct_hosts: usize,
+}
+
+impl Default for NewRemotePortRule {
+    fn default() -> Self {
+        NewRemotePortRule {
+            enabled: true,
+            learning_seconds: 86_400,
+        }
+    }
+}
+
+impl Default for TrafficVolumeRule {
+    fn default() -> Self {
+        TrafficVolumeRule {
+            enabled: true,
+            window_seconds: 60,
+            min_bytes: 50_000_000,
+            deviations: 10.0,
+            learning_windows: 30,
+            upload_ratio: 2.0,
+        }
+    }
+}
+
+impl Default for RareDestinationRule {
+    fn default() -> Self {
+        RareDestinationRule {
+            enabled: true,
+            learning_seconds: 86_400,
+            new_for_seconds: 86_400,
+            upload_bytes: 10_000_000,
+            upload_ratio: 2.0,
+            max_workloads: 2,
+            filter_capacity: 1_000_000,
+        }
+    }
+}
+
+impl Default for SlowDripRule {
+    fn default() -> Self {
+        SlowDripRule {
+            enabled: true,
+            horizon_seconds: 21_600,
+            bytes: 100_000_000,
+            upload_ratio: 4.0,
+            max_workloads: 2,
+        }
+    }
+}
+
+impl Default for BeaconingRule {
+    fn default() -> Self {
+        BeaconingRule {
+            enabled: true,
+            min_connections: 8,
+            history: 16,
+            min_interval_seconds: 30,
+            score: 0.8,
+        }
+    }
+}
+
+impl Default for PortScanRule {
+    fn default() -> Self {
+        PortScanRule {
+            enabled: true,
+            window_seconds: 300,
+            distinct_ports: 24,
+            distinct_hosts: 64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -100,6 +265,13 @@ impl Default for Rules {
             rejected_egress: true,
             denylisted_destination: true,
             dns_bypass: true,
+            state_entries: 131_072,
+            new_remote_port: NewRemotePortRule::default(),
+            traffic_volume: TrafficVolumeRule::default(),
+            rare_destination: RareDestinationRule::default(),
+            slow_drip: SlowDripRule::default(),
+            beaconing: BeaconingRule::default(),
+            port_scan: PortScanRule::default(),
         }
     }
 }
@@ -149,8 +321,79 @@ impl Config {
                 "alerts.queue-capacity and alerts.max-per-minute must be at least 1".into(),
             );
         }
+        self.rules.validate()?;
         if let Some(f) = &self.format {
             flowlog::Format::parse(f).map_err(|e| format!("format: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Rules {
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("rules.state-entries", self.state_entries as u64),
+            (
+                "rules.traffic-volume.window-seconds",
+                self.traffic_volume.window_seconds,
+            ),
+            (
+                "rules.rare-destination.filter-capacity",
+                self.rare_destination.filter_capacity as u64,
+            ),
+            (
+                "rules.slow-drip.horizon-seconds",
+                self.slow_drip.horizon_seconds,
+            ),
+            (
+                "rules.port-scan.window-seconds",
+                self.port_scan.window_seconds,
+            ),
+            (
+                "rules.port-scan.distinct-ports",
+                self.port_scan.distinct_ports as u64,
+            ),
+            (
+                "rules.port-scan.distinct-hosts",
+                self.port_scan.distinct_hosts as u64,
+            ),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        let b = &self.beaconing;
+        if b.min_connections < 4 || b.history < b.min_connections {
+            return Err(format!(
+                "rules.beaconing: min-connections must be at least 4 and history at least min-connections (got {} and {})",
+                b.min_connections, b.history
+            ));
+        }
+        if !(0.0..=1.0).contains(&b.score) {
+            return Err(format!(
+                "rules.beaconing.score = {}: expected a number from 0 to 1",
+                b.score
+            ));
+        }
+        for (name, v) in [
+            (
+                "rules.traffic-volume.upload-ratio",
+                self.traffic_volume.upload_ratio,
+            ),
+            (
+                "rules.traffic-volume.deviations",
+                self.traffic_volume.deviations,
+            ),
+            (
+                "rules.rare-destination.upload-ratio",
+                self.rare_destination.upload_ratio,
+            ),
+            ("rules.slow-drip.upload-ratio", self.slow_drip.upload_ratio),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} = {v}: expected a number of at least 0"));
+            }
         }
         Ok(())
     }

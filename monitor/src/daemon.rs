@@ -127,9 +127,29 @@ pub async fn run(
     )
     .await?;
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
+    let shard = config.shard.as_deref().map(parse_shard).transpose()?;
+    let store_name = match (config.source.as_str(), shard) {
+        ("cloudwatch", Some((i, n))) => format!("cloudwatch-{i}-of-{n}"),
+        ("cloudwatch", None) => "cloudwatch".into(),
+        _ => "file".into(),
+    };
+    // Files and stdin need no read positions, so an unusable state dir only costs them the
+    // rules' memory; CloudWatch cannot run without its checkpoints.
+    let store = match CheckpointStore::new(&config.state_dir, &store_name) {
+        Ok(s) => Some(s),
+        Err(e) if config.source != "cloudwatch" => {
+            tracing::warn!(error = %e, "state dir unusable; the rules will not remember what they learn across runs");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(store) = &store {
+        restore_rules(store, &mut pipeline)?;
+    }
     let result = if config.source == "cloudwatch" {
         let clients = clients.ok_or("the cloudwatch source needs AWS clients")?;
-        cloudwatch(&config, &clients, &mut pipeline, shutdown, &ready).await
+        let store = store.as_ref().ok_or("no checkpoint store")?;
+        cloudwatch(&config, &clients, &mut pipeline, shutdown, &ready, store).await
     } else {
         ready.store(true, Ordering::SeqCst);
         let format = match &config.format {
@@ -144,9 +164,39 @@ pub async fn run(
             }
         })
     };
+    if let Some(store) = &store {
+        snapshot_rules(store, &pipeline)?;
+    }
     pipeline.router.shutdown(Duration::from_secs(10)).await;
     result
 }
+
+fn restore_rules(store: &CheckpointStore, p: &mut Pipeline) -> Result<(), String> {
+    let Some(bytes) = store.load_rules()? else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let errors = p.load_state(&bytes);
+    for e in &errors {
+        tracing::warn!(file = %store.rules_path().display(), error = %e, "rule state not restored; that rule learns afresh");
+    }
+    tracing::info!(file = %store.rules_path().display(), bytes = bytes.len(), millis = started.elapsed().as_millis() as u64, "restored what the rules had learnt");
+    Ok(())
+}
+
+fn snapshot_rules(store: &CheckpointStore, p: &Pipeline) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let snapshot = p.save_state();
+    store.save_rules(&snapshot)?;
+    p.metrics
+        .rules_snapshot_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Wall-clock seconds between snapshots of the rules' state while running; a crash forgets
+/// at most this much learning, never a record's counts (those follow the checkpoints).
+const RULES_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Opens a flow-log file, decompressing `.gz` (every member, as concatenated S3 files have
 /// several), or stdin when there is no path.
@@ -242,6 +292,7 @@ async fn cloudwatch(
     p: &mut Pipeline,
     mut shutdown: watch::Receiver<bool>,
     ready: &AtomicBool,
+    store: &CheckpointStore,
 ) -> Result<RunSummary, String> {
     let group = config
         .log_group
@@ -250,12 +301,8 @@ async fn cloudwatch(
     let format = flow_log_format(config, clients, &group).await?;
     let shard = config.shard.as_deref().map(parse_shard).transpose()?;
     let mut reloader = Reloader::new(config);
-    let store_name = match shard {
-        Some((i, n)) => format!("cloudwatch-{i}-of-{n}"),
-        None => "cloudwatch".into(),
-    };
-    let store = CheckpointStore::new(&config.state_dir, &store_name)?;
     let mut cp = store.load()?;
+    let mut last_snapshot = std::time::Instant::now();
     let m = p.metrics.clone();
     let mut summary = RunSummary::default();
     loop {
@@ -352,6 +399,10 @@ async fn cloudwatch(
                 }
             }
         }
+        if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
+            snapshot_rules(store, p)?;
+            last_snapshot = std::time::Instant::now();
+        }
         tokio::select! {
             _ = shutdown.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(config.poll_interval_seconds)) => {}
@@ -406,7 +457,7 @@ impl Reloader {
             }
         }
         match detectors(&config.rules) {
-            Ok(d) => p.detectors = d,
+            Ok(d) => p.replace_detectors(d),
             Err(e) => {
                 tracing::error!(error = %e, "a deny list changed but cannot be read; keeping the previous rules")
             }

@@ -37,8 +37,9 @@ impl Severity {
 }
 
 /// Something a rule flagged, with the evidence behind it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
+    #[serde(deserialize_with = "rule_name")]
     pub rule: &'static str,
     pub severity: Severity,
     pub summary: String,
@@ -52,10 +53,53 @@ pub struct Finding {
     pub first_seen: u64,
     pub last_seen: u64,
     pub records: u64,
+    /// For rules that compare against a learnt baseline or a threshold: the numbers behind
+    /// the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
 }
 
+/// The numbers a behavioural rule decided on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// What was observed (bytes, distinct ports, score...).
+    pub observed: f64,
+    /// What was expected from history, where the rule learns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// The value `observed` had to reach.
+    pub threshold: f64,
+    pub unit: String,
+}
+
+/// Rule names are static in the daemon; reading findings back (evaluation, tests) maps a name
+/// to the rule's own static string.
+fn rule_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = String::deserialize(d)?;
+    RULES
+        .iter()
+        .find(|r| **r == name)
+        .copied()
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown rule `{name}`")))
+}
+
+/// Every rule the daemon has, by the name findings and metrics carry.
+pub const RULES: [&str; 11] = [
+    "non_https_egress",
+    "rejected_egress",
+    "denylisted_destination",
+    "dns_bypass",
+    "new_remote_port",
+    "traffic_volume_unusual",
+    "rare_destination",
+    "slow_drip",
+    "beaconing",
+    "port_scan",
+    "port_sweep",
+];
+
 impl Finding {
-    fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
+    pub fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
         Finding {
             rule,
             severity,
@@ -70,7 +114,13 @@ impl Finding {
             first_seen: f.start,
             last_seen: f.end,
             records: 1,
+            evidence: None,
         }
+    }
+
+    pub fn with_evidence(mut self, evidence: Evidence) -> Self {
+        self.evidence = Some(evidence);
+        self
     }
 }
 
@@ -79,6 +129,14 @@ pub trait Detector: Send {
     fn name(&self) -> &'static str;
     /// Looks at one flow; pushes what it finds.
     fn observe(&mut self, flow: &Flow, out: &mut Vec<Finding>);
+    /// The rule's learnt state, for the snapshot in the state dir; `None` for stateless rules.
+    fn save_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Restores what `save_state` returned in an earlier run.
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Ports whose use through the NAT is high severity: remote shells, file shares, databases.
@@ -87,7 +145,7 @@ const HIGH_RISK_PORTS: [u16; 12] = [
 ];
 
 /// Human name of a protocol number for messages.
-fn proto_name(p: Option<u8>) -> String {
+pub fn proto_name(p: Option<u8>) -> String {
     match p {
         Some(6) => "TCP".into(),
         Some(17) => "UDP".into(),

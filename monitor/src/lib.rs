@@ -3,6 +3,8 @@
 //! every stage and read positions are committed only after a batch has passed them all.
 
 pub mod alert;
+pub mod anomaly;
+pub mod bounded;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;

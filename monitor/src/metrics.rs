@@ -24,6 +24,7 @@ pub struct Metrics {
     pub alerts_dropped: IntCounterVec,
     pub alerts_suppressed: IntCounter,
     pub build_info: IntGaugeVec,
+    pub rules_snapshot_seconds: Histogram,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -136,7 +137,18 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let rules_snapshot_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "egresswatch_rules_snapshot_duration_seconds",
+                "Time taken to save what the behavioural rules have learnt to the state dir.",
+            )
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(rules_snapshot_seconds.clone()))
+            .expect("registered once");
         Metrics {
+            rules_snapshot_seconds,
             registry: r,
             records,
             bytes,

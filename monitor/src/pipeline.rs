@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flowlog::{Decoder, Line, LogStatus};
 
 use crate::alert::Router;
+use crate::anomaly::{
+    Beaconing, NewRemotePort, PortScan, RareDestination, SlowDrip, TrafficVolume,
+};
 use crate::classify::{classify, Path};
 use crate::config::Rules;
 use crate::denylist::Denylist;
@@ -49,8 +52,39 @@ pub fn detectors(rules: &Rules) -> Result<Vec<Box<dyn Detector>>, String> {
     if rules.dns_bypass {
         v.push(Box::new(DnsBypass));
     }
+    let entries = rules.state_entries;
+    if rules.new_remote_port.enabled {
+        v.push(Box::new(NewRemotePort::new(
+            rules.new_remote_port.clone(),
+            entries,
+        )));
+    }
+    if rules.traffic_volume.enabled {
+        v.push(Box::new(TrafficVolume::new(
+            rules.traffic_volume.clone(),
+            entries,
+        )));
+    }
+    if rules.rare_destination.enabled {
+        v.push(Box::new(RareDestination::new(
+            rules.rare_destination.clone(),
+            entries,
+        )));
+    }
+    if rules.slow_drip.enabled {
+        v.push(Box::new(SlowDrip::new(rules.slow_drip.clone(), entries)));
+    }
+    if rules.beaconing.enabled {
+        v.push(Box::new(Beaconing::new(rules.beaconing.clone(), entries)));
+    }
+    if rules.port_scan.enabled {
+        v.push(Box::new(PortScan::new(rules.port_scan.clone(), entries)));
+    }
     Ok(v)
 }
+
+/// Leading bytes of a detector-state snapshot; a snapshot without them is not ours.
+const STATE_MAGIC: &[u8; 8] = b"EWSTATE1";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -73,6 +107,49 @@ impl Pipeline {
             metrics,
             records: 0,
             findings: Vec::new(),
+        }
+    }
+
+    /// What every rule has learnt, as one snapshot.
+    pub fn save_state(&self) -> Vec<u8> {
+        let parts: Vec<(String, Vec<u8>)> = self
+            .detectors
+            .iter()
+            .filter_map(|d| d.save_state().map(|s| (d.name().to_string(), s)))
+            .collect();
+        let mut out = STATE_MAGIC.to_vec();
+        out.extend(postcard::to_stdvec(&parts).unwrap_or_default());
+        out
+    }
+
+    /// Restores a snapshot from `save_state`. A rule whose part cannot be read starts
+    /// learning afresh; its error is returned so it can be logged, the others keep theirs.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Vec<String> {
+        let Some(body) = bytes.strip_prefix(STATE_MAGIC.as_slice()) else {
+            return vec!["not a detector-state snapshot (wrong leading bytes)".into()];
+        };
+        let parts: Vec<(String, Vec<u8>)> = match postcard::from_bytes(body) {
+            Ok(p) => p,
+            Err(e) => return vec![format!("detector-state snapshot: {e}")],
+        };
+        let mut errors = Vec::new();
+        for (name, state) in parts {
+            if let Some(d) = self.detectors.iter_mut().find(|d| d.name() == name) {
+                if let Err(e) = d.load_state(&state) {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Swaps in newly built rules (after a deny list changed), carrying over what the
+    /// running ones learnt.
+    pub fn replace_detectors(&mut self, detectors: Vec<Box<dyn Detector>>) {
+        let snapshot = self.save_state();
+        self.detectors = detectors;
+        for e in self.load_state(&snapshot) {
+            tracing::warn!(error = %e, "rule state not carried over the reload");
         }
     }
 

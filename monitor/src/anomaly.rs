@@ -1,0 +1,1193 @@
+//! Behavioural rules: they learn what normal egress looks like, per workload and across the
+//! fleet, and flag what departs from it: a new remote port, unusual volume to one host, uploads
+//! to never-seen destinations, slow drips, beacons, scans and sweeps. Each keeps its memory in
+//! bounded tables, works in event time (records arrive late and out of order), and can save and
+//! restore what it learnt so a restart does not start the learning over.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bounded::BoundedMap;
+use crate::classify::{Flow, Path};
+use crate::config::{
+    BeaconingRule, NewRemotePortRule, PortScanRule, RareDestinationRule, SlowDripRule,
+    TrafficVolumeRule,
+};
+use crate::detect::{proto_name, Detector, Evidence, Finding, Severity};
+
+fn encode<T: Serialize>(state: &T) -> Option<Vec<u8>> {
+    postcard::to_stdvec(state).ok()
+}
+
+fn decode<'a, T: Deserialize<'a>>(rule: &str, bytes: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("saved state of rule {rule}: {e}"))
+}
+
+/// Byte counts for messages: 1.2 GB, 35.0 MB, 812 kB.
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
+    for (unit, size) in UNITS {
+        if b >= size {
+            return format!("{:.1} {unit}", b / size);
+        }
+    }
+    format!("{b:.0} B")
+}
+
+fn hours(secs: u64) -> String {
+    if secs >= 7_200 {
+        format!("{:.1} h", secs as f64 / 3_600.0)
+    } else {
+        format!("{} min", secs / 60)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A workload reaching a remote port for the first time after its learning period.
+pub struct NewRemotePort {
+    rule: NewRemotePortRule,
+    state: PortState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PortState {
+    workloads: BoundedMap<IpAddr, PortHistory>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PortHistory {
+    since: u64,
+    /// (protocol << 16 | port), sorted.
+    ports: Vec<u32>,
+}
+
+/// Ports remembered per workload; beyond this every further new port is reported.
+const MAX_PORTS_PER_WORKLOAD: usize = 256;
+
+impl NewRemotePort {
+    pub fn new(rule: NewRemotePortRule, entries: usize) -> Self {
+        NewRemotePort {
+            rule,
+            state: PortState {
+                workloads: BoundedMap::new(entries),
+            },
+        }
+    }
+}
+
+impl Detector for NewRemotePort {
+    fn name(&self) -> &'static str {
+        "new_remote_port"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if f.path != Path::NatEgress {
+            return;
+        }
+        let (Some(w), Some(port)) = (f.workload, f.remote_port) else {
+            return;
+        };
+        let key = (u32::from(f.protocol.unwrap_or(0)) << 16) | u32::from(port);
+        let h = self.state.workloads.touch(w, f.end, || PortHistory {
+            since: f.start,
+            ports: Vec::new(),
+        });
+        h.since = h.since.min(f.start);
+        let Err(at) = h.ports.binary_search(&key) else {
+            return;
+        };
+        if h.ports.len() < MAX_PORTS_PER_WORKLOAD {
+            h.ports.insert(at, key);
+        }
+        let history = f.end.saturating_sub(h.since);
+        if history < self.rule.learning_seconds {
+            return;
+        }
+        let known: Vec<String> = h
+            .ports
+            .iter()
+            .filter(|k| **k != key)
+            .take(12)
+            .map(|k| (k & 0xffff).to_string())
+            .collect();
+        let summary = format!(
+            "{} port {port} is new for this workload: in {} of history it used only remote ports [{}]",
+            proto_name(f.protocol),
+            hours(history),
+            known.join(", ")
+        );
+        out.push(
+            Finding::from_flow("new_remote_port", Severity::Medium, summary, f).with_evidence(
+                Evidence {
+                    observed: f64::from(port),
+                    baseline: Some((h.ports.len() - 1) as f64),
+                    threshold: 0.0,
+                    unit: "port (baseline: ports known)".into(),
+                },
+            ),
+        );
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cap = self.state.workloads.capacity();
+        self.state = decode(self.name(), bytes)?;
+        self.state.workloads.set_capacity(cap);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// An exponentially weighted mean and mean absolute deviation: robust enough to a few
+/// outliers, O(1) memory, and it follows a workload whose habits change.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ewma {
+    pub samples: u64,
+    pub mean: f64,
+    pub deviation: f64,
+}
+
+impl Ewma {
+    const ALPHA: f64 = 0.02;
+
+    pub fn update(&mut self, x: f64) {
+        if self.samples == 0 {
+            self.mean = x;
+            self.deviation = 0.0;
+        } else {
+            // Early samples weigh more so the baseline settles quickly.
+            let a = Self::ALPHA.max(1.0 / (self.samples as f64 + 1.0));
+            let d = (x - self.mean).abs();
+            self.mean += a * (x - self.mean);
+            self.deviation += a * (d - self.deviation);
+        }
+        self.samples += 1;
+    }
+}
+
+/// Bytes sent to one remote within one window, against what this workload usually sends to
+/// one remote in one window.
+pub struct TrafficVolume {
+    rule: TrafficVolumeRule,
+    state: VolumeState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VolumeState {
+    pairs: BoundedMap<(IpAddr, IpAddr), PairWindow>,
+    workloads: BoundedMap<IpAddr, VolumeBaseline>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PairWindow {
+    window: u64,
+    sent: u64,
+    received: u64,
+    alerted: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct VolumeBaseline {
+    per_window: Ewma,
+    window: u64,
+    /// The largest amount sent to one remote in `window` so far.
+    window_max: u64,
+}
+
+impl TrafficVolume {
+    pub fn new(rule: TrafficVolumeRule, entries: usize) -> Self {
+        TrafficVolume {
+            rule,
+            state: VolumeState {
+                pairs: BoundedMap::new(entries),
+                workloads: BoundedMap::new(entries),
+            },
+        }
+    }
+}
+
+impl Detector for TrafficVolume {
+    fn name(&self) -> &'static str {
+        "traffic_volume_unusual"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        let sending = match f.path {
+            Path::NatEgress => true,
+            Path::NatReturn => false,
+            _ => return,
+        };
+        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+            return;
+        };
+        let window = f.end / self.rule.window_seconds;
+        let b = self
+            .state
+            .workloads
+            .touch(w, f.end, VolumeBaseline::default);
+        if window > b.window {
+            if b.window_max > 0 {
+                b.per_window.update(b.window_max as f64);
+            }
+            b.window = window;
+            b.window_max = 0;
+        }
+        let baseline = b.per_window;
+        let p = self.state.pairs.touch((w, r), f.end, || PairWindow {
+            window,
+            sent: 0,
+            received: 0,
+            alerted: false,
+        });
+        if window > p.window {
+            *p = PairWindow {
+                window,
+                sent: 0,
+                received: 0,
+                alerted: false,
+            };
+        }
+        // A late record for a window already closed is judged on its own bytes.
+        let (sent, received, alerted) = if window < p.window {
+            if sending {
+                (f.bytes, 0, false)
+            } else {
+                return;
+            }
+        } else {
+            if sending {
+                p.sent += f.bytes;
+            } else {
+                p.received += f.bytes;
+            }
+            (p.sent, p.received, p.alerted)
+        };
+        if window == b.window {
+            b.window_max = b.window_max.max(sent);
+        }
+        if !sending || alerted || baseline.samples < self.rule.learning_windows {
+            return;
+        }
+        let threshold = (self.rule.min_bytes as f64)
+            .max(baseline.mean + self.rule.deviations * baseline.deviation);
+        if (sent as f64) < threshold || (sent as f64) < self.rule.upload_ratio * received as f64 {
+            return;
+        }
+        if window == p.window {
+            p.alerted = true;
+        }
+        let summary = format!(
+            "sent {} to {r} within one {}-s window (received {}); this workload usually sends {} ± {} to one remote per window (over {} active windows), threshold {}",
+            human_bytes(sent as f64),
+            self.rule.window_seconds,
+            human_bytes(received as f64),
+            human_bytes(baseline.mean),
+            human_bytes(baseline.deviation),
+            baseline.samples,
+            human_bytes(threshold)
+        );
+        let mut finding = Finding::from_flow(self.name(), Severity::High, summary, f);
+        finding.bytes = sent;
+        out.push(finding.with_evidence(Evidence {
+            observed: sent as f64,
+            baseline: Some(baseline.mean),
+            threshold,
+            unit: "bytes per window".into(),
+        }));
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cap = self.state.pairs.capacity();
+        self.state = decode(self.name(), bytes)?;
+        self.state.pairs.set_capacity(cap);
+        self.state.workloads.set_capacity(cap);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A stable 64-bit hash of an address. The seen-filter is persisted, so its hash must not
+/// change with the toolchain or a dependency (std's and rustc-hash's are free to).
+fn address_hash(ip: IpAddr, seed: u64) -> u64 {
+    let v = match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a) ^ (1u128 << 127),
+    };
+    let mut x = (v as u64) ^ ((v >> 64) as u64).rotate_left(29) ^ seed;
+    // splitmix64's finaliser.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A Bloom filter sized for `capacity` members at about 1 % false positives.
+#[derive(Serialize, Deserialize)]
+struct Bloom {
+    bits: Vec<u64>,
+    hashes: u32,
+    members: usize,
+}
+
+impl Bloom {
+    fn new(capacity: usize) -> Self {
+        // m = -n ln p / (ln 2)^2 with p = 0.01; k = (m / n) ln 2.
+        let m = ((capacity.max(1) as f64) * 9.585).ceil() as usize;
+        Bloom {
+            bits: vec![0; m.div_ceil(64)],
+            hashes: 7,
+            members: 0,
+        }
+    }
+
+    fn positions(&self, ip: IpAddr) -> impl Iterator<Item = usize> {
+        let m = (self.bits.len() * 64) as u64;
+        let h1 = address_hash(ip, 0);
+        let h2 = address_hash(ip, 0x5151_5151) | 1;
+        (0..u64::from(self.hashes)).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        self.positions(ip)
+            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    fn insert(&mut self, ip: IpAddr) {
+        let positions: Vec<usize> = self.positions(ip).collect();
+        for p in positions {
+            self.bits[p / 64] |= 1 << (p % 64);
+        }
+        self.members += 1;
+    }
+}
+
+/// Uploads to destinations no workload had contacted before, while they are still new.
+pub struct RareDestination {
+    rule: RareDestinationRule,
+    state: RareState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RareState {
+    first_flow: Option<u64>,
+    /// Destinations seen: the current generation and the one before it. When the current
+    /// one is full it becomes the old one, so memory stays at two filters.
+    current: Bloom,
+    previous: Bloom,
+    new_destinations: BoundedMap<IpAddr, NewDestination>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NewDestination {
+    first_seen: u64,
+    workloads: Vec<IpAddr>,
+    sent: u64,
+    received: u64,
+    alerted: bool,
+}
+
+impl RareDestination {
+    pub fn new(rule: RareDestinationRule, entries: usize) -> Self {
+        RareDestination {
+            state: RareState {
+                first_flow: None,
+                current: Bloom::new(rule.filter_capacity),
+                previous: Bloom::new(rule.filter_capacity),
+                new_destinations: BoundedMap::new(entries),
+            },
+            rule,
+        }
+    }
+}
+
+impl Detector for RareDestination {
+    fn name(&self) -> &'static str {
+        "rare_destination"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        let sending = match f.path {
+            Path::NatEgress => true,
+            Path::NatReturn => false,
+            _ => return,
+        };
+        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+            return;
+        };
+        let s = &mut self.state;
+        let first_flow = *s.first_flow.get_or_insert(f.start);
+        if f.start < first_flow {
+            s.first_flow = Some(f.start);
+        }
+        if s.new_destinations.get(&r).is_none() {
+            if s.current.contains(r) || s.previous.contains(r) {
+                return;
+            }
+            if s.current.members >= self.rule.filter_capacity {
+                s.previous =
+                    std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
+            }
+            s.current.insert(r);
+            if f.end < first_flow + self.rule.learning_seconds {
+                return;
+            }
+        }
+        let d = s.new_destinations.touch(r, f.end, || NewDestination {
+            first_seen: f.start,
+            workloads: Vec::new(),
+            sent: 0,
+            received: 0,
+            alerted: false,
+        });
+        if f.end > d.first_seen + self.rule.new_for_seconds {
+            // No longer new: it stays in the seen-filter only.
+            s.new_destinations.remove(&r);
+            return;
+        }
+        if !d.workloads.contains(&w) && d.workloads.len() <= self.rule.max_workloads {
+            d.workloads.push(w);
+        }
+        if sending {
+            d.sent += f.bytes;
+        } else {
+            d.received += f.bytes;
+        }
+        if !sending
+            || d.alerted
+            || d.workloads.len() > self.rule.max_workloads
+            || d.sent < self.rule.upload_bytes
+            || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
+        {
+            return;
+        }
+        d.alerted = true;
+        let summary = format!(
+            "uploaded {} to {r} (received {}), a destination no workload had contacted before it appeared {} ago; {} workload(s) have contacted it since; threshold {}",
+            human_bytes(d.sent as f64),
+            human_bytes(d.received as f64),
+            hours(f.end.saturating_sub(d.first_seen)),
+            d.workloads.len(),
+            human_bytes(self.rule.upload_bytes as f64)
+        );
+        let mut finding = Finding::from_flow("rare_destination", Severity::High, summary, f);
+        finding.bytes = d.sent;
+        finding.first_seen = d.first_seen;
+        out.push(finding.with_evidence(Evidence {
+            observed: d.sent as f64,
+            baseline: Some(0.0),
+            threshold: self.rule.upload_bytes as f64,
+            unit: "bytes sent to a new destination".into(),
+        }));
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: RareState = decode(self.name(), bytes)?;
+        if state.current.bits.len() != self.state.current.bits.len() {
+            return Err(format!(
+                "saved state of rule {}: the seen-filter was sized for a different filter-capacity; starting to learn again",
+                self.name()
+            ));
+        }
+        let cap = self.state.new_destinations.capacity();
+        self.state = state;
+        self.state.new_destinations.set_capacity(cap);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Bytes sent to one remote over a sliding horizon, estimated from two fixed buckets (the
+/// current one and the previous one weighted by how much of it still overlaps the horizon).
+pub struct SlowDrip {
+    rule: SlowDripRule,
+    state: DripState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DripState {
+    pairs: BoundedMap<(IpAddr, IpAddr), Drip>,
+    /// Remote -> the workloads that talked to it (up to max-workloads + 1).
+    audience: BoundedMap<IpAddr, Vec<IpAddr>>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Drip {
+    bucket: u64,
+    sent: [u64; 2],
+    received: [u64; 2],
+    flows: u64,
+    first_seen: u64,
+    alerted_bucket: Option<u64>,
+}
+
+impl SlowDrip {
+    pub fn new(rule: SlowDripRule, entries: usize) -> Self {
+        SlowDrip {
+            rule,
+            state: DripState {
+                pairs: BoundedMap::new(entries),
+                audience: BoundedMap::new(entries),
+            },
+        }
+    }
+}
+
+impl Detector for SlowDrip {
+    fn name(&self) -> &'static str {
+        "slow_drip"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        let sending = match f.path {
+            Path::NatEgress => true,
+            Path::NatReturn => false,
+            _ => return,
+        };
+        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+            return;
+        };
+        let horizon = self.rule.horizon_seconds;
+        let audience = self.state.audience.touch(r, f.end, Vec::new);
+        if !audience.contains(&w) && audience.len() <= self.rule.max_workloads {
+            audience.push(w);
+        }
+        let shared = audience.len() > self.rule.max_workloads;
+        let bucket = f.end / horizon;
+        let d = self.state.pairs.touch((w, r), f.end, || Drip {
+            bucket,
+            first_seen: f.start,
+            ..Drip::default()
+        });
+        if bucket > d.bucket {
+            let keep = bucket == d.bucket + 1;
+            d.sent = [if keep { d.sent[1] } else { 0 }, 0];
+            d.received = [if keep { d.received[1] } else { 0 }, 0];
+            d.bucket = bucket;
+        }
+        // [0] is the previous bucket, [1] the current one; a record older than both is
+        // counted with the previous bucket, which can only make the estimate larger.
+        let slot = usize::from(bucket >= d.bucket);
+        if sending {
+            d.sent[slot] += f.bytes;
+            d.flows += 1;
+        } else {
+            d.received[slot] += f.bytes;
+        }
+        d.first_seen = d.first_seen.min(f.start);
+        if !sending || shared || d.alerted_bucket == Some(d.bucket) {
+            return;
+        }
+        let overlap = 1.0 - (f.end % horizon) as f64 / horizon as f64;
+        let sent = d.sent[1] as f64 + d.sent[0] as f64 * overlap;
+        let received = d.received[1] as f64 + d.received[0] as f64 * overlap;
+        if sent < self.rule.bytes as f64 || sent < self.rule.upload_ratio * received {
+            return;
+        }
+        d.alerted_bucket = Some(d.bucket);
+        let summary = format!(
+            "sent about {} to {r} over the last {} (received {}) in {} flows since {}; no more than {} workload(s) talk to this remote; threshold {} per {}",
+            human_bytes(sent),
+            hours(horizon),
+            human_bytes(received),
+            d.flows,
+            d.first_seen,
+            self.rule.max_workloads,
+            human_bytes(self.rule.bytes as f64),
+            hours(horizon)
+        );
+        let mut finding = Finding::from_flow("slow_drip", Severity::High, summary, f);
+        finding.bytes = sent as u64;
+        finding.first_seen = d.first_seen;
+        finding.records = d.flows;
+        out.push(finding.with_evidence(Evidence {
+            observed: sent,
+            baseline: None,
+            threshold: self.rule.bytes as f64,
+            unit: "bytes per horizon".into(),
+        }));
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cap = self.state.pairs.capacity();
+        self.state = decode(self.name(), bytes)?;
+        self.state.pairs.set_capacity(cap);
+        self.state.audience.set_capacity(cap);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Bowley's quartile skewness mapped to a regularity score: 1 for symmetric, 0 for fully
+/// skewed. Like RITA, a spread under 10 units or a median sitting on a quartile counts as
+/// symmetric.
+fn bowley_score(sorted: &[f64]) -> f64 {
+    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let (q1, q2, q3) = (q(0.25), q(0.5), q(0.75));
+    if q3 - q1 < 10.0 || q2 == q1 || q2 == q3 {
+        return 1.0;
+    }
+    1.0 - ((q1 + q3 - 2.0 * q2) / (q3 - q1)).abs()
+}
+
+/// (median - MAD) / median: 1 when every value equals the median.
+fn mad_score(sorted: &[f64]) -> f64 {
+    let median = sorted[sorted.len() / 2];
+    if median <= 0.0 {
+        return 0.0;
+    }
+    let mut dev: Vec<f64> = sorted.iter().map(|x| (x - median).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    let mad = dev[dev.len() / 2];
+    ((median - mad) / median).max(0.0)
+}
+
+/// The beacon score of a series: the mean of a timing score (inter-connection gaps) and a
+/// size score (bytes sent per connection), each the mean of the Bowley and MAD scores.
+pub fn beacon_score(starts: &[u64], sizes: &[u64]) -> Option<(f64, f64)> {
+    let mut starts = starts.to_vec();
+    starts.sort_unstable();
+    let mut gaps: Vec<f64> = starts.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+    if gaps.len() < 3 {
+        return None;
+    }
+    gaps.sort_by(f64::total_cmp);
+    let mut sizes: Vec<f64> = sizes.iter().map(|s| *s as f64).collect();
+    sizes.sort_by(f64::total_cmp);
+    let timing = (bowley_score(&gaps) + mad_score(&gaps)) / 2.0;
+    let size = (bowley_score(&sizes) + mad_score(&sizes)) / 2.0;
+    Some(((timing + size) / 2.0, gaps[gaps.len() / 2]))
+}
+
+/// Periodic connections with regular sizes from one workload to one remote port.
+pub struct Beaconing {
+    rule: BeaconingRule,
+    state: BeaconState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BeaconState {
+    series: BoundedMap<(IpAddr, IpAddr, u16), Series>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Series {
+    starts: Vec<u64>,
+    sizes: Vec<u64>,
+    alerted: bool,
+}
+
+impl Beaconing {
+    pub fn new(rule: BeaconingRule, entries: usize) -> Self {
+        Beaconing {
+            rule,
+            state: BeaconState {
+                series: BoundedMap::new(entries),
+            },
+        }
+    }
+}
+
+impl Detector for Beaconing {
+    fn name(&self) -> &'static str {
+        "beaconing"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if f.path != Path::NatEgress || !f.opens_connection {
+            return;
+        }
+        let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
+            return;
+        };
+        let s = self
+            .state
+            .series
+            .touch((w, r, port), f.end, Series::default);
+        if s.starts.len() >= self.rule.history {
+            s.starts.remove(0);
+            s.sizes.remove(0);
+        }
+        s.starts.push(f.start);
+        s.sizes.push(f.bytes);
+        if s.alerted || s.starts.len() < self.rule.min_connections {
+            return;
+        }
+        let Some((score, period)) = beacon_score(&s.starts, &s.sizes) else {
+            return;
+        };
+        if score < self.rule.score || period < self.rule.min_interval_seconds as f64 {
+            return;
+        }
+        s.alerted = true;
+        let median_size = {
+            let mut v = s.sizes.clone();
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let first = s.starts.iter().copied().min().unwrap_or(f.start);
+        let summary = format!(
+            "beacon-like connections to {r}:{port}: {} connections about every {:.0} s with about {} sent each; regularity score {:.2} (threshold {:.2})",
+            s.starts.len(),
+            period,
+            human_bytes(median_size as f64),
+            score,
+            self.rule.score
+        );
+        let severity = if score >= 0.9 {
+            Severity::High
+        } else {
+            Severity::Medium
+        };
+        let mut finding = Finding::from_flow("beaconing", severity, summary, f);
+        finding.first_seen = first;
+        finding.records = s.starts.len() as u64;
+        out.push(finding.with_evidence(Evidence {
+            observed: score,
+            baseline: Some(period),
+            threshold: self.rule.score,
+            unit: "beacon score (baseline: median period, s)".into(),
+        }));
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cap = self.state.series.capacity();
+        self.state = decode(self.name(), bytes)?;
+        self.state.series.set_capacity(cap);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Outbound scanning within a window: many ports on one host, or one port on many hosts.
+/// Attempts count whether the security group let them through or not.
+pub struct PortScan {
+    rule: PortScanRule,
+    state: ScanState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScanState {
+    /// (workload, host, window) -> distinct ports, exact up to the threshold.
+    ports_per_host: BoundedMap<(IpAddr, IpAddr, u64), Vec<u16>>,
+    /// (workload, port, window) -> distinct hosts, exact up to the threshold.
+    hosts_per_port: BoundedMap<(IpAddr, u16, u64), Vec<IpAddr>>,
+}
+
+impl PortScan {
+    pub fn new(rule: PortScanRule, entries: usize) -> Self {
+        PortScan {
+            rule,
+            state: ScanState {
+                ports_per_host: BoundedMap::new(entries),
+                hosts_per_port: BoundedMap::new(entries),
+            },
+        }
+    }
+}
+
+impl Detector for PortScan {
+    fn name(&self) -> &'static str {
+        "port_scan"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if !matches!(f.path, Path::NatEgress | Path::RejectedEgress) || !f.opens_connection {
+            return;
+        }
+        let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
+            return;
+        };
+        let window = f.start / self.rule.window_seconds;
+        let ports = self
+            .state
+            .ports_per_host
+            .touch((w, r, window), f.end, Vec::new);
+        if ports.len() < self.rule.distinct_ports && !ports.contains(&port) {
+            ports.push(port);
+            if ports.len() == self.rule.distinct_ports {
+                let summary = format!(
+                    "{} distinct ports on {r} within {} s (e.g. {:?}); threshold {}",
+                    ports.len(),
+                    self.rule.window_seconds,
+                    &ports[..ports.len().min(8)],
+                    self.rule.distinct_ports
+                );
+                let mut finding = Finding::from_flow("port_scan", Severity::Medium, summary, f);
+                finding.remote_port = None;
+                finding.first_seen = window * self.rule.window_seconds;
+                out.push(finding.with_evidence(Evidence {
+                    observed: ports.len() as f64,
+                    baseline: None,
+                    threshold: self.rule.distinct_ports as f64,
+                    unit: "distinct ports on one host".into(),
+                }));
+            }
+        }
+        let hosts = self
+            .state
+            .hosts_per_port
+            .touch((w, port, window), f.end, Vec::new);
+        if hosts.len() < self.rule.distinct_hosts && !hosts.contains(&r) {
+            hosts.push(r);
+            if hosts.len() == self.rule.distinct_hosts {
+                let summary = format!(
+                    "{} {} port {port} on {} distinct hosts within {} s (e.g. {}); threshold {}",
+                    proto_name(f.protocol),
+                    if f.path == Path::RejectedEgress {
+                        "attempts to"
+                    } else {
+                        "connections to"
+                    },
+                    hosts.len(),
+                    self.rule.window_seconds,
+                    hosts
+                        .iter()
+                        .take(4)
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.rule.distinct_hosts
+                );
+                let mut finding = Finding::from_flow("port_sweep", Severity::High, summary, f);
+                finding.remote = None;
+                finding.first_seen = window * self.rule.window_seconds;
+                out.push(finding.with_evidence(Evidence {
+                    observed: hosts.len() as f64,
+                    baseline: None,
+                    threshold: self.rule.distinct_hosts as f64,
+                    unit: "distinct hosts on one port".into(),
+                }));
+            }
+        }
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let cap = self.state.ports_per_host.capacity();
+        self.state = decode(self.name(), bytes)?;
+        self.state.ports_per_host.set_capacity(cap);
+        self.state.hosts_per_port.set_capacity(cap);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: &str = "10.0.1.5";
+
+    fn flow(path: Path, remote: &str, port: u16, bytes: u64, start: u64) -> Flow {
+        Flow {
+            path,
+            workload: Some(W.parse().unwrap()),
+            remote: Some(remote.parse().unwrap()),
+            remote_port: Some(port),
+            protocol: Some(6),
+            bytes,
+            packets: 1,
+            action: Some("ACCEPT"),
+            end: start + 59,
+            start,
+            interface_id: Some("eni-nat".into()),
+            instance_id: None,
+            opens_connection: true,
+        }
+    }
+
+    fn run(d: &mut dyn Detector, flows: &[Flow]) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for f in flows {
+            d.observe(f, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn new_remote_port_after_learning_and_across_a_restart() {
+        let rule = NewRemotePortRule {
+            enabled: true,
+            learning_seconds: 3_600,
+        };
+        let mut d = NewRemotePort::new(rule.clone(), 100);
+        let learning: Vec<Flow> = (0..60)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    "198.51.100.1",
+                    if i == 5 { 8443 } else { 443 },
+                    10,
+                    1_000 + i * 60,
+                )
+            })
+            .collect();
+        assert!(run(&mut d, &learning).is_empty());
+        // After the learning hour: 443 and 8443 are known, 4444 is new, and new only once.
+        let later = [
+            flow(Path::NatEgress, "198.51.100.2", 443, 10, 9_000),
+            flow(Path::NatEgress, "198.51.100.2", 8443, 10, 9_000),
+            flow(Path::NatEgress, "198.51.100.2", 4444, 10, 9_060),
+            flow(Path::NatEgress, "198.51.100.3", 4444, 10, 9_120),
+        ];
+        // State survives a snapshot into a fresh detector.
+        let mut restored = NewRemotePort::new(rule, 100);
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        let found = run(&mut restored, &later);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].rule, "new_remote_port");
+        assert_eq!(found[0].remote_port, Some(4444));
+        assert!(
+            found[0].summary.contains("[443, 8443]"),
+            "{}",
+            found[0].summary
+        );
+        assert!(restored
+            .load_state(b"junk")
+            .unwrap_err()
+            .contains("new_remote_port"));
+    }
+
+    #[test]
+    fn traffic_volume_against_the_workloads_baseline() {
+        let mut d = TrafficVolume::new(TrafficVolumeRule::default(), 1_000);
+        // 40 windows of about 1 MB sent to a handful of remotes.
+        let mut flows = Vec::new();
+        for i in 0..40u64 {
+            flows.push(flow(
+                Path::NatEgress,
+                "198.51.100.1",
+                443,
+                900_000 + i * 5_000,
+                i * 60,
+            ));
+            flows.push(flow(
+                Path::NatReturn,
+                "198.51.100.1",
+                443,
+                20_000_000,
+                i * 60,
+            ));
+        }
+        assert!(run(&mut d, &flows).is_empty());
+        // A big download is not an upload; a big upload is flagged once, with the numbers.
+        let t = 40 * 60;
+        let mut later = vec![
+            flow(Path::NatReturn, "198.51.100.9", 443, 900_000_000, t),
+            flow(Path::NatEgress, "198.51.100.9", 443, 60_000_000, t),
+            flow(Path::NatEgress, "203.0.113.7", 443, 30_000_000, t),
+            flow(Path::NatEgress, "203.0.113.7", 443, 30_000_000, t),
+            flow(Path::NatEgress, "203.0.113.7", 443, 30_000_000, t),
+        ];
+        later[1].end = t + 59;
+        let found = run(&mut d, &later);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(f.remote, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(f.bytes, 60_000_000);
+        let e = f.evidence.as_ref().unwrap();
+        assert_eq!(e.threshold, 50_000_000.0);
+        assert!(
+            (e.baseline.unwrap() - 1_000_000.0).abs() < 200_000.0,
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn rare_destination_uploads() {
+        let rule = RareDestinationRule {
+            learning_seconds: 3_600,
+            ..RareDestinationRule::default()
+        };
+        let mut d = RareDestination::new(rule, 1_000);
+        let learn: Vec<Flow> = (0..50)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    &format!("198.51.100.{i}"),
+                    443,
+                    1_000,
+                    i * 60,
+                )
+            })
+            .collect();
+        assert!(run(&mut d, &learn).is_empty());
+        let t = 7_200;
+        let mut other = flow(Path::NatEgress, "203.0.113.50", 443, 6_000_000, t);
+        other.workload = Some("10.0.1.6".parse().unwrap());
+        let flows = [
+            // Known during learning: never flagged, however much.
+            flow(Path::NatEgress, "198.51.100.3", 443, 500_000_000, t),
+            // New, uploads 12 MB in two records: flagged when the total crosses 10 MB.
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t),
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 60),
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 120),
+            // New but a download.
+            flow(Path::NatReturn, "203.0.113.10", 443, 90_000_000, t),
+            flow(Path::NatEgress, "203.0.113.10", 443, 12_000_000, t),
+        ];
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].remote, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(found[0].bytes, 12_000_000);
+        // A new destination three workloads use is shared, not one workload's drop point.
+        let mut shared = Vec::new();
+        for w in ["10.0.1.7", "10.0.1.8", "10.0.1.9"] {
+            let mut f = flow(Path::NatEgress, "203.0.113.60", 443, 100, t);
+            f.workload = Some(w.parse().unwrap());
+            shared.push(f);
+        }
+        shared.push(flow(Path::NatEgress, "203.0.113.60", 443, 50_000_000, t));
+        shared.push(other);
+        assert!(run(&mut d, &shared).is_empty());
+    }
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_about_one_percent_false_positives() {
+        let mut b = Bloom::new(10_000);
+        for i in 0..10_000u32 {
+            b.insert(IpAddr::V4((0x0a00_0000 + i).into()));
+        }
+        assert!((0..10_000u32).all(|i| b.contains(IpAddr::V4((0x0a00_0000 + i).into()))));
+        let fp = (0..100_000u32)
+            .filter(|i| b.contains(IpAddr::V4((0xc000_0000 + i).into())))
+            .count();
+        assert!(fp < 2_000, "{fp} false positives in 100,000");
+    }
+
+    #[test]
+    fn slow_drip_over_the_horizon() {
+        let mut d = SlowDrip::new(SlowDripRule::default(), 1_000);
+        // 3 MB every 5 minutes, far below any per-window threshold: 100 MB after 34 drips.
+        let flows: Vec<Flow> = (0..60)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    "203.0.113.9",
+                    443,
+                    3_000_000,
+                    21_600 * 10 + i * 300,
+                )
+            })
+            .collect();
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].records, 34);
+        assert!(found[0].bytes >= 100_000_000 && found[0].bytes < 103_000_000);
+        // The same volume to a remote three workloads share is not a drip.
+        let mut d = SlowDrip::new(SlowDripRule::default(), 1_000);
+        let mut flows = flows;
+        for (i, f) in flows.iter_mut().enumerate() {
+            f.workload = Some(format!("10.0.1.{}", 5 + i % 3).parse().unwrap());
+            f.bytes *= 3;
+        }
+        assert!(run(&mut d, &flows).is_empty());
+    }
+
+    #[test]
+    fn beacon_scores() {
+        // A 300-s beacon with a few seconds of jitter and constant sizes scores near 1.
+        let starts: Vec<u64> = (0..12).map(|i| 10_000 + i * 300 + (i * 7) % 11).collect();
+        let sizes = vec![512; 12];
+        let (score, period) = beacon_score(&starts, &sizes).unwrap();
+        assert!(score > 0.95, "{score}");
+        assert!((295.0..=305.0).contains(&period));
+        // Irregular gaps and sizes score low.
+        let starts = [0, 40, 45, 900, 2_000, 2_010, 7_000, 7_300, 12_000, 12_001];
+        let sizes = [
+            500, 90_000, 3_000, 12, 700_000, 4_000, 80, 55_000, 1_200, 9_999,
+        ];
+        let (score, _) = beacon_score(&starts, &sizes).unwrap();
+        assert!(score < 0.6, "{score}");
+        assert_eq!(beacon_score(&[1, 2, 3], &[1, 1, 1]), None);
+
+        let mut d = Beaconing::new(BeaconingRule::default(), 1_000);
+        let flows: Vec<Flow> = (0..12)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    "203.0.113.9",
+                    443,
+                    512,
+                    10_000 + i * 300 + (i * 7) % 11,
+                )
+            })
+            .collect();
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].records, 8, "found at the eighth connection");
+        assert_eq!(found[0].severity, Severity::High);
+        // Records of a connection already open (no SYN) are not new beacons.
+        let mut d = Beaconing::new(BeaconingRule::default(), 1_000);
+        let mut flows = flows;
+        flows.iter_mut().for_each(|f| f.opens_connection = false);
+        assert!(run(&mut d, &flows).is_empty());
+    }
+
+    #[test]
+    fn scans_and_sweeps_counted_exactly_up_to_the_threshold() {
+        let mut d = PortScan::new(PortScanRule::default(), 1_000);
+        let mut flows: Vec<Flow> = (0..40)
+            .map(|p| {
+                flow(
+                    Path::RejectedEgress,
+                    "203.0.113.9",
+                    1_000 + p,
+                    60,
+                    600 + p as u64,
+                )
+            })
+            .collect();
+        // Repeats of the same port do not count twice.
+        flows.extend((0..40).map(|_| flow(Path::RejectedEgress, "203.0.113.8", 22, 60, 610)));
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].rule, found[0].remote_port), ("port_scan", None));
+        assert_eq!(found[0].evidence.as_ref().unwrap().observed, 24.0);
+        let sweep: Vec<Flow> = (0..100)
+            .map(|h| {
+                flow(
+                    Path::NatEgress,
+                    &format!("198.51.{}.{}", h / 50, h % 50 + 1),
+                    443,
+                    60,
+                    900 + h,
+                )
+            })
+            .collect();
+        let found = run(&mut d, &sweep);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].rule, found[0].remote, found[0].remote_port),
+            ("port_sweep", None, Some(443))
+        );
+    }
+}
