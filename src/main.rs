@@ -5,6 +5,7 @@
 mod monitor_cmd;
 mod parse_cmd;
 mod provision_cmd;
+mod simulate_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,8 +71,21 @@ enum Command {
         /// Input files; `-` is stdin.
         files: Vec<PathBuf>,
     },
-    /// Generate labelled flow-log traffic for a stack (not yet available).
-    Simulate,
+    /// Generate labelled flow-log traffic for a stack: a fleet of data scientists' workloads
+    /// and the attacks the monitor must catch, with ground truth.
+    ///
+    /// Records are written as AWS writes them: the workload's interface and both legs of the
+    /// NAT gateway, 60-second windows, per-interface streams delivered one to ten minutes late
+    /// and out of order, NODATA and SKIPDATA now and then. Into CloudWatch, every
+    /// PutLogEvents call respects the service's limits (10,000 events, 1 MiB, 24 hours,
+    /// chronological).
+    Simulate(simulate_cmd::SimulateArgs),
+    /// Measure detection: run simulated traffic through the daemon's processing path and
+    /// report, per attack scenario, whether it was detected and how fast, and the false
+    /// findings per million benign records.
+    ///
+    /// Exit status 0 when every attack was detected on every seed, 3 when one was missed.
+    Evaluate(simulate_cmd::EvaluateArgs),
     /// Run the whole thing locally against an AWS emulator (see scripts/demo).
     Demo,
 }
@@ -141,7 +155,8 @@ fn main() -> ExitCode {
         }
         Command::Provision(args) => provision_cmd::run(args),
         Command::Monitor(args) => monitor_cmd::run(args),
-        Command::Simulate => not_yet("simulate"),
+        Command::Simulate(args) => simulate_cmd::simulate(args),
+        Command::Evaluate(args) => simulate_cmd::evaluate(args),
         Command::Demo => not_yet("demo (use scripts/demo)"),
     }
 }

@@ -63,6 +63,9 @@ pub struct Router {
     queues: Vec<(&'static str, mpsc::Sender<Finding>)>,
     tasks: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    /// When set, every alert that passes deduplication is also kept here (for evaluation,
+    /// which scores exactly what the sinks would have received).
+    pub kept: Option<Vec<Finding>>,
 }
 
 impl Router {
@@ -90,6 +93,7 @@ impl Router {
             queues,
             tasks,
             metrics,
+            kept: None,
         }
     }
 
@@ -108,6 +112,9 @@ impl Router {
             self.seen.retain(|_, &mut last| last + window > t);
         }
         self.seen.insert(key, t);
+        if let Some(kept) = &mut self.kept {
+            kept.push(finding.clone());
+        }
         for (name, q) in &self.queues {
             if q.try_send(finding.clone()).is_err() {
                 self.metrics.alerts_dropped.with_label_values(&[name]).inc();

@@ -688,6 +688,8 @@ pub struct Beaconing {
 #[derive(Serialize, Deserialize)]
 struct BeaconState {
     series: BoundedMap<(IpAddr, IpAddr, u16), Series>,
+    /// Remote -> the workloads that opened connections to it (up to max-workloads + 1).
+    audience: BoundedMap<IpAddr, Vec<IpAddr>>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -703,6 +705,7 @@ impl Beaconing {
             rule,
             state: BeaconState {
                 series: BoundedMap::new(entries),
+                audience: BoundedMap::new(entries),
             },
         }
     }
@@ -720,6 +723,11 @@ impl Detector for Beaconing {
         let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
             return;
         };
+        let audience = self.state.audience.touch(r, f.end, Vec::new);
+        if !audience.contains(&w) && audience.len() <= self.rule.max_workloads {
+            audience.push(w);
+        }
+        let shared = audience.len() > self.rule.max_workloads;
         let s = self
             .state
             .series
@@ -730,7 +738,7 @@ impl Detector for Beaconing {
         }
         s.starts.push(f.start);
         s.sizes.push(f.bytes);
-        if s.alerted || s.starts.len() < self.rule.min_connections {
+        if s.alerted || shared || s.starts.len() < self.rule.min_connections {
             return;
         }
         let Some((score, period)) = beacon_score(&s.starts, &s.sizes) else {
@@ -754,7 +762,7 @@ impl Detector for Beaconing {
             score,
             self.rule.score
         );
-        let severity = if score >= 0.9 {
+        let severity = if score >= 0.95 {
             Severity::High
         } else {
             Severity::Medium
@@ -778,6 +786,7 @@ impl Detector for Beaconing {
         let cap = self.state.series.capacity();
         self.state = decode(self.name(), bytes)?;
         self.state.series.set_capacity(cap);
+        self.state.audience.set_capacity(cap);
         Ok(())
     }
 }

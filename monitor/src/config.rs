@@ -132,6 +132,10 @@ pub struct BeaconingRule {
     pub min_interval_seconds: u64,
     /// Score in [0, 1] at which a pair is a beacon.
     pub score: f64,
+    /// A remote more workloads than this connect to is a shared service (telemetry, package
+    /// mirrors), whose regular check-ins are expected; RITA discounts prevalent destinations
+    /// the same way.
+    pub max_workloads: usize,
 }
 
 /// Outbound scans: many ports on one host (Recon:EC2/Portscan) or one port on many hosts
@@ -201,7 +205,8 @@ impl Default for BeaconingRule {
             min_connections: 8,
             history: 16,
             min_interval_seconds: 30,
-            score: 0.8,
+            score: 0.9,
+            max_workloads: 2,
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub records: u64,
+    /// Flows that reached the rules (every record but duplicate views and status records).
+    pub flows_judged: u64,
     findings: Vec<Finding>,
 }
 
@@ -106,6 +108,7 @@ impl Pipeline {
             router,
             metrics,
             records: 0,
+            flows_judged: 0,
             findings: Vec::new(),
         }
     }
@@ -200,6 +203,7 @@ impl Pipeline {
         if flow.path == Path::Duplicate {
             return;
         }
+        self.flows_judged += 1;
         for d in &mut self.detectors {
             d.observe(&flow, &mut self.findings);
         }

@@ -1,0 +1,522 @@
+//! What the workloads do, as connections: the benign fleet minute by minute, and each attack
+//! scheduled up front with its ground truth. Connections become records in `records`.
+
+use std::net::Ipv4Addr;
+
+use rand::RngExt;
+use rand_distr::{Distribution, LogNormal, Poisson};
+use rand_pcg::Pcg64Mcg;
+
+use crate::Scenario;
+
+/// Where a connection's packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Out through the NAT gateway (accepted).
+    Nat,
+    /// Refused by the security group on the workload's interface.
+    Rejected,
+    /// To S3 through the gateway endpoint.
+    S3,
+    /// To another address inside the VPC (EFS).
+    Intra,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Conn {
+    pub workload: usize,
+    pub remote: Ipv4Addr,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub nat_port: u16,
+    pub protocol: u8,
+    pub start: u64,
+    pub duration: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub route: Route,
+    /// Whether the first window carries the connection's SYN (false for a long-lived
+    /// connection already open when it enters the simulation).
+    pub opens: bool,
+    pub label: Option<u32>,
+}
+
+/// One data scientist's workload and its habits.
+#[derive(Clone, Debug)]
+pub(crate) struct Workload {
+    pub ip: Ipv4Addr,
+    pub interface_id: String,
+    /// How busy this person is, around 1.
+    pub scale: f64,
+    /// Hours east of UTC.
+    pub utc_offset_hours: i64,
+    pub works_weekends: bool,
+    pub tracks_experiments: bool,
+}
+
+impl Workload {
+    /// Relative activity at `t`: office hours, evenings, nights and weekends.
+    pub fn activity(&self, t: u64) -> f64 {
+        let local = t as i64 + self.utc_offset_hours * 3_600;
+        let hour = local.rem_euclid(86_400) / 3_600;
+        // 1970-01-01 was a Thursday: +3 makes Monday 0.
+        let weekday = (local.div_euclid(86_400) + 3).rem_euclid(7);
+        let by_hour = match hour {
+            9..=17 => 1.0,
+            8 | 18 => 0.6,
+            19..=22 => 0.25,
+            _ => 0.04,
+        };
+        let by_day = if weekday >= 5 {
+            if self.works_weekends {
+                0.5
+            } else {
+                0.08
+            }
+        } else {
+            1.0
+        };
+        by_hour * by_day * self.scale
+    }
+}
+
+/// A fixed pool of addresses standing for one service's front ends.
+fn pool(first: u8, second: u8, n: u8) -> Vec<Ipv4Addr> {
+    (0..n)
+        .map(|i| Ipv4Addr::new(first, second, i.wrapping_mul(37), 10 + i))
+        .collect()
+}
+
+/// The services data scientists' work talks to, by role.
+pub(crate) struct Services {
+    pub pypi: Vec<Ipv4Addr>,
+    pub conda: Vec<Ipv4Addr>,
+    pub github: Vec<Ipv4Addr>,
+    pub models: Vec<Ipv4Addr>,
+    pub apis: Vec<Ipv4Addr>,
+    pub tracking: Vec<Ipv4Addr>,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Services {
+            pypi: pool(151, 101, 8),
+            conda: pool(104, 17, 6),
+            github: pool(140, 82, 6),
+            models: pool(13, 224, 8),
+            apis: pool(34, 117, 12),
+            tracking: pool(35, 186, 2),
+        }
+    }
+}
+
+/// First octets the long tail of benign destinations is drawn from: public ranges of large
+/// hosting and CDN providers, none of them used for attacks here.
+const LONG_TAIL_FIRST_OCTETS: [u8; 16] = [
+    3, 18, 23, 34, 35, 44, 54, 64, 72, 99, 104, 142, 151, 162, 172, 216,
+];
+
+pub(crate) fn long_tail_address(rng: &mut Pcg64Mcg) -> Ipv4Addr {
+    let first = LONG_TAIL_FIRST_OCTETS[rng.random_range(0..LONG_TAIL_FIRST_OCTETS.len())];
+    // 172 is public only from 172.32 up.
+    let second = if first == 172 {
+        rng.random_range(32..=255)
+    } else {
+        rng.random_range(0..=255)
+    };
+    Ipv4Addr::new(first, second, rng.random(), rng.random_range(1..=254))
+}
+
+/// Addresses attacks send to that are on no list: fresh hosting addresses.
+fn attacker_address(rng: &mut Pcg64Mcg) -> Ipv4Addr {
+    Ipv4Addr::new(
+        185,
+        rng.random_range(100..150),
+        rng.random(),
+        rng.random_range(1..=254),
+    )
+}
+
+/// Ranges the simulated threat-intelligence list names (plain CIDR per line).
+const THREAT_CIDRS: [[u8; 3]; 4] = [[45, 134, 26], [5, 188, 206], [194, 26, 29], [193, 32, 162]];
+
+/// Tor relays the simulated Tor list names.
+fn tor_relay(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(185, 220, 101, 1 + i % 64)
+}
+
+/// The deny list that goes with the `denylisted` scenario, one CIDR per line.
+pub fn threat_list() -> String {
+    let mut s = String::from(
+        "# egresswatch simulate: threat-intelligence ranges used by the denylisted scenario\n",
+    );
+    for c in THREAT_CIDRS {
+        s.push_str(&format!("{}.{}.{}.0/24\n", c[0], c[1], c[2]));
+    }
+    s
+}
+
+/// The Tor list that goes with the `tor` scenario, in the exit-list format.
+pub fn tor_exit_list() -> String {
+    let mut s = String::new();
+    for i in 0..64u8 {
+        s.push_str(&format!(
+            "ExitNode {:040X}\nPublished 2026-11-01 00:00:00\nLastStatus 2026-11-01 00:00:00\nExitAddress {} 2026-11-01 00:00:00\n",
+            u64::from(i) * 0x1F3D_5B79,
+            tor_relay(i)
+        ));
+    }
+    s
+}
+
+fn lognormal(rng: &mut Pcg64Mcg, median: f64, sigma: f64, cap: f64) -> u64 {
+    let d = LogNormal::new(median.ln(), sigma).expect("valid lognormal");
+    d.sample(rng).min(cap).max(1.0) as u64
+}
+
+fn poisson(rng: &mut Pcg64Mcg, mean: f64) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    Poisson::new(mean).map_or(0, |d| d.sample(rng) as u64)
+}
+
+fn ephemeral(rng: &mut Pcg64Mcg) -> u16 {
+    rng.random_range(32_768..61_000)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn https(
+    rng: &mut Pcg64Mcg,
+    workload: usize,
+    remote: Ipv4Addr,
+    start: u64,
+    sent: u64,
+    received: u64,
+    bytes_per_second: f64,
+    label: Option<u32>,
+) -> Conn {
+    let duration = 1 + ((sent + received) as f64 / bytes_per_second) as u64;
+    Conn {
+        workload,
+        remote,
+        remote_port: 443,
+        local_port: ephemeral(rng),
+        nat_port: rng.random_range(1_024..65_535),
+        protocol: 6,
+        start,
+        duration,
+        sent,
+        received,
+        route: Route::Nat,
+        opens: true,
+        label,
+    }
+}
+
+/// The benign connections `w` starts in the minute beginning at `t`.
+pub(crate) fn benign_minute(
+    rng: &mut Pcg64Mcg,
+    services: &Services,
+    w: &Workload,
+    index: usize,
+    t: u64,
+    new_destinations_per_hour: f64,
+    efs: Ipv4Addr,
+    s3: &[Ipv4Addr],
+    out: &mut Vec<Conn>,
+) {
+    let a = w.activity(t);
+    let per_minute = |per_hour: f64| per_hour * a / 60.0;
+    let at = |rng: &mut Pcg64Mcg| t + rng.random_range(0..60);
+    let pick = |rng: &mut Pcg64Mcg, p: &[Ipv4Addr]| p[rng.random_range(0..p.len())];
+    // Package installs: a burst of downloads from one or two CDN front ends.
+    for (rate, pool, median) in [(0.8, &services.pypi, 300e3), (0.2, &services.conda, 4e6)] {
+        for _ in 0..poisson(rng, per_minute(rate)) {
+            let front = [pick(rng, pool), pick(rng, pool)];
+            let begin = at(rng);
+            for _ in 0..rng.random_range(3..30) {
+                let received = lognormal(rng, median, 1.5, 800e6);
+                let sent = rng.random_range(800..4_000);
+                let start = begin + rng.random_range(0..90);
+                let r = front[rng.random_range(0..2)];
+                let c = https(rng, index, r, start, sent, received, 25e6, None);
+                out.push(c);
+            }
+        }
+    }
+    // Git fetches and the occasional push.
+    for _ in 0..poisson(rng, per_minute(0.3)) {
+        let received = lognormal(rng, 2e6, 1.5, 2e9);
+        let sent = rng.random_range(2_000..20_000);
+        let (r, s) = (pick(rng, &services.github), at(rng));
+        out.push(https(rng, index, r, s, sent, received, 15e6, None));
+    }
+    for _ in 0..poisson(rng, per_minute(0.08)) {
+        let sent = lognormal(rng, 300e3, 1.2, 40e6);
+        let received = rng.random_range(10_000..60_000);
+        let (r, s) = (pick(rng, &services.github), at(rng));
+        out.push(https(rng, index, r, s, sent, received, 5e6, None));
+    }
+    // Model and dataset downloads: the large but normal transfers through the NAT.
+    for _ in 0..poisson(rng, per_minute(0.08)) {
+        let received = lognormal(rng, 500e6, 1.0, 12e9);
+        let sent = rng.random_range(20_000..120_000);
+        let speed = rng.random_range(30e6..150e6);
+        let (r, s) = (pick(rng, &services.models), at(rng));
+        out.push(https(rng, index, r, s, sent, received, speed, None));
+    }
+    // API calls to SaaS services.
+    for _ in 0..poisson(rng, per_minute(8.0)) {
+        let sent = rng.random_range(1_000..40_000);
+        let received = rng.random_range(1_000..60_000);
+        let (r, s) = (pick(rng, &services.apis), at(rng));
+        out.push(https(rng, index, r, s, sent, received, 2e6, None));
+    }
+    // Experiment tracking: one long-lived connection per active hour, a little each minute.
+    if w.tracks_experiments && a > 0.3 && t % 3_600 == 0 {
+        let r = services.tracking[index % services.tracking.len()];
+        let s = t + rng.random_range(0..60);
+        let mut c = https(rng, index, r, s, 0, 0, 1.0, None);
+        c.duration = 3_500;
+        c.sent = rng.random_range(300_000..3_000_000);
+        c.received = c.sent / 4;
+        out.push(c);
+    }
+    // The long tail: documentation sites, dataset hosts, one-off downloads.
+    for _ in 0..poisson(rng, per_minute(new_destinations_per_hour)) {
+        let received = lognormal(rng, 100e3, 2.0, 500e6);
+        let sent = rng.random_range(1_000..12_000);
+        let (r, s) = (long_tail_address(rng), at(rng));
+        out.push(https(rng, index, r, s, sent, received, 10e6, None));
+    }
+    // S3 through the gateway endpoint: reads and writes, some of them gigabytes.
+    for _ in 0..poisson(rng, per_minute(3.0)) {
+        let sent = lognormal(rng, 5e6, 2.0, 5e9);
+        let received = lognormal(rng, 5e6, 2.0, 5e9);
+        let (r, s) = (pick(rng, s3), at(rng));
+        let mut c = https(rng, index, r, s, sent, received, 80e6, None);
+        c.route = Route::S3;
+        out.push(c);
+    }
+    // The home directory on EFS, busy while the person works.
+    if a > 0.2 {
+        out.push(Conn {
+            workload: index,
+            remote: efs,
+            remote_port: 2049,
+            local_port: 1_000 + (index % 20) as u16,
+            nat_port: 0,
+            protocol: 6,
+            start: t,
+            duration: 59,
+            sent: lognormal(rng, 200e3, 1.5, 200e6),
+            received: lognormal(rng, 500e3, 1.5, 500e6),
+            route: Route::Intra,
+            opens: false,
+            label: None,
+        });
+    }
+}
+
+/// One scheduled attack: its connections and the remotes and port it uses.
+pub(crate) struct Attack {
+    pub conns: Vec<Conn>,
+    pub remotes: Vec<Ipv4Addr>,
+    pub remote_port: Option<u16>,
+}
+
+fn probe(
+    workload: usize,
+    remote: Ipv4Addr,
+    port: u16,
+    start: u64,
+    route: Route,
+    label: u32,
+    rng: &mut Pcg64Mcg,
+) -> Conn {
+    Conn {
+        workload,
+        remote,
+        remote_port: port,
+        local_port: ephemeral(rng),
+        nat_port: rng.random_range(1_024..65_535),
+        protocol: 6,
+        start,
+        duration: 1,
+        sent: 60,
+        received: if route == Route::Nat { 40 } else { 0 },
+        route,
+        opens: true,
+        label: Some(label),
+    }
+}
+
+/// The connections of one attack of `scenario` by workload `w`, starting at `start` and
+/// ending by `end`.
+pub(crate) fn attack(
+    rng: &mut Pcg64Mcg,
+    scenario: Scenario,
+    w: usize,
+    start: u64,
+    end: u64,
+    label: u32,
+) -> Attack {
+    let mut conns = Vec::new();
+    let l = Some(label);
+    let single = |remotes: Vec<Ipv4Addr>, port: u16, conns: Vec<Conn>| Attack {
+        conns,
+        remotes,
+        remote_port: Some(port),
+    };
+    match scenario {
+        Scenario::Benign => Attack {
+            conns,
+            remotes: vec![],
+            remote_port: None,
+        },
+        Scenario::SshExfil => {
+            let r = attacker_address(rng);
+            let mut t = start;
+            for _ in 0..rng.random_range(1..=3) {
+                let sent = rng.random_range(150_000_000..600_000_000);
+                let speed = rng.random_range(1e6..4e6);
+                let mut c = https(rng, w, r, t, sent, sent / 100, speed, l);
+                c.remote_port = 22;
+                t += c.duration + rng.random_range(30..300);
+                conns.push(c);
+            }
+            single(vec![r], 22, conns)
+        }
+        Scenario::HttpsUpload => {
+            let r = attacker_address(rng);
+            let total: u64 = rng.random_range(1_500_000_000..4_000_000_000);
+            let parallel = rng.random_range(2..=4);
+            for _ in 0..parallel {
+                let sent = total / parallel;
+                let s = start + rng.random_range(0..20);
+                let speed = rng.random_range(1.5e6..3e6);
+                conns.push(https(rng, w, r, s, sent, sent / 200, speed, l));
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::SlowDrip => {
+            let r = attacker_address(rng);
+            let mut t = start;
+            let stop = (start + 10 * 3_600).min(end);
+            while t < stop {
+                let sent = rng.random_range(2_000_000..4_000_000);
+                let received = rng.random_range(5_000..20_000);
+                conns.push(https(rng, w, r, t, sent, received, 2e6, l));
+                t += rng.random_range(240..360);
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::Beaconing => {
+            let r = attacker_address(rng);
+            let period: f64 = rng.random_range(120.0..900.0);
+            let size: f64 = rng.random_range(300.0..700.0);
+            let mut t = start as f64;
+            let stop = (start + 8 * 3_600).min(end) as f64;
+            while t < stop {
+                let sent = (size * rng.random_range(0.97..1.03)) as u64;
+                let received = rng.random_range(200..2_000);
+                conns.push(https(rng, w, r, t as u64, sent, received, 1e6, l));
+                t += period * rng.random_range(0.92..1.08);
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::PortScan => {
+            let r = attacker_address(rng);
+            let ports = rng.random_range(200..1_000u32);
+            let span = rng.random_range(120..240u64);
+            for i in 0..ports {
+                let port = 1 + (i * 7 + 1) as u16;
+                if port == 443 {
+                    continue;
+                }
+                let s = start + u64::from(i) * span / u64::from(ports);
+                conns.push(probe(w, r, port, s, Route::Rejected, label, rng));
+            }
+            Attack {
+                conns,
+                remotes: vec![r],
+                remote_port: None,
+            }
+        }
+        Scenario::PortSweep => {
+            let hosts = rng.random_range(150..400u32);
+            let (a, b) = (rng.random_range(60..90u8), rng.random());
+            let mut remotes = Vec::new();
+            for i in 0..hosts {
+                let r = Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250) as u8 + 1);
+                remotes.push(r);
+                let s = start + u64::from(i) * 150 / u64::from(hosts);
+                conns.push(probe(w, r, 443, s, Route::Nat, label, rng));
+            }
+            Attack {
+                conns,
+                remotes,
+                remote_port: Some(443),
+            }
+        }
+        Scenario::Denylisted => {
+            let c = THREAT_CIDRS[rng.random_range(0..THREAT_CIDRS.len())];
+            let r = Ipv4Addr::new(c[0], c[1], c[2], rng.random_range(1..=254));
+            for i in 0..rng.random_range(2..6u64) {
+                let sent = rng.random_range(2_000..200_000);
+                let s = start + i * rng.random_range(30..600);
+                conns.push(https(rng, w, r, s, sent, 4_000, 1e6, l));
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::Tor => {
+            let relays: Vec<Ipv4Addr> = (0..3).map(|_| tor_relay(rng.random())).collect();
+            for (i, r) in relays.iter().enumerate() {
+                conns.push(probe(
+                    w,
+                    *r,
+                    9001,
+                    start + i as u64 * 20,
+                    Route::Rejected,
+                    label,
+                    rng,
+                ));
+            }
+            Attack {
+                conns,
+                remotes: relays,
+                remote_port: Some(9001),
+            }
+        }
+        Scenario::DnsOutside => {
+            let r = [Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::new(1, 1, 1, 1)][rng.random_range(0..2)];
+            for i in 0..rng.random_range(3..20u64) {
+                let mut c = probe(
+                    w,
+                    r,
+                    53,
+                    start + i * rng.random_range(1..60),
+                    Route::Rejected,
+                    label,
+                    rng,
+                );
+                c.protocol = 17;
+                c.sent = rng.random_range(60..120);
+                conns.push(c);
+            }
+            single(vec![r], 53, conns)
+        }
+        Scenario::UnusualPort => {
+            let r = attacker_address(rng);
+            let port = [4444u16, 6667, 8088, 1337, 31337][rng.random_range(0..5)];
+            for i in 0..rng.random_range(2..6u64) {
+                let sent = rng.random_range(500..50_000);
+                let mut c = https(rng, w, r, start + i * 45, sent, 2_000, 1e6, l);
+                c.remote_port = port;
+                conns.push(c);
+            }
+            single(vec![r], port, conns)
+        }
+    }
+}

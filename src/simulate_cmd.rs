@@ -1,0 +1,619 @@
+//! `egresswatch simulate` and `egresswatch evaluate`: labelled traffic for a stack, written to
+//! a file or the stack's CloudWatch log group, and the measured detection score of the
+//! daemon's full processing path over it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egresswatch_monitor::alert::Router;
+use egresswatch_monitor::detect::Finding;
+use egresswatch_monitor::pipeline::{detectors, Pipeline};
+use egresswatch_monitor::topology::Topology;
+use egresswatch_monitor::{Config, Metrics};
+use egresswatch_simulate::{
+    put_log_events_batches, Label, Network, Scenario, Settings, Simulator, Subnet, PUT_MAX_EVENTS,
+};
+use flowlog::{Decoder, Format};
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 90m, 6h, 7d)"))
+}
+
+/// What both commands simulate.
+#[derive(clap::Args, Clone)]
+pub struct TrafficArgs {
+    /// Scenarios, comma separated: `all` (benign plus every attack), `attacks`, `benign`,
+    /// ssh-exfil, https-upload, slow-drip, beaconing, port-scan, port-sweep, denylisted, tor,
+    /// dns-outside, unusual-port.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Simulated time span.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    duration: Duration,
+    /// Attacks start no earlier than this into the run, after the baselines have formed
+    /// [default: half the duration].
+    #[arg(long, value_parser = parse_duration)]
+    attacks_after: Option<Duration>,
+    /// Workloads (Studio apps) in the fleet.
+    #[arg(long, default_value_t = 20)]
+    workloads: usize,
+    /// Fresh internet destinations each workload contacts per active hour.
+    #[arg(long, default_value_t = 2.0)]
+    new_destinations_per_hour: f64,
+}
+
+impl TrafficArgs {
+    fn settings(&self, seed: u64, start: u64, network: Network) -> Result<Settings, String> {
+        let mut s = Settings::new(seed, start, self.duration.as_secs());
+        s.scenarios = Scenario::parse_list(&self.scenario)?;
+        s.workloads = self.workloads;
+        s.network = network;
+        s.new_destinations_per_hour = self.new_destinations_per_hour;
+        if let Some(a) = self.attacks_after {
+            s.attacks_after_seconds = a.as_secs();
+        }
+        Ok(s)
+    }
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  \
+    egresswatch simulate --to file:flows.log --labels truth.jsonl\n  \
+    egresswatch simulate --scenario benign,beaconing --duration 2d --seed 7 --to file:flows.log\n  \
+    egresswatch simulate --to cloudwatch --stack research --duration 1h   # into the stack's log group\n\n\
+    Records follow the stack's flow-log format. Attacks that need the security group opened\n\
+    (ssh-exfil, unusual-port) are written as accepted, as they would be after such drift;\n\
+    the others meet the HTTPS-only group as AWS would (port scans, Tor and outside DNS are\n\
+    rejected on the workload's interface).")]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    /// `file:PATH` (`-` for stdout) or `cloudwatch` (the stack's flow-log group).
+    #[arg(long, default_value = "file:-")]
+    to: String,
+    /// Write the ground truth (scenario, workload, remotes, time span) here as JSON lines.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Write the deny lists the denylisted and tor scenarios use into this directory
+    /// (threats.txt, tor-exits.txt) for the monitor's `rules.denylists`.
+    #[arg(long)]
+    denylists_out: Option<PathBuf>,
+    /// Random seed; the same seed gives the same records.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Start of the simulated time, Unix seconds [default: now minus the duration].
+    #[arg(long)]
+    start: Option<u64>,
+    /// The stack (its network comes from `provision outputs`, its log group from the name).
+    #[arg(long, default_value = "egresswatch", env = "EGRESSWATCH_STACK")]
+    stack: String,
+    /// `provision outputs` JSON to take the network from, instead of asking AWS.
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    /// AWS region (default: the standard chain).
+    #[arg(long)]
+    region: Option<String>,
+    /// Send AWS calls here (an emulator); default: AWS_ENDPOINT_URL.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The simulator's view of a provisioned stack.
+fn network_from_outputs(out: &egresswatch_provision::Outputs) -> Result<Network, String> {
+    let mut net = Network {
+        account_id: out.account_id.clone(),
+        region: out.region.clone(),
+        vpc_id: out.vpc_id.clone(),
+        ..Network::default()
+    };
+    let nat = out
+        .nat_gateways
+        .first()
+        .ok_or("the stack has no NAT gateway in its outputs")?;
+    net.nat_interface_id = nat.network_interface_id.clone();
+    net.nat_private_ip = nat
+        .private_ip
+        .parse()
+        .map_err(|_| format!("NAT private address `{}` is not IPv4", nat.private_ip))?;
+    net.nat_subnet_id = nat.subnet_id.clone();
+    net.private_subnets = out
+        .private_subnets
+        .iter()
+        .map(|s| {
+            let cidr: ipnet::Ipv4Net = s
+                .cidr
+                .parse()
+                .map_err(|_| format!("subnet {} CIDR `{}` is not IPv4", s.id, s.cidr))?;
+            Ok(Subnet {
+                id: s.id.clone(),
+                base: cidr.network(),
+                size: 1u32 << (32 - cidr.prefix_len()),
+                az_id: s.availability_zone.clone(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(net)
+}
+
+fn write_labels(path: &std::path::Path, labels: &[Label]) -> Result<(), String> {
+    let mut text = String::new();
+    for l in labels {
+        text.push_str(&serde_json::to_string(l).map_err(|e| e.to_string())?);
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("labels {}: {e}", path.display()))
+}
+
+fn write_denylists(dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let threats = dir.join("threats.txt");
+    let tor = dir.join("tor-exits.txt");
+    std::fs::write(&threats, egresswatch_simulate::threat_list())
+        .map_err(|e| format!("{}: {e}", threats.display()))?;
+    std::fs::write(&tor, egresswatch_simulate::tor_exit_list())
+        .map_err(|e| format!("{}: {e}", tor.display()))?;
+    Ok(vec![threats, tor])
+}
+
+pub fn simulate(args: SimulateArgs) -> ExitCode {
+    match simulate_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egresswatch simulate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
+    let start = args
+        .start
+        .unwrap_or_else(|| now().saturating_sub(args.traffic.duration.as_secs()));
+    if let Some(dir) = &args.denylists_out {
+        write_denylists(dir)?;
+    }
+    let format =
+        Format::parse(&egresswatch_provision::flow_log_format()).map_err(|e| e.to_string())?;
+    if let Some(path) = args.to.strip_prefix("file:") {
+        let network = match &args.outputs {
+            Some(p) => network_from_outputs(&read_outputs(p)?)?,
+            None => Network::default(),
+        };
+        let mut sim = Simulator::new(args.traffic.settings(args.seed, start, network)?)?;
+        let mut out: Box<dyn Write> = if path == "-" {
+            Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+        } else {
+            Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
+            ))
+        };
+        let mut failed = None;
+        let stats = sim.run(&format, |d| {
+            if failed.is_none() {
+                if let Err(e) = writeln!(out, "{}", d.line) {
+                    failed = Some(e);
+                }
+            }
+        });
+        if let Some(e) = failed.or_else(|| out.flush().err()) {
+            return Err(format!("{path}: {e}"));
+        }
+        if let Some(l) = &args.labels {
+            write_labels(l, sim.labels())?;
+        }
+        eprintln!(
+            "egresswatch simulate: {} records ({} from attacks, {} NODATA, {} SKIPDATA), {} distinct internet destinations, {} attack(s) labelled",
+            stats.records, stats.malicious_records, stats.nodata_records, stats.skipdata_records, stats.distinct_remotes, sim.labels().len()
+        );
+        return Ok(());
+    }
+    if args.to != "cloudwatch" {
+        return Err(format!(
+            "--to {}: expected file:PATH or cloudwatch",
+            args.to
+        ));
+    }
+    let runtime = crate::tokio_runtime("simulate").map_err(|_| "cannot start the runtime")?;
+    runtime.block_on(to_cloudwatch(args, start, format))
+}
+
+fn read_outputs(p: &std::path::Path) -> Result<egresswatch_provision::Outputs, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not `provision outputs` JSON: {e}", p.display()))
+}
+
+async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result<(), String> {
+    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+    let clients =
+        egresswatch_provision::Clients::from_env(args.region.clone(), args.endpoint_url.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    let outputs = match &args.outputs {
+        Some(p) => read_outputs(p)?,
+        None => {
+            let spec = egresswatch_provision::StackSpec::default();
+            let (changes, out) = egresswatch_provision::reconcile(
+                &clients,
+                &spec,
+                &args.stack,
+                egresswatch_provision::Mode::Plan,
+                |_| {},
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if changes.iter().any(|c| c.resource == "vpc") {
+                return Err(format!(
+                    "stack {} does not exist; run `egresswatch provision up` first",
+                    args.stack
+                ));
+            }
+            out
+        }
+    };
+    let group = outputs.log_group.clone();
+    let format = if outputs.flow_log_format.is_empty() {
+        format
+    } else {
+        Format::parse(&outputs.flow_log_format)
+            .map_err(|e| format!("the stack's flow-log format: {e}"))?
+    };
+    let mut sim = Simulator::new(args.traffic.settings(
+        args.seed,
+        start,
+        network_from_outputs(&outputs)?,
+    )?)?;
+    // Generation is synchronous; events are gathered per stream and sent in full batches.
+    let mut pending: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    let mut full: Vec<(String, Vec<(i64, String)>)> = Vec::new();
+    let stats = sim.run(&format, |d| {
+        let v = pending.entry(d.stream.to_string()).or_default();
+        v.push((d.timestamp_ms, d.line.to_string()));
+        if v.len() >= PUT_MAX_EVENTS {
+            full.push((d.stream.to_string(), std::mem::take(v)));
+        }
+    });
+    full.extend(pending.into_iter().filter(|(_, v)| !v.is_empty()));
+    let mut created = BTreeSet::new();
+    let mut calls = 0u64;
+    let started = Instant::now();
+    let total: usize = full.iter().map(|(_, v)| v.len()).sum();
+    let mut sent = 0usize;
+    for (stream, events) in full {
+        if created.insert(stream.clone()) {
+            match clients
+                .logs
+                .create_log_stream()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
+                Err(e) => {
+                    return Err(format!(
+                        "CreateLogStream {group}/{stream}: {}",
+                        e.message().unwrap_or(&e.to_string())
+                    ))
+                }
+            }
+        }
+        for batch in put_log_events_batches(events) {
+            let n = batch.len();
+            let events: Vec<_> = batch
+                .into_iter()
+                .map(|(ts, msg)| {
+                    aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                        .timestamp(ts)
+                        .message(msg)
+                        .build()
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            clients
+                .logs
+                .put_log_events()
+                .log_group_name(&group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(events))
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "PutLogEvents {group}/{stream}: {}",
+                        e.message().unwrap_or(&e.to_string())
+                    )
+                })?;
+            calls += 1;
+            sent += n;
+            if calls % 20 == 0 {
+                eprintln!(
+                    "  {sent}/{total} events written ({:.0}%)",
+                    100.0 * sent as f64 / total.max(1) as f64
+                );
+            }
+        }
+    }
+    if let Some(l) = &args.labels {
+        write_labels(l, sim.labels())?;
+    }
+    eprintln!(
+        "egresswatch simulate: {} records into {group} over {} streams in {calls} PutLogEvents calls ({:.1}s); {} attack(s) labelled",
+        stats.records,
+        created.len(),
+        started.elapsed().as_secs_f64(),
+        sim.labels().len()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  \
+    egresswatch evaluate                                   # 5 seeds, a week of 200 workloads\n  \
+    egresswatch evaluate --seeds 1,2 --duration 2d --workloads 20 --attacks-after 30h\n  \
+    egresswatch evaluate --config monitor.toml --output json\n\n\
+    Each seed's records go through the daemon's own path (parse, classify, every rule, the\n\
+    alert router's deduplication) in delivery order. A finding matches an attack when it names\n\
+    the attack's workload, one of its remotes (or none), and falls within its time span; any\n\
+    other finding is false. Latency is event time from the attack's first record to the\n\
+    finding. The deny lists the denylisted and tor scenarios need are added to the rules.")]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    /// Seeds, comma separated; every attack runs once per seed.
+    #[arg(long, default_value = "1,2,3,4,5", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Monitor config whose `[rules]` to evaluate [default: the defaults].
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table")]
+    output: String,
+}
+
+/// One attack's outcome on one seed.
+#[derive(serde::Serialize, Clone)]
+struct Outcome {
+    seed: u64,
+    scenario: &'static str,
+    workload: IpAddr,
+    detected: bool,
+    latency_seconds: Option<u64>,
+    /// Delivery time from the attack's first record the rules judge (not a duplicate view)
+    /// reaching the log group to the record that produced the first finding.
+    after_delivery_seconds: Option<u64>,
+    rules: Vec<&'static str>,
+    records: u64,
+}
+
+#[derive(serde::Serialize, Default)]
+struct Report {
+    outcomes: Vec<Outcome>,
+    benign_records: u64,
+    records: u64,
+    false_findings: u64,
+    false_by_rule: BTreeMap<&'static str, u64>,
+    seconds: f64,
+    records_per_second: f64,
+    peak_rss_mib: f64,
+    false_examples: Vec<Finding>,
+}
+
+fn matches(f: &Finding, l: &Label) -> bool {
+    // A finding about many remotes (a sweep) names none; it can only be the attack's if the
+    // attack itself spans many remotes on that port.
+    let remote_matches = match f.remote {
+        Some(r) => l.remotes.contains(&r),
+        None => l.remotes.len() > 1 && f.remote_port == l.remote_port,
+    };
+    f.workload == Some(l.workload)
+        && remote_matches
+        && f.last_seen + 120 >= l.start
+        && f.first_seen <= l.end + 3_600
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+pub fn evaluate(args: EvaluateArgs) -> ExitCode {
+    let config = match crate::load_toml("evaluate", args.config.as_deref(), Config::from_toml) {
+        Ok(c) => c.unwrap_or_default(),
+        Err(code) => return code,
+    };
+    if args.output != "table" && args.output != "json" {
+        eprintln!(
+            "egresswatch evaluate: --output {}: expected table or json",
+            args.output
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match crate::tokio_runtime("evaluate") {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(async { evaluate_inner(&args, config) });
+    match report {
+        Ok(r) => {
+            if args.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print_report(&r, args.seeds.len());
+            }
+            let missed = r.outcomes.iter().any(|o| !o.detected);
+            if missed {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("egresswatch evaluate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, String> {
+    let dir = std::env::temp_dir().join(format!("egresswatch-evaluate-{}", std::process::id()));
+    let lists = write_denylists(&dir)?;
+    config.rules.denylists.extend(lists);
+    let format =
+        Format::parse(&egresswatch_provision::flow_log_format()).map_err(|e| e.to_string())?;
+    let network = Network::default();
+    let topology = Topology {
+        vpc_cidrs: vec!["10.0.0.0/16".parse().map_err(|e| format!("{e}"))?],
+        nat_interfaces: vec![network.nat_interface_id.clone()],
+        nat_private_ips: vec![IpAddr::V4(network.nat_private_ip)],
+        s3_cidrs: vec!["52.216.0.0/15".parse().map_err(|e| format!("{e}"))?],
+    };
+    let mut report = Report::default();
+    let started = Instant::now();
+    let start = 1_764_547_200; // 2025-12-01 00:00 UTC, a Monday
+    for &seed in &args.seeds {
+        let mut sim = Simulator::new(args.traffic.settings(seed, start, network.clone())?)?;
+        let metrics = Arc::new(Metrics::new());
+        let mut router = Router::start(&config.alerts, vec![], metrics.clone());
+        router.kept = Some(Vec::new());
+        let mut pipeline =
+            Pipeline::new(topology.clone(), detectors(&config.rules)?, router, metrics);
+        let mut decoder = Decoder::pinned(format.clone());
+        // When each attack's first record was delivered, and when each finding was raised.
+        let mut first_delivery: HashMap<u32, u64> = HashMap::new();
+        let mut raised_at: Vec<u64> = Vec::new();
+        let stats = sim.run(&format, |d| {
+            let judged = pipeline.flows_judged;
+            pipeline.line(&mut decoder, d.line.as_bytes(), &"simulated");
+            // Evidence is a record the rules judge; the other views of a connection are not.
+            if let (Some(id), true) = (d.label, pipeline.flows_judged > judged) {
+                first_delivery.entry(id).or_insert(d.delivered_at);
+            }
+            let kept = pipeline.router.kept.as_ref().map_or(0, Vec::len);
+            raised_at.resize(kept, d.delivered_at);
+        });
+        report.records += stats.records;
+        report.benign_records += stats.benign_records;
+        let findings = pipeline.router.kept.take().unwrap_or_default();
+        let labels = sim.labels();
+        let mut by_label: HashMap<u32, Vec<(&Finding, u64)>> = HashMap::new();
+        for (f, &raised) in findings.iter().zip(&raised_at) {
+            let hits: Vec<&Label> = labels.iter().filter(|l| matches(f, l)).collect();
+            if hits.is_empty() {
+                report.false_findings += 1;
+                *report.false_by_rule.entry(f.rule).or_default() += 1;
+                if report.false_examples.len() < 20 {
+                    report.false_examples.push(f.clone());
+                }
+            }
+            for l in hits {
+                by_label.entry(l.id).or_default().push((f, raised));
+            }
+        }
+        for l in labels {
+            let found = by_label.get(&l.id).cloned().unwrap_or_default();
+            let mut rules: Vec<&'static str> = found.iter().map(|(f, _)| f.rule).collect();
+            rules.sort_unstable();
+            rules.dedup();
+            report.outcomes.push(Outcome {
+                seed,
+                scenario: l.scenario.name(),
+                workload: l.workload,
+                detected: !found.is_empty(),
+                latency_seconds: found
+                    .iter()
+                    .map(|(f, _)| f.last_seen.saturating_sub(l.start))
+                    .min(),
+                after_delivery_seconds: first_delivery.get(&l.id).and_then(|first| {
+                    found
+                        .iter()
+                        .map(|(_, raised)| raised.saturating_sub(*first))
+                        .min()
+                }),
+                rules,
+                records: l.records,
+            });
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
+    report.peak_rss_mib = peak_rss_mib();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+fn print_report(r: &Report, seeds: usize) {
+    let mut by_scenario: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();
+    for o in &r.outcomes {
+        by_scenario.entry(o.scenario).or_default().push(o);
+    }
+    println!(
+        "{:<14} {:>9} {:>12} {:>12} {:>15}  rules that fired",
+        "scenario", "detected", "latency p50", "latency max", "after delivery"
+    );
+    for (scenario, outs) in &by_scenario {
+        let detected = outs.iter().filter(|o| o.detected).count();
+        let mut lat: Vec<u64> = outs.iter().filter_map(|o| o.latency_seconds).collect();
+        lat.sort_unstable();
+        let show = |v: Option<&u64>| v.map_or("-".to_string(), |s| format!("{s} s"));
+        let rules: BTreeSet<&str> = outs.iter().flat_map(|o| o.rules.iter().copied()).collect();
+        let delivered = outs.iter().filter_map(|o| o.after_delivery_seconds).max();
+        println!(
+            "{:<14} {:>9} {:>12} {:>12} {:>15}  {}",
+            scenario,
+            format!("{detected}/{}", outs.len()),
+            show(lat.get(lat.len() / 2)),
+            show(lat.last()),
+            show(delivered.as_ref()),
+            rules.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let per_million = r.false_findings as f64 * 1e6 / r.benign_records.max(1) as f64;
+    println!();
+    println!(
+        "{} seed(s), {} records ({} benign): {} false finding(s) = {:.2} per million benign records",
+        seeds, r.records, r.benign_records, r.false_findings, per_million
+    );
+    if !r.false_by_rule.is_empty() {
+        let parts: Vec<String> = r
+            .false_by_rule
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("false findings by rule: {}", parts.join(", "));
+        for f in r.false_examples.iter().take(5) {
+            println!(
+                "  e.g. {} {}: {}",
+                f.rule,
+                f.workload.map(|w| w.to_string()).unwrap_or_default(),
+                f.summary
+            );
+        }
+    }
+    println!(
+        "processed in {:.1} s ({:.0} records/s including generation), peak resident memory {:.0} MiB",
+        r.seconds, r.records_per_second, r.peak_rss_mib
+    );
+}
