@@ -199,7 +199,8 @@ fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
                 std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?,
             ))
         };
-        let mut failed = None;
+        // A header line, as S3 delivery writes, so readers know the format.
+        let mut failed = writeln!(out, "{}", format.header_line()).err();
         let stats = sim.run(&format, |d| {
             if failed.is_none() {
                 if let Err(e) = writeln!(out, "{}", d.line) {

@@ -154,7 +154,9 @@ pub async fn run(
         ready.store(true, Ordering::SeqCst);
         let format = match &config.format {
             Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
-            None => Format::default_v2(),
+            // Without a header line, a file from this stack is in the provisioner's format.
+            None => Format::parse(&egresswatch_provision::flow_log_format())
+                .map_err(|e| e.to_string())?,
         };
         let path = config.source.strip_prefix("file:").map(PathBuf::from);
         read_stream(path, format, &mut pipeline, config.follow, &shutdown).map(|records| {
