@@ -88,6 +88,16 @@ enum Command {
     Evaluate(simulate_cmd::EvaluateArgs),
     /// Run the whole thing locally against an AWS emulator (see scripts/demo).
     Demo,
+    /// Check a running daemon's health endpoint: exit 0 when it answers 200, 1 otherwise.
+    /// For container health checks, where there is no shell or curl.
+    Health {
+        /// The daemon's health URL.
+        #[arg(long, default_value = "http://127.0.0.1:9477/healthz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 fn parse_format(s: &str) -> Result<flowlog::Format, String> {
@@ -125,6 +135,36 @@ fn tokio_runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+fn health(url: &str, timeout: u64) -> ExitCode {
+    let runtime = match tokio_runtime("health") {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let client = match reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(timeout))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("egresswatch health: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+            Ok(r) => {
+                eprintln!("egresswatch health: {url} answered {}", r.status());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("egresswatch health: {url}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 fn not_yet(what: &str) -> ExitCode {
     eprintln!("egresswatch {what}: not yet available in this version");
     ExitCode::from(2)
@@ -158,5 +198,6 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate_cmd::simulate(args),
         Command::Evaluate(args) => simulate_cmd::evaluate(args),
         Command::Demo => not_yet("demo (use scripts/demo)"),
+        Command::Health { url, timeout } => health(&url, timeout),
     }
 }

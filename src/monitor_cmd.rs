@@ -99,6 +99,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down: finishing the batch in flight");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = tx.send(true);
         });
         let clients = if config.source == "cloudwatch" {

@@ -78,6 +78,13 @@ impl Router {
         let mut tasks = Vec::new();
         for sink in sinks {
             let (tx, rx) = mpsc::channel(config.queue_capacity);
+            for c in [
+                &metrics.alerts_sent,
+                &metrics.alerts_failed,
+                &metrics.alerts_dropped,
+            ] {
+                c.with_label_values(&[sink.name()]);
+            }
             queues.push((sink.name(), tx));
             tasks.push(tokio::spawn(deliver(
                 sink,

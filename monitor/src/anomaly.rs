@@ -78,6 +78,10 @@ impl NewRemotePort {
 }
 
 impl Detector for NewRemotePort {
+    fn state_evictions(&self) -> u64 {
+        self.state.workloads.evicted
+    }
+
     fn name(&self) -> &'static str {
         "new_remote_port"
     }
@@ -213,6 +217,10 @@ impl TrafficVolume {
 }
 
 impl Detector for TrafficVolume {
+    fn state_evictions(&self) -> u64 {
+        self.state.pairs.evicted + self.state.workloads.evicted
+    }
+
     fn name(&self) -> &'static str {
         "traffic_volume_unusual"
     }
@@ -412,6 +420,10 @@ impl RareDestination {
 }
 
 impl Detector for RareDestination {
+    fn state_evictions(&self) -> u64 {
+        self.state.new_destinations.evicted
+    }
+
     fn name(&self) -> &'static str {
         "rare_destination"
     }
@@ -549,6 +561,10 @@ impl SlowDrip {
 }
 
 impl Detector for SlowDrip {
+    fn state_evictions(&self) -> u64 {
+        self.state.pairs.evicted + self.state.audience.evicted
+    }
+
     fn name(&self) -> &'static str {
         "slow_drip"
     }
@@ -712,6 +728,10 @@ impl Beaconing {
 }
 
 impl Detector for Beaconing {
+    fn state_evictions(&self) -> u64 {
+        self.state.series.evicted + self.state.audience.evicted
+    }
+
     fn name(&self) -> &'static str {
         "beaconing"
     }
@@ -821,6 +841,10 @@ impl PortScan {
 }
 
 impl Detector for PortScan {
+    fn state_evictions(&self) -> u64 {
+        self.state.ports_per_host.evicted + self.state.hosts_per_port.evicted
+    }
+
     fn name(&self) -> &'static str {
         "port_scan"
     }

@@ -20,6 +20,57 @@ use crate::metrics::Metrics;
 use crate::pipeline::{detectors, Pipeline};
 use crate::topology::Topology;
 
+/// Unix seconds of the main loop's last sign of progress; the systemd watchdog is fed only
+/// while it moves, so a wedged source gets the daemon restarted.
+static HEARTBEAT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn beat() {
+    HEARTBEAT.store(unix_now(), Ordering::Relaxed);
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Marks the daemon ready: /readyz answers 200 and, under systemd (`Type=notify`), READY=1
+/// is sent once.
+fn mark_ready(ready: &AtomicBool) {
+    beat();
+    if !ready.swap(true, Ordering::SeqCst) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Under a systemd watchdog (`WatchdogSec=`), pings at half the interval while the main loop
+/// shows progress within the interval.
+fn start_watchdog(mut shutdown: watch::Receiver<bool>) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let interval = Duration::from_micros(usec);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval / 2) => {}
+            }
+            let idle = unix_now().saturating_sub(HEARTBEAT.load(Ordering::Relaxed));
+            if Duration::from_secs(idle) < interval {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!(
+                    idle_seconds = idle,
+                    "main loop made no progress; withholding the watchdog ping"
+                );
+            }
+        }
+    });
+}
+
 /// What a finished run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunSummary {
@@ -119,6 +170,8 @@ pub async fn run(
         metrics.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
+    beat();
+    start_watchdog(shutdown.clone());
     serve(
         config.listen,
         metrics.clone(),
@@ -151,7 +204,7 @@ pub async fn run(
         let store = store.as_ref().ok_or("no checkpoint store")?;
         cloudwatch(&config, &clients, &mut pipeline, shutdown, &ready, store).await
     } else {
-        ready.store(true, Ordering::SeqCst);
+        mark_ready(&ready);
         let format = match &config.format {
             Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
             // Without a header line, a file from this stack is in the provisioner's format.
@@ -166,6 +219,7 @@ pub async fn run(
             }
         })
     };
+    pipeline.publish_top_k();
     if let Some(store) = &store {
         snapshot_rules(store, &pipeline)?;
     }
@@ -244,12 +298,16 @@ fn read_stream(
                 return Ok(n);
             }
             // Wait for more to be appended; the partial line stays in `line`.
+            beat();
             std::thread::sleep(Duration::from_millis(250));
             continue;
         }
         n += 1;
         p.line(&mut decoder, &line, &Origin(&name, n));
         line.clear();
+        if n % 65_536 == 0 {
+            beat();
+        }
     }
 }
 
@@ -300,6 +358,12 @@ async fn cloudwatch(
         .log_group
         .clone()
         .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack));
+    if config.format.is_none() {
+        p.metrics
+            .source_calls
+            .with_label_values(&["DescribeFlowLogs"])
+            .inc();
+    }
     let format = flow_log_format(config, clients, &group).await?;
     let shard = config.shard.as_deref().map(parse_shard).transpose()?;
     let mut reloader = Reloader::new(config);
@@ -346,7 +410,7 @@ async fn cloudwatch(
         if let Some((i, n)) = shard {
             streams.retain(|s| shard_of(s, n) == i);
         }
-        ready.store(true, Ordering::SeqCst);
+        mark_ready(ready);
         reloader.reload_if_changed(config, p);
         for stream in streams {
             loop {
@@ -383,6 +447,8 @@ async fn cloudwatch(
                 }
                 summary.records += events.len() as u64;
                 summary.batches += 1;
+                beat();
+                p.publish_top_k();
                 // Only now, with the batch through every stage, does the position move.
                 let unchanged = next.is_none() || next == start;
                 if let Some(n) = next {

@@ -133,6 +133,10 @@ pub trait Detector: Send {
     fn save_state(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Entries the rule's bounded state has forgotten so far.
+    fn state_evictions(&self) -> u64 {
+        0
+    }
     /// Restores what `save_state` returned in an earlier run.
     fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
         Ok(())

@@ -25,6 +25,77 @@ pub struct Metrics {
     pub alerts_suppressed: IntCounter,
     pub build_info: IntGaugeVec,
     pub rules_snapshot_seconds: Histogram,
+    /// The heaviest NAT-egress workloads and destinations; the only series that carry
+    /// addresses, at most `TOP_K` of each at any time.
+    pub top_workloads: IntGaugeVec,
+    pub top_remotes: IntGaugeVec,
+    pub rule_state_evictions: IntCounterVec,
+}
+
+/// The calls the CloudWatch source makes.
+pub const SOURCE_OPERATIONS: [&str; 3] = ["DescribeFlowLogs", "DescribeLogStreams", "GetLogEvents"];
+
+/// Series the top-k gauges export.
+pub const TOP_K: usize = 10;
+
+/// The heavy hitters of a stream in bounded memory (the Space-Saving algorithm): at most
+/// `capacity` counters; an unseen key takes over the smallest counter and inherits its count
+/// as error, so every key whose true total exceeds total/capacity is kept, and estimates
+/// over-count by at most that error.
+#[derive(Clone, Debug)]
+pub struct TopK {
+    capacity: usize,
+    counters: rustc_hash::FxHashMap<std::net::IpAddr, (u64, u64)>,
+}
+
+impl TopK {
+    pub fn new(capacity: usize) -> Self {
+        TopK {
+            capacity: capacity.max(1),
+            counters: Default::default(),
+        }
+    }
+
+    pub fn add(&mut self, key: std::net::IpAddr, amount: u64) {
+        if let Some(c) = self.counters.get_mut(&key) {
+            c.0 += amount;
+            return;
+        }
+        if self.counters.len() < self.capacity {
+            self.counters.insert(key, (amount, 0));
+            return;
+        }
+        let (min_key, (min_count, _)) = self
+            .counters
+            .iter()
+            .min_by_key(|(_, (c, _))| *c)
+            .map(|(k, v)| (*k, *v))
+            .unwrap_or((key, (0, 0)));
+        self.counters.remove(&min_key);
+        self.counters.insert(key, (min_count + amount, min_count));
+    }
+
+    /// The `n` largest, largest first: (key, estimated total, maximum over-count).
+    pub fn top(&self, n: usize) -> Vec<(std::net::IpAddr, u64, u64)> {
+        let mut v: Vec<_> = self
+            .counters
+            .iter()
+            .map(|(k, (c, e))| (*k, *c, *e))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Replaces `gauge`'s series with the current top `TOP_K`.
+    pub fn export(&self, gauge: &IntGaugeVec) {
+        gauge.reset();
+        for (key, count, _) in self.top(TOP_K) {
+            gauge
+                .with_label_values(&[&key.to_string()])
+                .set(count.min(i64::MAX as u64) as i64);
+        }
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,7 +218,49 @@ impl Metrics {
         .expect("valid histogram");
         r.register(Box::new(rules_snapshot_seconds.clone()))
             .expect("registered once");
+        let top_workloads = IntGaugeVec::new(
+            Opts::new(
+                "egresswatch_top_workload_egress_bytes",
+                "Bytes sent through the NAT since start by the heaviest workloads (top 10, estimated in bounded memory).",
+            ),
+            &["workload"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(top_workloads.clone()))
+            .expect("registered once");
+        let top_remotes = IntGaugeVec::new(
+            Opts::new(
+                "egresswatch_top_remote_egress_bytes",
+                "Bytes sent through the NAT since start to the heaviest destinations (top 10, estimated in bounded memory).",
+            ),
+            &["remote"],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(top_remotes.clone()))
+            .expect("registered once");
+        let rule_state_evictions = counter_vec(
+            &r,
+            "egresswatch_rule_state_evictions_total",
+            "Entries the behavioural rules forgot to stay within rules.state-entries, by rule.",
+            &["rule"],
+        );
+        // Series with known label values start at zero, so rates and alerts see them before the
+        // first event (Prometheus's advice for labelled counters).
+        for op in SOURCE_OPERATIONS {
+            for c in [&source_calls, &source_errors, &source_throttles] {
+                c.with_label_values(&[op]);
+            }
+        }
+        for status in ["NODATA", "SKIPDATA"] {
+            skipped_records.with_label_values(&[status]);
+        }
+        for reason in flowlog::ErrorKind::REASONS {
+            bad_lines.with_label_values(&[reason]);
+        }
         Metrics {
+            top_workloads,
+            top_remotes,
+            rule_state_evictions,
             rules_snapshot_seconds,
             registry: r,
             records,
@@ -180,6 +293,40 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_heavy_hitters_in_bounded_memory() {
+        let mut t = TopK::new(20);
+        // Two heavy destinations among 10,000 light ones.
+        for i in 0..10_000u32 {
+            t.add(std::net::IpAddr::V4((0x0b00_0000 + i).into()), 1_000);
+            if i % 10 == 0 {
+                t.add("203.0.113.9".parse().unwrap(), 50_000);
+                t.add("198.51.100.7".parse().unwrap(), 20_000);
+            }
+        }
+        let top = t.top(2);
+        assert_eq!(top[0].0, "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            top[1].0,
+            "198.51.100.7".parse::<std::net::IpAddr>().unwrap()
+        );
+        // Estimates over-count by at most the recorded error.
+        assert!(top[0].1 >= 50_000_000 && top[0].1 - top[0].2 <= 50_000_000);
+        assert_eq!(t.counters.len(), 20);
+        let m = Metrics::new();
+        t.export(&m.top_remotes);
+        let text = m.render();
+        assert_eq!(
+            text.matches("egresswatch_top_remote_egress_bytes{").count(),
+            TOP_K
+        );
     }
 }
 

@@ -16,7 +16,7 @@ use crate::denylist::Denylist;
 use crate::detect::{
     DenylistedDestination, Detector, DnsBypass, Finding, NonHttpsEgress, RejectedEgress,
 };
-use crate::metrics::{port_class, Metrics};
+use crate::metrics::{port_class, Metrics, TopK};
 use crate::topology::Topology;
 
 pub struct Pipeline {
@@ -28,7 +28,14 @@ pub struct Pipeline {
     /// Flows that reached the rules (every record but duplicate views and status records).
     pub flows_judged: u64,
     findings: Vec<Finding>,
+    top_workloads: TopK,
+    top_remotes: TopK,
 }
+
+/// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
+const TOP_K_COUNTERS: usize = 200;
+/// Judged flows between refreshes of the top-k gauges.
+const TOP_K_REFRESH: u64 = 20_000;
 
 /// Builds the rules the config turns on; deny lists are loaded now, and a bad file is an error.
 pub fn detectors(rules: &Rules) -> Result<Vec<Box<dyn Detector>>, String> {
@@ -102,6 +109,9 @@ impl Pipeline {
         router: Router,
         metrics: Arc<Metrics>,
     ) -> Self {
+        for d in &detectors {
+            metrics.rule_state_evictions.with_label_values(&[d.name()]);
+        }
         Pipeline {
             topology,
             detectors,
@@ -110,6 +120,22 @@ impl Pipeline {
             records: 0,
             flows_judged: 0,
             findings: Vec::new(),
+            top_workloads: TopK::new(TOP_K_COUNTERS),
+            top_remotes: TopK::new(TOP_K_COUNTERS),
+        }
+    }
+
+    /// Refreshes the top-k gauges and the rules' eviction counts (also done every few
+    /// thousand flows).
+    pub fn publish_top_k(&self) {
+        self.top_workloads.export(&self.metrics.top_workloads);
+        self.top_remotes.export(&self.metrics.top_remotes);
+        for d in &self.detectors {
+            let c = self
+                .metrics
+                .rule_state_evictions
+                .with_label_values(&[d.name()]);
+            c.inc_by(d.state_evictions().saturating_sub(c.get()));
         }
     }
 
@@ -204,6 +230,15 @@ impl Pipeline {
             return;
         }
         self.flows_judged += 1;
+        if flow.path == Path::NatEgress {
+            if let (Some(w), Some(r)) = (flow.workload, flow.remote) {
+                self.top_workloads.add(w, flow.bytes);
+                self.top_remotes.add(r, flow.bytes);
+            }
+        }
+        if self.flows_judged % TOP_K_REFRESH == 0 {
+            self.publish_top_k();
+        }
         for d in &mut self.detectors {
             d.observe(&flow, &mut self.findings);
         }

@@ -147,9 +147,20 @@ async fn metrics_pass_promtool_and_carry_no_addresses() {
         out.status.success() && said.trim().is_empty(),
         "promtool check metrics: {said}\n{exposition}"
     );
-    // Records were counted, and no label value is an address.
+    // Records were counted, and no label value is an address outside the two top-k gauges,
+    // which hold at most ten series each.
     assert!(exposition.contains("egresswatch_flow_records_total{action=\"ACCEPT\",path=\"nat_egress\",port_class=\"ssh\"} 2"), "{exposition}");
-    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+    let top = |name: &str| exposition.lines().filter(|l| l.starts_with(name)).count();
+    assert_eq!(top("egresswatch_top_workload_egress_bytes{"), 1);
+    assert_eq!(top("egresswatch_top_remote_egress_bytes{"), 3);
+    assert!(
+        exposition.contains("egresswatch_top_remote_egress_bytes{remote=\"198.51.100.22\"} 10000"),
+        "{exposition}"
+    );
+    for line in exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("egresswatch_top_"))
+    {
         assert!(
             !line.contains("10.0.1.5")
                 && !line.contains("198.51.100.22")

@@ -175,6 +175,63 @@ pub fn alertmanager() -> Service {
     }
 }
 
+/// Starts a real Prometheus (Debian package) scraping `targets` (host:port) every second as
+/// job `egresswatch`, evaluating `rule_files` every second and sending alerts to
+/// `alertmanager` (a base URL), if given.
+pub fn prometheus(
+    targets: &[String],
+    rule_files: &[PathBuf],
+    alertmanager: Option<&str>,
+) -> Service {
+    ensure_installed("prometheus");
+    let dir = temp_dir("prometheus");
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rules: Vec<String> = rule_files.iter().map(|r| r.display().to_string()).collect();
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n  - job_name: egresswatch\n    static_configs:\n      - targets: [{}]\n",
+        quote(&rules),
+        quote(targets)
+    );
+    if let Some(am) = alertmanager {
+        let host = am.trim_start_matches("http://").trim_end_matches('/');
+        config.push_str(&format!(
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{host}']\n"
+        ));
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, config).expect("write config");
+    let port = free_port();
+    let mut child = Command::new("prometheus")
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    wait_http(
+        port,
+        "/-/ready",
+        Duration::from_secs(60),
+        &mut child,
+        "prometheus",
+    );
+    Service {
+        name: "prometheus",
+        child,
+        port,
+    }
+}
+
 /// A private D-Bus session bus with an `org.freedesktop.Notifications` server on it that
 /// writes each notification it receives as a JSON line to `log`.
 pub struct NotificationBus {

@@ -1,0 +1,504 @@
+//! What ships for operators, checked with the real tools: the alert rules with promtool, the
+//! Alertmanager example with amtool, the dashboards' structure, and end to end a real
+//! Prometheus scraping the daemon while simulated attacks arrive in CloudWatch (moto): every
+//! panel query of every dashboard must be valid there and return data, and the alert rules
+//! must fire in that Prometheus and reach a real Alertmanager.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = root().join("deploy/prometheus");
+    let checked = run(Command::new("promtool")
+        .args(["check", "rules", "egresswatch-rules.yml"])
+        .current_dir(&dir));
+    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    let tested = run(Command::new("promtool")
+        .args(["test", "rules", "egresswatch-rules.test.yml"])
+        .current_dir(&dir));
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    // Every alert has a unit test and a runbook section in the README.
+    let rules = std::fs::read_to_string(dir.join("egresswatch-rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("egresswatch-rules.test.yml")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "{line} untested"
+        );
+    }
+    for anchor in rules
+        .lines()
+        .filter_map(|l| l.split("README.md#").nth(1))
+        .map(|a| a.trim_end_matches('"'))
+    {
+        assert!(
+            readme.contains(&format!("<a id=\"{anchor}\"></a>")),
+            "README has no runbook anchor {anchor}"
+        );
+    }
+}
+
+#[test]
+fn alertmanager_example_is_valid() {
+    let out = run(Command::new("amtool")
+        .args(["check-config", "alertmanager.yml"])
+        .current_dir(root().join("deploy/alertmanager")));
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = root().join("deploy/grafana");
+    let mut v: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                serde_json::from_str(&text).unwrap(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Every (dashboard, panel title, query) with Grafana's variables filled in as Grafana would.
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (file, d) in dashboards() {
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let q = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h")
+                    .replace("$instance", ".*");
+                out.push((file.clone(), p["title"].as_str().unwrap().to_string(), q));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_take_their_data_source_from_a_variable() {
+    let all = dashboards();
+    assert_eq!(all.len(), 2);
+    for (file, d) in &all {
+        let vars = d["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter()
+                .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+            "{file}"
+        );
+        assert!(d["uid"].as_str().unwrap().starts_with("egresswatch-"));
+        for p in d["panels"].as_array().unwrap() {
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{file}: {}",
+                p["title"]
+            );
+            for t in p["targets"].as_array().unwrap() {
+                assert_eq!(t["datasource"]["uid"], "${datasource}");
+            }
+        }
+    }
+}
+
+fn get_json(url: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{url}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn query(prometheus: &str, q: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-G"])
+        .arg(format!("{prometheus}/api/v1/query"))
+        .arg("--data-urlencode")
+        .arg(format!("query={q}"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn aws(c: &mut Command, moto: &egresswatch_testkit::Service) {
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("RUST_LOG", "warn");
+}
+
+#[test]
+fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager() {
+    let moto = egresswatch_testkit::moto();
+    let dir = std::env::temp_dir().join(format!("ew-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = env!("CARGO_BIN_EXE_egresswatch");
+    let stack = "opsdemo";
+    let mut up = Command::new(bin);
+    aws(&mut up, &moto);
+    run(up.args(["provision", "up", "--stack", stack]));
+    let mut outputs = Command::new(bin);
+    aws(&mut outputs, &moto);
+    let o = run(outputs
+        .args(["provision", "outputs", "--stack", stack])
+        .stderr(Stdio::null()));
+    let outputs_file = dir.join("outputs.json");
+    std::fs::write(&outputs_file, o).unwrap();
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(
+        lists.join("threats.txt"),
+        egresswatch_simulate::threat_list(),
+    )
+    .unwrap();
+
+    // The daemon first (sending its own alerts to Alertmanager), so Prometheus sees its
+    // counters rise.
+    let alertmanager = egresswatch_testkit::alertmanager();
+    let port = egresswatch_testkit::free_port();
+    let config = dir.join("monitor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate-dir = \"{}\"\nstack = \"{stack}\"\noutputs-file = \"{}\"\npoll-interval-seconds = 1\n[rules]\ndenylists = [\"{}\"]\n[alerts]\nstdout = false\nalertmanager-url = \"{}\"\n",
+            dir.join("state").display(),
+            outputs_file.display(),
+            lists.join("threats.txt").display(),
+            alertmanager.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut monitor = Command::new(bin);
+    aws(&mut monitor, &moto);
+    let mut daemon = monitor
+        .args(["monitor", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prometheus = egresswatch_testkit::prometheus(
+        &[format!("127.0.0.1:{port}")],
+        &[root().join("deploy/prometheus/egresswatch-rules.yml")],
+        Some(&alertmanager.endpoint()),
+    );
+    let prom = prometheus.endpoint();
+    wait_for("the first scrapes", Duration::from_secs(60), || {
+        query(&prom, "count_over_time(up{job=\"egresswatch\"}[1m])")["data"]["result"][0]["value"]
+            [1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .is_some_and(|n| n >= 2.0)
+    });
+
+    // An hour of a small fleet's work with attacks in it.
+    let mut sim = Command::new(bin);
+    aws(&mut sim, &moto);
+    run(sim
+        .args([
+            "simulate",
+            "--to",
+            "cloudwatch",
+            "--stack",
+            stack,
+            "--duration",
+            "1h",
+            "--attacks-after",
+            "10m",
+            "--workloads",
+            "4",
+            "--scenario",
+            "benign,ssh-exfil,denylisted,port-scan,dns-outside,port-sweep",
+        ])
+        .arg("--outputs")
+        .arg(&outputs_file));
+    wait_for(
+        "the findings to be scraped",
+        Duration::from_secs(90),
+        || {
+            query(&prom, "sum(egresswatch_findings_total)")["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|n| n >= 5.0)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every panel's query is valid in Prometheus and returns data.
+    let queries = panel_queries();
+    assert!(queries.len() >= 20);
+    for (file, title, q) in &queries {
+        let r = query(&prom, q);
+        assert_eq!(r["status"], "success", "{file} / {title}: {q}: {r}");
+        let result = r["data"]["result"].as_array().unwrap();
+        assert!(!result.is_empty(), "{file} / {title}: no data for {q}");
+    }
+
+    // The rules fire in Prometheus and the alerts reach Alertmanager.
+    let am = alertmanager.endpoint();
+    for alert in [
+        "EgressWatchNonHttpsEgress",
+        "EgressWatchCriticalFinding",
+        "EgressWatchHighFinding",
+    ] {
+        wait_for(alert, Duration::from_secs(90), || {
+            get_json(&format!(
+                "{am}/api/v2/alerts?filter=alertname%3D%22{alert}%22"
+            ))
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        });
+    }
+    let critical = get_json(&format!(
+        "{am}/api/v2/alerts?filter=alertname%3D%22EgressWatchCriticalFinding%22"
+    ));
+    assert_eq!(critical[0]["labels"]["rule"], "denylisted_destination");
+    assert!(critical[0]["annotations"]["runbook_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("#runbook-findings"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = Path::new(&dir);
+}
+
+#[test]
+fn systemd_unit_verifies_and_scores_ok_on_hardening() {
+    let unit = root().join("deploy/systemd/egresswatch.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=egresswatch",
+        "--config /etc/egresswatch/",
+    ] {
+        assert!(text.contains(needed), "unit lacks {needed}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = std::env::temp_dir().join(format!("ew-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let local = dir.join("egresswatch.service");
+    std::fs::write(
+        &local,
+        text.replace(
+            "/usr/local/bin/egresswatch",
+            env!("CARGO_BIN_EXE_egresswatch"),
+        ),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+    let security = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&local));
+    let score: f64 = security
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for egresswatch.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {security}"));
+    assert!(score <= 2.0, "exposure {score}: {security}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Operation names (`CreateVpc`…) the provisioner's code calls, as its errors name them.
+fn provisioner_operations() -> std::collections::BTreeSet<String> {
+    let mut ops = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("provision/src")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for part in text.split("aws_error(").skip(1) {
+            if let Some(op) = part
+                .split('"')
+                .nth(if part.starts_with('"') { 3 } else { 1 })
+            {
+                if op.chars().all(|c| c.is_ascii_alphabetic()) && !op.is_empty() {
+                    ops.insert(op.to_string());
+                }
+            }
+        }
+    }
+    ops
+}
+
+fn actions(policy: &Value) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in policy["Statement"].as_array().unwrap() {
+        assert_eq!(s["Effect"], "Allow");
+        match &s["Action"] {
+            Value::String(a) => v.push(a.clone()),
+            Value::Array(a) => v.extend(a.iter().map(|x| x.as_str().unwrap().to_string())),
+            other => panic!("{other}"),
+        }
+    }
+    v
+}
+
+#[test]
+fn iam_policies_cover_exactly_what_the_code_calls() {
+    let read = |p: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root().join(p)).unwrap()).unwrap()
+    };
+    // The daemon: only its three read calls, nothing else.
+    let monitor = actions(&read("deploy/iam/monitor-policy.json"));
+    let mut expected: Vec<String> = egresswatch_monitor::metrics::SOURCE_OPERATIONS
+        .iter()
+        .map(|op| {
+            let service = if *op == "DescribeFlowLogs" {
+                "ec2"
+            } else {
+                "logs"
+            };
+            format!("{service}:{op}")
+        })
+        .collect();
+    let mut got = monitor.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    // The provisioner: every operation its code calls is allowed, and no wildcard action.
+    let provisioner = actions(&read("deploy/iam/provisioner-policy.json"));
+    let ops = provisioner_operations();
+    assert!(ops.len() > 50, "{ops:?}");
+    for op in &ops {
+        assert!(
+            provisioner.iter().any(|a| a.ends_with(&format!(":{op}"))),
+            "provisioner policy lacks {op}"
+        );
+    }
+    assert!(provisioner.iter().all(|a| !a.contains('*')));
+    // The ECS task: Fargate, non-root, health check on /healthz, logs configured.
+    let task = read("deploy/ecs/task-definition.json");
+    assert_eq!(task["requiresCompatibilities"][0], "FARGATE");
+    let c = &task["containerDefinitions"][0];
+    assert!(c["healthCheck"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().ends_with("/healthz")));
+    assert_eq!(c["logConfiguration"]["logDriver"], "awslogs");
+    assert_ne!(c["user"], "0");
+    assert_eq!(c["readonlyRootFilesystem"], true);
+}
+
+#[test]
+fn health_command_reports_a_running_daemon() {
+    let dir = std::env::temp_dir().join(format!("ew-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flows = dir.join("flows.log");
+    std::fs::write(&flows, "").unwrap();
+    let port = egresswatch_testkit::free_port();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args([
+            "monitor",
+            "--follow",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--source")
+        .arg(format!("file:{}", flows.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The daemon needs a network description; without one it exits, and health fails.
+    let health = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+            .args([
+                "health",
+                "--url",
+                &format!("http://127.0.0.1:{port}/healthz"),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let status = daemon.wait().unwrap();
+    assert!(!status.success());
+    assert!(!health(port));
+    std::fs::write(
+        dir.join("monitor.toml"),
+        "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n",
+    )
+    .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args([
+            "monitor",
+            "--follow",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--config")
+        .arg(dir.join("monitor.toml"))
+        .arg("--source")
+        .arg(format!("file:{}", flows.display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the daemon to answer", Duration::from_secs(30), || {
+        health(port)
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
