@@ -86,6 +86,9 @@ enum Command {
     ///
     /// Exit status 0 when every attack was detected on every seed, 3 when one was missed.
     Evaluate(simulate_cmd::EvaluateArgs),
+    /// Score a monitor's findings against a simulation's labels: per attack, detected or not,
+    /// how fast and by which rules; and the findings that match no attack.
+    Score(simulate_cmd::ScoreArgs),
     /// Run the whole thing locally against an AWS emulator (see scripts/demo).
     Demo,
     /// Check a running daemon's health endpoint: exit 0 when it answers 200, 1 otherwise.
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor_cmd::run(args),
         Command::Simulate(args) => simulate_cmd::simulate(args),
         Command::Evaluate(args) => simulate_cmd::evaluate(args),
+        Command::Score(args) => simulate_cmd::score(args),
         Command::Demo => not_yet("demo (use scripts/demo)"),
         Command::Health { url, timeout } => health(&url, timeout),
     }

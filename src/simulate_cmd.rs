@@ -518,51 +518,132 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         report.records += stats.records;
         report.benign_records += stats.benign_records;
         let findings = pipeline.router.kept.take().unwrap_or_default();
-        let labels = sim.labels();
-        let mut by_label: HashMap<u32, Vec<(&Finding, u64)>> = HashMap::new();
-        for (f, &raised) in findings.iter().zip(&raised_at) {
-            let hits: Vec<&Label> = labels.iter().filter(|l| matches(f, l)).collect();
-            if hits.is_empty() {
-                report.false_findings += 1;
-                *report.false_by_rule.entry(f.rule).or_default() += 1;
-                if report.false_examples.len() < 20 {
-                    report.false_examples.push(f.clone());
-                }
-            }
-            for l in hits {
-                by_label.entry(l.id).or_default().push((f, raised));
-            }
-        }
-        for l in labels {
-            let found = by_label.get(&l.id).cloned().unwrap_or_default();
-            let mut rules: Vec<&'static str> = found.iter().map(|(f, _)| f.rule).collect();
-            rules.sort_unstable();
-            rules.dedup();
-            report.outcomes.push(Outcome {
-                seed,
-                scenario: l.scenario.name(),
-                workload: l.workload,
-                detected: !found.is_empty(),
-                latency_seconds: found
-                    .iter()
-                    .map(|(f, _)| f.last_seen.saturating_sub(l.start))
-                    .min(),
-                after_delivery_seconds: first_delivery.get(&l.id).and_then(|first| {
-                    found
-                        .iter()
-                        .map(|(_, raised)| raised.saturating_sub(*first))
-                        .min()
-                }),
-                rules,
-                records: l.records,
-            });
-        }
+        let raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
+        score_into(
+            &mut report,
+            seed,
+            &findings,
+            &raised,
+            sim.labels(),
+            &first_delivery,
+        );
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
     report.peak_rss_mib = peak_rss_mib();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// Matches findings to the labels of one run and adds the outcomes to `report`. `raised`
+/// holds, per finding, the delivery time of the record that raised it, where known.
+fn score_into(
+    report: &mut Report,
+    seed: u64,
+    findings: &[Finding],
+    raised: &[Option<u64>],
+    labels: &[Label],
+    first_delivery: &HashMap<u32, u64>,
+) {
+    let mut by_label: HashMap<u32, Vec<(&Finding, Option<u64>)>> = HashMap::new();
+    for (n, f) in findings.iter().enumerate() {
+        let at = raised.get(n).copied().flatten();
+        let hits: Vec<&Label> = labels.iter().filter(|l| matches(f, l)).collect();
+        if hits.is_empty() {
+            report.false_findings += 1;
+            *report.false_by_rule.entry(f.rule).or_default() += 1;
+            if report.false_examples.len() < 20 {
+                report.false_examples.push(f.clone());
+            }
+        }
+        for l in hits {
+            by_label.entry(l.id).or_default().push((f, at));
+        }
+    }
+    for l in labels {
+        let found = by_label.get(&l.id).cloned().unwrap_or_default();
+        let mut rules: Vec<&'static str> = found.iter().map(|(f, _)| f.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        report.outcomes.push(Outcome {
+            seed,
+            scenario: l.scenario.name(),
+            workload: l.workload,
+            detected: !found.is_empty(),
+            latency_seconds: found
+                .iter()
+                .map(|(f, _)| f.last_seen.saturating_sub(l.start))
+                .min(),
+            after_delivery_seconds: first_delivery.get(&l.id).and_then(|first| {
+                found
+                    .iter()
+                    .filter_map(|(_, at)| at.map(|a| a.saturating_sub(*first)))
+                    .min()
+            }),
+            rules,
+            records: l.records,
+        });
+    }
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  \
+    egresswatch simulate --to cloudwatch --labels truth.jsonl\n  \
+    egresswatch monitor > alerts.jsonl      # the stdout sink's JSON lines\n  \
+    egresswatch score --labels truth.jsonl --findings alerts.jsonl")]
+pub struct ScoreArgs {
+    /// Ground truth from `simulate --labels`.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Findings as JSON lines (the monitor's stdout sink, or a webhook's log).
+    #[arg(long)]
+    findings: PathBuf,
+}
+
+/// Scores the findings a monitor raised against a simulation's labels.
+pub fn score(args: ScoreArgs) -> ExitCode {
+    let read =
+        |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let parse_lines = |p: &PathBuf, text: &str| -> Result<Vec<serde_json::Value>, String> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| {
+                serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", p.display(), n + 1))
+            })
+            .collect()
+    };
+    let result = (|| -> Result<Report, String> {
+        let labels: Vec<Label> = parse_lines(&args.labels, &read(&args.labels)?)?
+            .into_iter()
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| format!("{}: {e}", args.labels.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        let findings: Vec<Finding> = parse_lines(&args.findings, &read(&args.findings)?)?
+            .into_iter()
+            .map(|v| {
+                Finding::from_json(&v).map_err(|e| format!("{}: {e}", args.findings.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut report = Report::default();
+        score_into(&mut report, 0, &findings, &[], &labels, &HashMap::new());
+        Ok(report)
+    })();
+    match result {
+        Ok(r) => {
+            print_report(&r, 1);
+            if r.outcomes.iter().all(|o| o.detected) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("egresswatch score: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn print_report(r: &Report, seeds: usize) {
@@ -591,12 +672,16 @@ fn print_report(r: &Report, seeds: usize) {
             rules.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
-    let per_million = r.false_findings as f64 * 1e6 / r.benign_records.max(1) as f64;
     println!();
-    println!(
-        "{} seed(s), {} records ({} benign): {} false finding(s) = {:.2} per million benign records",
-        seeds, r.records, r.benign_records, r.false_findings, per_million
-    );
+    if r.records > 0 {
+        let per_million = r.false_findings as f64 * 1e6 / r.benign_records.max(1) as f64;
+        println!(
+            "{} seed(s), {} records ({} benign): {} false finding(s) = {:.2} per million benign records",
+            seeds, r.records, r.benign_records, r.false_findings, per_million
+        );
+    } else {
+        println!("{} finding(s) matched no attack", r.false_findings);
+    }
     if !r.false_by_rule.is_empty() {
         let parts: Vec<String> = r
             .false_by_rule
@@ -613,8 +698,10 @@ fn print_report(r: &Report, seeds: usize) {
             );
         }
     }
-    println!(
-        "processed in {:.1} s ({:.0} records/s including generation), peak resident memory {:.0} MiB",
-        r.seconds, r.records_per_second, r.peak_rss_mib
-    );
+    if r.records > 0 {
+        println!(
+            "processed in {:.1} s ({:.0} records/s including generation), peak resident memory {:.0} MiB",
+            r.seconds, r.records_per_second, r.peak_rss_mib
+        );
+    }
 }

@@ -37,9 +37,8 @@ impl Severity {
 }
 
 /// Something a rule flagged, with the evidence behind it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
-    #[serde(deserialize_with = "rule_name")]
     pub rule: &'static str,
     pub severity: Severity,
     pub summary: String,
@@ -72,17 +71,6 @@ pub struct Evidence {
     pub unit: String,
 }
 
-/// Rule names are static in the daemon; reading findings back (evaluation, tests) maps a name
-/// to the rule's own static string.
-fn rule_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    let name = String::deserialize(d)?;
-    RULES
-        .iter()
-        .find(|r| **r == name)
-        .copied()
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown rule `{name}`")))
-}
-
 /// Every rule the daemon has, by the name findings and metrics carry.
 pub const RULES: [&str; 11] = [
     "non_https_egress",
@@ -99,6 +87,39 @@ pub const RULES: [&str; 11] = [
 ];
 
 impl Finding {
+    /// Reads back a finding a sink wrote as JSON (for scoring); the rule must be one of
+    /// [`RULES`].
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+        let name = v["rule"].as_str().ok_or("no `rule`")?;
+        let rule = RULES
+            .iter()
+            .find(|r| **r == name)
+            .copied()
+            .ok_or_else(|| format!("unknown rule `{name}`"))?;
+        let ip = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
+        let num = |k: &str| v[k].as_u64().unwrap_or(0);
+        let severity =
+            serde_json::from_value(v["severity"].clone()).map_err(|e| format!("severity: {e}"))?;
+        Ok(Finding {
+            rule,
+            severity,
+            summary: v["summary"].as_str().unwrap_or_default().to_string(),
+            workload: ip("workload"),
+            interface_id: v["interface_id"].as_str().map(String::from),
+            instance_id: v["instance_id"].as_str().map(String::from),
+            remote: ip("remote"),
+            remote_port: v["remote_port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok()),
+            protocol: v["protocol"].as_u64().and_then(|p| u8::try_from(p).ok()),
+            bytes: num("bytes"),
+            first_seen: num("first_seen"),
+            last_seen: num("last_seen"),
+            records: num("records"),
+            evidence: serde_json::from_value(v["evidence"].clone()).ok(),
+        })
+    }
+
     pub fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
         Finding {
             rule,
