@@ -296,6 +296,24 @@ impl Default for Metrics {
     }
 }
 
+/// The remote port's class: a bounded label instead of the port itself.
+pub fn port_class(port: Option<u16>, protocol: Option<u8>) -> &'static str {
+    match (protocol, port) {
+        (Some(1) | Some(58), _) => "icmp",
+        (_, Some(443)) => "https",
+        (_, Some(80)) => "http",
+        (_, Some(53) | Some(853)) => "dns",
+        (_, Some(22)) => "ssh",
+        (_, Some(3389)) => "rdp",
+        (_, Some(445) | Some(139)) => "smb",
+        (_, Some(2049)) => "nfs",
+        (_, Some(1433 | 1521 | 3306 | 5432 | 6379 | 27017)) => "database",
+        (_, Some(p)) if p >= 8192 => "high",
+        (_, Some(_)) => "other",
+        (_, None) => "none",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,23 +345,5 @@ mod tests {
             text.matches("egresswatch_top_remote_egress_bytes{").count(),
             TOP_K
         );
-    }
-}
-
-/// The remote port's class: a bounded label instead of the port itself.
-pub fn port_class(port: Option<u16>, protocol: Option<u8>) -> &'static str {
-    match (protocol, port) {
-        (Some(1) | Some(58), _) => "icmp",
-        (_, Some(443)) => "https",
-        (_, Some(80)) => "http",
-        (_, Some(53) | Some(853)) => "dns",
-        (_, Some(22)) => "ssh",
-        (_, Some(3389)) => "rdp",
-        (_, Some(445) | Some(139)) => "smb",
-        (_, Some(2049)) => "nfs",
-        (_, Some(1433 | 1521 | 3306 | 5432 | 6379 | 27017)) => "database",
-        (_, Some(p)) if p >= 8192 => "high",
-        (_, Some(_)) => "other",
-        (_, None) => "none",
     }
 }

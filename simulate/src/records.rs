@@ -12,7 +12,7 @@ use flowlog::{Field, Format};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-use crate::traffic::{attack, benign_minute, Conn, Route, Services, Workload};
+use crate::traffic::{attack, benign_minute, Conn, Route, Services, Surroundings, Workload};
 use crate::{Label, Scenario, Settings, Stats};
 
 const WINDOW: u64 = 60;
@@ -221,19 +221,15 @@ impl Simulator {
         while t < end {
             conns.clear();
             if benign {
+                let around = Surroundings {
+                    services: &self.services,
+                    efs: self.efs,
+                    s3: &self.settings.network.s3_addresses,
+                    new_destinations_per_hour: self.settings.new_destinations_per_hour,
+                };
                 for (i, w) in self.workloads.iter().enumerate() {
                     let before = conns.len();
-                    benign_minute(
-                        &mut self.rng,
-                        &self.services,
-                        w,
-                        i,
-                        t,
-                        self.settings.new_destinations_per_hour,
-                        self.efs,
-                        &self.settings.network.s3_addresses,
-                        &mut conns,
-                    );
+                    benign_minute(&mut self.rng, &around, w, i, t, &mut conns);
                     if conns.len() == before && self.rng.random_bool(0.03) {
                         let r = status_record(i as u32, t, Status::NoData);
                         push(&mut heap, &mut seq, self.settings.seed, r, end);

@@ -214,18 +214,26 @@ fn https(
     }
 }
 
-/// The benign connections `w` starts in the minute beginning at `t`.
+/// What the fleet's workloads talk to.
+pub(crate) struct Surroundings<'a> {
+    pub services: &'a Services,
+    pub efs: Ipv4Addr,
+    pub s3: &'a [Ipv4Addr],
+    /// Fresh internet destinations per workload per active hour.
+    pub new_destinations_per_hour: f64,
+}
+
+/// The benign connections `w` (number `index`) starts in the minute beginning at `t`.
 pub(crate) fn benign_minute(
     rng: &mut Pcg64Mcg,
-    services: &Services,
+    around: &Surroundings<'_>,
     w: &Workload,
     index: usize,
     t: u64,
-    new_destinations_per_hour: f64,
-    efs: Ipv4Addr,
-    s3: &[Ipv4Addr],
     out: &mut Vec<Conn>,
 ) {
+    let (services, efs, s3) = (around.services, around.efs, around.s3);
+    let new_destinations_per_hour = around.new_destinations_per_hour;
     let a = w.activity(t);
     let per_minute = |per_hour: f64| per_hour * a / 60.0;
     let at = |rng: &mut Pcg64Mcg| t + rng.random_range(0..60);
