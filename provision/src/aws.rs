@@ -124,6 +124,16 @@ impl Clients {
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        // Unless the user chose (AWS_RETRY_MODE / AWS_MAX_ATTEMPTS, as every AWS SDK reads),
+        // retry throttling, 5xx and dropped connections up to 5 times with exponential backoff,
+        // and slow down on throttling (adaptive mode's client-side rate limiting): a daemon that
+        // polls all day should yield to the service rather than hammer it.
+        if std::env::var_os("AWS_RETRY_MODE").is_none()
+            && std::env::var_os("AWS_MAX_ATTEMPTS").is_none()
+        {
+            loader = loader
+                .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(5));
+        }
         let shared = loader.load().await;
         let region = shared
             .region()

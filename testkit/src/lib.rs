@@ -232,6 +232,55 @@ pub fn prometheus(
     }
 }
 
+/// Starts the `fault` proxy (fault-cli, installed if missing) on a free port in front of
+/// `upstream` (host:port) with `faults` (a JSON array of fault-cli fault specs) active from
+/// the start. Each connection's fate is journalled as JSON lines to `Service::journal`.
+pub fn fault_proxy(upstream: &str, faults: &str) -> (Service, PathBuf) {
+    let tools = match std::env::var_os("EGRESSWATCH_TOOLS") {
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/egresswatch-tools"),
+    };
+    let bin = tools.join("bin/fault");
+    if !bin.exists() {
+        let status = Command::new(workspace_root().join("scripts/install-test-services"))
+            .status()
+            .expect("run scripts/install-test-services");
+        assert!(status.success(), "installing fault-cli failed");
+    }
+    let dir = temp_dir("fault");
+    let port = free_port();
+    let run = format!(
+        r#"{{"schema_version": 1, "name": "egresswatch test", "proxies": [{{"name": "upstream", "protocol": "tcp", "listen": "127.0.0.1:{port}", "upstream": "{upstream}"}}], "phases": [{{"name": "faulty", "proxies": [{{"proxy": "upstream", "faults": {faults}}}]}}]}}"#
+    );
+    let file = dir.join("run.json");
+    std::fs::write(&file, run).expect("write the fault run");
+    let journal = dir.join("journal.ndjson");
+    let child = Command::new(&bin)
+        .args(["--output", "json", "run"])
+        .arg(&file)
+        .arg("--journal")
+        .arg(&journal)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "fault proxy did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (
+        Service {
+            name: "fault",
+            child,
+            port,
+        },
+        journal,
+    )
+}
+
 /// A private D-Bus session bus with an `org.freedesktop.Notifications` server on it that
 /// writes each notification it receives as a JSON line to `log`.
 pub struct NotificationBus {

@@ -1,0 +1,145 @@
+//! Faults between the daemon and the AWS emulator: every connection the daemon opens to
+//! CloudWatch Logs goes through a real fault-injection proxy (fault-cli) that resets a share
+//! of them and delays traffic. The daemon must still commit exactly the records written, and
+//! count each once.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn aws<'a>(c: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("RUST_LOG", "error")
+}
+
+#[test]
+fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
+    let moto = egresswatch_testkit::moto();
+    let bin = env!("CARGO_BIN_EXE_egresswatch");
+    let dir = std::env::temp_dir().join(format!("ew-faults-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stack = "faulty";
+    assert!(aws(&mut Command::new(bin), &moto.endpoint())
+        .args(["provision", "up", "--stack", stack])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let out = aws(&mut Command::new(bin), &moto.endpoint())
+        .args(["provision", "outputs", "--stack", stack])
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("outputs.json"), &out.stdout).unwrap();
+    // Two hours of ten workloads, written straight to the emulator.
+    let sim = aws(&mut Command::new(bin), &moto.endpoint())
+        .args([
+            "simulate",
+            "--to",
+            "cloudwatch",
+            "--stack",
+            stack,
+            "--scenario",
+            "benign",
+            "--duration",
+            "2h",
+            "--workloads",
+            "10",
+        ])
+        .arg("--outputs")
+        .arg(dir.join("outputs.json"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&sim.stderr);
+    assert!(sim.status.success(), "{said}");
+    let written: u64 = said
+        .split("simulate: ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+
+    // The daemon reads through the proxy: a quarter of connections reset, replies delayed.
+    let (proxy, journal) = egresswatch_testkit::fault_proxy(
+        &format!("127.0.0.1:{}", moto.port()),
+        r#"[{"type": "connection-reset", "flow": "to-client", "probability": 0.25},
+            {"type": "jitter", "flow": "to-client", "min_delay_ms": 5.0, "max_delay_ms": 80.0, "probability": 0.5}]"#,
+    );
+    let port = egresswatch_testkit::free_port();
+    std::fs::write(
+        dir.join("monitor.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate-dir = \"{}\"\nstack = \"{stack}\"\noutputs-file = \"{}\"\npoll-interval-seconds = 1\n[alerts]\nstdout = false\n",
+            dir.join("state").display(),
+            dir.join("outputs.json").display()
+        ),
+    )
+    .unwrap();
+    let daemon = aws(&mut Command::new(bin), &proxy.endpoint())
+        .args(["monitor", "--config"])
+        .arg(dir.join("monitor.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = dir.join("state/cloudwatch.checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let committed = std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["records_committed"].as_u64())
+            .unwrap_or(0);
+        if committed >= written {
+            assert_eq!(committed, written, "records committed beyond those written");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{committed} of {written} committed"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every record counted once: flows plus NODATA/SKIPDATA equal what was written.
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    assert_eq!(
+        sum("egresswatch_flow_records_total") + sum("egresswatch_status_records_total"),
+        written,
+        "{text}"
+    );
+    assert_eq!(sum("egresswatch_bad_lines_total"), 0);
+    // The proxy did reset connections.
+    let resets = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"fault-reset\""))
+        .count();
+    assert!(
+        resets > 0,
+        "no connection was reset; journal: {}",
+        journal.display()
+    );
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let status = daemon.wait_with_output().unwrap().status;
+    assert!(status.success());
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
