@@ -708,10 +708,14 @@ struct BeaconState {
     audience: BoundedMap<IpAddr, Vec<IpAddr>>,
 }
 
+/// Connection starts are kept as seconds since this instant (2020-09-13) in 32 bits, which
+/// halves the rule's memory and lasts until the 2150s.
+const SERIES_EPOCH: u64 = 1_600_000_000;
+
 #[derive(Serialize, Deserialize, Default)]
 struct Series {
-    starts: Vec<u64>,
-    sizes: Vec<u64>,
+    starts: Vec<u32>,
+    sizes: Vec<u32>,
     alerted: bool,
 }
 
@@ -756,12 +760,15 @@ impl Detector for Beaconing {
             s.starts.remove(0);
             s.sizes.remove(0);
         }
-        s.starts.push(f.start);
-        s.sizes.push(f.bytes);
+        s.starts
+            .push(u32::try_from(f.start.saturating_sub(SERIES_EPOCH)).unwrap_or(u32::MAX));
+        s.sizes.push(u32::try_from(f.bytes).unwrap_or(u32::MAX));
         if s.alerted || shared || s.starts.len() < self.rule.min_connections {
             return;
         }
-        let Some((score, period)) = beacon_score(&s.starts, &s.sizes) else {
+        let starts: Vec<u64> = s.starts.iter().map(|t| u64::from(*t)).collect();
+        let sizes: Vec<u64> = s.sizes.iter().map(|b| u64::from(*b)).collect();
+        let Some((score, period)) = beacon_score(&starts, &sizes) else {
             return;
         };
         if score < self.rule.score || period < self.rule.min_interval_seconds as f64 {
@@ -773,7 +780,7 @@ impl Detector for Beaconing {
             v.sort_unstable();
             v[v.len() / 2]
         };
-        let first = s.starts.iter().copied().min().unwrap_or(f.start);
+        let first = starts.iter().min().map_or(f.start, |t| t + SERIES_EPOCH);
         let summary = format!(
             "beacon-like connections to {r}:{port}: {} connections about every {:.0} s with about {} sent each; regularity score {:.2} (threshold {:.2})",
             s.starts.len(),
@@ -1170,7 +1177,7 @@ mod tests {
                     "203.0.113.9",
                     443,
                     512,
-                    10_000 + i * 300 + (i * 7) % 11,
+                    1_764_000_000 + i * 300 + (i * 7) % 11,
                 )
             })
             .collect();
