@@ -270,7 +270,8 @@ impl Default for Rules {
             rejected_egress: true,
             denylisted_destination: true,
             dns_bypass: true,
-            state_entries: 131_072,
+            // 7/8 of 65,536: a full table then just fits a 65,536-slot hash table.
+            state_entries: 57_344,
             new_remote_port: NewRemotePortRule::default(),
             traffic_volume: TrafficVolumeRule::default(),
             rare_destination: RareDestinationRule::default(),

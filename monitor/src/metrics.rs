@@ -38,49 +38,53 @@ pub const SOURCE_OPERATIONS: [&str; 3] = ["DescribeFlowLogs", "DescribeLogStream
 /// Series the top-k gauges export.
 pub const TOP_K: usize = 10;
 
-/// The heavy hitters of a stream in bounded memory (the Space-Saving algorithm): at most
-/// `capacity` counters; an unseen key takes over the smallest counter and inherits its count
-/// as error, so every key whose true total exceeds total/capacity is kept, and estimates
-/// over-count by at most that error.
+/// The heavy hitters of a stream in bounded memory (the Misra-Gries algorithm with batched
+/// decrements): at most `capacity` counters; when they are full, the median count is taken
+/// off every counter and those left at zero are dropped. Every key whose total exceeds
+/// total/(capacity/2) stays, each estimate is low by at most the decrements so far, and an
+/// update costs O(1) amortised however many distinct keys pass.
 #[derive(Clone, Debug)]
 pub struct TopK {
     capacity: usize,
-    counters: rustc_hash::FxHashMap<std::net::IpAddr, (u64, u64)>,
+    counters: rustc_hash::FxHashMap<std::net::IpAddr, u64>,
+    /// Taken off every surviving counter so far: the most any estimate is low by.
+    decremented: u64,
 }
 
 impl TopK {
     pub fn new(capacity: usize) -> Self {
         TopK {
-            capacity: capacity.max(1),
+            capacity: capacity.max(2),
             counters: Default::default(),
+            decremented: 0,
         }
     }
 
     pub fn add(&mut self, key: std::net::IpAddr, amount: u64) {
         if let Some(c) = self.counters.get_mut(&key) {
-            c.0 += amount;
+            *c += amount;
             return;
         }
-        if self.counters.len() < self.capacity {
-            self.counters.insert(key, (amount, 0));
-            return;
+        if self.counters.len() >= self.capacity {
+            let mut counts: Vec<u64> = self.counters.values().copied().collect();
+            let mid = counts.len() / 2;
+            let (_, median, _) = counts.select_nth_unstable(mid);
+            let cut = (*median).max(1);
+            self.counters.retain(|_, c| {
+                *c = c.saturating_sub(cut);
+                *c > 0
+            });
+            self.decremented += cut;
         }
-        let (min_key, (min_count, _)) = self
-            .counters
-            .iter()
-            .min_by_key(|(_, (c, _))| *c)
-            .map(|(k, v)| (*k, *v))
-            .unwrap_or((key, (0, 0)));
-        self.counters.remove(&min_key);
-        self.counters.insert(key, (min_count + amount, min_count));
+        self.counters.insert(key, amount);
     }
 
-    /// The `n` largest, largest first: (key, estimated total, maximum over-count).
+    /// The `n` largest, largest first: (key, estimated total, how much it may be low by).
     pub fn top(&self, n: usize) -> Vec<(std::net::IpAddr, u64, u64)> {
         let mut v: Vec<_> = self
             .counters
             .iter()
-            .map(|(k, (c, e))| (*k, *c, *e))
+            .map(|(k, c)| (*k, *c, self.decremented))
             .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
@@ -221,7 +225,7 @@ impl Metrics {
         let top_workloads = IntGaugeVec::new(
             Opts::new(
                 "egresswatch_top_workload_egress_bytes",
-                "Bytes sent through the NAT since start by the heaviest workloads (top 10, estimated in bounded memory).",
+                "Bytes sent through the NAT since start by the heaviest workloads (top 10, a lower-bound estimate in bounded memory).",
             ),
             &["workload"],
         )
@@ -231,7 +235,7 @@ impl Metrics {
         let top_remotes = IntGaugeVec::new(
             Opts::new(
                 "egresswatch_top_remote_egress_bytes",
-                "Bytes sent through the NAT since start to the heaviest destinations (top 10, estimated in bounded memory).",
+                "Bytes sent through the NAT since start to the heaviest destinations (top 10, a lower-bound estimate in bounded memory).",
             ),
             &["remote"],
         )
@@ -335,9 +339,9 @@ mod tests {
             top[1].0,
             "198.51.100.7".parse::<std::net::IpAddr>().unwrap()
         );
-        // Estimates over-count by at most the recorded error.
-        assert!(top[0].1 >= 50_000_000 && top[0].1 - top[0].2 <= 50_000_000);
-        assert_eq!(t.counters.len(), 20);
+        // Estimates are low by at most the recorded decrements.
+        assert!(top[0].1 <= 50_000_000 && top[0].1 + top[0].2 >= 50_000_000);
+        assert!(t.counters.len() <= 20);
         let m = Metrics::new();
         t.export(&m.top_remotes);
         let text = m.render();

@@ -33,7 +33,7 @@ pub struct Pipeline {
 }
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
-const TOP_K_COUNTERS: usize = 200;
+const TOP_K_COUNTERS: usize = 1_024;
 /// Judged flows between refreshes of the top-k gauges.
 const TOP_K_REFRESH: u64 = 20_000;
 
