@@ -32,29 +32,67 @@ pub struct TrafficArgs {
     /// dns-outside, unusual-port.
     #[arg(long, default_value = "all")]
     scenario: String,
-    /// Simulated time span.
-    #[arg(long, default_value = "6h", value_parser = parse_duration)]
-    duration: Duration,
+    /// Simulated time span [default: 6h for simulate, 7d for evaluate].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Attacks start no earlier than this into the run, after the baselines have formed
-    /// [default: half the duration].
+    /// [default: half the duration for simulate, 2d for evaluate].
     #[arg(long, value_parser = parse_duration)]
     attacks_after: Option<Duration>,
-    /// Workloads (Studio apps) in the fleet.
-    #[arg(long, default_value_t = 20)]
-    workloads: usize,
+    /// Workloads (Studio apps) in the fleet [default: 20 for simulate, 200 for evaluate].
+    #[arg(long)]
+    workloads: Option<usize>,
     /// Fresh internet destinations each workload contacts per active hour.
     #[arg(long, default_value_t = 2.0)]
     new_destinations_per_hour: f64,
 }
 
+/// A command's defaults for what `TrafficArgs` leaves out.
+struct TrafficDefaults {
+    duration: Duration,
+    workloads: usize,
+    /// `None`: half the duration.
+    attacks_after: Option<Duration>,
+}
+
+const SIMULATE_DEFAULTS: TrafficDefaults = TrafficDefaults {
+    duration: Duration::from_secs(6 * 3_600),
+    workloads: 20,
+    attacks_after: None,
+};
+
+const EVALUATE_DEFAULTS: TrafficDefaults = TrafficDefaults {
+    duration: Duration::from_secs(7 * 86_400),
+    workloads: 200,
+    attacks_after: Some(Duration::from_secs(2 * 86_400)),
+};
+
 impl TrafficArgs {
-    fn settings(&self, seed: u64, start: u64, network: Network) -> Result<Settings, String> {
-        let mut s = Settings::new(seed, start, self.duration.as_secs());
+    fn duration(&self, d: &TrafficDefaults) -> Duration {
+        self.duration.unwrap_or(d.duration)
+    }
+
+    fn settings(
+        &self,
+        seed: u64,
+        start: u64,
+        network: Network,
+        d: &TrafficDefaults,
+    ) -> Result<Settings, String> {
+        let duration = self.duration(d);
+        let mut s = Settings::new(seed, start, duration.as_secs());
         s.scenarios = Scenario::parse_list(&self.scenario)?;
-        s.workloads = self.workloads;
+        s.workloads = self.workloads.unwrap_or(d.workloads);
         s.network = network;
         s.new_destinations_per_hour = self.new_destinations_per_hour;
-        if let Some(a) = self.attacks_after {
+        if let Some(a) = self.attacks_after.or(d.attacks_after) {
+            if a >= duration {
+                return Err(format!(
+                    "--attacks-after {} is not within the {} simulated",
+                    humantime::format_duration(a),
+                    humantime::format_duration(duration)
+                ));
+            }
             s.attacks_after_seconds = a.as_secs();
         }
         Ok(s)
@@ -178,9 +216,9 @@ pub fn simulate(args: SimulateArgs) -> ExitCode {
 }
 
 fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
-    let start = args
-        .start
-        .unwrap_or_else(|| now().saturating_sub(args.traffic.duration.as_secs()));
+    let start = args.start.unwrap_or_else(|| {
+        now().saturating_sub(args.traffic.duration(&SIMULATE_DEFAULTS).as_secs())
+    });
     if let Some(dir) = &args.denylists_out {
         write_denylists(dir)?;
     }
@@ -191,7 +229,12 @@ fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
             Some(p) => network_from_outputs(&read_outputs(p)?)?,
             None => Network::default(),
         };
-        let mut sim = Simulator::new(args.traffic.settings(args.seed, start, network)?)?;
+        let mut sim = Simulator::new(args.traffic.settings(
+            args.seed,
+            start,
+            network,
+            &SIMULATE_DEFAULTS,
+        )?)?;
         let mut out: Box<dyn Write> = if path == "-" {
             Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
         } else {
@@ -275,6 +318,7 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
         args.seed,
         start,
         network_from_outputs(&outputs)?,
+        &SIMULATE_DEFAULTS,
     )?)?;
     // Generation is synchronous; events are gathered per stream and sent in full batches.
     let mut pending: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
@@ -495,7 +539,12 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
     let started = Instant::now();
     let start = 1_764_547_200; // 2025-12-01 00:00 UTC, a Monday
     for &seed in &args.seeds {
-        let mut sim = Simulator::new(args.traffic.settings(seed, start, network.clone())?)?;
+        let mut sim = Simulator::new(args.traffic.settings(
+            seed,
+            start,
+            network.clone(),
+            &EVALUATE_DEFAULTS,
+        )?)?;
         let metrics = Arc::new(Metrics::new());
         let mut router = Router::start(&config.alerts, vec![], metrics.clone());
         router.kept = Some(Vec::new());

@@ -24,6 +24,47 @@ fn decode<'a, T: Deserialize<'a>>(rule: &str, bytes: &'a [u8]) -> Result<T, Stri
     postcard::from_bytes(bytes).map_err(|e| format!("saved state of rule {rule}: {e}"))
 }
 
+/// State tables key on 64-bit digests of addresses instead of the addresses (8 bytes instead
+/// of 17 per address): a third of the memory, faster hashing, and with 2^64 values a collision
+/// among even millions of keys is vanishingly unlikely. Findings take their addresses from the
+/// flow at hand, so nothing needs the address back.
+fn key_of(ip: IpAddr) -> u64 {
+    address_hash(ip, 0x0123_4567_89ab_cdef)
+}
+
+/// The key of an ordered pair of addresses.
+fn pair_key(a: IpAddr, b: IpAddr) -> u64 {
+    key_of(a) ^ address_hash(b, 0x5bd1_e995_0000_0001).rotate_left(23)
+}
+
+/// Workloads seen talking to one remote, up to four: the rules only need to know whether a
+/// remote is one workload's or shared, so the list stops growing there.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Audience {
+    members: [u64; 4],
+    len: u8,
+}
+
+impl Audience {
+    /// Adds a workload; returns how many distinct workloads are known (at most 4).
+    pub fn add(&mut self, workload: u64) -> usize {
+        let n = usize::from(self.len);
+        if !self.members[..n].contains(&workload) && n < self.members.len() {
+            self.members[n] = workload;
+            self.len += 1;
+        }
+        usize::from(self.len)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Byte counts for messages: 1.2 GB, 35.0 MB, 812 kB.
 pub fn human_bytes(b: f64) -> String {
     const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
@@ -53,7 +94,7 @@ pub struct NewRemotePort {
 
 #[derive(Serialize, Deserialize)]
 struct PortState {
-    workloads: BoundedMap<IpAddr, PortHistory>,
+    workloads: BoundedMap<u64, PortHistory>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,10 +135,13 @@ impl Detector for NewRemotePort {
             return;
         };
         let key = (u32::from(f.protocol.unwrap_or(0)) << 16) | u32::from(port);
-        let h = self.state.workloads.touch(w, f.end, || PortHistory {
-            since: f.start,
-            ports: Vec::new(),
-        });
+        let h = self
+            .state
+            .workloads
+            .touch(key_of(w), f.end, || PortHistory {
+                since: f.start,
+                ports: Vec::new(),
+            });
         h.since = h.since.min(f.start);
         let Err(at) = h.ports.binary_search(&key) else {
             return;
@@ -184,8 +228,8 @@ pub struct TrafficVolume {
 
 #[derive(Serialize, Deserialize)]
 struct VolumeState {
-    pairs: BoundedMap<(IpAddr, IpAddr), PairWindow>,
-    workloads: BoundedMap<IpAddr, VolumeBaseline>,
+    pairs: BoundedMap<u64, PairWindow>,
+    workloads: BoundedMap<u64, VolumeBaseline>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,7 +282,7 @@ impl Detector for TrafficVolume {
         let b = self
             .state
             .workloads
-            .touch(w, f.end, VolumeBaseline::default);
+            .touch(key_of(w), f.end, VolumeBaseline::default);
         if window > b.window {
             if b.window_max > 0 {
                 b.per_window.update(b.window_max as f64);
@@ -247,12 +291,15 @@ impl Detector for TrafficVolume {
             b.window_max = 0;
         }
         let baseline = b.per_window;
-        let p = self.state.pairs.touch((w, r), f.end, || PairWindow {
-            window,
-            sent: 0,
-            received: 0,
-            alerted: false,
-        });
+        let p = self
+            .state
+            .pairs
+            .touch(pair_key(w, r), f.end, || PairWindow {
+                window,
+                sent: 0,
+                received: 0,
+                alerted: false,
+            });
         if window > p.window {
             *p = PairWindow {
                 window,
@@ -393,13 +440,13 @@ struct RareState {
     /// one is full it becomes the old one, so memory stays at two filters.
     current: Bloom,
     previous: Bloom,
-    new_destinations: BoundedMap<IpAddr, NewDestination>,
+    new_destinations: BoundedMap<u64, NewDestination>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct NewDestination {
     first_seen: u64,
-    workloads: Vec<IpAddr>,
+    workloads: Audience,
     sent: u64,
     received: u64,
     alerted: bool,
@@ -438,11 +485,12 @@ impl Detector for RareDestination {
             return;
         };
         let s = &mut self.state;
+        let rk = key_of(r);
         let first_flow = *s.first_flow.get_or_insert(f.start);
         if f.start < first_flow {
             s.first_flow = Some(f.start);
         }
-        if s.new_destinations.get(&r).is_none() {
+        if s.new_destinations.get(&rk).is_none() {
             if s.current.contains(r) || s.previous.contains(r) {
                 return;
             }
@@ -455,21 +503,19 @@ impl Detector for RareDestination {
                 return;
             }
         }
-        let d = s.new_destinations.touch(r, f.end, || NewDestination {
+        let d = s.new_destinations.touch(rk, f.end, || NewDestination {
             first_seen: f.start,
-            workloads: Vec::new(),
+            workloads: Audience::default(),
             sent: 0,
             received: 0,
             alerted: false,
         });
         if f.end > d.first_seen + self.rule.new_for_seconds {
             // No longer new: it stays in the seen-filter only.
-            s.new_destinations.remove(&r);
+            s.new_destinations.remove(&rk);
             return;
         }
-        if !d.workloads.contains(&w) && d.workloads.len() <= self.rule.max_workloads {
-            d.workloads.push(w);
-        }
+        d.workloads.add(key_of(w));
         if sending {
             d.sent += f.bytes;
         } else {
@@ -533,9 +579,9 @@ pub struct SlowDrip {
 
 #[derive(Serialize, Deserialize)]
 struct DripState {
-    pairs: BoundedMap<(IpAddr, IpAddr), Drip>,
+    pairs: BoundedMap<u64, Drip>,
     /// Remote -> the workloads that talked to it (up to max-workloads + 1).
-    audience: BoundedMap<IpAddr, Vec<IpAddr>>,
+    audience: BoundedMap<u64, Audience>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -579,13 +625,14 @@ impl Detector for SlowDrip {
             return;
         };
         let horizon = self.rule.horizon_seconds;
-        let audience = self.state.audience.touch(r, f.end, Vec::new);
-        if !audience.contains(&w) && audience.len() <= self.rule.max_workloads {
-            audience.push(w);
-        }
-        let shared = audience.len() > self.rule.max_workloads;
+        let shared = self
+            .state
+            .audience
+            .touch(key_of(r), f.end, Audience::default)
+            .add(key_of(w))
+            > self.rule.max_workloads;
         let bucket = f.end / horizon;
-        let d = self.state.pairs.touch((w, r), f.end, || Drip {
+        let d = self.state.pairs.touch(pair_key(w, r), f.end, || Drip {
             bucket,
             first_seen: f.start,
             ..Drip::default()
@@ -703,9 +750,9 @@ pub struct Beaconing {
 
 #[derive(Serialize, Deserialize)]
 struct BeaconState {
-    series: BoundedMap<(IpAddr, IpAddr, u16), Series>,
+    series: BoundedMap<u64, Series>,
     /// Remote -> the workloads that opened connections to it (up to max-workloads + 1).
-    audience: BoundedMap<IpAddr, Vec<IpAddr>>,
+    audience: BoundedMap<u64, Audience>,
 }
 
 /// Connection starts are kept as seconds since this instant (2020-09-13) in 32 bits, which
@@ -747,15 +794,17 @@ impl Detector for Beaconing {
         let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
             return;
         };
-        let audience = self.state.audience.touch(r, f.end, Vec::new);
-        if !audience.contains(&w) && audience.len() <= self.rule.max_workloads {
-            audience.push(w);
-        }
-        let shared = audience.len() > self.rule.max_workloads;
-        let s = self
+        let shared = self
             .state
-            .series
-            .touch((w, r, port), f.end, Series::default);
+            .audience
+            .touch(key_of(r), f.end, Audience::default)
+            .add(key_of(w))
+            > self.rule.max_workloads;
+        let s = self.state.series.touch(
+            pair_key(w, r) ^ u64::from(port).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            f.end,
+            Series::default,
+        );
         if s.starts.len() >= self.rule.history {
             s.starts.remove(0);
             s.sizes.remove(0);
@@ -820,6 +869,11 @@ impl Detector for Beaconing {
 
 // ---------------------------------------------------------------------------------------
 
+/// Windows a scan key is kept after it closes: enough to cover fifteen minutes of lateness.
+fn scan_late_windows(window_seconds: u64) -> u64 {
+    900u64.div_ceil(window_seconds.max(1)) + 1
+}
+
 /// Outbound scanning within a window: many ports on one host, or one port on many hosts.
 /// Attempts count whether the security group let them through or not.
 pub struct PortScan {
@@ -829,6 +883,9 @@ pub struct PortScan {
 
 #[derive(Serialize, Deserialize)]
 struct ScanState {
+    /// The newest window seen; keys older than the few windows late records can still reach
+    /// are dropped when it advances.
+    newest_window: u64,
     /// (workload, host, window) -> distinct ports, exact up to the threshold.
     ports_per_host: BoundedMap<(IpAddr, IpAddr, u64), Vec<u16>>,
     /// (workload, port, window) -> distinct hosts, exact up to the threshold.
@@ -840,6 +897,7 @@ impl PortScan {
         PortScan {
             rule,
             state: ScanState {
+                newest_window: 0,
                 ports_per_host: BoundedMap::new(entries),
                 hosts_per_port: BoundedMap::new(entries),
             },
@@ -864,6 +922,13 @@ impl Detector for PortScan {
             return;
         };
         let window = f.start / self.rule.window_seconds;
+        if window > self.state.newest_window {
+            self.state.newest_window = window;
+            // Records arrive up to about ten minutes late; older windows are settled.
+            let keep_from = window.saturating_sub(scan_late_windows(self.rule.window_seconds));
+            self.state.ports_per_host.retain(|k| k.2 >= keep_from);
+            self.state.hosts_per_port.retain(|k| k.2 >= keep_from);
+        }
         let ports = self
             .state
             .ports_per_host
@@ -946,7 +1011,7 @@ mod tests {
 
     const W: &str = "10.0.1.5";
 
-    fn flow(path: Path, remote: &str, port: u16, bytes: u64, start: u64) -> Flow {
+    fn flow(path: Path, remote: &str, port: u16, bytes: u64, start: u64) -> Flow<'static> {
         Flow {
             path,
             workload: Some(W.parse().unwrap()),
@@ -958,7 +1023,7 @@ mod tests {
             action: Some("ACCEPT"),
             end: start + 59,
             start,
-            interface_id: Some("eni-nat".into()),
+            interface_id: Some("eni-nat"),
             instance_id: None,
             opens_connection: true,
         }

@@ -71,6 +71,11 @@ impl<K: Eq + Hash, V> BoundedMap<K, V> {
         &mut slot.1
     }
 
+    /// Keeps only the entries whose key passes `keep`.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.entries.retain(|k, _| keep(k));
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.entries.iter().map(|(k, (_, v))| (k, v))
     }

@@ -60,7 +60,7 @@ impl Path {
 
 /// A record placed in the stack's network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Flow {
+pub struct Flow<'a> {
     pub path: Path,
     /// The address inside the VPC the traffic belongs to.
     pub workload: Option<IpAddr>,
@@ -74,15 +74,16 @@ pub struct Flow {
     /// Window end, Unix seconds (event time).
     pub end: u64,
     pub start: u64,
-    pub interface_id: Option<String>,
-    pub instance_id: Option<String>,
+    /// Borrowed from the record: classifying a record allocates nothing.
+    pub interface_id: Option<&'a str>,
+    pub instance_id: Option<&'a str>,
     /// The record holds a connection's first packet (TCP SYN seen; always true for protocols
     /// without flags or when the format has no `tcp-flags`).
     pub opens_connection: bool,
 }
 
 /// Where a record puts the traffic, given the topology.
-pub fn classify(record: &Record<'_>, topo: &Topology) -> Option<Flow> {
+pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
     if record.log_status() != Some(LogStatus::Ok) && record.log_status().is_some() {
         return None;
     }
@@ -104,8 +105,8 @@ pub fn classify(record: &Record<'_>, topo: &Topology) -> Option<Flow> {
         action: record.action().map(|a| a.as_str()),
         end: record.end().unwrap_or(0),
         start: record.start().unwrap_or(0),
-        interface_id: record.interface_id().map(String::from),
-        instance_id: record.instance_id().map(String::from),
+        interface_id: record.interface_id(),
+        instance_id: record.instance_id(),
         opens_connection: record.protocol() != Some(6)
             || record.tcp_flags().is_none_or(|f| f.syn()),
     };
@@ -182,9 +183,10 @@ mod tests {
         }
     }
 
-    fn flow(line: &str) -> Flow {
-        let f = Format::parse("interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status pkt-srcaddr pkt-dstaddr tcp-flags").unwrap();
-        classify(&Record::parse(&f, line.as_bytes()).unwrap(), &topo()).unwrap()
+    fn flow(line: &'static str) -> Flow<'static> {
+        // A record borrows its format; a leaked one lives as long as the test needs.
+        let f: &'static Format = Box::leak(Box::new(Format::parse("interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status pkt-srcaddr pkt-dstaddr tcp-flags").unwrap()));
+        classify(&Record::parse(f, line.as_bytes()).unwrap(), &topo()).unwrap()
     }
 
     #[test]

@@ -369,6 +369,25 @@ impl Rules {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        for (name, v) in [
+            (
+                "rules.rare-destination.max-workloads",
+                self.rare_destination.max_workloads,
+            ),
+            (
+                "rules.slow-drip.max-workloads",
+                self.slow_drip.max_workloads,
+            ),
+            (
+                "rules.beaconing.max-workloads",
+                self.beaconing.max_workloads,
+            ),
+        ] {
+            // The rules remember up to four workloads per remote.
+            if v > 3 {
+                return Err(format!("{name} = {v}: at most 3"));
+            }
+        }
         let b = &self.beaconing;
         if b.min_connections < 4 || b.history < b.min_connections {
             return Err(format!(

@@ -244,9 +244,9 @@ fn snapshot_rules(store: &CheckpointStore, p: &Pipeline) -> Result<(), String> {
     let started = std::time::Instant::now();
     let snapshot = p.save_state();
     store.save_rules(&snapshot)?;
-    p.metrics
-        .rules_snapshot_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
+    tracing::debug!(file = %store.rules_path().display(), bytes = snapshot.len(), millis = took.as_millis() as u64, "saved what the rules have learnt");
     Ok(())
 }
 
@@ -277,37 +277,61 @@ fn read_stream(
     follow: bool,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<u64, String> {
+    use std::io::BufRead;
     let name = path
         .as_ref()
         .map_or("stdin".to_string(), |p| p.display().to_string());
     let reader = open_input(path.as_deref()).map_err(|e| format!("{name}: {e}"))?;
     let mut decoder = Decoder::following_headers(format);
-    let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
-    let mut line = Vec::new();
+    let mut input = std::io::BufReader::with_capacity(1 << 20, reader);
+    // Lines are handed over straight from the read buffer; only a line split across two
+    // reads is copied, into `partial`.
+    let mut partial: Vec<u8> = Vec::new();
     let mut n = 0u64;
     loop {
-        let read = std::io::BufRead::read_until(&mut buf, b'\n', &mut line)
-            .map_err(|e| format!("{name}: {e}"))?;
-        let complete = line.last() == Some(&b'\n');
-        if read == 0 || (follow && !complete) {
+        let buf = input.fill_buf().map_err(|e| format!("{name}: {e}"))?;
+        if buf.is_empty() {
             if !follow || *shutdown.borrow() {
-                if !line.is_empty() {
+                if !partial.is_empty() {
                     n += 1;
-                    p.line(&mut decoder, &line, &Origin(&name, n));
+                    p.line(&mut decoder, &partial, &Origin(&name, n));
                 }
                 return Ok(n);
             }
-            // Wait for more to be appended; the partial line stays in `line`.
+            // Wait for more to be appended; a partial last line waits for its newline.
             beat();
             std::thread::sleep(Duration::from_millis(250));
             continue;
         }
-        n += 1;
-        p.line(&mut decoder, &line, &Origin(&name, n));
-        line.clear();
-        if n % 65_536 == 0 {
-            beat();
+        let mut at = 0;
+        if !partial.is_empty() {
+            match memchr::memchr(b'\n', buf) {
+                Some(end) => {
+                    partial.extend_from_slice(&buf[..=end]);
+                    n += 1;
+                    p.line(&mut decoder, &partial, &Origin(&name, n));
+                    partial.clear();
+                    at = end + 1;
+                }
+                None => {
+                    partial.extend_from_slice(buf);
+                    let len = buf.len();
+                    input.consume(len);
+                    continue;
+                }
+            }
         }
+        while let Some(end) = memchr::memchr(b'\n', &buf[at..]) {
+            n += 1;
+            p.line(&mut decoder, &buf[at..=at + end], &Origin(&name, n));
+            at += end + 1;
+            if n % 65_536 == 0 {
+                beat();
+            }
+        }
+        partial.extend_from_slice(&buf[at..]);
+        let len = buf.len();
+        input.consume(len);
     }
 }
 
