@@ -159,6 +159,43 @@ fn is_blank(b: u8) -> bool {
     b == b' ' || b == b'\t' || b == b'\r' || b == b'\n'
 }
 
+/// Where the token starting at `i` ends: the first blank at or after `i`, or the line's end.
+/// Eight bytes are examined at a time for any byte at or below 0x20 (every blank is), and
+/// only such a candidate is checked exactly.
+#[inline]
+fn token_end(line: &[u8], i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut j = i;
+    while j + 8 <= line.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&line[j..j + 8]);
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x21 (with the high bit clear) sets its high bit here.
+        let low = x.wrapping_sub(ONES * 0x21) & !x & HIGHS;
+        if low == 0 {
+            j += 8;
+            continue;
+        }
+        let k = j + (low.trailing_zeros() / 8) as usize;
+        if is_blank(line[k]) {
+            return k;
+        }
+        // A control byte that is not a blank: step past it and go on bytewise to the
+        // end of this word.
+        for (m, &b) in line[k + 1..j + 8].iter().enumerate() {
+            if is_blank(b) {
+                return k + 1 + m;
+            }
+        }
+        j += 8;
+    }
+    line[j..]
+        .iter()
+        .position(|&b| is_blank(b))
+        .map_or(line.len(), |p| j + p)
+}
+
 /// Blanks, then one token. A token starting with `#` begins a trailing comment, which
 /// AWS's own published examples carry.
 #[inline]
@@ -475,10 +512,7 @@ impl<'a> Record<'a> {
                 i = end;
                 continue;
             }
-            let end = line[i..]
-                .iter()
-                .position(|&b| is_blank(b))
-                .map_or(n, |p| i + p);
+            let end = token_end(line, i);
             convert_into(kind, &line[i..end], ascii_line, slot).map_err(|kind| ParseError {
                 kind,
                 field: Some(field),
@@ -709,6 +743,26 @@ fn count_tokens(mut rest: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The word-at-a-time token scan finds exactly the blank a byte-by-byte scan finds,
+        /// whatever control bytes, blanks and high bytes the line holds.
+        #[test]
+        fn token_end_matches_a_bytewise_scan(
+            line in proptest::collection::vec(proptest::sample::select(vec![
+                b'a', b'7', b'-', b' ', b'\t', b'\r', b'\n', 0x00, 0x01, 0x1f, 0x20, 0x21, 0x7f,
+                0x80, 0xa0, 0xff,
+            ]), 0..40),
+            start in 0usize..40,
+        ) {
+            let start = start.min(line.len());
+            let expected = line[start..]
+                .iter()
+                .position(|&b| is_blank(b))
+                .map_or(line.len(), |p| start + p);
+            proptest::prop_assert_eq!(token_end(&line, start), expected);
+        }
+    }
     use std::net::Ipv6Addr;
 
     const V5_LINE: &str = "5 64111117617 eni-069xxxxxb7a490 89.160.20.156 10.200.0.0 50041 33004 17 52 1 1616729292 1616729349 REJECT OK vpc-09676f97xxxxxb8a7 subnet-02d645xxxxxxxdbc0 i-0axxxxxx1ad77 1 IPv4 89.160.20.156 10.200.0.80 us-east-1 use1-az5 wavelength fake-id AMAZON CLOUDFRONT ingress 1";
