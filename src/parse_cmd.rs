@@ -201,15 +201,15 @@ fn mapped(path: &std::path::Path) -> Option<io::Result<memmap2::Mmap>> {
     if path.as_os_str() == "-" || path.extension().is_some_and(|e| e == "gz") {
         return None;
     }
+    // Decided from the path, without opening it: opening a named pipe only to find it is not
+    // a regular file would consume its writer.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        return None;
+    }
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return Some(Err(e)),
     };
-    match file.metadata() {
-        Ok(m) if m.is_file() && m.len() > 0 => {}
-        Ok(_) => return None,
-        Err(e) => return Some(Err(e)),
-    }
     // SAFETY: the mapping is read-only and private to this process; the file is only read.
     let map = unsafe { memmap2::Mmap::map(&file) };
     if let Ok(m) = &map {

@@ -127,7 +127,7 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 })
             }
             Sub::Outputs => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, |_| {}).await.map(|(changes, out)| {
-                if changes.iter().any(|c| c.resource == "vpc" && c.kind == ChangeKind::Create) {
+                if !provision::stack_exists(&changes) {
                     eprintln!("egresswatch provision: stack {} does not exist; run `up` first", args.stack);
                     return ExitCode::from(3);
                 }

@@ -298,7 +298,7 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
             )
             .await
             .map_err(|e| e.to_string())?;
-            if changes.iter().any(|c| c.resource == "vpc") {
+            if !egresswatch_provision::stack_exists(&changes) {
                 return Err(format!(
                     "stack {} does not exist; run `egresswatch provision up` first",
                     args.stack
@@ -472,18 +472,6 @@ fn matches(f: &Finding, l: &Label) -> bool {
         && f.first_seen <= l.end + 3_600
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 pub fn evaluate(args: EvaluateArgs) -> ExitCode {
     let config = match crate::load_toml("evaluate", args.config.as_deref(), Config::from_toml) {
         Ok(c) => c.unwrap_or_default(),
@@ -579,7 +567,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
-    report.peak_rss_mib = peak_rss_mib();
+    report.peak_rss_mib = egresswatch_monitor::metrics::peak_resident_kib() as f64 / 1024.0;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }

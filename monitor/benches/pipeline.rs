@@ -16,18 +16,6 @@ use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::Metrics;
 use flowlog::{Decoder, Format};
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn main() {
     // `cargo bench` passes --bench; under `cargo test` this is a quick smoke run of the same path.
     let benchmarking = std::env::args().any(|a| a == "--bench");
@@ -162,7 +150,7 @@ fn main() {
     );
     println!(
         "peak resident memory: {:.1} MiB (VmHWM; includes the generated input blocks)",
-        peak_rss_kib() as f64 / 1024.0
+        egresswatch_monitor::metrics::peak_resident_kib() as f64 / 1024.0
     );
     // What the rules learnt: snapshot, and restore into a fresh pipeline (target: < 1 s each).
     let started = Instant::now();

@@ -65,6 +65,17 @@ impl Audience {
     }
 }
 
+/// For a flow through the NAT with both ends known: whether the workload is sending (the
+/// NAT-egress leg) or receiving (the return leg), the workload and the remote.
+fn through_the_nat(f: &Flow) -> Option<(bool, IpAddr, IpAddr)> {
+    let sending = match f.path {
+        Path::NatEgress => true,
+        Path::NatReturn => false,
+        _ => return None,
+    };
+    Some((sending, f.workload?, f.remote?))
+}
+
 /// Byte counts for messages: 1.2 GB, 35.0 MB, 812 kB.
 pub fn human_bytes(b: f64) -> String {
     const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
@@ -270,12 +281,7 @@ impl Detector for TrafficVolume {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
-        let sending = match f.path {
-            Path::NatEgress => true,
-            Path::NatReturn => false,
-            _ => return,
-        };
-        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+        let Some((sending, w, r)) = through_the_nat(f) else {
             return;
         };
         let window = f.end / self.rule.window_seconds;
@@ -476,12 +482,7 @@ impl Detector for RareDestination {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
-        let sending = match f.path {
-            Path::NatEgress => true,
-            Path::NatReturn => false,
-            _ => return,
-        };
-        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+        let Some((sending, w, r)) = through_the_nat(f) else {
             return;
         };
         let s = &mut self.state;
@@ -616,12 +617,7 @@ impl Detector for SlowDrip {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
-        let sending = match f.path {
-            Path::NatEgress => true,
-            Path::NatReturn => false,
-            _ => return,
-        };
-        let (Some(w), Some(r)) = (f.workload, f.remote) else {
+        let Some((sending, w, r)) = through_the_nat(f) else {
             return;
         };
         let horizon = self.rule.horizon_seconds;

@@ -76,10 +76,6 @@ impl<K: Eq + Hash, V> BoundedMap<K, V> {
         self.entries.retain(|k, _| keep(k));
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.entries.iter().map(|(k, (_, v))| (k, v))
-    }
-
     fn forget_oldest_half(&mut self) {
         let before = self.entries.len();
         if before == 0 {

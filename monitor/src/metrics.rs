@@ -32,6 +32,20 @@ pub struct Metrics {
     pub rule_state_evictions: IntCounterVec,
 }
 
+/// The process's peak resident memory in KiB (VmHWM), for benchmarks and `evaluate`;
+/// 0 where /proc is not there.
+pub fn peak_resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The calls the CloudWatch source makes.
 pub const SOURCE_OPERATIONS: [&str; 3] = ["DescribeFlowLogs", "DescribeLogStreams", "GetLogEvents"];
 
@@ -102,11 +116,34 @@ impl TopK {
     }
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone()))
+/// Registers `metric` in the one registry and hands it back. The names and labels are
+/// constants of this module, so a failure is a programming error caught by every test.
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, metric: M) -> M {
+    r.register(Box::new(metric.clone()))
         .expect("metric registered once");
-    c
+    metric
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric"),
+    )
 }
 
 impl Metrics {
@@ -137,18 +174,12 @@ impl Metrics {
             "NODATA and SKIPDATA records (SKIPDATA means AWS lost visibility), by log status.",
             &["log_status"],
         );
-        let ingest_lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "egresswatch_ingest_lag_seconds",
-                "Time from a record's window end to its processing.",
-            )
-            .buckets(vec![
-                15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
-            ]),
-        )
-        .expect("valid histogram");
-        r.register(Box::new(ingest_lag.clone()))
-            .expect("registered once");
+        let ingest_lag = histogram(
+            &r,
+            "egresswatch_ingest_lag_seconds",
+            "Time from a record's window end to its processing.",
+            vec![15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0],
+        );
         let source_calls = counter_vec(
             &r,
             "egresswatch_source_requests_total",
@@ -167,20 +198,22 @@ impl Metrics {
             "Source API calls that were throttled, by operation.",
             &["operation"],
         );
-        let checkpoint_timestamp = IntGauge::new(
-            "egresswatch_checkpoint_timestamp_seconds",
-            "When the last checkpoint was committed (Unix seconds).",
-        )
-        .expect("valid gauge");
-        r.register(Box::new(checkpoint_timestamp.clone()))
-            .expect("registered once");
-        let last_record_timestamp = IntGauge::new(
-            "egresswatch_last_record_timestamp_seconds",
-            "Window end of the newest record processed (Unix seconds).",
-        )
-        .expect("valid gauge");
-        r.register(Box::new(last_record_timestamp.clone()))
-            .expect("registered once");
+        let checkpoint_timestamp = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_checkpoint_timestamp_seconds",
+                "When the last checkpoint was committed (Unix seconds).",
+            )
+            .expect("valid gauge"),
+        );
+        let last_record_timestamp = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_last_record_timestamp_seconds",
+                "Window end of the newest record processed (Unix seconds).",
+            )
+            .expect("valid gauge"),
+        );
         let alerts_sent = counter_vec(
             &r,
             "egresswatch_alerts_sent_total",
@@ -199,49 +232,34 @@ impl Metrics {
             "Alerts dropped because a sink's queue was full, by sink.",
             &["sink"],
         );
-        let alerts_suppressed = IntCounter::new("egresswatch_alerts_deduplicated_total", "Findings not sent again because the same rule, workload and remote alerted within the dedupe window.").expect("valid counter");
-        r.register(Box::new(alerts_suppressed.clone()))
-            .expect("registered once");
-        let build_info = IntGaugeVec::new(
-            Opts::new("egresswatch_build_info", "Build information; always 1."),
+        let alerts_suppressed = register(&r, IntCounter::new("egresswatch_alerts_deduplicated_total", "Findings not sent again because the same rule, workload and remote alerted within the dedupe window.").expect("valid counter"));
+        let build_info = gauge_vec(
+            &r,
+            "egresswatch_build_info",
+            "Build information; always 1.",
             &["version"],
-        )
-        .expect("valid gauge");
-        r.register(Box::new(build_info.clone()))
-            .expect("registered once");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let rules_snapshot_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "egresswatch_rules_snapshot_duration_seconds",
-                "Time taken to save what the behavioural rules have learnt to the state dir.",
-            )
-            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-        )
-        .expect("valid histogram");
-        r.register(Box::new(rules_snapshot_seconds.clone()))
-            .expect("registered once");
-        let top_workloads = IntGaugeVec::new(
-            Opts::new(
-                "egresswatch_top_workload_egress_bytes",
-                "Bytes sent through the NAT since start by the heaviest workloads (top 10, a lower-bound estimate in bounded memory).",
-            ),
+        let rules_snapshot_seconds = histogram(
+            &r,
+            "egresswatch_rules_snapshot_duration_seconds",
+            "Time taken to save what the behavioural rules have learnt to the state dir.",
+            vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+        );
+        let top_workloads = gauge_vec(
+            &r,
+            "egresswatch_top_workload_egress_bytes",
+            "Bytes sent through the NAT since start by the heaviest workloads (top 10, a lower-bound estimate in bounded memory).",
             &["workload"],
-        )
-        .expect("valid gauge");
-        r.register(Box::new(top_workloads.clone()))
-            .expect("registered once");
-        let top_remotes = IntGaugeVec::new(
-            Opts::new(
-                "egresswatch_top_remote_egress_bytes",
-                "Bytes sent through the NAT since start to the heaviest destinations (top 10, a lower-bound estimate in bounded memory).",
-            ),
+        );
+        let top_remotes = gauge_vec(
+            &r,
+            "egresswatch_top_remote_egress_bytes",
+            "Bytes sent through the NAT since start to the heaviest destinations (top 10, a lower-bound estimate in bounded memory).",
             &["remote"],
-        )
-        .expect("valid gauge");
-        r.register(Box::new(top_remotes.clone()))
-            .expect("registered once");
+        );
         let rule_state_evictions = counter_vec(
             &r,
             "egresswatch_rule_state_evictions_total",

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use aws::{CallLog, Clients};
 pub use down::down;
 pub use spec::{flow_log_format, StackSpec, FLOW_LOG_FIELDS, SPEC_TEMPLATE};
-pub use stack::{Change, ChangeKind, Mode, Outputs, Reconciler, STACK_TAG};
+pub use stack::{stack_exists, Change, ChangeKind, Mode, Outputs, Reconciler, STACK_TAG};
 
 /// Everything that can stop a provisioning run, each with what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,14 @@ pub struct Change {
     pub security: bool,
 }
 
+/// Whether a plan's changes say the stack is there at all: a plan that would create the VPC
+/// found no stack, and its outputs describe nothing real.
+pub fn stack_exists(changes: &[Change]) -> bool {
+    !changes
+        .iter()
+        .any(|c| c.resource == "vpc" && c.kind == ChangeKind::Create)
+}
+
 /// What `outputs` prints: everything the monitor needs to know about the stack.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Outputs {

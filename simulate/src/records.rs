@@ -197,14 +197,6 @@ impl Simulator {
         &self.labels
     }
 
-    /// Workload interface ids, in order.
-    pub fn workload_interfaces(&self) -> Vec<String> {
-        self.workloads
-            .iter()
-            .map(|w| w.interface_id.clone())
-            .collect()
-    }
-
     /// Generates the whole run, handing each record to `emit` in delivery order.
     pub fn run(&mut self, format: &Format, mut emit: impl FnMut(&Delivered<'_>)) -> Stats {
         let start = self.settings.start / WINDOW * WINDOW;
