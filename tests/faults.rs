@@ -3,41 +3,23 @@
 //! of them and delays traffic. The daemon must still commit exactly the records written, and
 //! count each once.
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
-
-fn aws<'a>(c: &'a mut Command, endpoint: &str) -> &'a mut Command {
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("RUST_LOG", "error")
-}
+use common::{egresswatch, provision_stack, records_simulated, terminate, wait_until_committed};
 
 #[test]
 fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
     let moto = egresswatch_testkit::moto();
-    let bin = env!("CARGO_BIN_EXE_egresswatch");
     let dir = std::env::temp_dir().join(format!("ew-faults-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let stack = "faulty";
-    assert!(aws(&mut Command::new(bin), &moto.endpoint())
-        .args(["provision", "up", "--stack", stack])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let out = aws(&mut Command::new(bin), &moto.endpoint())
-        .args(["provision", "outputs", "--stack", stack])
-        .output()
-        .unwrap();
-    std::fs::write(dir.join("outputs.json"), &out.stdout).unwrap();
+    let outputs = provision_stack(&moto.endpoint(), stack, &dir);
     // Two hours of ten workloads, written straight to the emulator.
-    let sim = aws(&mut Command::new(bin), &moto.endpoint())
+    let sim = egresswatch(&moto.endpoint())
         .args([
             "simulate",
             "--to",
@@ -52,17 +34,12 @@ fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
             "10",
         ])
         .arg("--outputs")
-        .arg(dir.join("outputs.json"))
+        .arg(&outputs)
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&sim.stderr);
     assert!(sim.status.success(), "{said}");
-    let written: u64 = said
-        .split("simulate: ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{said}"));
+    let written = records_simulated(&said);
 
     // The daemon reads through the proxy: a quarter of connections reset, replies delayed.
     let (proxy, journal) = egresswatch_testkit::fault_proxy(
@@ -76,35 +53,22 @@ fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
         format!(
             "listen = \"127.0.0.1:{port}\"\nstate-dir = \"{}\"\nstack = \"{stack}\"\noutputs-file = \"{}\"\npoll-interval-seconds = 1\n[alerts]\nstdout = false\n",
             dir.join("state").display(),
-            dir.join("outputs.json").display()
+            outputs.display()
         ),
     )
     .unwrap();
-    let daemon = aws(&mut Command::new(bin), &proxy.endpoint())
+    let daemon = egresswatch(&proxy.endpoint())
         .args(["monitor", "--config"])
         .arg(dir.join("monitor.toml"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let checkpoint = dir.join("state/cloudwatch.checkpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let committed = std::fs::read(&checkpoint)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["records_committed"].as_u64())
-            .unwrap_or(0);
-        if committed >= written {
-            assert_eq!(committed, written, "records committed beyond those written");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{committed} of {written} committed"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_until_committed(
+        &dir.join("state/cloudwatch.checkpoint.json"),
+        written,
+        Duration::from_secs(240),
+    );
     // Every record counted once: flows plus NODATA/SKIPDATA equal what was written.
     let metrics = Command::new("curl")
         .args(["-sS", &format!("http://127.0.0.1:{port}/metrics")])
@@ -134,10 +98,7 @@ fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
         "no connection was reset; journal: {}",
         journal.display()
     );
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
+    terminate(&daemon);
     let status = daemon.wait_with_output().unwrap().status;
     assert!(status.success());
     drop(proxy);

@@ -3,9 +3,12 @@
 //! restarted each time; in the end the records committed across all runs equal the records
 //! written, exactly.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{committed, terminate};
 use egresswatch_provision::{self as provision, Clients, Mode, StackSpec};
 
 const RECORDS: usize = 200_000;
@@ -89,14 +92,6 @@ async fn stack_with_records(
     out
 }
 
-fn committed(checkpoint: &std::path::Path) -> u64 {
-    std::fs::read(checkpoint)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["records_committed"].as_u64())
-        .unwrap_or(0)
-}
-
 fn monitor(
     moto: &egresswatch_testkit::Service,
     stack: &str,
@@ -133,13 +128,7 @@ async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
     )
     .unwrap();
     let checkpoint = dir.join("state/cloudwatch.checkpoint.json");
-    let committed = || -> u64 {
-        std::fs::read(&checkpoint)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["records_committed"].as_u64())
-            .unwrap_or(0)
-    };
+    let committed = || committed(&checkpoint);
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -190,11 +179,7 @@ async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
         assert!(Instant::now() < deadline, "no checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    terminate(&child);
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
     let after_term = committed(&checkpoint);
@@ -210,10 +195,7 @@ async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    terminate(&child);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(committed(&checkpoint) as usize, total);
     std::fs::remove_dir_all(&dir).unwrap();

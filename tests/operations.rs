@@ -4,10 +4,13 @@
 //! panel query of every dashboard must be valid there and return data, and the alert rules
 //! must fire in that Prometheus and reach a real Alertmanager.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{egresswatch, provision_stack};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -159,32 +162,14 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn aws(c: &mut Command, moto: &egresswatch_testkit::Service) {
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env("RUST_LOG", "warn");
-}
-
 #[test]
 fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager() {
     let moto = egresswatch_testkit::moto();
     let dir = std::env::temp_dir().join(format!("ew-ops-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let bin = env!("CARGO_BIN_EXE_egresswatch");
     let stack = "opsdemo";
-    let mut up = Command::new(bin);
-    aws(&mut up, &moto);
-    run(up.args(["provision", "up", "--stack", stack]));
-    let mut outputs = Command::new(bin);
-    aws(&mut outputs, &moto);
-    let o = run(outputs
-        .args(["provision", "outputs", "--stack", stack])
-        .stderr(Stdio::null()));
-    let outputs_file = dir.join("outputs.json");
-    std::fs::write(&outputs_file, o).unwrap();
+    let outputs_file = provision_stack(&moto.endpoint(), stack, &dir);
     let lists = dir.join("lists");
     std::fs::create_dir_all(&lists).unwrap();
     std::fs::write(
@@ -209,9 +194,7 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
         ),
     )
     .unwrap();
-    let mut monitor = Command::new(bin);
-    aws(&mut monitor, &moto);
-    let mut daemon = monitor
+    let mut daemon = egresswatch(&moto.endpoint())
         .args(["monitor", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -233,9 +216,7 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
     });
 
     // An hour of a small fleet's work with attacks in it.
-    let mut sim = Command::new(bin);
-    aws(&mut sim, &moto);
-    run(sim
+    run(egresswatch(&moto.endpoint())
         .args([
             "simulate",
             "--to",
@@ -441,23 +422,26 @@ fn health_command_reports_a_running_daemon() {
     let flows = dir.join("flows.log");
     std::fs::write(&flows, "").unwrap();
     let port = egresswatch_testkit::free_port();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args([
-            "monitor",
-            "--follow",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--source")
-        .arg(format!("file:{}", flows.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The daemon needs a network description; without one it exits, and health fails.
+    // The daemon following the empty file, with the given extra arguments.
+    let start = |extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+            .args([
+                "monitor",
+                "--follow",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .arg("--source")
+            .arg(format!("file:{}", flows.display()))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     let health = |port: u16| {
         Command::new(env!("CARGO_BIN_EXE_egresswatch"))
             .args([
@@ -469,32 +453,13 @@ fn health_command_reports_a_running_daemon() {
             .unwrap()
             .success()
     };
-    let status = daemon.wait().unwrap();
+    // The daemon needs a network description; without one it exits, and health fails.
+    let status = start(&[]).wait().unwrap();
     assert!(!status.success());
     assert!(!health(port));
-    std::fs::write(
-        dir.join("monitor.toml"),
-        "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n",
-    )
-    .unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args([
-            "monitor",
-            "--follow",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--config")
-        .arg(dir.join("monitor.toml"))
-        .arg("--source")
-        .arg(format!("file:{}", flows.display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let config = dir.join("monitor.toml");
+    std::fs::write(&config, "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n").unwrap();
+    let mut daemon = start(&["--config".as_ref(), config.as_os_str()]);
     wait_for("the daemon to answer", Duration::from_secs(30), || {
         health(port)
     });

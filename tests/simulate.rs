@@ -3,10 +3,13 @@
 //! log group (moto) must be caught by `egresswatch monitor` itself, finding by finding
 //! against the labels.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{egresswatch, provision_stack, records_simulated, terminate, wait_until_committed};
 use serde_json::Value;
 
 fn bin() -> Command {
@@ -203,35 +206,11 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
 fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
     let moto = egresswatch_testkit::moto();
     let dir = temp("cw");
-    let aws = |c: &mut Command| {
-        c.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", moto.endpoint());
-    };
     let stack = "simcw";
-    let mut up = bin();
-    aws(&mut up);
-    assert!(up
-        .args(["provision", "up", "--stack", stack])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let mut outputs = bin();
-    aws(&mut outputs);
-    let o = outputs
-        .args(["provision", "outputs", "--stack", stack])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    std::fs::write(dir.join("outputs.json"), &o.stdout).unwrap();
+    let outputs = provision_stack(&moto.endpoint(), stack, &dir);
 
     // Attacks that need no learnt baseline, in an hour of a small fleet's work.
-    let mut sim = bin();
-    aws(&mut sim);
-    let s = sim
+    let s = egresswatch(&moto.endpoint())
         .args([
             "simulate",
             "--to",
@@ -248,7 +227,7 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
             "4",
         ])
         .arg("--outputs")
-        .arg(dir.join("outputs.json"))
+        .arg(&outputs)
         .arg("--labels")
         .arg(dir.join("labels.jsonl"))
         .arg("--denylists-out")
@@ -257,12 +236,7 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
         .unwrap();
     let err = String::from_utf8_lossy(&s.stderr);
     assert!(s.status.success(), "{err}");
-    let written: u64 = err
-        .split("simulate: ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no record count in: {err}"));
+    let written = records_simulated(&err);
     assert!(written > 1_000, "{err}");
 
     let config = dir.join("monitor.toml");
@@ -272,15 +246,13 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
             "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nstack = \"{stack}\"\noutputs-file = \"{}\"\npoll-interval-seconds = 1\n[rules]\ndenylists = [\"{}\", \"{}\"]\n",
             egresswatch_testkit::free_port(),
             dir.join("state").display(),
-            dir.join("outputs.json").display(),
+            outputs.display(),
             dir.join("lists/threats.txt").display(),
             dir.join("lists/tor-exits.txt").display()
         ),
     )
     .unwrap();
-    let mut monitor = bin();
-    aws(&mut monitor);
-    let child = monitor
+    let child = egresswatch(&moto.endpoint())
         .args(["monitor", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
@@ -288,28 +260,12 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
         .spawn()
         .unwrap();
     // Wait until every record written is committed, then stop the daemon.
-    let checkpoint = dir.join("state/cloudwatch.checkpoint.json");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let committed = std::fs::read(&checkpoint)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["records_committed"].as_u64())
-            .unwrap_or(0);
-        if committed >= written {
-            assert_eq!(committed, written);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{committed} of {written} committed"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    wait_until_committed(
+        &dir.join("state/cloudwatch.checkpoint.json"),
+        written,
+        Duration::from_secs(120),
+    );
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let findings: Vec<Value> = String::from_utf8_lossy(&out.stdout)
