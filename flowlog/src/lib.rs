@@ -15,6 +15,7 @@
 //! assert_eq!(record.action(), Some(Action::Accept));
 //! ```
 
+mod blanks;
 mod decode;
 mod field;
 mod format;
