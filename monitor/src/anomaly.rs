@@ -20,8 +20,23 @@ fn encode<T: Serialize>(state: &T) -> Option<Vec<u8>> {
     postcard::to_stdvec(state).ok()
 }
 
-fn decode<'a, T: Deserialize<'a>>(rule: &str, bytes: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("saved state of rule {rule}: {e}"))
+/// A rule's state as saved in a snapshot. Table limits come from the configuration, not the
+/// snapshot, so a restart with a changed `state-entries` takes effect at once.
+trait Snapshot: Serialize + for<'de> Deserialize<'de> {
+    /// Takes over the configured limits of `configured`, the state the rule was built with;
+    /// an error when the saved state cannot serve under this configuration.
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String>;
+}
+
+/// Replaces `state` with the one saved in `bytes`, under the limits `state` was configured with.
+fn restore<T: Snapshot>(rule: &str, state: &mut T, bytes: &[u8]) -> Result<(), String> {
+    let mut saved: T =
+        postcard::from_bytes(bytes).map_err(|e| format!("saved state of rule {rule}: {e}"))?;
+    saved
+        .adopt_limits(state)
+        .map_err(|e| format!("saved state of rule {rule}: {e}"))?;
+    *state = saved;
+    Ok(())
 }
 
 /// State tables key on 64-bit digests of addresses instead of the addresses (8 bytes instead
@@ -106,6 +121,13 @@ pub struct NewRemotePort {
 #[derive(Serialize, Deserialize)]
 struct PortState {
     workloads: BoundedMap<u64, PortHistory>,
+}
+
+impl Snapshot for PortState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        self.workloads.set_capacity(configured.workloads.capacity());
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -194,10 +216,7 @@ impl Detector for NewRemotePort {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let cap = self.state.workloads.capacity();
-        self.state = decode(self.name(), bytes)?;
-        self.state.workloads.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -241,6 +260,14 @@ pub struct TrafficVolume {
 struct VolumeState {
     pairs: BoundedMap<u64, PairWindow>,
     workloads: BoundedMap<u64, VolumeBaseline>,
+}
+
+impl Snapshot for VolumeState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        self.pairs.set_capacity(configured.pairs.capacity());
+        self.workloads.set_capacity(configured.workloads.capacity());
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -368,11 +395,7 @@ impl Detector for TrafficVolume {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let cap = self.state.pairs.capacity();
-        self.state = decode(self.name(), bytes)?;
-        self.state.pairs.set_capacity(cap);
-        self.state.workloads.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -447,6 +470,20 @@ struct RareState {
     current: Bloom,
     previous: Bloom,
     new_destinations: BoundedMap<u64, NewDestination>,
+}
+
+impl Snapshot for RareState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        if self.current.bits.len() != configured.current.bits.len() {
+            return Err(
+                "the seen-filter was sized for a different filter-capacity; starting to learn again"
+                    .into(),
+            );
+        }
+        self.new_destinations
+            .set_capacity(configured.new_destinations.capacity());
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -555,17 +592,7 @@ impl Detector for RareDestination {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let state: RareState = decode(self.name(), bytes)?;
-        if state.current.bits.len() != self.state.current.bits.len() {
-            return Err(format!(
-                "saved state of rule {}: the seen-filter was sized for a different filter-capacity; starting to learn again",
-                self.name()
-            ));
-        }
-        let cap = self.state.new_destinations.capacity();
-        self.state = state;
-        self.state.new_destinations.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -583,6 +610,14 @@ struct DripState {
     pairs: BoundedMap<u64, Drip>,
     /// Remote -> the workloads that talked to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
+}
+
+impl Snapshot for DripState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        self.pairs.set_capacity(configured.pairs.capacity());
+        self.audience.set_capacity(configured.audience.capacity());
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -687,11 +722,7 @@ impl Detector for SlowDrip {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let cap = self.state.pairs.capacity();
-        self.state = decode(self.name(), bytes)?;
-        self.state.pairs.set_capacity(cap);
-        self.state.audience.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -749,6 +780,14 @@ struct BeaconState {
     series: BoundedMap<u64, Series>,
     /// Remote -> the workloads that opened connections to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
+}
+
+impl Snapshot for BeaconState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        self.series.set_capacity(configured.series.capacity());
+        self.audience.set_capacity(configured.audience.capacity());
+        Ok(())
+    }
 }
 
 /// Connection starts are kept as seconds since this instant (2020-09-13) in 32 bits, which
@@ -855,11 +894,7 @@ impl Detector for Beaconing {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let cap = self.state.series.capacity();
-        self.state = decode(self.name(), bytes)?;
-        self.state.series.set_capacity(cap);
-        self.state.audience.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -886,6 +921,16 @@ struct ScanState {
     ports_per_host: BoundedMap<(IpAddr, IpAddr, u64), Vec<u16>>,
     /// (workload, port, window) -> distinct hosts, exact up to the threshold.
     hosts_per_port: BoundedMap<(IpAddr, u16, u64), Vec<IpAddr>>,
+}
+
+impl Snapshot for ScanState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        self.ports_per_host
+            .set_capacity(configured.ports_per_host.capacity());
+        self.hosts_per_port
+            .set_capacity(configured.hosts_per_port.capacity());
+        Ok(())
+    }
 }
 
 impl PortScan {
@@ -993,11 +1038,7 @@ impl Detector for PortScan {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let cap = self.state.ports_per_host.capacity();
-        self.state = decode(self.name(), bytes)?;
-        self.state.ports_per_host.set_capacity(cap);
-        self.state.hosts_per_port.set_capacity(cap);
-        Ok(())
+        restore(self.name(), &mut self.state, bytes)
     }
 }
 
@@ -1169,6 +1210,28 @@ mod tests {
         shared.push(flow(Path::NatEgress, "203.0.113.60", 443, 50_000_000, t));
         shared.push(other);
         assert!(run(&mut d, &shared).is_empty());
+
+        // A snapshot carries what was learnt, but the table limits come from the new
+        // configuration; a filter sized differently cannot be reused and says so.
+        let saved = d.save_state().unwrap();
+        let mut restored = RareDestination::new(RareDestinationRule::default(), 10);
+        restored.load_state(&saved).unwrap();
+        assert_eq!(restored.state.new_destinations.capacity(), 10);
+        assert!(restored
+            .state
+            .current
+            .contains("198.51.100.3".parse().unwrap()));
+        let resized = RareDestinationRule {
+            filter_capacity: 5_000,
+            ..RareDestinationRule::default()
+        };
+        let err = RareDestination::new(resized, 1_000)
+            .load_state(&saved)
+            .unwrap_err();
+        assert!(
+            err.starts_with("saved state of rule rare_destination: the seen-filter was sized"),
+            "{err}"
+        );
     }
 
     #[test]
