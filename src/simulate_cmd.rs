@@ -15,9 +15,8 @@ use egresswatch_monitor::detect::Finding;
 use egresswatch_monitor::pipeline::{detectors, Pipeline};
 use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::{Config, Metrics};
-use egresswatch_simulate::{
-    put_log_events_batches, Label, Network, Scenario, Settings, Simulator, Subnet, PUT_MAX_EVENTS,
-};
+use egresswatch_provision::logs::{put_events, PUT_MAX_EVENTS};
+use egresswatch_simulate::{Label, Network, Scenario, Settings, Simulator, Subnet};
 use flowlog::{Decoder, Format};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -280,7 +279,6 @@ fn read_outputs(p: &std::path::Path) -> Result<egresswatch_provision::Outputs, S
 }
 
 async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result<(), String> {
-    use aws_smithy_types::error::metadata::ProvideErrorMetadata;
     let clients =
         egresswatch_provision::Clients::from_env(args.region.clone(), args.endpoint_url.clone())
             .await
@@ -337,60 +335,18 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
     let total: usize = full.iter().map(|(_, v)| v.len()).sum();
     let mut sent = 0usize;
     for (stream, events) in full {
-        if created.insert(stream.clone()) {
-            match clients
-                .logs
-                .create_log_stream()
-                .log_group_name(&group)
-                .log_stream_name(&stream)
-                .send()
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
-                Err(e) => {
-                    return Err(format!(
-                        "CreateLogStream {group}/{stream}: {}",
-                        e.message().unwrap_or(&e.to_string())
-                    ))
-                }
-            }
-        }
-        for batch in put_log_events_batches(events) {
-            let n = batch.len();
-            let events: Vec<_> = batch
-                .into_iter()
-                .map(|(ts, msg)| {
-                    aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                        .timestamp(ts)
-                        .message(msg)
-                        .build()
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?;
-            clients
-                .logs
-                .put_log_events()
-                .log_group_name(&group)
-                .log_stream_name(&stream)
-                .set_log_events(Some(events))
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "PutLogEvents {group}/{stream}: {}",
-                        e.message().unwrap_or(&e.to_string())
-                    )
-                })?;
-            calls += 1;
+        created.insert(stream.clone());
+        put_events(&clients, &group, &stream, events, |n| {
             sent += n;
+            calls += 1;
             if calls % 20 == 0 {
                 eprintln!(
                     "  {sent}/{total} events written ({:.0}%)",
                     100.0 * sent as f64 / total.max(1) as f64
                 );
             }
-        }
+        })
+        .await?;
     }
     if let Some(l) = &args.labels {
         write_labels(l, sim.labels())?;

@@ -33,61 +33,42 @@ async fn stack_with_records(
         .await
         .unwrap();
     let format = flowlog::Format::parse(&out.flow_log_format).unwrap();
-    // Records in the flow log's own format, written in PutLogEvents batches within AWS's limits.
+    // Records in the flow log's own format.
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
         - 3_600_000;
     for s in 0..STREAMS {
+        let events = (0..records / STREAMS)
+            .map(|n| {
+                let line: Vec<String> = format
+                    .fields()
+                    .iter()
+                    .map(|f| match f.name() {
+                        "version" => "5".into(),
+                        "interface-id" => format!("eni-0{s:016x}"),
+                        "srcaddr" | "pkt-srcaddr" => format!("10.42.16.{}", n % 250 + 1),
+                        "dstaddr" | "pkt-dstaddr" => format!("10.42.32.{}", n % 250 + 1),
+                        "srcport" => "40000".into(),
+                        "dstport" => "2049".into(),
+                        "protocol" => "6".into(),
+                        "packets" => "1".into(),
+                        "bytes" => "100".into(),
+                        "start" => "1764150000".into(),
+                        "end" => "1764150060".into(),
+                        "action" => "ACCEPT".into(),
+                        "log-status" => "OK".into(),
+                        _ => "-".into(),
+                    })
+                    .collect();
+                (base + n as i64, line.join(" "))
+            })
+            .collect();
         let stream = format!("eni-0{s:016x}-all");
-        c.logs
-            .create_log_stream()
-            .log_group_name(&out.log_group)
-            .log_stream_name(&stream)
-            .send()
+        provision::logs::put_events(&c, &out.log_group, &stream, events, |_| {})
             .await
             .unwrap();
-        let per_stream = records / STREAMS;
-        for chunk in 0..per_stream.div_ceil(10_000) {
-            let events: Vec<_> = (chunk * 10_000..per_stream.min((chunk + 1) * 10_000))
-                .map(|n| {
-                    let line: Vec<String> = format
-                        .fields()
-                        .iter()
-                        .map(|f| match f.name() {
-                            "version" => "5".into(),
-                            "interface-id" => format!("eni-0{s:016x}"),
-                            "srcaddr" | "pkt-srcaddr" => format!("10.42.16.{}", n % 250 + 1),
-                            "dstaddr" | "pkt-dstaddr" => format!("10.42.32.{}", n % 250 + 1),
-                            "srcport" => "40000".into(),
-                            "dstport" => "2049".into(),
-                            "protocol" => "6".into(),
-                            "packets" => "1".into(),
-                            "bytes" => "100".into(),
-                            "start" => "1764150000".into(),
-                            "end" => "1764150060".into(),
-                            "action" => "ACCEPT".into(),
-                            "log-status" => "OK".into(),
-                            _ => "-".into(),
-                        })
-                        .collect();
-                    aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                        .timestamp(base + n as i64)
-                        .message(line.join(" "))
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            c.logs
-                .put_log_events()
-                .log_group_name(&out.log_group)
-                .log_stream_name(&stream)
-                .set_log_events(Some(events))
-                .send()
-                .await
-                .unwrap();
-        }
     }
     out
 }

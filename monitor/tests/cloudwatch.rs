@@ -69,34 +69,12 @@ fn leg(
 }
 
 async fn put(c: &Clients, group: &str, stream: &str, lines: &[String]) {
-    let _ = c
-        .logs
-        .create_log_stream()
-        .log_group_name(group)
-        .log_stream_name(stream)
-        .send()
-        .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let events: Vec<_> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                .timestamp(now + i as i64)
-                .message(l)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    c.logs
-        .put_log_events()
-        .log_group_name(group)
-        .log_stream_name(stream)
-        .set_log_events(Some(events))
-        .send()
+    let events = (now..).zip(lines.iter().cloned()).collect();
+    provision::logs::put_events(c, group, stream, events, |_| {})
         .await
         .unwrap();
 }

@@ -6,6 +6,7 @@
 
 pub mod aws;
 mod down;
+pub mod logs;
 pub mod spec;
 pub mod stack;
 

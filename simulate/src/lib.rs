@@ -7,7 +7,6 @@
 //! rhythm; attacks are the exfiltration, command-and-control and reconnaissance patterns the
 //! monitor must catch. Same seed, same records.
 
-mod batches;
 mod records;
 mod traffic;
 
@@ -15,7 +14,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-pub use batches::{put_log_events_batches, PUT_MAX_BYTES, PUT_MAX_EVENTS, PUT_MAX_SPAN_MS};
 pub use records::Delivered;
 pub use traffic::{threat_list, tor_exit_list};
 

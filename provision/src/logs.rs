@@ -1,7 +1,12 @@
-//! Splits one log stream's events into PutLogEvents calls that respect the service's real
-//! limits, whatever an emulator would accept: chronological order within a call, at most
-//! 10,000 events, at most 1,048,576 bytes counting 26 bytes of overhead per event, and a
-//! span of at most 24 hours.
+//! Writing events into a log stream the way the service requires, whatever an emulator would
+//! accept: chronological order within a call, at most 10,000 events, at most 1,048,576 bytes
+//! counting 26 bytes of overhead per event, and a span of at most 24 hours per call. The
+//! simulator's CloudWatch output and the tests that fill a log group share it.
+
+use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+use crate::Clients;
 
 /// Events per PutLogEvents call.
 pub const PUT_MAX_EVENTS: usize = 10_000;
@@ -36,6 +41,59 @@ pub fn put_log_events_batches(mut events: Vec<(i64, String)>) -> Vec<Vec<(i64, S
         batches.push(current);
     }
     batches
+}
+
+/// Writes `events` (timestamp in ms, message) to `stream` of `group`, creating the stream if
+/// it is missing, in as few PutLogEvents calls as the limits allow. `progress` hears the
+/// number of events each call wrote.
+pub async fn put_events(
+    clients: &Clients,
+    group: &str,
+    stream: &str,
+    events: Vec<(i64, String)>,
+    mut progress: impl FnMut(usize),
+) -> Result<(), String> {
+    match clients
+        .logs
+        .create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
+        Err(e) => {
+            return Err(format!(
+                "CreateLogStream {group}/{stream}: {}",
+                e.message().unwrap_or(&e.to_string())
+            ))
+        }
+    }
+    for batch in put_log_events_batches(events) {
+        let n = batch.len();
+        let batch: Vec<InputLogEvent> = batch
+            .into_iter()
+            .map(|(ts, msg)| InputLogEvent::builder().timestamp(ts).message(msg).build())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        clients
+            .logs
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(batch))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "PutLogEvents {group}/{stream}: {}",
+                    e.message().unwrap_or(&e.to_string())
+                )
+            })?;
+        progress(n);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
