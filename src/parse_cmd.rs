@@ -352,12 +352,12 @@ fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
         })
 }
 
-/// What one thread counted over its lines, and the messages for its bad lines, in order.
+/// What one thread counted over its lines, and its bad lines, in order.
 struct Tally<'n> {
     name: &'n str,
     line_no: u64,
     summary: Summary,
-    messages: Vec<String>,
+    bad_lines: Vec<(u64, flowlog::ParseError)>,
 }
 
 impl<'n> Tally<'n> {
@@ -366,19 +366,27 @@ impl<'n> Tally<'n> {
             name,
             line_no: first_line,
             summary: Summary::default(),
-            messages: Vec::new(),
+            bad_lines: Vec::new(),
         }
     }
 
     fn bad(&mut self, e: flowlog::ParseError) {
         *self.summary.bad.entry(e.reason()).or_default() += 1;
-        self.messages
-            .push(format!("{}:{}: {}", self.name, self.line_no, e));
+        self.bad_lines.push((self.line_no, e));
+    }
+
+    /// Shifts every line number by `lines`, for a tally made before the lines ahead of it
+    /// were counted.
+    fn renumber(&mut self, lines: u64) {
+        self.line_no += lines;
+        for (line, _) in &mut self.bad_lines {
+            *line += lines;
+        }
     }
 
     fn finish(self, sink: &mut Sink<'_>) -> io::Result<()> {
-        for m in &self.messages {
-            writeln!(sink.err, "{m}")?;
+        for (line, e) in &self.bad_lines {
+            writeln!(sink.err, "{}:{line}: {e}", self.name)?;
         }
         sink.summary.merge(self.summary);
         Ok(())
@@ -424,8 +432,10 @@ fn tally_lines<'n>(
     tally
 }
 
-/// Tallies the two halves of a chunk on two threads. A header in the first half changes
-/// the format for the second, so then the second half is done again with that format.
+/// Tallies the two halves of a chunk on two threads. The second half is numbered from zero
+/// and renumbered once the first half's lines are counted, so neither waits for the other. A
+/// header in the first half changes the format for the second, so then the second half is done
+/// again with that format.
 fn summarise_parallel(
     chunk: &[u8],
     first_line: u64,
@@ -434,17 +444,13 @@ fn summarise_parallel(
     sink: &mut Sink<'_>,
 ) -> io::Result<u64> {
     let mid = chunk.len() / 2;
-    let split = chunk[mid..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(chunk.len(), |p| mid + p + 1);
+    let split = memchr::memchr(b'\n', &chunk[mid..]).map_or(chunk.len(), |p| mid + p + 1);
     let (first, second) = chunk.split_at(split);
     let start_format = decoder.clone();
-    let first_lines = bytecount_newlines(first);
     let (tally_a, tally_b, decoder_b) = std::thread::scope(|scope| {
         let mut decoder_b = start_format.clone();
         let handle = scope.spawn(move || {
-            let t = tally_lines(second, first_line + first_lines, name, &mut decoder_b);
+            let t = tally_lines(second, 0, name, &mut decoder_b);
             (t, decoder_b)
         });
         let a = tally_lines(first, first_line, name, decoder);
@@ -453,22 +459,19 @@ fn summarise_parallel(
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         (a, b, d)
     });
-    let (tally_b, decoder_b) = if decoder.format() != start_format.format() {
+    let (mut tally_b, decoder_b) = if decoder.format() != start_format.format() {
         let mut again = decoder.clone();
-        let t = tally_lines(second, first_line + first_lines, name, &mut again);
+        let t = tally_lines(second, 0, name, &mut again);
         (t, again)
     } else {
         (tally_b, decoder_b)
     };
-    let end = tally_b.line_no.max(first_line + first_lines);
+    tally_b.renumber(tally_a.line_no);
+    let end = tally_b.line_no;
     tally_a.finish(sink)?;
     tally_b.finish(sink)?;
     *decoder = decoder_b;
     Ok(end)
-}
-
-fn bytecount_newlines(b: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', b).count() as u64
 }
 
 #[cfg(test)]
@@ -590,7 +593,7 @@ mod tests {
         let n = 40_000;
         for i in 0..n {
             data.extend_from_slice(GOOD.as_bytes());
-            if i == n / 4 {
+            if i == n / 4 || i == 3 * n / 4 {
                 data.extend_from_slice(b"bad line\n");
             }
         }
@@ -603,13 +606,10 @@ mod tests {
         assert_eq!(s.bytes, n * 840 + n * 7);
         assert_eq!(s.packets, n * 10);
         assert_eq!(s.headers, 1);
-        assert_eq!(s.bad.get("invalid_number"), Some(&1));
-        assert_eq!(
-            err,
-            format!(
-                "in.log:{}: field `version` at column 1: `bad` is not a number\n",
-                n / 4 + 2
-            )
-        );
+        assert_eq!(s.bad.get("invalid_number"), Some(&2));
+        // Line numbers are right on both sides of a split, in the order of the input.
+        let message =
+            |line| format!("in.log:{line}: field `version` at column 1: `bad` is not a number\n");
+        assert_eq!(err, message(n / 4 + 2) + &message(3 * n / 4 + 3));
     }
 }
