@@ -413,6 +413,14 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
     assert_eq!(c["logConfiguration"]["logDriver"], "awslogs");
     assert_ne!(c["user"], "0");
     assert_eq!(c["readonlyRootFilesystem"], true);
+    // The state volume is reached through an EFS access point: the file system's own root
+    // belongs to root, which the non-root task could not write to.
+    let efs = &task["volumes"][0]["efsVolumeConfiguration"];
+    assert!(efs["authorizationConfig"]["accessPointId"]
+        .as_str()
+        .unwrap()
+        .starts_with("fsap-"));
+    assert_eq!(efs["transitEncryption"], "ENABLED");
 }
 
 #[test]
