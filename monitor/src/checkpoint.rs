@@ -42,6 +42,17 @@ impl CheckpointStore {
     pub fn new(state_dir: &Path, name: &str) -> Result<Self, String> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
+        // Found out now rather than at the first checkpoint, after work that would be lost.
+        let probe = state_dir.join(format!(".{name}.probe"));
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                format!(
+                    "state dir {} is not writable by this process: {e} (systemd: StateDirectory=; \
+                     containers: a volume the image's user 65532 owns)",
+                    state_dir.display()
+                )
+            })?;
         Ok(CheckpointStore {
             path: state_dir.join(format!("{name}.checkpoint.json")),
             rules_path: state_dir.join(format!("{name}.rules.state")),
@@ -101,5 +112,19 @@ mod tests {
         std::fs::write(dir.join("t.checkpoint.json"), b"{not json").unwrap();
         assert!(store.load().unwrap_err().contains("corrupt checkpoint"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unwritable_state_dir_is_refused_up_front() {
+        // /proc exists but takes no new files, even from root, as the tests may run.
+        let err = CheckpointStore::new(Path::new("/proc"), "t").err().unwrap();
+        assert!(
+            err.starts_with("state dir /proc is not writable by this process"),
+            "{err}"
+        );
+        let err = CheckpointStore::new(Path::new("/dev/null/state"), "t")
+            .err()
+            .unwrap();
+        assert!(err.starts_with("state dir /dev/null/state:"), "{err}");
     }
 }
