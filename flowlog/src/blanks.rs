@@ -60,10 +60,16 @@ pub(crate) fn token_bounds(line: &[u8], bounds: &mut [usize]) -> (usize, bool) {
     (written, high == 0)
 }
 
+#[cfg(target_arch = "x86_64")]
+use masks_sse2 as masks;
+
+#[cfg(not(target_arch = "x86_64"))]
+use masks_portable as masks;
+
 /// The blank mask and the above-0x7F mask of one full block.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn masks(block: &[u8]) -> (u64, u64) {
+fn masks_sse2(block: &[u8]) -> (u64, u64) {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
@@ -90,9 +96,10 @@ fn masks(block: &[u8]) -> (u64, u64) {
     (blank, high)
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// The same masks a byte at a time, for other processors (and to check the SSE2 version).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline(always)]
-fn masks(block: &[u8]) -> (u64, u64) {
+fn masks_portable(block: &[u8]) -> (u64, u64) {
     let mut blank = 0u64;
     let mut high = 0u64;
     for (k, &b) in block.iter().enumerate() {
@@ -172,6 +179,19 @@ mod tests {
             let (tokens, ascii) = tokens_blockwise(&line);
             proptest::prop_assert_eq!(tokens, tokens_bytewise(&line));
             proptest::prop_assert_eq!(ascii, line.is_ascii());
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn sse2_masks_match_the_portable_ones(
+            block in proptest::collection::vec(proptest::prelude::any::<u8>(), BLOCK),
+            blanks in proptest::collection::vec((0..BLOCK, 0..4usize), 0..20),
+        ) {
+            let mut block = block;
+            for (at, which) in blanks {
+                block[at] = [b' ', b'\t', b'\r', b'\n'][which];
+            }
+            proptest::prop_assert_eq!(masks_sse2(&block), masks_portable(&block));
         }
     }
 }
