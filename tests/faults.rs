@@ -8,14 +8,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{egresswatch, provision_stack, records_simulated, terminate, wait_until_committed};
+use common::{
+    egresswatch, fresh_dir, provision_stack, records_simulated, terminate, wait_until_committed,
+};
 
 #[test]
 fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
     let moto = egresswatch_testkit::moto();
-    let dir = std::env::temp_dir().join(format!("ew-faults-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("faults");
     let stack = "faulty";
     let outputs = provision_stack(&moto.endpoint(), stack, &dir);
     // Two hours of ten workloads, written straight to the emulator.

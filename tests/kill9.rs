@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{committed, terminate};
+use common::{committed, fresh_dir, terminate};
 use egresswatch_provision::{self as provision, Clients, Mode, StackSpec};
 
 const RECORDS: usize = 200_000;
@@ -101,8 +101,7 @@ fn monitor(
 async fn kill_dash_nine_loses_nothing_and_counts_nothing_twice() {
     let moto = egresswatch_testkit::moto();
     let out = stack_with_records(&moto, "crash", RECORDS).await;
-    let dir = std::env::temp_dir().join(format!("ew-kill9-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("kill9");
     std::fs::write(
         dir.join("outputs.json"),
         serde_json::to_string(&out).unwrap(),
@@ -146,8 +145,7 @@ async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
     let moto = egresswatch_testkit::moto();
     let total = 80_000;
     let out = stack_with_records(&moto, "term", total).await;
-    let dir = std::env::temp_dir().join(format!("ew-term-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("term");
     std::fs::write(
         dir.join("outputs.json"),
         serde_json::to_string(&out).unwrap(),

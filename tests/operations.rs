@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{egresswatch, provision_stack};
+use common::{egresswatch, fresh_dir, provision_stack};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -165,9 +165,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 #[test]
 fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager() {
     let moto = egresswatch_testkit::moto();
-    let dir = std::env::temp_dir().join(format!("ew-ops-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("ops");
     let stack = "opsdemo";
     let outputs_file = provision_stack(&moto.endpoint(), stack, &dir);
     let lists = dir.join("lists");
@@ -299,8 +297,7 @@ fn systemd_unit_verifies_and_scores_ok_on_hardening() {
         assert!(text.contains(needed), "unit lacks {needed}");
     }
     // verify checks that ExecStart exists: point it at the binary under test.
-    let dir = std::env::temp_dir().join(format!("ew-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("unit");
     let local = dir.join("egresswatch.service");
     std::fs::write(
         &local,
@@ -425,8 +422,7 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
 
 #[test]
 fn health_command_reports_a_running_daemon() {
-    let dir = std::env::temp_dir().join(format!("ew-health-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("health");
     let flows = dir.join("flows.log");
     std::fs::write(&flows, "").unwrap();
     let port = egresswatch_testkit::free_port();

@@ -5,24 +5,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{egresswatch, provision_stack, records_simulated, terminate, wait_until_committed};
+use common::{
+    egresswatch, fresh_dir, provision_stack, records_simulated, terminate, wait_until_committed,
+};
 use serde_json::Value;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_egresswatch"));
     c.env("RUST_LOG", "warn");
     c
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ew-sim-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn labels(path: &Path) -> Vec<Value> {
@@ -111,7 +106,7 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
 
 #[test]
 fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learnt() {
-    let dir = temp("file");
+    let dir = fresh_dir("sim-file");
     let flows = dir.join("flows.log");
     let status = bin()
         .args([
@@ -205,7 +200,7 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
 #[test]
 fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
     let moto = egresswatch_testkit::moto();
-    let dir = temp("cw");
+    let dir = fresh_dir("sim-cw");
     let stack = "simcw";
     let outputs = provision_stack(&moto.endpoint(), stack, &dir);
 

@@ -7,6 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// An empty directory for one test run, `ew-NAME-PID` under the system's temp dir; whatever a
+/// previous run with the same process id left there is removed.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ew-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Points a command at the emulator with test credentials.
 pub fn aws<'a>(c: &'a mut Command, endpoint: &str) -> &'a mut Command {
     c.env("AWS_ACCESS_KEY_ID", "testing")
