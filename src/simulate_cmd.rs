@@ -15,7 +15,7 @@ use egresswatch_monitor::detect::Finding;
 use egresswatch_monitor::pipeline::{detectors, Pipeline};
 use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::{Config, Metrics};
-use egresswatch_provision::logs::{put_events, PUT_MAX_EVENTS};
+use egresswatch_provision::logs::put_events;
 use egresswatch_simulate::{Label, Network, Scenario, Settings, Simulator, Subnet};
 use flowlog::{Decoder, Format};
 
@@ -318,24 +318,21 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
         network_from_outputs(&outputs)?,
         &SIMULATE_DEFAULTS,
     )?)?;
-    // Generation is synchronous; events are gathered per stream and sent in full batches.
-    let mut pending: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-    let mut full: Vec<(String, Vec<(i64, String)>)> = Vec::new();
+    // Generation is synchronous; events are gathered per stream, then each stream is written
+    // in as few calls as the service's limits allow.
+    let mut streams: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     let stats = sim.run(&format, |d| {
-        let v = pending.entry(d.stream.to_string()).or_default();
-        v.push((d.timestamp_ms, d.line.to_string()));
-        if v.len() >= PUT_MAX_EVENTS {
-            full.push((d.stream.to_string(), std::mem::take(v)));
-        }
+        streams
+            .entry(d.stream.to_string())
+            .or_default()
+            .push((d.timestamp_ms, d.line.to_string()));
     });
-    full.extend(pending.into_iter().filter(|(_, v)| !v.is_empty()));
-    let mut created = BTreeSet::new();
+    let stream_count = streams.len();
     let mut calls = 0u64;
     let started = Instant::now();
-    let total: usize = full.iter().map(|(_, v)| v.len()).sum();
+    let total: usize = streams.values().map(Vec::len).sum();
     let mut sent = 0usize;
-    for (stream, events) in full {
-        created.insert(stream.clone());
+    for (stream, events) in streams {
         put_events(&clients, &group, &stream, events, |n| {
             sent += n;
             calls += 1;
@@ -354,7 +351,7 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
     eprintln!(
         "egresswatch simulate: {} records into {group} over {} streams in {calls} PutLogEvents calls ({:.1}s); {} attack(s) labelled",
         stats.records,
-        created.len(),
+        stream_count,
         started.elapsed().as_secs_f64(),
         sim.labels().len()
     );
