@@ -87,16 +87,22 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+                tracing::error!("cannot install signal handlers");
+                return;
             };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    // SIGHUP's default action would end the process without a checkpoint;
+                    // the files the daemon reads are reloaded when they change anyway.
+                    _ = hup.recv() => tracing::info!("SIGHUP: nothing to do (deny lists and the network description reload when their files change)"),
+                }
             }
             tracing::info!("shutting down: finishing the batch in flight");
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -124,5 +130,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A reader thread blocked on stdin, or a stdout nobody reads, must not hold the process
+    // after the daemon has stopped.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -336,7 +336,7 @@ async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result
         put_events(&clients, &group, &stream, events, |n| {
             sent += n;
             calls += 1;
-            if calls % 20 == 0 {
+            if calls.is_multiple_of(20) {
                 eprintln!(
                     "  {sent}/{total} events written ({:.0}%)",
                     100.0 * sent as f64 / total.max(1) as f64
@@ -487,7 +487,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
             &EVALUATE_DEFAULTS,
         )?)?;
         let metrics = Arc::new(Metrics::new());
-        let mut router = Router::start(&config.alerts, vec![], metrics.clone());
+        let mut router = Router::new(&config.alerts, metrics.clone());
         router.kept = Some(Vec::new());
         let mut pipeline =
             Pipeline::new(topology.clone(), detectors(&config.rules)?, router, metrics);
@@ -507,8 +507,18 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         });
         report.records += stats.records;
         report.benign_records += stats.benign_records;
-        let findings = pipeline.router.kept.take().unwrap_or_default();
-        let raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
+        // Folds still open at the end are what a daemon would send once their window closes.
+        pipeline.router.flush();
+        let findings: Vec<_> = pipeline
+            .router
+            .kept
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.finding)
+            .collect();
+        let mut raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
+        raised.resize(findings.len(), None);
         score_into(
             &mut report,
             seed,

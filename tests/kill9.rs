@@ -1,7 +1,9 @@
 //! Exactly once across crashes: 200,000 flow-log records in the stack's log group (one stream
 //! per ENI), the `egresswatch monitor` process killed with SIGKILL at random points and
 //! restarted each time; in the end the records committed across all runs equal the records
-//! written, exactly.
+//! written, exactly. And at least once for alerts: with attacks among the records, the
+//! alerts a real webhook receiver and a real Alertmanager get across a run killed again and
+//! again are, by finding id, those a clean run delivers.
 
 mod common;
 
@@ -177,5 +179,261 @@ async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
     terminate(&child);
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(committed(&checkpoint) as usize, total);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Attacks hidden among `background` ordinary records in the NAT gateway's stream: SSH and
+/// DNS straight out through the NAT, each from its own workload to its own remote.
+async fn stack_with_attacks(
+    moto: &egresswatch_testkit::Service,
+    stack: &str,
+    background: usize,
+    attacks: usize,
+) -> provision::Outputs {
+    let out = stack_with_records(moto, stack, background).await;
+    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+        .await
+        .unwrap();
+    let format = flowlog::Format::parse(&out.flow_log_format).unwrap();
+    let nat = &out.nat_gateways[0];
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_000_000;
+    let vpc: ipnet::Ipv4Net = out.vpc_cidr.parse().unwrap();
+    let octets = vpc.network().octets();
+    let mut events = Vec::new();
+    let per_attack = background / attacks.max(1);
+    for n in 0..background {
+        let attack = (n % per_attack == per_attack / 2).then_some(n / per_attack);
+        let line: Vec<String> = format
+            .fields()
+            .iter()
+            .map(|f| {
+                let workload = format!(
+                    "{}.{}.16.{}",
+                    octets[0],
+                    octets[1],
+                    attack.map_or(n % 200 + 1, |a| 210 + a)
+                );
+                let (remote, port, proto) = match attack {
+                    Some(a) if a % 3 == 2 => ("8.8.8.8".to_string(), "53", "17"),
+                    Some(a) => (format!("198.51.100.{}", a + 1), "22", "6"),
+                    None => ("93.184.216.34".to_string(), "443", "6"),
+                };
+                match f.name() {
+                    "version" => "5".into(),
+                    "interface-id" => nat.network_interface_id.clone(),
+                    "srcaddr" | "pkt-srcaddr" => workload,
+                    "dstaddr" => nat.private_ip.clone(),
+                    "pkt-dstaddr" => remote,
+                    "srcport" => "40000".into(),
+                    "dstport" => port.into(),
+                    "protocol" => proto.into(),
+                    "packets" => "3".into(),
+                    "bytes" => "900".into(),
+                    "start" => "1764150000".into(),
+                    "end" => "1764150060".into(),
+                    "action" => "ACCEPT".into(),
+                    "log-status" => "OK".into(),
+                    _ => "-".into(),
+                }
+            })
+            .collect();
+        events.push((base + n as i64, line.join(" ")));
+    }
+    let stream = format!("{}-all", nat.network_interface_id);
+    provision::logs::put_events(&c, &out.log_group, &stream, events, |_| {})
+        .await
+        .unwrap();
+    out
+}
+
+fn monitor_with_sinks(
+    moto: &egresswatch_testkit::Service,
+    stack: &str,
+    dir: &std::path::Path,
+    state: &str,
+    webhook: &str,
+    alertmanager: Option<&str>,
+) -> std::process::Child {
+    let mut toml = format!("[alerts]\nstdout = false\nwebhook-url = \"{webhook}\"\n");
+    if let Some(am) = alertmanager {
+        toml.push_str(&format!("alertmanager-url = \"{am}\"\n"));
+    }
+    let config = dir.join(format!("{state}.toml"));
+    std::fs::write(&config, toml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--stack", stack, "--config"])
+        .arg(&config)
+        .arg("--outputs")
+        .arg(dir.join("outputs.json"))
+        .arg("--state-dir")
+        .arg(dir.join(state))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+            "--endpoint-url",
+            &moto.endpoint(),
+            "--region",
+            "us-east-1",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn ids(received: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    received
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_dash_nine_loses_no_alert() {
+    const BACKGROUND: usize = 60_000;
+    const ATTACKS: usize = 12;
+    let moto = egresswatch_testkit::moto();
+    let out = stack_with_attacks(&moto, "alerts", BACKGROUND, ATTACKS).await;
+    let total = (BACKGROUND * 2) as u64;
+    let dir = fresh_dir("kill9-alerts");
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
+
+    // A clean run: what should be delivered.
+    let clean_hook = egresswatch_testkit::webhook_receiver();
+    let mut child = monitor_with_sinks(&moto, "alerts", &dir, "clean", &clean_hook.url(), None);
+    common::wait_until_committed(
+        &dir.join("clean/cloudwatch.checkpoint.json"),
+        total,
+        Duration::from_secs(300),
+    );
+    // Stopping gives the sinks their grace to deliver what is left.
+    terminate(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let want = ids(&clean_hook.received());
+    // Every attack alerts; a DNS query straight out is also non-HTTPS egress.
+    assert!(want.len() >= ATTACKS, "{:#?}", clean_hook.received());
+    assert_eq!(
+        want.len(),
+        clean_hook.received().len(),
+        "a clean run repeats nothing"
+    );
+
+    // The same records, the daemon killed with SIGKILL at random points until it is done.
+    let hook = egresswatch_testkit::webhook_receiver();
+    let am = egresswatch_testkit::alertmanager();
+    let checkpoint = dir.join("crashy/cloudwatch.checkpoint.json");
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        child = monitor_with_sinks(
+            &moto,
+            "alerts",
+            &dir,
+            "crashy",
+            &hook.url(),
+            Some(&am.endpoint()),
+        );
+        if committed(&checkpoint) >= total && ids(&hook.received()).len() >= want.len() {
+            std::thread::sleep(Duration::from_secs(2));
+            terminate(&child);
+            assert_eq!(child.wait().unwrap().code(), Some(0));
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(200 + seed % 1500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} committed, {} alerts, after {kills} kills",
+            committed(&checkpoint),
+            hook.received().len()
+        );
+    }
+    assert!(kills >= 2, "killed {kills} times");
+    assert_eq!(committed(&checkpoint), total, "records counted once");
+    let got = hook.received();
+    assert_eq!(
+        ids(&got),
+        want,
+        "the webhook got every alert of the clean run"
+    );
+    let alerts: Vec<serde_json::Value> = reqwest::get(format!("{}/api/v2/alerts", am.endpoint()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let in_am: std::collections::BTreeSet<String> = alerts
+        .iter()
+        .map(|a| a["annotations"]["finding_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        in_am, want,
+        "Alertmanager holds every alert of the clean run"
+    );
+    eprintln!(
+        "kill -9: {kills} kills, {} deliveries to the webhook for {} alerts ({} repeats)",
+        got.len(),
+        want.len(),
+        got.len() - want.len()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigterm_with_stdin_blocked_exits_promptly() {
+    let dir = fresh_dir("stdin-term");
+    std::fs::write(
+        dir.join("topology.toml"),
+        "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
+    )
+    .unwrap();
+    // stdin is a pipe nobody writes to or closes: the read blocks for ever.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--source", "stdin", "--config"])
+        .arg(dir.join("topology.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+        ])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _writer = child.stdin.take();
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = Instant::now();
+    terminate(&child);
+    let deadline = sent + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("SIGTERM with stdin blocked: exited 0 after {took:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -292,6 +292,7 @@ fn systemd_unit_verifies_and_scores_ok_on_hardening() {
         "WatchdogSec=",
         "Restart=on-failure",
         "StateDirectory=egresswatch",
+        "LimitNOFILE=65536",
         "--config /etc/egresswatch/",
     ] {
         assert!(text.contains(needed), "unit lacks {needed}");

@@ -65,7 +65,7 @@ fn main() {
         stdout: false,
         ..Alerts::default()
     };
-    let router = Router::start(&alerts, vec![], metrics.clone());
+    let router = Router::new(&alerts, metrics.clone());
     let mut pipeline = Pipeline::new(
         topo,
         detectors(&rules).expect("detectors"),
@@ -156,7 +156,7 @@ fn main() {
     let started = Instant::now();
     let snapshot = pipeline.save_state();
     let saved = started.elapsed();
-    let fresh_router = Router::start(&alerts, vec![], metrics.clone());
+    let fresh_router = Router::new(&alerts, metrics.clone());
     let mut fresh = Pipeline::new(
         pipeline.topology.clone(),
         detectors(&rules).expect("detectors"),

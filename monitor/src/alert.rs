@@ -1,257 +1,562 @@
-//! The alert router: deduplicates findings per (rule, workload, remote) within a window of
-//! event time, and hands each to every sink through its own bounded queue. A slow or failing
-//! sink is retried with backoff and never blocks the pipeline; what overflows its queue is
-//! counted.
+//! The alert router: turns the rules' findings into alerts. It drops a finding that repeats
+//! one already alerted for the same (rule, workload, remote) within the dedupe window, and
+//! folds floods: past a budget per rule and per (rule, workload) in a window of event time,
+//! findings are counted into one alert that says how many it stands for. Everything here is
+//! event time and bounded; what it decides goes to the outbox, which makes it durable before
+//! any sink sees it, and the router's memory is rebuilt from the outbox after a restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Alerts;
 use crate::detect::{Finding, Severity};
 use crate::metrics::Metrics;
 
-/// Where alerts go.
-#[derive(Clone, Debug)]
-pub enum Sink {
-    Stdout,
-    Alertmanager(String),
-    Webhook(String),
-    Desktop,
+/// What sinks deliver: a finding with a stable id, or a fold of many findings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Derived from the finding's content, so a finding produced again after a crash carries
+    /// the same id and receivers can drop the repeat.
+    pub id: String,
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// For a folded alert: how many findings it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded: Option<u64>,
 }
 
-impl Sink {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Sink::Stdout => "stdout",
-            Sink::Alertmanager(_) => "alertmanager",
-            Sink::Webhook(_) => "webhook",
-            Sink::Desktop => "desktop",
-        }
-    }
+/// The running count of a fold: findings over budget for one rule (and workload) in one
+/// window. Kept in the outbox with every commit, so a crash loses no part of a flood.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub rule: String,
+    pub workload: Option<IpAddr>,
+    /// Start of the event-time window (seconds).
+    pub window_start: u64,
+    pub count: u64,
+    pub severity: Severity,
+    pub bytes: u64,
+    pub records: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// A few of the remotes folded in, for the alert's summary.
+    pub remotes: Vec<IpAddr>,
+    /// Set once the fold's alert has been emitted.
+    pub closed: bool,
+}
 
-    pub fn from_config(a: &Alerts) -> Vec<Sink> {
-        let mut v = Vec::new();
-        if a.stdout {
-            v.push(Sink::Stdout);
+/// Remotes a fold names in its summary.
+const FOLD_SAMPLE: usize = 5;
+
+/// FNV-1a over the canonical fields of a finding: a stable id that does not depend on the
+/// order or the run in which the finding was made.
+fn alert_id(f: &Finding, folded: bool) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        if let Some(u) = &a.alertmanager_url {
-            v.push(Sink::Alertmanager(u.trim_end_matches('/').to_string()));
+        // A separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    feed(f.rule.as_bytes());
+    feed(if folded { b"fold" } else { b"one" });
+    feed(
+        f.workload
+            .map(|w| w.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    feed(
+        f.remote
+            .map(|w| w.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    feed(&f.remote_port.unwrap_or(0).to_le_bytes());
+    feed(&[f.protocol.unwrap_or(0)]);
+    feed(f.interface_id.as_deref().unwrap_or("").as_bytes());
+    // A fold's times are those of the findings in it, so two folds of one window (records
+    // that came late, after the first was sent) differ.
+    feed(&f.first_seen.to_le_bytes());
+    feed(&f.last_seen.to_le_bytes());
+    format!("{h:016x}")
+}
+
+impl Alert {
+    pub fn single(finding: Finding) -> Alert {
+        Alert {
+            id: alert_id(&finding, false),
+            finding,
+            folded: None,
         }
-        if let Some(u) = &a.webhook_url {
-            v.push(Sink::Webhook(u.clone()));
-        }
-        if a.desktop {
-            v.push(Sink::Desktop);
-        }
-        v
     }
 }
 
 type DedupeKey = (&'static str, Option<IpAddr>, Option<IpAddr>);
+type FoldKey = (&'static str, Option<IpAddr>, u64);
 
-/// Entries kept for deduplication before old ones are swept, whatever the traffic.
-const DEDUPE_CAPACITY: usize = 100_000;
+/// Dedupe entries kept at most, whatever the traffic; past it the oldest is forgotten, which
+/// can only cost a repeated alert, never a missed one.
+pub const DEDUPE_CAPACITY: usize = 200_000;
+/// Fold windows open at once at most; past it the oldest is closed early.
+const FOLD_CAPACITY: usize = 20_000;
 
 pub struct Router {
     window: u64,
+    fold_window: u64,
+    workload_budget: u64,
+    rule_budget: u64,
+    /// Key -> event time of the alert that opened its dedupe window.
     seen: HashMap<DedupeKey, u64>,
-    queues: Vec<(&'static str, mpsc::Sender<Finding>)>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Keys in the order their windows were opened, with that time: expiry pops from the
+    /// front, so each finding costs O(1) amortised.
+    expiry: VecDeque<(u64, DedupeKey)>,
+    /// Individual alerts let through per (rule, workload, window) and per (rule, -, window).
+    spent: HashMap<FoldKey, u64>,
+    spent_order: VecDeque<FoldKey>,
+    folds: HashMap<FoldKey, Tally>,
+    /// Folds changed since the last `take`, to be written to the outbox.
+    dirty: Vec<FoldKey>,
+    /// Newest event time seen: windows end by it, not by the wall clock.
+    watermark: u64,
+    pending: Vec<Alert>,
+    /// Folds closed since the last `take`, to be marked closed in the outbox.
+    closed: Vec<Tally>,
     metrics: Arc<Metrics>,
-    /// When set, every alert that passes deduplication is also kept here (for evaluation,
-    /// which scores exactly what the sinks would have received).
-    pub kept: Option<Vec<Finding>>,
+    /// When set, alerts are kept here instead (for evaluation, which scores exactly what the
+    /// sinks would have received).
+    pub kept: Option<Vec<Alert>>,
+}
+
+/// What the router has decided since the last commit.
+#[derive(Default, Debug)]
+pub struct Decided {
+    pub alerts: Vec<Alert>,
+    pub tallies: Vec<Tally>,
+}
+
+fn rule_name(name: &str) -> Option<&'static str> {
+    crate::detect::RULES.iter().copied().find(|r| *r == name)
 }
 
 impl Router {
-    pub fn start(config: &Alerts, sinks: Vec<Sink>, metrics: Arc<Metrics>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        let mut queues = Vec::new();
-        let mut tasks = Vec::new();
-        for sink in sinks {
-            let (tx, rx) = mpsc::channel(config.queue_capacity);
-            for c in [
-                &metrics.alerts_sent,
-                &metrics.alerts_failed,
-                &metrics.alerts_dropped,
-            ] {
-                c.with_label_values(&[sink.name()]);
-            }
-            queues.push((sink.name(), tx));
-            tasks.push(tokio::spawn(deliver(
-                sink,
-                rx,
-                http.clone(),
-                metrics.clone(),
-                config.max_per_minute,
-            )));
+    pub fn new(config: &Alerts, metrics: Arc<Metrics>) -> Self {
+        for rule in crate::detect::RULES {
+            metrics.alerts_folded.with_label_values(&[rule]);
         }
         Router {
             window: config.dedupe_window_seconds,
+            fold_window: config.fold_window_seconds.max(1),
+            workload_budget: config.budget_per_workload,
+            rule_budget: config.budget_per_rule,
             seen: HashMap::new(),
-            queues,
-            tasks,
+            expiry: VecDeque::new(),
+            spent: HashMap::new(),
+            spent_order: VecDeque::new(),
+            folds: HashMap::new(),
+            dirty: Vec::new(),
+            watermark: 0,
+            pending: Vec::new(),
+            closed: Vec::new(),
             metrics,
             kept: None,
         }
     }
 
-    /// Routes a finding unless the same one alerted within the window (event time).
+    fn emit(&mut self, alert: Alert) {
+        match &mut self.kept {
+            Some(kept) => kept.push(alert),
+            None => self.pending.push(alert),
+        }
+    }
+
+    fn expire(&mut self) {
+        while let Some(&(opened, key)) = self.expiry.front() {
+            let stale = opened.saturating_add(self.window) <= self.watermark;
+            if !stale && self.seen.len() <= DEDUPE_CAPACITY {
+                break;
+            }
+            self.expiry.pop_front();
+            // A key re-opened later has a newer time in `seen` and a later queue entry.
+            if self.seen.get(&key) == Some(&opened) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
+    /// Remembers that `key` alerted at `t` (also used to rebuild from the outbox).
+    fn remember(&mut self, key: DedupeKey, t: u64) {
+        self.seen.insert(key, t);
+        self.expiry.push_back((t, key));
+    }
+
+    /// Routes a finding: dropped as a repeat, folded into a flood, or made an alert.
     pub fn route(&mut self, finding: Finding) {
-        let key = (finding.rule, finding.workload, finding.remote);
         let t = finding.last_seen;
-        if let Some(&last) = self.seen.get(&key) {
-            if t < last + self.window {
+        if t > self.watermark {
+            self.watermark = t;
+            self.close_folds(false);
+        }
+        self.expire();
+        let key = (finding.rule, finding.workload, finding.remote);
+        if let Some(&opened) = self.seen.get(&key) {
+            if t < opened.saturating_add(self.window) && t >= opened {
                 self.metrics.alerts_suppressed.inc();
                 return;
             }
         }
-        if self.seen.len() >= DEDUPE_CAPACITY {
-            let window = self.window;
-            self.seen.retain(|_, &mut last| last + window > t);
+        self.remember(key, t);
+        let bucket = t - t % self.fold_window;
+        let rule_key = (finding.rule, None, bucket);
+        let workload_key = (finding.rule, finding.workload, bucket);
+        // A workload over its budget folds under its own name; past the rule's budget the
+        // rest fold together, so one noisy rule cannot bury the others.
+        if finding.workload.is_some() && self.spent(workload_key) >= self.workload_budget {
+            self.fold(workload_key, &finding);
+            return;
         }
-        self.seen.insert(key, t);
-        if let Some(kept) = &mut self.kept {
-            kept.push(finding.clone());
+        if self.spent(rule_key) >= self.rule_budget {
+            self.fold(rule_key, &finding);
+            return;
         }
-        for (name, q) in &self.queues {
-            if q.try_send(finding.clone()).is_err() {
-                self.metrics.alerts_dropped.with_label_values(&[name]).inc();
+        self.charge(rule_key);
+        if finding.workload.is_some() {
+            self.charge(workload_key);
+        }
+        self.emit(Alert::single(finding));
+    }
+
+    fn spent(&self, key: FoldKey) -> u64 {
+        self.spent.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Counts one more individual alert against a budget.
+    fn charge(&mut self, key: FoldKey) {
+        let n = self.spent.entry(key).or_insert_with(|| {
+            self.spent_order.push_back(key);
+            0
+        });
+        *n = n.saturating_add(1);
+        // Budgets of windows well behind the watermark are done with.
+        while let Some(&old) = self.spent_order.front() {
+            let done = old.2.saturating_add(self.fold_window.saturating_mul(2)) < self.watermark;
+            if !done && self.spent.len() <= FOLD_CAPACITY {
+                break;
+            }
+            self.spent_order.pop_front();
+            if old != key {
+                self.spent.remove(&old);
             }
         }
     }
 
-    /// Closes the queues and waits (up to `grace`) for sinks to deliver what they hold.
-    pub async fn shutdown(self, grace: Duration) {
-        drop(self.queues);
-        let all = futures_join(self.tasks);
-        let _ = tokio::time::timeout(grace, all).await;
-    }
-}
-
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-async fn deliver(
-    sink: Sink,
-    mut rx: mpsc::Receiver<Finding>,
-    http: reqwest::Client,
-    metrics: Arc<Metrics>,
-    per_minute: u32,
-) {
-    let name = sink.name();
-    let spacing = Duration::from_secs_f64(60.0 / f64::from(per_minute.max(1)));
-    while let Some(finding) = rx.recv().await {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match send_one(&sink, &finding, &http).await {
-                Ok(()) => {
-                    metrics.alerts_sent.with_label_values(&[name]).inc();
-                    break;
-                }
-                Err(e) => {
-                    metrics.alerts_failed.with_label_values(&[name]).inc();
-                    tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "alert delivery failed; retrying");
-                    if rx.is_closed() && backoff > Duration::from_secs(2) {
-                        // Shutting down and the sink is still failing: give up on it.
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+    fn fold(&mut self, key: FoldKey, f: &Finding) {
+        self.metrics
+            .alerts_folded
+            .with_label_values(&[f.rule])
+            .inc();
+        let tally = self.folds.entry(key).or_insert_with(|| Tally {
+            rule: f.rule.to_string(),
+            workload: key.1,
+            window_start: key.2,
+            count: 0,
+            severity: f.severity,
+            bytes: 0,
+            records: 0,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            remotes: Vec::new(),
+            closed: false,
+        });
+        tally.count = tally.count.saturating_add(1);
+        tally.severity = tally.severity.max(f.severity);
+        tally.bytes = tally.bytes.saturating_add(f.bytes);
+        tally.records = tally.records.saturating_add(f.records);
+        tally.first_seen = tally.first_seen.min(f.first_seen);
+        tally.last_seen = tally.last_seen.max(f.last_seen);
+        if let Some(r) = f.remote {
+            if tally.remotes.len() < FOLD_SAMPLE && !tally.remotes.contains(&r) {
+                tally.remotes.push(r);
             }
         }
-        if !rx.is_closed() {
-            tokio::time::sleep(spacing.min(Duration::from_millis(1000))).await;
+        self.dirty.push(key);
+        if self.folds.len() > FOLD_CAPACITY {
+            self.close_folds(true);
         }
     }
-}
 
-fn alertmanager_payload(f: &Finding) -> serde_json::Value {
-    let mut labels = serde_json::json!({
-        "alertname": "EgressWatchFinding",
-        "rule": f.rule,
-        "severity": f.severity.as_str(),
-    });
-    if let Some(w) = f.workload {
-        labels["workload"] = w.to_string().into();
+    /// Emits the alert of every fold whose window the watermark has passed by a full window
+    /// (late records get that long); with `all`, of every open fold.
+    fn close_folds(&mut self, all: bool) {
+        let horizon = self.watermark.saturating_sub(self.fold_window);
+        let mut done: Vec<FoldKey> = self
+            .folds
+            .keys()
+            .filter(|k| all || k.2.saturating_add(self.fold_window) <= horizon)
+            .copied()
+            .collect();
+        // In a fixed order, so that a replay emits the same alerts in the same order.
+        done.sort_unstable_by_key(|k| (k.2, k.0, k.1));
+        for key in done {
+            if let Some(mut tally) = self.folds.remove(&key) {
+                tally.closed = true;
+                self.dirty.push(key);
+                let alert = fold_alert(key.0, &tally, self.fold_window);
+                self.emit(alert);
+                self.closed.push(tally);
+            }
+        }
     }
-    if let Some(r) = f.remote {
-        labels["remote"] = r.to_string().into();
-    }
-    if let Some(p) = f.remote_port {
-        labels["remote_port"] = p.to_string().into();
-    }
-    if let Some(i) = &f.interface_id {
-        labels["interface_id"] = i.clone().into();
-    }
-    serde_json::json!([{
-        "labels": labels,
-        "annotations": {"summary": f.summary, "bytes": f.bytes.to_string(), "first_seen": f.first_seen.to_string(), "last_seen": f.last_seen.to_string()},
-        "generatorURL": "https://github.com/egresswatch/egresswatch#alerts",
-    }])
-}
 
-async fn send_one(sink: &Sink, f: &Finding, http: &reqwest::Client) -> Result<(), String> {
-    match sink {
-        Sink::Stdout => {
-            let line = serde_json::to_string(f).map_err(|e| e.to_string())?;
-            use tokio::io::AsyncWriteExt;
-            let mut out = tokio::io::stdout();
-            out.write_all(format!("{line}\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            out.flush().await.map_err(|e| e.to_string())
+    /// Moves event time on (from the records, not only the findings), closing the folds it
+    /// has passed.
+    pub fn advance(&mut self, t: u64) {
+        if t > self.watermark {
+            self.watermark = t;
+            self.close_folds(false);
+            self.expire();
         }
-        Sink::Alertmanager(base) => {
-            let r = http
-                .post(format!("{base}/api/v2/alerts"))
-                .json(&alertmanager_payload(f))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            r.error_for_status().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Closes every open fold now (end of input, shutdown).
+    pub fn flush(&mut self) {
+        self.close_folds(true);
+    }
+
+    /// What was decided since the last call: new alerts and the folds that changed.
+    pub fn take(&mut self) -> Decided {
+        let mut tallies = Vec::new();
+        let mut keys = std::mem::take(&mut self.dirty);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            if let Some(t) = self.folds.get(&key) {
+                tallies.push(t.clone());
+            }
         }
-        Sink::Webhook(url) => {
-            let r = http
-                .post(url)
-                .json(f)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            r.error_for_status().map(|_| ()).map_err(|e| e.to_string())
+        tallies.append(&mut self.closed);
+        Decided {
+            alerts: std::mem::take(&mut self.pending),
+            tallies,
         }
-        Sink::Desktop => {
-            let summary = format!("egresswatch: {} ({})", f.rule, f.severity.as_str());
-            let body = f.summary.clone();
-            let urgency = match f.severity {
-                Severity::Critical | Severity::High => notify_rust::Urgency::Critical,
-                Severity::Medium => notify_rust::Urgency::Normal,
-                Severity::Low => notify_rust::Urgency::Low,
+    }
+
+    /// Rebuilds the dedupe memory and the open folds from what the outbox holds, oldest
+    /// first, so that findings made again after a crash are recognised as repeats.
+    pub fn restore(&mut self, alerts: &[&Alert], tallies: &[&Tally]) {
+        for a in alerts {
+            let f = &a.finding;
+            if a.folded.is_none() {
+                self.remember((f.rule, f.workload, f.remote), f.last_seen);
+            }
+            self.watermark = self.watermark.max(f.last_seen);
+        }
+        for t in tallies {
+            let Some(rule) = rule_name(&t.rule) else {
+                continue;
             };
-            tokio::task::spawn_blocking(move || {
-                notify_rust::Notification::new()
-                    .appname("egresswatch")
-                    .summary(&summary)
-                    .body(&body)
-                    .urgency(urgency)
-                    .show()
-                    .map(|_| ())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            let key = (rule, t.workload, t.window_start);
+            if t.closed {
+                self.folds.remove(&key);
+            } else {
+                self.folds.insert(key, (*t).clone());
+            }
+            // Budgets are spent by the time a fold exists.
+            let budget = if t.workload.is_some() {
+                self.workload_budget
+            } else {
+                self.rule_budget
+            };
+            if !self.spent.contains_key(&key) {
+                self.spent_order.push_back(key);
+            }
+            self.spent.insert(key, budget);
         }
+        self.expire();
+    }
+
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+}
+
+fn fold_alert(rule: &'static str, t: &Tally, window: u64) -> Alert {
+    let who = t
+        .workload
+        .map_or("several workloads".to_string(), |w| w.to_string());
+    let sample: Vec<String> = t.remotes.iter().map(|r| r.to_string()).collect();
+    let finding = Finding {
+        rule,
+        severity: t.severity,
+        summary: format!(
+            "{} more {rule} findings from {who} between {} and {} (event time), over the alert budget of the {window}s window starting {}; e.g. {}",
+            t.count,
+            t.first_seen,
+            t.last_seen,
+            t.window_start,
+            if sample.is_empty() { "-".into() } else { sample.join(", ") }
+        ),
+        workload: t.workload,
+        interface_id: None,
+        instance_id: None,
+        remote: None,
+        remote_port: None,
+        protocol: None,
+        bytes: t.bytes,
+        first_seen: t.first_seen,
+        last_seen: t.last_seen,
+        records: t.records,
+        evidence: None,
+    };
+    Alert {
+        id: alert_id(&finding, true),
+        finding,
+        folded: Some(t.count),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(rule: &'static str, workload: u8, remote: u32, t: u64) -> Finding {
+        Finding {
+            rule,
+            severity: Severity::Low,
+            summary: String::new(),
+            workload: Some(IpAddr::from([10, 0, 1, workload])),
+            interface_id: None,
+            instance_id: None,
+            remote: Some(IpAddr::from(remote.to_be_bytes())),
+            remote_port: Some(443),
+            protocol: Some(6),
+            bytes: 60,
+            first_seen: t,
+            last_seen: t,
+            records: 1,
+            evidence: None,
+        }
+    }
+
+    fn router(config: Alerts) -> Router {
+        Router::new(&config, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn repeats_within_the_window_are_dropped_and_alert_again_after_it() {
+        let mut r = router(Alerts {
+            dedupe_window_seconds: 100,
+            ..Alerts::default()
+        });
+        r.route(finding("non_https_egress", 1, 7, 1_000));
+        r.route(finding("non_https_egress", 1, 7, 1_050));
+        r.route(finding("non_https_egress", 1, 7, 1_100));
+        let got = r.take().alerts;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].finding.last_seen, 1_100);
+        // The same finding made again (after a crash) has the same id; another does not.
+        assert_eq!(
+            got[0].id,
+            Alert::single(finding("non_https_egress", 1, 7, 1_000)).id
+        );
+        assert_ne!(got[0].id, got[1].id);
+    }
+
+    #[test]
+    fn a_flood_folds_into_one_counted_alert_per_workload_and_rule() {
+        let mut r = router(Alerts {
+            budget_per_workload: 3,
+            budget_per_rule: 5,
+            fold_window_seconds: 600,
+            ..Alerts::default()
+        });
+        for remote in 0..1_000 {
+            r.route(finding("rejected_egress", 1, remote, 1_000));
+        }
+        // Workload 2 gets two alerts of its own before the rule's budget of five is spent.
+        for remote in 0..10 {
+            r.route(finding("rejected_egress", 2, remote, 1_001));
+        }
+        assert_eq!(r.take().alerts.len(), 5);
+        r.flush();
+        let d = r.take();
+        let folds: Vec<_> = d
+            .alerts
+            .iter()
+            .map(|a| (a.finding.workload, a.folded))
+            .collect();
+        assert_eq!(
+            folds,
+            vec![
+                (None, Some(8)),
+                (Some(IpAddr::from([10, 0, 1, 1])), Some(997)),
+            ]
+        );
+        assert!(d.tallies.iter().all(|t| t.closed));
+    }
+
+    #[test]
+    fn a_fold_closes_once_event_time_has_passed_its_window() {
+        let mut r = router(Alerts {
+            budget_per_workload: 1,
+            fold_window_seconds: 60,
+            ..Alerts::default()
+        });
+        for remote in 0..5 {
+            r.route(finding("rejected_egress", 1, remote, 1_000));
+        }
+        assert_eq!(r.take().alerts.len(), 1);
+        // A window and its grace later, the fold of the first window is emitted by itself.
+        r.route(finding("non_https_egress", 9, 1, 1_200));
+        let d = r.take();
+        assert_eq!(d.alerts.len(), 2);
+        assert_eq!(d.alerts[0].folded, Some(4));
+    }
+
+    #[test]
+    fn restored_from_the_outbox_it_knows_its_repeats_and_open_folds() {
+        let config = Alerts {
+            budget_per_workload: 2,
+            ..Alerts::default()
+        };
+        let mut r = router(config.clone());
+        for remote in 0..6 {
+            r.route(finding("rejected_egress", 1, remote, 1_000));
+        }
+        let d = r.take();
+        // A new router, given what the outbox held, drops the repeats and goes on counting.
+        let mut again = router(config);
+        let alerts: Vec<&Alert> = d.alerts.iter().collect();
+        let tallies: Vec<&Tally> = d.tallies.iter().collect();
+        again.restore(&alerts, &tallies);
+        again.route(finding("rejected_egress", 1, 0, 1_000));
+        again.route(finding("rejected_egress", 1, 99, 1_000));
+        assert!(again.take().alerts.is_empty());
+        again.flush();
+        assert_eq!(again.take().alerts[0].folded, Some(5));
+    }
+
+    #[test]
+    fn dedupe_memory_stays_bounded_and_each_finding_costs_constant_time() {
+        let mut r = router(Alerts {
+            budget_per_workload: u64::MAX,
+            budget_per_rule: u64::MAX,
+            ..Alerts::default()
+        });
+        // 250,000 distinct keys at one event time: no expiry can help, only the cap.
+        let started = std::time::Instant::now();
+        for n in 0..250_000u32 {
+            r.route(finding("port_scan", (n % 200) as u8, n, 5_000));
+        }
+        assert!(r.seen.len() <= DEDUPE_CAPACITY + 1);
+        assert_eq!(r.take().alerts.len(), 250_000);
+        // Debug build, so generous: a whole-table sweep per finding took minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 }

@@ -349,10 +349,11 @@ impl Detector for TrafficVolume {
                 return;
             }
         } else {
+            // Byte counts come from the input and may each be near 2^64: sums saturate.
             if sending {
-                p.sent += f.bytes;
+                p.sent = p.sent.saturating_add(f.bytes);
             } else {
-                p.received += f.bytes;
+                p.received = p.received.saturating_add(f.bytes);
             }
             (p.sent, p.received, p.alerted)
         };
@@ -537,7 +538,8 @@ impl Detector for RareDestination {
                     std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
             }
             s.current.insert(r);
-            if f.end < first_flow + self.rule.learning_seconds {
+            // Event times come from the input: a start near 2^64 must not overflow.
+            if f.end < first_flow.saturating_add(self.rule.learning_seconds) {
                 return;
             }
         }
@@ -548,16 +550,16 @@ impl Detector for RareDestination {
             received: 0,
             alerted: false,
         });
-        if f.end > d.first_seen + self.rule.new_for_seconds {
+        if f.end > d.first_seen.saturating_add(self.rule.new_for_seconds) {
             // No longer new: it stays in the seen-filter only.
             s.new_destinations.remove(&rk);
             return;
         }
         d.workloads.add(key_of(w));
         if sending {
-            d.sent += f.bytes;
+            d.sent = d.sent.saturating_add(f.bytes);
         } else {
-            d.received += f.bytes;
+            d.received = d.received.saturating_add(f.bytes);
         }
         if !sending
             || d.alerted
@@ -678,10 +680,10 @@ impl Detector for SlowDrip {
         // counted with the previous bucket, which can only make the estimate larger.
         let slot = usize::from(bucket >= d.bucket);
         if sending {
-            d.sent[slot] += f.bytes;
+            d.sent[slot] = d.sent[slot].saturating_add(f.bytes);
             d.flows += 1;
         } else {
-            d.received[slot] += f.bytes;
+            d.received[slot] = d.received[slot].saturating_add(f.bytes);
         }
         d.first_seen = d.first_seen.min(f.start);
         if !sending || shared || d.alerted_bucket == Some(d.bucket) {
@@ -1352,6 +1354,102 @@ mod tests {
         assert_eq!(
             (found[0].rule, found[0].remote, found[0].remote_port),
             ("port_sweep", None, Some(443))
+        );
+    }
+
+    /// Bytes come from the input, and AWS's field is a u64: sums must stop at u64::MAX
+    /// rather than wrap (a panic in debug builds, a small number in release builds).
+    #[test]
+    fn byte_sums_saturate_instead_of_wrapping() {
+        const HUGE: u64 = u64::MAX - 1;
+        let t = 1_764_150_000;
+        let w: IpAddr = W.parse().unwrap();
+        let up = |remote: &str| flow(Path::NatEgress, remote, 443, HUGE, t);
+        let down = |remote: &str| flow(Path::NatReturn, remote, 443, HUGE, t);
+
+        // Rare destination: a threshold only a saturated sum reaches. Two near-2^64 uploads
+        // cross it on the second (a wrapped sum, 2^64 - 4, would never).
+        let rule = RareDestinationRule {
+            learning_seconds: 0,
+            upload_bytes: u64::MAX,
+            ..RareDestinationRule::default()
+        };
+        let mut d = RareDestination::new(rule, 1_000);
+        assert!(run(&mut d, &[up("203.0.113.5")]).is_empty());
+        let found = run(&mut d, &[up("203.0.113.5"), up("203.0.113.5")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].bytes, u64::MAX);
+        let r: IpAddr = "203.0.113.5".parse().unwrap();
+        assert_eq!(
+            d.state.new_destinations.get(&key_of(r)).unwrap().sent,
+            u64::MAX
+        );
+        run(&mut d, &[down("203.0.113.5"), down("203.0.113.5")]);
+        assert_eq!(
+            d.state.new_destinations.get(&key_of(r)).unwrap().received,
+            u64::MAX
+        );
+
+        // Traffic volume: the pair's window sums.
+        let rule = TrafficVolumeRule {
+            learning_windows: 0,
+            ..TrafficVolumeRule::default()
+        };
+        let mut v = TrafficVolume::new(rule, 1_000);
+        let found = run(
+            &mut v,
+            &[up("203.0.113.5"), up("203.0.113.5"), up("203.0.113.5")],
+        );
+        // Reported once for the window, when the first record crossed the threshold.
+        assert_eq!(found.len(), 1, "{found:?}");
+        run(&mut v, &[down("203.0.113.5"), down("203.0.113.5")]);
+        let pair = v.state.pairs.get(&pair_key(w, r)).unwrap();
+        assert_eq!((pair.sent, pair.received), (u64::MAX, u64::MAX));
+
+        // Slow drip: both buckets' sums, and the estimate the finding reports.
+        let mut s = SlowDrip::new(SlowDripRule::default(), 1_000);
+        let found = run(&mut s, &[up("203.0.113.5"), up("203.0.113.5")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].bytes, u64::MAX);
+        run(&mut s, &[down("203.0.113.5"), down("203.0.113.5")]);
+        let drip = s.state.pairs.get(&pair_key(w, r)).unwrap();
+        assert_eq!((drip.sent[1], drip.received[1]), (u64::MAX, u64::MAX));
+    }
+
+    /// Event times come from the input too: records stamped near the end of u64 go through
+    /// every rule without an overflow, with the rules' default periods added to them.
+    #[test]
+    fn event_times_near_the_end_of_u64_do_not_overflow() {
+        let start = u64::MAX - 59;
+        let late = |remote: &str, port: u16| {
+            let mut f = flow(Path::NatEgress, remote, port, u64::MAX - 1, start);
+            f.end = u64::MAX;
+            f
+        };
+        let flows: Vec<Flow> = (0..80)
+            .map(|i| late(&format!("203.0.113.{}", i % 3 + 1), 1_000 + i as u16))
+            .collect();
+        let mut detectors: Vec<Box<dyn Detector>> = vec![
+            Box::new(NewRemotePort::new(NewRemotePortRule::default(), 1_000)),
+            Box::new(TrafficVolume::new(TrafficVolumeRule::default(), 1_000)),
+            Box::new(RareDestination::new(RareDestinationRule::default(), 1_000)),
+            Box::new(SlowDrip::new(SlowDripRule::default(), 1_000)),
+            Box::new(Beaconing::new(BeaconingRule::default(), 1_000)),
+            Box::new(PortScan::new(PortScanRule::default(), 1_000)),
+        ];
+        let mut rules_that_fired = Vec::new();
+        for d in &mut detectors {
+            rules_that_fired.extend(run(d.as_mut(), &flows).iter().map(|f| f.rule));
+        }
+        // New port and volume are still learning and beaconing needs regular gaps; the rare-
+        // destination rule's learning day, added to a start this late, saturates at the end of
+        // u64 and so is over. The rest judge as usual: 27 ports on each of three hosts, and
+        // near-2^64 uploads to destinations new and private to one workload.
+        rules_that_fired.sort_unstable();
+        rules_that_fired.dedup();
+        assert_eq!(
+            rules_that_fired,
+            ["port_scan", "rare_destination", "slow_drip"]
         );
     }
 }

@@ -91,7 +91,7 @@ impl<K: Eq + Hash, V> BoundedMap<K, V> {
             let mut n = 0usize;
             self.entries.retain(|_, _| {
                 n += 1;
-                n % 2 == 0
+                n.is_multiple_of(2)
             });
         }
         self.evicted += (before - self.entries.len()) as u64;

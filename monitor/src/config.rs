@@ -33,6 +33,9 @@ pub struct Config {
     pub topology: Option<Topology>,
     /// Seconds between CloudWatch polls.
     pub poll_interval_seconds: u64,
+    /// Longest line read from a file or stdin; a longer one is skipped unread and counted as
+    /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
+    pub max_line_bytes: usize,
     /// Read only log streams hashing to this shard: "INDEX/COUNT".
     pub shard: Option<String>,
     pub rules: Rules,
@@ -225,12 +228,26 @@ impl Default for PortScanRule {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Alerts {
-    /// One alert per (rule, workload, remote) within this many seconds.
+    /// One alert per (rule, workload, remote) within this many seconds of event time.
     pub dedupe_window_seconds: u64,
-    /// At most this many alerts per minute per sink; the rest wait in the queue.
+    /// Webhook and desktop deliveries per minute at most (stdout and Alertmanager take
+    /// batches); what waits is served highest severity first.
     pub max_per_minute: u32,
-    /// Alerts a sink may hold while it is down; overflow is counted and dropped.
-    pub queue_capacity: usize,
+    /// Event-time window over which the alert budgets below are counted.
+    pub fold_window_seconds: u64,
+    /// Alerts one rule may raise for one workload in a window; past it, that rule's
+    /// findings for that workload are folded into one alert saying how many there were.
+    pub budget_per_workload: u64,
+    /// Alerts one rule may raise in a window over all workloads, before folding.
+    pub budget_per_rule: u64,
+    /// Bytes the alert outbox may hold; past it the oldest alerts go, counted as dropped
+    /// for each sink that had not delivered them.
+    pub outbox_max_bytes: u64,
+    /// Age (wall clock) past which the outbox drops an alert no matter what.
+    pub outbox_max_age_seconds: u64,
+    /// At shutdown, how long sinks get to deliver what they hold (the rest stays in the
+    /// outbox for the next start).
+    pub shutdown_grace_seconds: u64,
     /// JSON line per finding on stdout.
     pub stdout: bool,
     /// Alertmanager base URL, e.g. http://127.0.0.1:9093.
@@ -254,6 +271,8 @@ impl Default for Config {
             outputs_file: None,
             topology: None,
             poll_interval_seconds: 10,
+            // A flow-log record is well under 1 KiB; CloudWatch caps an event at 256 KiB.
+            max_line_bytes: 256 * 1024,
             shard: None,
             rules: Rules::default(),
             alerts: Alerts::default(),
@@ -287,7 +306,12 @@ impl Default for Alerts {
         Alerts {
             dedupe_window_seconds: 3600,
             max_per_minute: 60,
-            queue_capacity: 10_000,
+            fold_window_seconds: 600,
+            budget_per_workload: 10,
+            budget_per_rule: 100,
+            outbox_max_bytes: 256 << 20,
+            outbox_max_age_seconds: 7 * 86_400,
+            shutdown_grace_seconds: 10,
             stdout: true,
             alertmanager_url: None,
             webhook_url: None,
@@ -319,13 +343,16 @@ impl Config {
         if let Some(s) = &self.shard {
             parse_shard(s)?;
         }
-        if self.poll_interval_seconds == 0 {
-            return Err("poll-interval-seconds must be at least 1".into());
-        }
-        if self.alerts.queue_capacity == 0 || self.alerts.max_per_minute == 0 {
-            return Err(
-                "alerts.queue-capacity and alerts.max-per-minute must be at least 1".into(),
-            );
+        // Flow logs publish at most every 600 s (the longest aggregation interval): polling
+        // less often than that only delays alerts, so a larger value is a mistake in units.
+        within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;
+        self.alerts.validate()?;
+        if self.max_line_bytes < 256 || self.max_line_bytes > 64 << 20 {
+            return Err(format!(
+                "max-line-bytes = {}: must be between 256 and {} (64 MiB)",
+                self.max_line_bytes,
+                64 << 20
+            ));
         }
         self.rules.validate()?;
         if let Some(f) = &self.format {
@@ -335,39 +362,149 @@ impl Config {
     }
 }
 
+impl Alerts {
+    /// Each value must be at least 1 and at most a bound that keeps memory and waits sane.
+    fn validate(&self) -> Result<(), String> {
+        let bounded: [(&str, u64, u64); 7] = [
+            // A week: event-time memory of alerts is bounded by entries, but a longer
+            // window only hides repeats a SOC wants to see again.
+            (
+                "alerts.dedupe-window-seconds",
+                self.dedupe_window_seconds,
+                7 * 86_400,
+            ),
+            (
+                "alerts.max-per-minute",
+                u64::from(self.max_per_minute),
+                60_000,
+            ),
+            // A day: folds are held open this long in event time.
+            (
+                "alerts.fold-window-seconds",
+                self.fold_window_seconds,
+                86_400,
+            ),
+            (
+                "alerts.budget-per-workload",
+                self.budget_per_workload,
+                100_000,
+            ),
+            ("alerts.budget-per-rule", self.budget_per_rule, 1_000_000),
+            // 16 GiB: the outbox is read whole at start.
+            ("alerts.outbox-max-bytes", self.outbox_max_bytes, 16 << 30),
+            // Ten minutes: systemd's and ECS's stop timeouts are shorter than that.
+            (
+                "alerts.shutdown-grace-seconds",
+                self.shutdown_grace_seconds,
+                600,
+            ),
+        ];
+        for (name, v, max) in bounded {
+            if v == 0 || v > max {
+                return Err(format!("{name} = {v}: must be between 1 and {max}"));
+            }
+        }
+        if self.outbox_max_age_seconds < 60 || self.outbox_max_age_seconds > 90 * 86_400 {
+            return Err(format!(
+                "alerts.outbox-max-age-seconds = {}: must be between 60 and {} (90 days)",
+                self.outbox_max_age_seconds,
+                90 * 86_400
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Rules {
     fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("rules.state-entries", self.state_entries as u64),
+        const DAY: u64 = 86_400;
+        // (key, value, least, most). Each maximum bounds the memory or the wait the value
+        // decides, far above any sensible setting, so reaching one is a mistake (a value in
+        // milliseconds, a stray digit) rather than a deployment that needs more.
+        let bounded: [(&str, u64, u64, u64); 11] = [
+            // Up to two tables of this many entries per behavioural rule, tens to hundreds of
+            // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
+            ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
+            // A month without findings while the rule learns is the longest anyone would
+            // accept; the learning clock is event time, so this is also a month of input.
+            (
+                "rules.new-remote-port.learning-seconds",
+                self.new_remote_port.learning_seconds,
+                0,
+                30 * DAY,
+            ),
+            // A window longer than a day averages an upload away; the baseline needs
+            // learning-windows of them before it is trusted.
             (
                 "rules.traffic-volume.window-seconds",
                 self.traffic_volume.window_seconds,
+                1,
+                DAY,
             ),
+            (
+                "rules.rare-destination.learning-seconds",
+                self.rare_destination.learning_seconds,
+                0,
+                30 * DAY,
+            ),
+            // A destination is remembered as new (in the state table) this long.
+            (
+                "rules.rare-destination.new-for-seconds",
+                self.rare_destination.new_for_seconds,
+                0,
+                30 * DAY,
+            ),
+            // Two Bloom filters of about 1.2 bytes per destination each, allocated at start and
+            // written in every snapshot (each minute): 10 million is 24 MB, ten times the
+            // default.
             (
                 "rules.rare-destination.filter-capacity",
                 self.rare_destination.filter_capacity as u64,
+                1,
+                10_000_000,
             ),
+            // A week of bytes per pair; beyond it the two buckets stop describing a drip and
+            // start describing a workload's normal life.
             (
                 "rules.slow-drip.horizon-seconds",
                 self.slow_drip.horizon_seconds,
+                1,
+                7 * DAY,
             ),
+            // Every connection re-sorts its pair's history (8 bytes an entry, per pair):
+            // 256 keeps a day of 6-minute beacons at a bounded cost per record.
+            (
+                "rules.beaconing.history",
+                self.beaconing.history as u64,
+                4,
+                256,
+            ),
+            // Scan keys are kept for a few windows; a scan spread over more than an hour is
+            // no longer told apart from ordinary traffic by counts per window.
             (
                 "rules.port-scan.window-seconds",
                 self.port_scan.window_seconds,
+                1,
+                3_600,
             ),
+            // Each (workload, host, window) key keeps up to this many ports and each
+            // (workload, port, window) key this many hosts, exactly: 1,024 bounds one key to
+            // 2 KB of ports or 17 KB of addresses.
             (
                 "rules.port-scan.distinct-ports",
                 self.port_scan.distinct_ports as u64,
+                1,
+                1_024,
             ),
             (
                 "rules.port-scan.distinct-hosts",
                 self.port_scan.distinct_hosts as u64,
+                1,
+                1_024,
             ),
         ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
+        for (name, v, least, most) in bounded {
+            within(name, v, least, most)?;
         }
         for (name, v) in [
             (
@@ -424,6 +561,17 @@ impl Rules {
     }
 }
 
+/// `value` of `key` within [least, most], or an error naming the key, the value and the bounds.
+fn within(key: &str, value: u64, least: u64, most: u64) -> Result<(), String> {
+    if (least..=most).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {value}: must be between {least} and {most}"
+        ))
+    }
+}
+
 /// "INDEX/COUNT" with 0 <= INDEX < COUNT.
 pub fn parse_shard(s: &str) -> Result<(u32, u32), String> {
     let err = || format!("shard = \"{s}\": expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
@@ -454,5 +602,94 @@ mod tests {
         let e = Config::from_toml("listen = \"nowhere\"", "c.toml").unwrap_err();
         assert!(e.contains("listen"), "{e}");
         assert_eq!(parse_shard("1/3"), Ok((1, 3)));
+    }
+
+    #[test]
+    fn values_that_size_memory_or_time_are_bounded_by_name() {
+        // (section, key as the error names it, least, most)
+        let bounds = [
+            ("", "poll-interval-seconds", 1, 600),
+            ("rules", "rules.state-entries", 1, 4_194_304),
+            (
+                "rules.new-remote-port",
+                "rules.new-remote-port.learning-seconds",
+                0,
+                2_592_000,
+            ),
+            (
+                "rules.traffic-volume",
+                "rules.traffic-volume.window-seconds",
+                1,
+                86_400,
+            ),
+            (
+                "rules.rare-destination",
+                "rules.rare-destination.learning-seconds",
+                0,
+                2_592_000,
+            ),
+            (
+                "rules.rare-destination",
+                "rules.rare-destination.new-for-seconds",
+                0,
+                2_592_000,
+            ),
+            (
+                "rules.rare-destination",
+                "rules.rare-destination.filter-capacity",
+                1,
+                10_000_000,
+            ),
+            (
+                "rules.slow-drip",
+                "rules.slow-drip.horizon-seconds",
+                1,
+                604_800,
+            ),
+            ("rules.beaconing", "rules.beaconing.history", 4, 256),
+            (
+                "rules.port-scan",
+                "rules.port-scan.window-seconds",
+                1,
+                3_600,
+            ),
+            (
+                "rules.port-scan",
+                "rules.port-scan.distinct-ports",
+                1,
+                1_024,
+            ),
+            (
+                "rules.port-scan",
+                "rules.port-scan.distinct-hosts",
+                1,
+                1_024,
+            ),
+        ];
+        let toml = |section: &str, key: &str, v: u64| {
+            let leaf = key.rsplit('.').next().unwrap();
+            if section.is_empty() {
+                format!("{leaf} = {v}\n")
+            } else {
+                format!("[{section}]\n{leaf} = {v}\n")
+            }
+        };
+        for (section, key, least, most) in bounds {
+            let at_most = Config::from_toml(&toml(section, key, most), "c.toml");
+            assert!(at_most.is_ok(), "{key} = {most}: {at_most:?}");
+            for over in [most + 1, i64::MAX as u64] {
+                assert_eq!(
+                    Config::from_toml(&toml(section, key, over), "c.toml").unwrap_err(),
+                    format!("c.toml: {key} = {over}: must be between {least} and {most}")
+                );
+            }
+        }
+        // The bounds held on the values the code uses.
+        let c = Config::from_toml(&toml("rules.beaconing", "history", 256), "c.toml").unwrap();
+        assert_eq!(c.rules.beaconing.history, 256);
+        assert_eq!(
+            Config::from_toml("[rules]\nstate-entries = 0\n", "c.toml").unwrap_err(),
+            "c.toml: rules.state-entries = 0: must be between 1 and 4194304"
+        );
     }
 }

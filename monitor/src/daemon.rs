@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use flowlog::{Decoder, Format};
+use flowlog::{Decoder, Format, Line};
 use tokio::sync::watch;
 
-use crate::alert::{Router, Sink};
-use crate::checkpoint::CheckpointStore;
+use crate::alert::Router;
+use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{parse_shard, Config};
 use crate::metrics::Metrics;
+use crate::outbox::AlertLog;
 use crate::pipeline::{detectors, Pipeline};
+use crate::source::file::{FileSource, FileSourceOptions};
 use crate::topology::Topology;
 
 /// Unix seconds of the main loop's last sign of progress; the systemd watchdog is fed only
@@ -98,49 +100,8 @@ fn fnv1a(data: &[u8], seed: u32) -> u64 {
     h ^ (h >> 33)
 }
 
-/// Serves /metrics, /healthz and /readyz until shutdown.
-pub async fn serve(
-    listen: std::net::SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    use axum::{routing::get, Router as Http};
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("listen on {listen}: {e}"))?;
-    let m = metrics.clone();
-    let app = Http::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let r = ready.clone();
-                async move {
-                    if r.load(Ordering::SeqCst) {
-                        (axum::http::StatusCode::OK, "ready\n")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-    });
-    Ok(())
-}
+// The metrics and health server lives in its own module; callers keep this path.
+pub use crate::http::serve;
 
 fn topology(config: &Config) -> Result<Topology, String> {
     if let Some(t) = &config.topology {
@@ -155,6 +116,38 @@ fn topology(config: &Config) -> Result<Topology, String> {
     Err("no network topology: set outputs-file (from `egresswatch provision outputs`) or [topology] in the config".into())
 }
 
+/// Whether the source is reading: drives /readyz, `egresswatch_source_up` and the log. The
+/// reason is logged when it changes, not at every failed poll.
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    reason: Option<String>,
+}
+
+impl Health {
+    fn reading(&mut self) {
+        if self.reason.take().is_some() {
+            tracing::info!("source reading again");
+        }
+        self.metrics.source_up.set(1);
+        self.metrics
+            .source_last_success_timestamp
+            .set(unix_now() as i64);
+        mark_ready(&self.ready);
+    }
+
+    fn failing(&mut self, reason: String) {
+        if self.reason.as_deref() != Some(reason.as_str()) {
+            tracing::error!(reason = %reason, "source cannot read; not ready until it can");
+        }
+        self.reason = Some(reason);
+        self.metrics.source_up.set(0);
+        self.ready.store(false, Ordering::SeqCst);
+        // Still alive: the watchdog is for a wedged loop, not an unreachable service.
+        beat();
+    }
+}
+
 /// Runs the daemon until the source ends (files, stdin) or shutdown is signalled.
 pub async fn run(
     config: Config,
@@ -164,67 +157,134 @@ pub async fn run(
 ) -> Result<RunSummary, String> {
     let topo = topology(&config)?;
     let dets = detectors(&config.rules)?;
-    let router = Router::start(
-        &config.alerts,
-        Sink::from_config(&config.alerts),
-        metrics.clone(),
-    );
-    let ready = Arc::new(AtomicBool::new(false));
-    beat();
-    start_watchdog(shutdown.clone());
-    serve(
-        config.listen,
-        metrics.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     let shard = config.shard.as_deref().map(parse_shard).transpose()?;
     let store_name = match (config.source.as_str(), shard) {
         ("cloudwatch", Some((i, n))) => format!("cloudwatch-{i}-of-{n}"),
         ("cloudwatch", None) => "cloudwatch".into(),
         _ => "file".into(),
     };
-    // Files and stdin need no read positions, so an unusable state dir only costs them the
-    // rules' memory; CloudWatch cannot run without its checkpoints.
-    let store = match CheckpointStore::new(&config.state_dir, &store_name) {
-        Ok(s) => Some(s),
-        Err(e) if config.source != "cloudwatch" => {
-            tracing::warn!(error = %e, "state dir unusable; the rules will not remember what they learn across runs");
-            None
-        }
-        Err(e) => return Err(e),
+    // Read positions and undelivered alerts live here for every source: without it a restart
+    // would read a file twice or lose the alerts in flight.
+    let store = CheckpointStore::new(&config.state_dir, &store_name)?;
+    let mut router = Router::new(&config.alerts, metrics.clone());
+    let mut alerts = AlertLog::open(
+        &config.state_dir,
+        &store_name,
+        &config.alerts,
+        crate::sink::from_config(&config.alerts)?,
+        &mut router,
+        metrics.clone(),
+    )?;
+    let ready = Arc::new(AtomicBool::new(false));
+    metrics.source_up.set(0);
+    beat();
+    start_watchdog(shutdown.clone());
+    // The server stops with the run, whether a signal or the end of the input ends it.
+    let (server_stop, server_stopped) = watch::channel(false);
+    let mut outer = shutdown.clone();
+    let forward = server_stop.clone();
+    tokio::spawn(async move {
+        let _ = outer.wait_for(|s| *s).await;
+        let _ = forward.send(true);
+    });
+    serve(
+        config.listen,
+        metrics.clone(),
+        ready.clone(),
+        server_stopped,
+    )
+    .await?;
+    let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
+    restore_rules(&store, &mut pipeline)?;
+    let mut health = Health {
+        ready,
+        metrics: metrics.clone(),
+        reason: None,
     };
-    if let Some(store) = &store {
-        restore_rules(store, &mut pipeline)?;
-    }
+    let mut cp = store.load()?;
     let result = if config.source == "cloudwatch" {
-        let clients = clients.ok_or("the cloudwatch source needs AWS clients")?;
-        let store = store.as_ref().ok_or("no checkpoint store")?;
-        cloudwatch(&config, &clients, &mut pipeline, shutdown, &ready, store).await
-    } else {
-        mark_ready(&ready);
-        let format = match &config.format {
-            Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
-            // Without a header line, a file from this stack is in the provisioner's format.
-            None => Format::parse(&egresswatch_provision::flow_log_format())
-                .map_err(|e| e.to_string())?,
-        };
-        let path = config.source.strip_prefix("file:").map(PathBuf::from);
-        read_stream(path, format, &mut pipeline, config.follow, &shutdown).map(|records| {
-            RunSummary {
-                records,
-                batches: 1,
+        match clients {
+            Some(clients) => {
+                let mut reader = CloudWatch {
+                    config: &config,
+                    clients: &clients,
+                    shard,
+                };
+                reader
+                    .run(
+                        &mut pipeline,
+                        &mut alerts,
+                        &store,
+                        &mut cp,
+                        &mut health,
+                        shutdown,
+                    )
+                    .await
             }
-        })
+            None => Err("the cloudwatch source needs AWS clients".to_string()),
+        }
+    } else {
+        read_file(
+            &config,
+            &mut pipeline,
+            &mut alerts,
+            &store,
+            &mut cp,
+            &mut health,
+            shutdown,
+        )
+        .await
     };
+    // Whatever ended the run, errors included: what the rules learnt is saved and the sinks
+    // get their grace. Open folds are closed only at the end of a finite input; a daemon
+    // that stops keeps them open in the outbox, to go on counting at the next start.
     pipeline.publish_top_k();
-    if let Some(store) = &store {
-        snapshot_rules(store, &pipeline)?;
+    if let Err(e) = snapshot_rules(&store, &pipeline) {
+        tracing::error!(error = %e, "could not save what the rules learnt");
     }
-    pipeline.router.shutdown(Duration::from_secs(10)).await;
+    alerts
+        .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
+        .await;
+    let _ = server_stop.send(true);
     result
+}
+
+/// Commits a batch: alerts durable, then the checkpoint. A failure (a full disk) is retried
+/// with backoff, the batch's decisions kept in memory and the position unmoved, until it
+/// works or shutdown comes, when the batch is left to be read again at the next start.
+async fn commit(
+    p: &mut Pipeline,
+    alerts: &mut AlertLog,
+    store: &CheckpointStore,
+    cp: &Checkpoint,
+    health: &mut Health,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), String> {
+    p.router.advance(p.newest_event);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut save = || store.save(cp);
+        match alerts.commit(&mut p.router, &mut save) {
+            Ok(()) => {
+                p.metrics.checkpoint_timestamp.set(unix_now() as i64);
+                return Ok(());
+            }
+            Err(e) => {
+                health.failing(format!("cannot commit to the state dir: {e}"));
+                if *shutdown.borrow() {
+                    return Err(format!(
+                        "stopping with a batch not committed ({e}); it is read again at the next start"
+                    ));
+                }
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 fn restore_rules(store: &CheckpointStore, p: &mut Pipeline) -> Result<(), String> {
@@ -268,71 +328,112 @@ pub fn open_input(path: Option<&std::path::Path>) -> std::io::Result<Box<dyn Rea
     })
 }
 
-/// Reads a file (plain or .gz) or stdin to its end; with `follow`, keeps reading what is
-/// appended to a plain file (a partial last line waits for its newline) until shutdown.
-fn read_stream(
-    path: Option<PathBuf>,
-    format: Format,
-    p: &mut Pipeline,
-    follow: bool,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<u64, String> {
+/// The first line of a file, when it is a header naming the fields: a run that resumes past
+/// it still has to read the records in its format.
+fn header_of(path: &std::path::Path, decoder: &mut Decoder) {
     use std::io::BufRead;
-    let name = path
+    let Ok(file) = open_input(Some(path)) else {
+        return;
+    };
+    let mut first = Vec::new();
+    let mut reader = std::io::BufReader::new(file.take(64 * 1024));
+    if reader.read_until(b'\n', &mut first).is_ok() {
+        if let Ok(Line::Header) = decoder.decode(&first) {
+            tracing::debug!(file = %path.display(), "format taken from the file's header line");
+        }
+    }
+}
+
+/// Reads a file (plain or .gz) or stdin on a reader thread; with `follow`, keeps reading what
+/// is appended, across truncation and rotation, until shutdown. Each chunk of lines is
+/// committed with the position after it, so a restart resumes where the last one ended.
+async fn read_file(
+    config: &Config,
+    p: &mut Pipeline,
+    alerts: &mut AlertLog,
+    store: &CheckpointStore,
+    cp: &mut Checkpoint,
+    health: &mut Health,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunSummary, String> {
+    let format = match &config.format {
+        Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
+        // Without a header line, a file from this stack is in the provisioner's format.
+        None => {
+            Format::parse(&egresswatch_provision::flow_log_format()).map_err(|e| e.to_string())?
+        }
+    };
+    let path = config.source.strip_prefix("file:").map(PathBuf::from);
+    let key = path
         .as_ref()
         .map_or("stdin".to_string(), |p| p.display().to_string());
-    let reader = open_input(path.as_deref()).map_err(|e| format!("{name}: {e}"))?;
+    let resume = cp.files.get(&key).cloned();
     let mut decoder = Decoder::following_headers(format);
-    let mut input = std::io::BufReader::with_capacity(1 << 20, reader);
-    // Lines are handed over straight from the read buffer; only a line split across two
-    // reads is copied, into `partial`.
-    let mut partial: Vec<u8> = Vec::new();
-    let mut n = 0u64;
-    loop {
-        let buf = input.fill_buf().map_err(|e| format!("{name}: {e}"))?;
-        if buf.is_empty() {
-            if !follow || *shutdown.borrow() {
-                if !partial.is_empty() {
-                    n += 1;
-                    p.line(&mut decoder, &partial, &Origin(&name, n));
-                }
-                return Ok(n);
-            }
-            // Wait for more to be appended; a partial last line waits for its newline.
-            beat();
-            std::thread::sleep(Duration::from_millis(250));
-            continue;
+    if let (Some(path), Some(pos)) = (&path, &resume) {
+        if pos.offset > 0 {
+            header_of(path, &mut decoder);
         }
-        let mut at = 0;
-        if !partial.is_empty() {
-            match memchr::memchr(b'\n', buf) {
-                Some(end) => {
-                    partial.extend_from_slice(&buf[..=end]);
-                    n += 1;
-                    p.line(&mut decoder, &partial, &Origin(&name, n));
-                    partial.clear();
-                    at = end + 1;
-                }
-                None => {
-                    partial.extend_from_slice(buf);
-                    let len = buf.len();
-                    input.consume(len);
-                    continue;
-                }
-            }
-        }
-        while let Some(end) = memchr::memchr(b'\n', &buf[at..]) {
-            n += 1;
-            p.line(&mut decoder, &buf[at..=at + end], &Origin(&name, n));
-            at += end + 1;
-            if n % 65_536 == 0 {
-                beat();
-            }
-        }
-        partial.extend_from_slice(&buf[at..]);
-        let len = buf.len();
-        input.consume(len);
     }
+    let opts = FileSourceOptions {
+        follow: config.follow,
+        max_line_bytes: config.max_line_bytes,
+        ..FileSourceOptions::default()
+    };
+    let mut source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
+    let too_long = p.metrics.bad_lines.with_label_values(&["line_too_long"]);
+    let mut summary = RunSummary::default();
+    let mut last_snapshot = std::time::Instant::now();
+    let mut stop = shutdown.clone();
+    health.reading();
+    loop {
+        let next = tokio::select! {
+            next = source.next() => next,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let chunk = match next {
+            None => {
+                // End of a finite input: its floods are complete.
+                p.router.flush();
+                commit(p, alerts, store, cp, health, &shutdown).await?;
+                break;
+            }
+            Some(Err(e)) => {
+                // Complete lines before a broken gzip member were handed over already.
+                p.router.flush();
+                commit(p, alerts, store, cp, health, &shutdown).await?;
+                return Err(e.to_string());
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        for note in &chunk.notes {
+            tracing::warn!(file = %chunk.name, "{note}");
+        }
+        if chunk.oversize_lines > 0 {
+            too_long.inc_by(chunk.oversize_lines);
+            tracing::warn!(file = %chunk.name, lines = chunk.oversize_lines, max_line_bytes = config.max_line_bytes, "lines longer than max-line-bytes skipped");
+        }
+        let mut n = chunk.first_line;
+        let mut lines = 0u64;
+        for line in chunk.text.split_inclusive(|&b| b == b'\n') {
+            p.line(&mut decoder, line, &Origin(&chunk.name, n));
+            n = n.saturating_add(1);
+            lines += 1;
+        }
+        summary.records = summary.records.saturating_add(lines);
+        summary.batches += 1;
+        cp.records_committed = cp.records_committed.saturating_add(lines);
+        if let Some(pos) = chunk.position {
+            cp.files.insert(key.clone(), pos);
+        }
+        beat();
+        commit(p, alerts, store, cp, health, &shutdown).await?;
+        health.reading();
+        if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
+            snapshot_rules(store, p)?;
+            last_snapshot = std::time::Instant::now();
+        }
+    }
+    Ok(summary)
 }
 
 async fn flow_log_format(
@@ -354,12 +455,7 @@ async fn flow_log_format(
         )
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "DescribeFlowLogs for log group {group}: {}",
-                e.message().unwrap_or(&e.to_string())
-            )
-        })?;
+        .map_err(|e| format!("DescribeFlowLogs for log group {group}: {}", aws_error(&e)))?;
     let f = got
         .flow_logs()
         .first()
@@ -370,135 +466,293 @@ async fn flow_log_format(
     Format::parse(f).map_err(|e| format!("flow log format `{f}`: {e}"))
 }
 
-async fn cloudwatch(
-    config: &Config,
-    clients: &egresswatch_provision::Clients,
-    p: &mut Pipeline,
-    mut shutdown: watch::Receiver<bool>,
-    ready: &AtomicBool,
-    store: &CheckpointStore,
-) -> Result<RunSummary, String> {
-    let group = config
-        .log_group
-        .clone()
-        .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack));
-    if config.format.is_none() {
-        p.metrics
-            .source_calls
-            .with_label_values(&["DescribeFlowLogs"])
-            .inc();
+/// An SDK error with its cause chain (a missing credential says so), not just "dispatch
+/// failure".
+fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> String {
+    match e.message() {
+        Some(m) => format!("{}: {m}", e.code().unwrap_or("error")),
+        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
     }
-    let format = flow_log_format(config, clients, &group).await?;
-    let shard = config.shard.as_deref().map(parse_shard).transpose()?;
-    let mut reloader = Reloader::new(config);
-    let mut cp = store.load()?;
-    let mut last_snapshot = std::time::Instant::now();
-    let m = p.metrics.clone();
-    let mut summary = RunSummary::default();
-    loop {
-        if *shutdown.borrow() {
-            return Ok(summary);
-        }
-        // Every stream of the group; new ENIs bring new streams.
+}
+
+/// The CloudWatch Logs source: every stream of the group (or of this shard), each read from
+/// its saved forward token.
+struct CloudWatch<'a> {
+    config: &'a Config,
+    clients: &'a egresswatch_provision::Clients,
+    shard: Option<(u32, u32)>,
+}
+
+/// What one page of a stream did.
+enum Page {
+    /// Records were read; more may follow.
+    More,
+    /// The stream has nothing new.
+    Done,
+    /// The call failed; try the stream again next poll.
+    Failed,
+}
+
+impl CloudWatch<'_> {
+    fn group(&self) -> String {
+        self.config
+            .log_group
+            .clone()
+            .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", self.config.stack))
+    }
+
+    /// Every stream of the group with its creation time, or why they cannot be listed.
+    async fn streams(&self, m: &Metrics, group: &str) -> Result<Vec<(String, i64)>, String> {
         let mut streams = Vec::new();
         let mut token: Option<String> = None;
         loop {
             m.source_calls
                 .with_label_values(&["DescribeLogStreams"])
                 .inc();
-            let r = clients
+            let page = self
+                .clients
                 .logs
                 .describe_log_streams()
-                .log_group_name(&group)
+                .log_group_name(group)
                 .set_next_token(token.clone())
                 .send()
-                .await;
-            let page = match r {
-                Ok(page) => page,
-                Err(e) => {
-                    count_error(&m, "DescribeLogStreams", e.code());
-                    tracing::warn!(error = %e.message().unwrap_or(&e.to_string()), "DescribeLogStreams failed; retrying next poll");
-                    break;
-                }
-            };
-            streams.extend(
-                page.log_streams()
-                    .iter()
-                    .filter_map(|s| s.log_stream_name().map(String::from)),
-            );
+                .await
+                .map_err(|e| {
+                    count_error(m, "DescribeLogStreams", e.code());
+                    format!(
+                        "DescribeLogStreams for log group {group}: {}",
+                        aws_error(&e)
+                    )
+                })?;
+            streams.extend(page.log_streams().iter().filter_map(|s| {
+                s.log_stream_name()
+                    .map(|n| (n.to_string(), s.creation_time().unwrap_or(0)))
+            }));
             token = page.next_token().map(String::from);
             if token.is_none() {
                 break;
             }
         }
-        if let Some((i, n)) = shard {
-            streams.retain(|s| shard_of(s, n) == i);
+        if let Some((i, n)) = self.shard {
+            streams.retain(|(s, _)| shard_of(s, n) == i);
         }
-        mark_ready(ready);
-        reloader.reload_if_changed(config, p);
-        for stream in streams {
-            loop {
-                if *shutdown.borrow() {
-                    return Ok(summary);
-                }
-                let start = cp.streams.get(&stream).cloned();
-                m.source_calls.with_label_values(&["GetLogEvents"]).inc();
-                let r = clients
-                    .logs
-                    .get_log_events()
-                    .log_group_name(&group)
-                    .log_stream_name(&stream)
-                    .start_from_head(true)
-                    .limit(10_000)
-                    .set_next_token(start.clone())
-                    .send()
-                    .await;
-                let page = match r {
-                    Ok(page) => page,
-                    Err(e) => {
-                        count_error(&m, "GetLogEvents", e.code());
-                        tracing::warn!(stream = %stream, error = %e.message().unwrap_or(&e.to_string()), "GetLogEvents failed; retrying next poll");
-                        break;
-                    }
-                };
-                let next = page.next_forward_token().map(String::from);
-                let events = page.events();
-                let mut decoder = Decoder::pinned(format.clone());
-                let label = format!("{group}/{stream}@");
-                for ev in events {
-                    let origin = Origin(&label, ev.timestamp().unwrap_or(0) as u64);
-                    p.line(&mut decoder, ev.message().unwrap_or("").as_bytes(), &origin);
-                }
-                summary.records += events.len() as u64;
-                summary.batches += 1;
-                beat();
-                p.publish_top_k();
-                // Only now, with the batch through every stage, does the position move.
-                let unchanged = next.is_none() || next == start;
-                if let Some(n) = next {
-                    cp.streams.insert(stream.clone(), n);
-                }
-                cp.records_committed += events.len() as u64;
-                store.save(&cp)?;
-                m.checkpoint_timestamp.set(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0),
-                );
-                if events.is_empty() || unchanged {
-                    break;
+        Ok(streams)
+    }
+
+    async fn run(
+        &mut self,
+        p: &mut Pipeline,
+        alerts: &mut AlertLog,
+        store: &CheckpointStore,
+        cp: &mut Checkpoint,
+        health: &mut Health,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<RunSummary, String> {
+        let group = self.group();
+        let mut format: Option<Format> = None;
+        let mut reloader = Reloader::new(self.config);
+        let mut last_snapshot = std::time::Instant::now();
+        let m = p.metrics.clone();
+        let mut summary = RunSummary::default();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(summary);
+            }
+            match self
+                .poll(
+                    p,
+                    alerts,
+                    store,
+                    cp,
+                    health,
+                    &shutdown,
+                    &group,
+                    &mut format,
+                    &mut summary,
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) => health.failing(e),
+            }
+            reloader.reload_if_changed(self.config, p);
+            if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
+                snapshot_rules(store, p)?;
+                last_snapshot = std::time::Instant::now();
+            }
+            let _ = &m;
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(self.config.poll_interval_seconds)) => {}
+            }
+        }
+    }
+
+    /// One pass over every stream. Err: the source cannot read at all (the reason).
+    #[allow(clippy::too_many_arguments)]
+    async fn poll(
+        &mut self,
+        p: &mut Pipeline,
+        alerts: &mut AlertLog,
+        store: &CheckpointStore,
+        cp: &mut Checkpoint,
+        health: &mut Health,
+        shutdown: &watch::Receiver<bool>,
+        group: &str,
+        format: &mut Option<Format>,
+        summary: &mut RunSummary,
+    ) -> Result<(), String> {
+        let m = p.metrics.clone();
+        if format.is_none() {
+            if self.config.format.is_none() {
+                m.source_calls
+                    .with_label_values(&["DescribeFlowLogs"])
+                    .inc();
+            }
+            match flow_log_format(self.config, self.clients, group).await {
+                Ok(f) => *format = Some(f),
+                Err(e) => {
+                    m.source_errors
+                        .with_label_values(&["DescribeFlowLogs"])
+                        .inc();
+                    return Err(e);
                 }
             }
         }
-        if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
-            snapshot_rules(store, p)?;
-            last_snapshot = std::time::Instant::now();
+        let format = format.clone().ok_or("no flow-log format")?;
+        let streams = self.streams(&m, group).await?;
+        health.reading();
+        // Streams deleted from the group leave the checkpoint.
+        let listed: std::collections::HashSet<&str> =
+            streams.iter().map(|(s, _)| s.as_str()).collect();
+        let before = cp.streams.len();
+        cp.streams.retain(|s, _| listed.contains(s.as_str()));
+        cp.stream_created.retain(|s, _| listed.contains(s.as_str()));
+        if cp.streams.len() < before {
+            tracing::info!(
+                streams = before - cp.streams.len(),
+                "log streams gone from the group; dropped from the checkpoint"
+            );
         }
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(config.poll_interval_seconds)) => {}
+        let mut failed = 0usize;
+        for (stream, created) in &streams {
+            // A stream made again under the same name: its old token points into the old one.
+            if cp
+                .stream_created
+                .get(stream)
+                .is_some_and(|c| *c != *created)
+            {
+                tracing::warn!(stream = %stream, "log stream was re-created; reading it from its start");
+                cp.streams.remove(stream);
+            }
+            cp.stream_created.insert(stream.clone(), *created);
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                match self
+                    .page(
+                        p, alerts, store, cp, health, shutdown, group, stream, &format, summary,
+                    )
+                    .await?
+                {
+                    Page::More => continue,
+                    Page::Done => break,
+                    Page::Failed => {
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
         }
+        if failed > 0 && failed == streams.len() {
+            return Err(format!("GetLogEvents failed for every stream of {group}"));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn page(
+        &mut self,
+        p: &mut Pipeline,
+        alerts: &mut AlertLog,
+        store: &CheckpointStore,
+        cp: &mut Checkpoint,
+        health: &mut Health,
+        shutdown: &watch::Receiver<bool>,
+        group: &str,
+        stream: &str,
+        format: &Format,
+        summary: &mut RunSummary,
+    ) -> Result<Page, String> {
+        let m = p.metrics.clone();
+        let start = cp.streams.get(stream).cloned();
+        m.source_calls.with_label_values(&["GetLogEvents"]).inc();
+        let r = self
+            .clients
+            .logs
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .start_from_head(true)
+            .limit(10_000)
+            .set_next_token(start.clone())
+            .send()
+            .await;
+        let page = match r {
+            Ok(page) => page,
+            Err(e) => {
+                count_error(&m, "GetLogEvents", e.code());
+                let code = e.code().unwrap_or("");
+                if start.is_some() && code == "InvalidParameterException" {
+                    // A token this stream does not know: read it from its start rather than
+                    // never again.
+                    tracing::warn!(stream = %stream, error = %aws_error(&e), "saved token refused; reading the stream from its start");
+                    cp.streams.remove(stream);
+                    return Ok(Page::More);
+                }
+                if code == "ResourceNotFoundException" {
+                    cp.streams.remove(stream);
+                    cp.stream_created.remove(stream);
+                    return Ok(Page::Done);
+                }
+                tracing::warn!(stream = %stream, error = %aws_error(&e), "GetLogEvents failed; retrying next poll");
+                return Ok(Page::Failed);
+            }
+        };
+        let next = page.next_forward_token().map(String::from);
+        let events = page.events();
+        let mut decoder = Decoder::pinned(format.clone());
+        let label = format!("{group}/{stream}@");
+        let mut records = 0u64;
+        for ev in events {
+            let origin = Origin(&label, ev.timestamp().unwrap_or(0) as u64);
+            // An event may hold several records, one per line.
+            for line in ev.message().unwrap_or("").as_bytes().split(|&b| b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                p.line(&mut decoder, line, &origin);
+                records += 1;
+            }
+        }
+        summary.records = summary.records.saturating_add(records);
+        summary.batches += 1;
+        beat();
+        p.publish_top_k();
+        // Only now, with the batch through every stage and its alerts durable, does the
+        // position move.
+        let unchanged = next.is_none() || next == start;
+        if let Some(n) = next {
+            cp.streams.insert(stream.to_string(), n);
+        }
+        cp.records_committed = cp.records_committed.saturating_add(records);
+        commit(p, alerts, store, cp, health, shutdown).await?;
+        Ok(if events.is_empty() || unchanged {
+            Page::Done
+        } else {
+            Page::More
+        })
     }
 }
 
@@ -595,7 +849,7 @@ mod tests {
         );
         let config = Config::from_toml(&toml, "t.toml").unwrap();
         let metrics = Arc::new(Metrics::new());
-        let router = Router::start(&config.alerts, vec![], metrics.clone());
+        let router = Router::new(&config.alerts, metrics.clone());
         let mut p = Pipeline::new(
             topology(&config).unwrap(),
             detectors(&config.rules).unwrap(),
@@ -635,7 +889,6 @@ mod tests {
             b"eni-nat 10.0.1.6 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.6 203.0.113.9 1764150060";
         p.line(&mut decoder, other, &"t");
         assert_eq!(denied(), 2);
-        p.router.shutdown(Duration::from_secs(1)).await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

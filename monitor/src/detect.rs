@@ -37,9 +37,10 @@ impl Severity {
 }
 
 /// Something a rule flagged, with the evidence behind it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
-    pub rule: &'static str,
+    #[serde(deserialize_with = "known_rule")]
+    pub rule: RuleName,
     pub severity: Severity,
     pub summary: String,
     pub workload: Option<IpAddr>,
@@ -56,6 +57,20 @@ pub struct Finding {
     /// the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+}
+
+/// A rule's name, as every finding and metric carries it. (An alias, so that serde reads it
+/// through `known_rule` rather than borrowing it from the input.)
+pub type RuleName = &'static str;
+
+/// Reads a rule's name back (from the outbox) as the name the rule itself carries.
+fn known_rule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = String::deserialize(d)?;
+    RULES
+        .iter()
+        .copied()
+        .find(|r| *r == name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown rule `{name}`")))
 }
 
 /// The numbers a behavioural rule decided on.

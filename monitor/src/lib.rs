@@ -11,8 +11,12 @@ pub mod config;
 pub mod daemon;
 pub mod denylist;
 pub mod detect;
+pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
+pub mod sink;
+pub mod source;
 pub mod topology;
 
 pub use config::Config;

@@ -23,6 +23,11 @@ pub struct Metrics {
     pub alerts_failed: IntCounterVec,
     pub alerts_dropped: IntCounterVec,
     pub alerts_suppressed: IntCounter,
+    pub alerts_folded: IntCounterVec,
+    pub alerts_pending: IntGaugeVec,
+    pub outbox_bytes: IntGauge,
+    pub source_up: IntGauge,
+    pub source_last_success_timestamp: IntGauge,
     pub build_info: IntGaugeVec,
     pub rules_snapshot_seconds: Histogram,
     /// The heaviest NAT-egress workloads and destinations; the only series that carry
@@ -30,6 +35,9 @@ pub struct Metrics {
     pub top_workloads: IntGaugeVec,
     pub top_remotes: IntGaugeVec,
     pub rule_state_evictions: IntCounterVec,
+    /// Connections to this endpoint closed to make room past its connection cap: a client
+    /// holding many idle connections open.
+    pub http_connections_shed: IntCounter,
 }
 
 /// The process's peak resident memory in KiB (VmHWM), for benchmarks and `evaluate`;
@@ -76,7 +84,8 @@ impl TopK {
 
     pub fn add(&mut self, key: std::net::IpAddr, amount: u64) {
         if let Some(c) = self.counters.get_mut(&key) {
-            *c += amount;
+            // Amounts are bytes from the input: a record may claim nearly 2^64 of them.
+            *c = c.saturating_add(amount);
             return;
         }
         if self.counters.len() >= self.capacity {
@@ -88,7 +97,7 @@ impl TopK {
                 *c = c.saturating_sub(cut);
                 *c > 0
             });
-            self.decremented += cut;
+            self.decremented = self.decremented.saturating_add(cut);
         }
         self.counters.insert(key, amount);
     }
@@ -114,6 +123,13 @@ impl TopK {
                 .set(count.min(i64::MAX as u64) as i64);
         }
     }
+}
+
+/// Adds `amount` to `counter`, stopping at u64::MAX: prometheus's `inc_by` wraps around, and
+/// amounts taken from flow records (bytes, packets) can each be close to 2^64. Only the
+/// pipeline's thread adds to these counters, so the read and the add do not race.
+pub fn inc_saturating(counter: &IntCounter, amount: u64) {
+    counter.inc_by(amount.min(u64::MAX - counter.get()));
 }
 
 /// Registers `metric` in the one registry and hands it back. The names and labels are
@@ -229,10 +245,46 @@ impl Metrics {
         let alerts_dropped = counter_vec(
             &r,
             "egresswatch_alerts_dropped_total",
-            "Alerts dropped because a sink's queue was full, by sink.",
+            "Alerts a sink never delivered because the outbox reached its size or age bound, by sink.",
             &["sink"],
         );
         let alerts_suppressed = register(&r, IntCounter::new("egresswatch_alerts_deduplicated_total", "Findings not sent again because the same rule, workload and remote alerted within the dedupe window.").expect("valid counter"));
+        let alerts_folded = counter_vec(
+            &r,
+            "egresswatch_alerts_folded_total",
+            "Findings folded into a counted alert because their rule was over its alert budget, by rule.",
+            &["rule"],
+        );
+        let alerts_pending = gauge_vec(
+            &r,
+            "egresswatch_alerts_pending",
+            "Alerts in the outbox a sink has not yet acknowledged, by sink.",
+            &["sink"],
+        );
+        let outbox_bytes = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_outbox_bytes",
+                "Bytes the alert outbox holds in the state dir.",
+            )
+            .expect("valid gauge"),
+        );
+        let source_up = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_source_up",
+                "1 while the source reads successfully, 0 while it cannot (the log says why).",
+            )
+            .expect("valid gauge"),
+        );
+        let source_last_success_timestamp = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_source_last_success_timestamp_seconds",
+                "When the source last read successfully (Unix seconds).",
+            )
+            .expect("valid gauge"),
+        );
         let build_info = gauge_vec(
             &r,
             "egresswatch_build_info",
@@ -266,6 +318,14 @@ impl Metrics {
             "Entries the behavioural rules forgot to stay within rules.state-entries, by rule.",
             &["rule"],
         );
+        let http_connections_shed = register(
+            &r,
+            IntCounter::new(
+                "egresswatch_http_connections_shed_total",
+                "Connections to the metrics endpoint closed to make room for a new one past its cap of open connections (a client holding many idle connections).",
+            )
+            .expect("valid counter"),
+        );
         // Series with known label values start at zero, so rates and alerts see them before the
         // first event (Prometheus's advice for labelled counters).
         for op in SOURCE_OPERATIONS {
@@ -283,6 +343,7 @@ impl Metrics {
             top_workloads,
             top_remotes,
             rule_state_evictions,
+            http_connections_shed,
             rules_snapshot_seconds,
             registry: r,
             records,
@@ -298,6 +359,11 @@ impl Metrics {
             last_record_timestamp,
             alerts_sent,
             alerts_failed,
+            alerts_folded,
+            alerts_pending,
+            outbox_bytes,
+            source_up,
+            source_last_success_timestamp,
             alerts_dropped,
             alerts_suppressed,
             build_info,
@@ -346,7 +412,7 @@ mod tests {
         // Two heavy destinations among 10,000 light ones.
         for i in 0..10_000u32 {
             t.add(std::net::IpAddr::V4((0x0b00_0000 + i).into()), 1_000);
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 t.add("203.0.113.9".parse().unwrap(), 50_000);
                 t.add("198.51.100.7".parse().unwrap(), 20_000);
             }

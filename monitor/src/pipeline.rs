@@ -18,7 +18,7 @@ use crate::denylist::Denylist;
 use crate::detect::{
     DenylistedDestination, Detector, DnsBypass, Finding, NonHttpsEgress, RejectedEgress,
 };
-use crate::metrics::{port_class, Metrics, TopK};
+use crate::metrics::{inc_saturating, port_class, Metrics, TopK};
 use crate::topology::Topology;
 
 pub struct Pipeline {
@@ -29,6 +29,9 @@ pub struct Pipeline {
     pub records: u64,
     /// Flows that reached the rules (every record but duplicate views and status records).
     pub flows_judged: u64,
+    /// Window end of the newest record seen: event time, by which the router closes folds
+    /// even when no new finding comes.
+    pub newest_event: u64,
     findings: Vec<Finding>,
     top_workloads: TopK,
     top_remotes: TopK,
@@ -125,6 +128,7 @@ impl Pipeline {
             metrics,
             records: 0,
             flows_judged: 0,
+            newest_event: 0,
             findings: Vec::new(),
             top_workloads: TopK::new(TOP_K_COUNTERS),
             top_remotes: TopK::new(TOP_K_COUNTERS),
@@ -233,13 +237,14 @@ impl Pipeline {
                 )
             });
         records.inc();
-        bytes.inc_by(flow.bytes);
-        if self.records % 4_096 == 0 {
+        inc_saturating(bytes, flow.bytes);
+        if self.records.is_multiple_of(4_096) {
             self.clock = now();
         }
         if flow.end > 0 {
             m.ingest_lag
                 .observe(self.clock.saturating_sub(flow.end) as f64);
+            self.newest_event = self.newest_event.max(flow.end);
             if flow.end as i64 > m.last_record_timestamp.get() {
                 m.last_record_timestamp.set(flow.end as i64);
             }
@@ -254,7 +259,7 @@ impl Pipeline {
                 self.top_remotes.add(r, flow.bytes);
             }
         }
-        if self.flows_judged % TOP_K_REFRESH == 0 {
+        if self.flows_judged.is_multiple_of(TOP_K_REFRESH) {
             self.publish_top_k();
         }
         for d in &mut self.detectors {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use egresswatch_monitor::checkpoint::read_checkpoint;
 use egresswatch_monitor::config::Config;
 use egresswatch_monitor::Metrics;
 use egresswatch_provision::{self as provision, Clients, Mode, StackSpec};
@@ -498,11 +499,8 @@ dedupe-window-seconds = 3600
         .copied(),
         Some(2.0)
     );
-    let cp: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("state/cloudwatch.checkpoint.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(cp["records_committed"], 13);
+    let cp = read_checkpoint(&dir.join("state/cloudwatch.checkpoint.json")).unwrap();
+    assert_eq!(cp.records_committed, 13);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -606,12 +604,10 @@ async fn three_shards_together_count_exactly_what_one_daemon_counts() {
     // The shards' checkpoints cover every stream exactly once.
     let mut owned: Vec<String> = Vec::new();
     for i in 0..3 {
-        let cp: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join(format!("shard{i}/cloudwatch-{i}-of-3.checkpoint.json")))
-                .unwrap(),
-        )
-        .unwrap();
-        owned.extend(cp["streams"].as_object().unwrap().keys().cloned());
+        let cp =
+            read_checkpoint(&dir.join(format!("shard{i}/cloudwatch-{i}-of-3.checkpoint.json")))
+                .unwrap();
+        owned.extend(cp.streams.keys().cloned());
     }
     owned.sort();
     assert_eq!(owned, streams);

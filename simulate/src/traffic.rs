@@ -282,7 +282,7 @@ pub(crate) fn benign_minute(
         out.push(https(rng, index, r, s, sent, received, 2e6, None));
     }
     // Experiment tracking: one long-lived connection per active hour, a little each minute.
-    if w.tracks_experiments && a > 0.3 && t % 3_600 == 0 {
+    if w.tracks_experiments && a > 0.3 && t.is_multiple_of(3_600) {
         let r = services.tracking[index % services.tracking.len()];
         let s = t + rng.random_range(0..60);
         let mut c = https(rng, index, r, s, 0, 0, 1.0, None);

@@ -140,6 +140,69 @@ fn ensure_installed(bin: &str) {
     }
 }
 
+/// A webhook receiver (a small Python HTTP server) keeping every POSTed alert.
+pub struct WebhookReceiver {
+    pub service: Service,
+    dir: PathBuf,
+}
+
+impl WebhookReceiver {
+    /// Where to POST.
+    pub fn url(&self) -> String {
+        format!("{}/hook", self.service.endpoint())
+    }
+
+    /// Every body received so far, in the order they arrived.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("received.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["body"].clone())
+            .collect()
+    }
+
+    /// While `down`, every POST gets 503.
+    pub fn set_down(&self, down: bool) {
+        let flag = self.dir.join("fail");
+        if down {
+            std::fs::write(flag, b"").expect("write the receiver's fail flag");
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+}
+
+/// Starts a webhook receiver with the machine's python3.
+pub fn webhook_receiver() -> WebhookReceiver {
+    let dir = temp_dir("webhook");
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(workspace_root().join("testkit/webhook_receiver.py"))
+        .arg(port.to_string())
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 webhook_receiver.py");
+    wait_http(
+        port,
+        "/",
+        Duration::from_secs(30),
+        &mut child,
+        "webhook receiver",
+    );
+    WebhookReceiver {
+        service: Service {
+            name: "webhook",
+            child,
+            port,
+        },
+        dir,
+    }
+}
+
 /// Starts a real Alertmanager (Debian package) that keeps what it receives.
 pub fn alertmanager() -> Service {
     ensure_installed("prometheus-alertmanager");

@@ -62,11 +62,10 @@ pub fn records_simulated(stderr: &str) -> u64 {
 }
 
 /// Records the daemon has committed over its life, from its checkpoint (0 before the first).
+/// Read through the daemon's own reader, so the header line and checksum are checked too.
 pub fn committed(checkpoint: &Path) -> u64 {
-    std::fs::read(checkpoint)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["records_committed"].as_u64())
+    egresswatch_monitor::checkpoint::read_checkpoint(checkpoint)
+        .map(|cp| cp.records_committed)
         .unwrap_or(0)
 }
 
