@@ -75,16 +75,20 @@ async fn stack_with_records(
     out
 }
 
-fn monitor(
+/// `egresswatch monitor` on the stack's log group in moto, with its state in `dir/state` and,
+/// if given, a config file.
+fn monitor_in(
     moto: &egresswatch_testkit::Service,
     stack: &str,
     dir: &std::path::Path,
+    state: &str,
+    config: Option<&std::path::Path>,
 ) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args(["monitor", "--stack", stack, "--outputs"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_egresswatch"));
+    c.args(["monitor", "--stack", stack, "--outputs"])
         .arg(dir.join("outputs.json"))
         .arg("--state-dir")
-        .arg(dir.join("state"))
+        .arg(dir.join(state))
         .args([
             "--listen",
             &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
@@ -94,9 +98,19 @@ fn monitor(
             "us-east-1",
         ])
         .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    c.spawn().unwrap()
+}
+
+fn monitor(
+    moto: &egresswatch_testkit::Service,
+    stack: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    monitor_in(moto, stack, dir, "state", None)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,25 +278,7 @@ fn monitor_with_sinks(
     }
     let config = dir.join(format!("{state}.toml"));
     std::fs::write(&config, toml).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args(["monitor", "--stack", stack, "--config"])
-        .arg(&config)
-        .arg("--outputs")
-        .arg(dir.join("outputs.json"))
-        .arg("--state-dir")
-        .arg(dir.join(state))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
-            "--endpoint-url",
-            &moto.endpoint(),
-            "--region",
-            "us-east-1",
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+    monitor_in(moto, stack, dir, state, Some(&config))
 }
 
 fn ids(received: &[serde_json::Value]) -> std::collections::BTreeSet<String> {

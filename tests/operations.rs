@@ -472,3 +472,62 @@ fn health_command_reports_a_running_daemon() {
     let _ = daemon.wait();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let dir = fresh_dir("lock");
+    let state = dir.join("state");
+    let config = dir.join("monitor.toml");
+    // A CloudWatch daemon that needs nothing from AWS to start: the format and the network
+    // are given, and the endpoint refuses connections (it retries each poll, holding the lock).
+    std::fs::write(
+        &config,
+        "format = \"version interface-id srcaddr dstaddr dstport protocol bytes start end action log-status\"\n\
+         poll-interval-seconds = 1\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n",
+    )
+    .unwrap();
+    let daemon = || {
+        let mut c = egresswatch("http://127.0.0.1:1");
+        c.args(["monitor", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+            ])
+            .stdout(Stdio::null());
+        c
+    };
+    let lock = state.join("egresswatch.lock");
+    let holds_lock =
+        |pid: u32| std::fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid.to_string());
+    let mut first = daemon().stderr(Stdio::null()).spawn().unwrap();
+    wait_for("the first daemon to lock", Duration::from_secs(30), || {
+        holds_lock(first.id())
+    });
+    let second = daemon().output().unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "egresswatch monitor: state dir {} is in use: another egresswatch process (pid {}) \
+             holds its lock {}; run one daemon per state dir",
+            state.display(),
+            first.id(),
+            lock.display()
+        )),
+        "{said}"
+    );
+    // The lock goes with the process, however it ends: after kill -9 the next one starts.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut third = daemon().stderr(Stdio::null()).spawn().unwrap();
+    wait_for("a new daemon to lock", Duration::from_secs(30), || {
+        holds_lock(third.id())
+    });
+    assert!(third.try_wait().unwrap().is_none(), "the new daemon exited");
+    third.kill().unwrap();
+    third.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,8 @@
 //!
 //! Targets: at least 1,000,000 records/s on one core; resident memory under 100 MiB (128 MiB
 //! with every behavioural rule); the rules' state snapshot and restore under one second.
+//! BENCH_SCAN=1 makes every record a rejected attempt from one workload to a new address (a
+//! scan: each record a finding), to show that a flood of findings keeps the normal rate.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,7 +79,9 @@ fn main() {
     let block = 100_000u64;
     let mut lines: Vec<String> = Vec::with_capacity(block as usize);
     let mut decoder = Decoder::pinned(format.clone());
+    let scan = std::env::var_os("BENCH_SCAN").is_some();
     let mut processed = 0u64;
+    let mut alerts_out = 0u64;
     let mut busy = std::time::Duration::ZERO;
     let mut n = 0u64;
     while n < records {
@@ -91,12 +95,34 @@ fn main() {
                 1 => 53,
                 _ => 443,
             };
+            let remote_addr = format!(
+                "{}.{}.{}.{}",
+                11 + (remote >> 24),
+                (remote >> 16) & 255,
+                (remote >> 8) & 255,
+                remote & 255
+            );
+            let (eni, src, dst, action) = if scan {
+                (
+                    "eni-0wl00000000000000",
+                    "10.42.16.7".to_string(),
+                    remote_addr.clone(),
+                    "REJECT",
+                )
+            } else {
+                (
+                    "eni-0nat0000000000000",
+                    format!("10.42.16.{}", n % 200 + 1),
+                    "10.42.0.10".to_string(),
+                    "ACCEPT",
+                )
+            };
             let fields = [
                 ("version", "5".to_string()),
                 ("account-id", "123456789012".into()),
-                ("interface-id", "eni-0nat0000000000000".into()),
-                ("srcaddr", format!("10.42.16.{}", n % 200 + 1)),
-                ("dstaddr", "10.42.0.10".into()),
+                ("interface-id", eni.into()),
+                ("srcaddr", src.clone()),
+                ("dstaddr", dst),
                 ("srcport", "40000".into()),
                 ("dstport", port.to_string()),
                 ("protocol", "6".into()),
@@ -104,19 +130,10 @@ fn main() {
                 ("bytes", "4096".into()),
                 ("start", "1764150000".into()),
                 ("end", "1764150060".into()),
-                ("action", "ACCEPT".into()),
+                ("action", action.into()),
                 ("log-status", "OK".into()),
-                ("pkt-srcaddr", format!("10.42.16.{}", n % 200 + 1)),
-                (
-                    "pkt-dstaddr",
-                    format!(
-                        "{}.{}.{}.{}",
-                        11 + (remote >> 24),
-                        (remote >> 16) & 255,
-                        (remote >> 8) & 255,
-                        remote & 255
-                    ),
-                ),
+                ("pkt-srcaddr", src),
+                ("pkt-dstaddr", remote_addr),
             ];
             let line: Vec<&str> = format
                 .fields()
@@ -135,6 +152,9 @@ fn main() {
         for l in &lines {
             pipeline.line(&mut decoder, l.as_bytes(), &"bench");
         }
+        // What the daemon's commit takes after each batch.
+        let decided = pipeline.router.take();
+        alerts_out += decided.alerts.len() as u64;
         busy += started.elapsed();
         processed += block;
     }
@@ -144,9 +164,13 @@ fn main() {
         "every record reached the pipeline"
     );
     println!(
-        "pipeline: {processed} records in {:.3} s of processing = {:.0} records/s on one core",
+        "pipeline: {processed} records in {:.3} s of processing = {:.0} records/s on one core; {} rejected_egress findings, {alerts_out} alerts",
         busy.as_secs_f64(),
-        rate
+        rate,
+        metrics
+            .findings
+            .get_metric_with_label_values(&["rejected_egress", "low"])
+            .map_or(0, |c| c.get())
     );
     println!(
         "peak resident memory: {:.1} MiB (VmHWM; includes the generated input blocks)",

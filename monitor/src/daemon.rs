@@ -167,7 +167,7 @@ pub async fn run(
     // would read a file twice or lose the alerts in flight.
     let store = CheckpointStore::new(&config.state_dir, &store_name)?;
     let mut router = Router::new(&config.alerts, metrics.clone());
-    let mut alerts = AlertLog::open(
+    let alerts = AlertLog::open(
         &config.state_dir,
         &store_name,
         &config.alerts,
@@ -196,12 +196,19 @@ pub async fn run(
     .await?;
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     restore_rules(&store, &mut pipeline)?;
-    let mut health = Health {
-        ready,
-        metrics: metrics.clone(),
-        reason: None,
+    let cp = store.load()?;
+    let mut s = Stages {
+        p: pipeline,
+        alerts,
+        store,
+        cp,
+        health: Health {
+            ready,
+            metrics: metrics.clone(),
+            reason: None,
+        },
+        shutdown,
     };
-    let mut cp = store.load()?;
     let result = if config.source == "cloudwatch" {
         match clients {
             Some(clients) => {
@@ -210,43 +217,36 @@ pub async fn run(
                     clients: &clients,
                     shard,
                 };
-                reader
-                    .run(
-                        &mut pipeline,
-                        &mut alerts,
-                        &store,
-                        &mut cp,
-                        &mut health,
-                        shutdown,
-                    )
-                    .await
+                reader.run(&mut s).await
             }
             None => Err("the cloudwatch source needs AWS clients".to_string()),
         }
     } else {
-        read_file(
-            &config,
-            &mut pipeline,
-            &mut alerts,
-            &store,
-            &mut cp,
-            &mut health,
-            shutdown,
-        )
-        .await
+        read_file(&config, &mut s).await
     };
     // Whatever ended the run, errors included: what the rules learnt is saved and the sinks
     // get their grace. Open folds are closed only at the end of a finite input; a daemon
     // that stops keeps them open in the outbox, to go on counting at the next start.
-    pipeline.publish_top_k();
-    if let Err(e) = snapshot_rules(&store, &pipeline) {
+    s.p.publish_top_k();
+    if let Err(e) = snapshot_rules(&s.store, &s.p) {
         tracing::error!(error = %e, "could not save what the rules learnt");
     }
-    alerts
+    s.alerts
         .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
         .await;
     let _ = server_stop.send(true);
     result
+}
+
+/// What every source drives and commits to: the stages a batch passes, the alert log, the
+/// read positions and the source's health.
+struct Stages {
+    p: Pipeline,
+    alerts: AlertLog,
+    store: CheckpointStore,
+    cp: Checkpoint,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Commits a batch: alerts durable, then the checkpoint. A failure (a full disk) is retried
@@ -347,15 +347,15 @@ fn header_of(path: &std::path::Path, decoder: &mut Decoder) {
 /// Reads a file (plain or .gz) or stdin on a reader thread; with `follow`, keeps reading what
 /// is appended, across truncation and rotation, until shutdown. Each chunk of lines is
 /// committed with the position after it, so a restart resumes where the last one ended.
-async fn read_file(
-    config: &Config,
-    p: &mut Pipeline,
-    alerts: &mut AlertLog,
-    store: &CheckpointStore,
-    cp: &mut Checkpoint,
-    health: &mut Health,
-    shutdown: watch::Receiver<bool>,
-) -> Result<RunSummary, String> {
+async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String> {
+    let Stages {
+        p,
+        alerts,
+        store,
+        cp,
+        health,
+        shutdown,
+    } = s;
     let format = match &config.format {
         Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
         // Without a header line, a file from this stack is in the provisioner's format.
@@ -389,18 +389,23 @@ async fn read_file(
         let next = tokio::select! {
             next = source.next() => next,
             _ = stop.wait_for(|s| *s) => break,
+            // A followed file can be quiet for hours; waiting on it is progress too.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                beat();
+                continue;
+            }
         };
         let chunk = match next {
             None => {
                 // End of a finite input: its floods are complete.
                 p.router.flush();
-                commit(p, alerts, store, cp, health, &shutdown).await?;
+                commit(p, alerts, store, cp, health, shutdown).await?;
                 break;
             }
             Some(Err(e)) => {
                 // Complete lines before a broken gzip member were handed over already.
                 p.router.flush();
-                commit(p, alerts, store, cp, health, &shutdown).await?;
+                commit(p, alerts, store, cp, health, shutdown).await?;
                 return Err(e.to_string());
             }
             Some(Ok(chunk)) => chunk,
@@ -426,7 +431,7 @@ async fn read_file(
             cp.files.insert(key.clone(), pos);
         }
         beat();
-        commit(p, alerts, store, cp, health, &shutdown).await?;
+        commit(p, alerts, store, cp, health, shutdown).await?;
         health.reading();
         if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
             snapshot_rules(store, p)?;
@@ -539,48 +544,25 @@ impl CloudWatch<'_> {
         Ok(streams)
     }
 
-    async fn run(
-        &mut self,
-        p: &mut Pipeline,
-        alerts: &mut AlertLog,
-        store: &CheckpointStore,
-        cp: &mut Checkpoint,
-        health: &mut Health,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<RunSummary, String> {
+    async fn run(&mut self, s: &mut Stages) -> Result<RunSummary, String> {
         let group = self.group();
         let mut format: Option<Format> = None;
         let mut reloader = Reloader::new(self.config);
         let mut last_snapshot = std::time::Instant::now();
-        let m = p.metrics.clone();
         let mut summary = RunSummary::default();
+        let mut shutdown = s.shutdown.clone();
         loop {
             if *shutdown.borrow() {
                 return Ok(summary);
             }
-            match self
-                .poll(
-                    p,
-                    alerts,
-                    store,
-                    cp,
-                    health,
-                    &shutdown,
-                    &group,
-                    &mut format,
-                    &mut summary,
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(e) => health.failing(e),
+            if let Err(e) = self.poll(s, &group, &mut format, &mut summary).await {
+                s.health.failing(e);
             }
-            reloader.reload_if_changed(self.config, p);
+            reloader.reload_if_changed(self.config, &mut s.p);
             if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
-                snapshot_rules(store, p)?;
+                snapshot_rules(&s.store, &s.p)?;
                 last_snapshot = std::time::Instant::now();
             }
-            let _ = &m;
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(self.config.poll_interval_seconds)) => {}
@@ -589,20 +571,14 @@ impl CloudWatch<'_> {
     }
 
     /// One pass over every stream. Err: the source cannot read at all (the reason).
-    #[allow(clippy::too_many_arguments)]
     async fn poll(
         &mut self,
-        p: &mut Pipeline,
-        alerts: &mut AlertLog,
-        store: &CheckpointStore,
-        cp: &mut Checkpoint,
-        health: &mut Health,
-        shutdown: &watch::Receiver<bool>,
+        s: &mut Stages,
         group: &str,
         format: &mut Option<Format>,
         summary: &mut RunSummary,
     ) -> Result<(), String> {
-        let m = p.metrics.clone();
+        let m = s.p.metrics.clone();
         if format.is_none() {
             if self.config.format.is_none() {
                 m.source_calls
@@ -621,13 +597,15 @@ impl CloudWatch<'_> {
         }
         let format = format.clone().ok_or("no flow-log format")?;
         let streams = self.streams(&m, group).await?;
-        health.reading();
+        s.health.reading();
         // Streams deleted from the group leave the checkpoint.
         let listed: std::collections::HashSet<&str> =
-            streams.iter().map(|(s, _)| s.as_str()).collect();
+            streams.iter().map(|(name, _)| name.as_str()).collect();
+        let cp = &mut s.cp;
         let before = cp.streams.len();
-        cp.streams.retain(|s, _| listed.contains(s.as_str()));
-        cp.stream_created.retain(|s, _| listed.contains(s.as_str()));
+        cp.streams.retain(|name, _| listed.contains(name.as_str()));
+        cp.stream_created
+            .retain(|name, _| listed.contains(name.as_str()));
         if cp.streams.len() < before {
             tracing::info!(
                 streams = before - cp.streams.len(),
@@ -637,6 +615,7 @@ impl CloudWatch<'_> {
         let mut failed = 0usize;
         for (stream, created) in &streams {
             // A stream made again under the same name: its old token points into the old one.
+            let cp = &mut s.cp;
             if cp
                 .stream_created
                 .get(stream)
@@ -647,15 +626,10 @@ impl CloudWatch<'_> {
             }
             cp.stream_created.insert(stream.clone(), *created);
             loop {
-                if *shutdown.borrow() {
+                if *s.shutdown.borrow() {
                     return Ok(());
                 }
-                match self
-                    .page(
-                        p, alerts, store, cp, health, shutdown, group, stream, &format, summary,
-                    )
-                    .await?
-                {
+                match self.page(s, group, stream, &format, summary).await? {
                     Page::More => continue,
                     Page::Done => break,
                     Page::Failed => {
@@ -671,20 +645,22 @@ impl CloudWatch<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn page(
         &mut self,
-        p: &mut Pipeline,
-        alerts: &mut AlertLog,
-        store: &CheckpointStore,
-        cp: &mut Checkpoint,
-        health: &mut Health,
-        shutdown: &watch::Receiver<bool>,
+        s: &mut Stages,
         group: &str,
         stream: &str,
         format: &Format,
         summary: &mut RunSummary,
     ) -> Result<Page, String> {
+        let Stages {
+            p,
+            alerts,
+            store,
+            cp,
+            health,
+            shutdown,
+        } = s;
         let m = p.metrics.clone();
         let start = cp.streams.get(stream).cloned();
         m.source_calls.with_label_values(&["GetLogEvents"]).inc();

@@ -86,9 +86,7 @@ pub async fn serve_with(
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) -> Result<SocketAddr, String> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let listener = bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -129,6 +127,24 @@ pub async fn serve_with(
         }
     });
     Ok(local)
+}
+
+/// Pending connections the kernel queues for `accept` (it caps this at net.core.somaxconn).
+/// tokio's `TcpListener::bind` asks for 128, which a burst of connections fills before the
+/// accept loop runs on a busy host; every connection past it waits a 1-s SYN retransmit,
+/// a scraper's too.
+const BACKLOG: u32 = 1_024;
+
+fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restarted daemon can bind again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(BACKLOG)
 }
 
 /// What the routes answer from.

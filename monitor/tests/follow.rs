@@ -1,5 +1,6 @@
 //! `--follow`: records appended to a file after the daemon reached its end are read as they
-//! arrive, a line written in two parts is read once whole, and shutdown ends the run.
+//! arrive, a line written in two parts is read once whole, and shutdown ends the run; a
+//! restart resumes where the last run ended.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -73,5 +74,48 @@ async fn appended_records_are_read_as_they_arrive() {
             .get(),
         0
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_resumes_where_the_last_run_ended() {
+    let dir = std::env::temp_dir().join(format!("ew-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flows.log");
+    std::fs::write(&path, format!("{HEADER}{}", LINE.repeat(1_000))).unwrap();
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
+        egresswatch_testkit::free_port(),
+        dir.join("state").display(),
+        path.display()
+    );
+    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let run = || async {
+        let metrics = Arc::new(Metrics::new());
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let summary = egresswatch_monitor::run(config.clone(), metrics.clone(), rx, None)
+            .await
+            .unwrap();
+        (summary.records, intra_vpc(&metrics))
+    };
+    assert_eq!(run().await, (1_001, 1_000), "header and 1,000 records");
+    // Nothing new: nothing read again (the rules' state is not fed the same bytes twice).
+    assert_eq!(run().await, (0, 0));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(LINE.repeat(500).as_bytes()).unwrap();
+    f.flush().unwrap();
+    assert_eq!(run().await, (500, 500), "only what was appended");
+    let cp =
+        egresswatch_monitor::checkpoint::read_checkpoint(&dir.join("state/file.checkpoint.json"))
+            .unwrap();
+    assert_eq!(cp.records_committed, 1_501);
+    // The file replaced by another: read from its start.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, format!("{HEADER}{}", LINE.repeat(7))).unwrap();
+    assert_eq!(run().await, (8, 7));
     std::fs::remove_dir_all(&dir).unwrap();
 }

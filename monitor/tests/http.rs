@@ -131,12 +131,9 @@ fn two_thousand_half_sent_requests_leave_metrics_answering_within_bounded_descri
     let limits = Limits {
         header_read_timeout: Duration::from_secs(120),
         connection_lifetime: Duration::from_secs(300),
-        max_connections: std::env::var("CAP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256),
         ..Limits::default()
     };
+    assert_eq!(limits.max_connections, 256);
     let addr = runtime
         .block_on(serve_with(
             "127.0.0.1:0".parse().unwrap(),
@@ -152,12 +149,7 @@ fn two_thousand_half_sent_requests_leave_metrics_answering_within_bounded_descri
     let mut idle = Vec::with_capacity(IDLE);
     let connecting = Instant::now();
     for _ in 0..IDLE {
-        let t0 = Instant::now();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        let d = t0.elapsed();
-        if d > Duration::from_millis(200) {
-            println!("slow connect #{} {:?}", idle.len(), d);
-        }
         // The server may already have shed this one; a failed write is part of the attack.
         let _ = s.write_all(b"GET /metr");
         idle.push(s);
