@@ -196,8 +196,10 @@ async fn sigterm_finishes_the_batch_checkpoints_and_exits_zero() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Attacks hidden among `background` ordinary records in the NAT gateway's stream: SSH and
-/// DNS straight out through the NAT, each from its own workload to its own remote.
+/// Attacks hidden among `background` ordinary records in the NAT gateway's stream, each from
+/// its own workload to its own remote: SSH straight out, DNS to a public resolver, and port
+/// scans whose 40 probes are spread over 2,000 records, so that kills land inside them and
+/// only rule state committed together with the positions finds them whole.
 async fn stack_with_attacks(
     moto: &egresswatch_testkit::Service,
     stack: &str,
@@ -210,53 +212,61 @@ async fn stack_with_attacks(
         .unwrap();
     let format = flowlog::Format::parse(&out.flow_log_format).unwrap();
     let nat = &out.nat_gateways[0];
+    let vpc: ipnet::Ipv4Net = out.vpc_cidr.parse().unwrap();
+    let octets = vpc.network().octets();
+    let line = |workload: usize, remote: &str, port: u16, proto: &str| -> String {
+        let workload = format!("{}.{}.16.{workload}", octets[0], octets[1]);
+        let fields: Vec<String> = format
+            .fields()
+            .iter()
+            .map(|f| match f.name() {
+                "version" => "5".into(),
+                "interface-id" => nat.network_interface_id.clone(),
+                "srcaddr" | "pkt-srcaddr" => workload.clone(),
+                "dstaddr" => nat.private_ip.clone(),
+                "pkt-dstaddr" => remote.to_string(),
+                "srcport" => "40000".into(),
+                "dstport" => port.to_string(),
+                "protocol" => proto.into(),
+                "packets" => "3".into(),
+                "bytes" => "900".into(),
+                "start" => "1764150000".into(),
+                "end" => "1764150060".into(),
+                "action" => "ACCEPT".into(),
+                "log-status" => "OK".into(),
+                _ => "-".into(),
+            })
+            .collect();
+        fields.join(" ")
+    };
+    let mut lines: Vec<String> = (0..background)
+        .map(|n| line(n % 200 + 1, "93.184.216.34", 443, "6"))
+        .collect();
+    let per_attack = background / attacks.max(1);
+    for a in 0..attacks {
+        let at = a * per_attack + per_attack / 4;
+        let workload = 210 + a;
+        let remote = format!("198.51.100.{}", a + 1);
+        match a % 3 {
+            0 => lines[at] = line(workload, &remote, 22, "6"),
+            1 => lines[at] = line(workload, "8.8.8.8", 53, "17"),
+            _ => {
+                for k in 0..40 {
+                    lines[at + k * 50] = line(workload, &remote, 1_000 + k as u16, "6");
+                }
+            }
+        }
+    }
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
         - 3_000_000;
-    let vpc: ipnet::Ipv4Net = out.vpc_cidr.parse().unwrap();
-    let octets = vpc.network().octets();
-    let mut events = Vec::new();
-    let per_attack = background / attacks.max(1);
-    for n in 0..background {
-        let attack = (n % per_attack == per_attack / 2).then_some(n / per_attack);
-        let line: Vec<String> = format
-            .fields()
-            .iter()
-            .map(|f| {
-                let workload = format!(
-                    "{}.{}.16.{}",
-                    octets[0],
-                    octets[1],
-                    attack.map_or(n % 200 + 1, |a| 210 + a)
-                );
-                let (remote, port, proto) = match attack {
-                    Some(a) if a % 3 == 2 => ("8.8.8.8".to_string(), "53", "17"),
-                    Some(a) => (format!("198.51.100.{}", a + 1), "22", "6"),
-                    None => ("93.184.216.34".to_string(), "443", "6"),
-                };
-                match f.name() {
-                    "version" => "5".into(),
-                    "interface-id" => nat.network_interface_id.clone(),
-                    "srcaddr" | "pkt-srcaddr" => workload,
-                    "dstaddr" => nat.private_ip.clone(),
-                    "pkt-dstaddr" => remote,
-                    "srcport" => "40000".into(),
-                    "dstport" => port.into(),
-                    "protocol" => proto.into(),
-                    "packets" => "3".into(),
-                    "bytes" => "900".into(),
-                    "start" => "1764150000".into(),
-                    "end" => "1764150060".into(),
-                    "action" => "ACCEPT".into(),
-                    "log-status" => "OK".into(),
-                    _ => "-".into(),
-                }
-            })
-            .collect();
-        events.push((base + n as i64, line.join(" ")));
-    }
+    let events = lines
+        .into_iter()
+        .enumerate()
+        .map(|(n, l)| (base + n as i64, l))
+        .collect();
     let stream = format!("{}-all", nat.network_interface_id);
     provision::logs::put_events(&c, &out.log_group, &stream, events, |_| {})
         .await
@@ -316,6 +326,12 @@ async fn kill_dash_nine_loses_no_alert() {
     let want = ids(&clean_hook.received());
     // Every attack alerts; a DNS query straight out is also non-HTTPS egress.
     assert!(want.len() >= ATTACKS, "{:#?}", clean_hook.received());
+    let scans = clean_hook
+        .received()
+        .iter()
+        .filter(|a| a["rule"] == "port_scan")
+        .count();
+    assert_eq!(scans, ATTACKS / 3, "each spread-out scan found once");
     assert_eq!(
         want.len(),
         clean_hook.received().len(),

@@ -34,7 +34,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     let checked = run(Command::new("promtool")
         .args(["check", "rules", "egresswatch-rules.yml"])
         .current_dir(&dir));
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
     let tested = run(Command::new("promtool")
         .args(["test", "rules", "egresswatch-rules.test.yml"])
         .current_dir(&dir));
@@ -499,7 +499,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
             .stdout(Stdio::null());
         c
     };
-    let lock = state.join("egresswatch.lock");
+    let lock = state.join("cloudwatch.lock");
     let holds_lock =
         |pid: u32| std::fs::read_to_string(&lock).is_ok_and(|s| s.trim() == pid.to_string());
     let mut first = daemon().stderr(Stdio::null()).spawn().unwrap();
@@ -511,8 +511,8 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert_eq!(second.status.code(), Some(1), "{said}");
     assert!(
         said.contains(&format!(
-            "egresswatch monitor: state dir {} is in use: another egresswatch process (pid {}) \
-             holds its lock {}; run one daemon per state dir",
+            "egresswatch monitor: state dir {} is in use for `cloudwatch`: another egresswatch \
+             process (pid {}) holds its lock {}; run each daemon (each shard) once",
             state.display(),
             first.id(),
             lock.display()

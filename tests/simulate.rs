@@ -181,7 +181,11 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .unwrap();
     assert!(volume["evidence"]["observed"].as_f64().unwrap() >= 50e6);
     // What the rules learnt is in the state dir, and a second run starts from it.
-    let snapshot = dir.join("state/file.rules.state");
+    let cp =
+        egresswatch_monitor::checkpoint::read_checkpoint(&dir.join("state/file.checkpoint.json"))
+            .unwrap();
+    assert!(cp.generation > 0);
+    let snapshot = dir.join(format!("state/file.rules.{}.state", cp.generation % 2));
     assert!(std::fs::metadata(&snapshot).unwrap().len() > 1_000);
     let again = bin()
         .args(["monitor", "--config"])

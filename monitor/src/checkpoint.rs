@@ -31,6 +31,15 @@ pub struct Checkpoint {
     pub files: BTreeMap<String, crate::source::file::FilePosition>,
     /// Records committed over the daemon's whole life, across restarts.
     pub records_committed: u64,
+    /// Which rules snapshot goes with these positions: the rules' state and the positions are
+    /// committed as one, so a restart never feeds the rules a record twice or skips one.
+    #[serde(default)]
+    pub generation: u64,
+    /// The outbox's next sequence number when this was committed: alerts below it came from
+    /// records these positions are past; those from it on were decided from records a
+    /// restart reads again.
+    #[serde(default)]
+    pub outbox_seq: u64,
 }
 
 /// A kind of state file: the name its header line starts with, the format version this build
@@ -188,12 +197,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, String> {
     }
 }
 
-/// The lock file in the state dir; its content is the holder's process id, for the refusal.
-pub const LOCK_FILE: &str = "egresswatch.lock";
+/// A store's lock file in the state dir; its content is the holder's process id, for the
+/// refusal. Per store, so that shards may share a state dir while each runs only once.
+pub fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("{name}.lock"))
+}
 
 pub struct CheckpointStore {
     path: PathBuf,
-    rules_path: PathBuf,
+    /// Two snapshot files used in turn, generation by generation, so the one the committed
+    /// checkpoint names is never the one being written.
+    rules_paths: [PathBuf; 2],
     /// Open for the store's life: the exclusive lock on the state dir goes with it.
     _lock: File,
 }
@@ -214,10 +228,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     write().map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Takes the state dir's exclusive lock, or says who holds it. The lock is advisory (flock)
-/// and goes with the process, so a crashed daemon never leaves a stale lock behind.
-fn lock_state_dir(state_dir: &Path) -> Result<File, String> {
-    let path = state_dir.join(LOCK_FILE);
+/// Takes the store's exclusive lock, or says who holds it. The lock is advisory (flock) and
+/// goes with the process, so a crashed daemon never leaves a stale lock behind.
+fn lock_store(state_dir: &Path, name: &str) -> Result<File, String> {
+    let path = lock_path(state_dir, name);
     let mut file = File::options()
         .read(true)
         .write(true)
@@ -234,9 +248,8 @@ fn lock_state_dir(state_dir: &Path) -> Result<File, String> {
                 .map(|pid| format!(" (pid {pid})"))
                 .unwrap_or_default();
             return Err(format!(
-                "state dir {} is in use: another egresswatch process{holder} holds its lock \
-                 {}; run one daemon per state dir (each shard needs its own state-dir), or stop \
-                 the other one first",
+                "state dir {} is in use for `{name}`: another egresswatch process{holder} holds \
+                 its lock {}; run each daemon (each shard) once, or stop the other one first",
                 state_dir.display(),
                 path.display()
             ));
@@ -274,10 +287,10 @@ impl CheckpointStore {
                     state_dir.display()
                 )
             })?;
-        let lock = lock_state_dir(state_dir)?;
+        let lock = lock_store(state_dir, name)?;
         Ok(CheckpointStore {
             path: state_dir.join(format!("{name}.checkpoint.json")),
-            rules_path: state_dir.join(format!("{name}.rules.state")),
+            rules_paths: [0, 1].map(|slot| state_dir.join(format!("{name}.rules.{slot}.state"))),
             _lock: lock,
         })
     }
@@ -292,27 +305,48 @@ impl CheckpointStore {
         write_atomically(&self.path, &frame(&CHECKPOINT_FILE, &body))
     }
 
-    /// The rules' last snapshot, if one was saved, checked against its header.
-    pub fn load_rules(&self) -> Result<Option<Vec<u8>>, String> {
-        match std::fs::read(&self.rules_path) {
-            Ok(bytes) => {
-                unframe(&RULES_STATE_FILE, &self.rules_path, &bytes).map(|body| Some(body.to_vec()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", self.rules_path.display())),
+    /// The rules' snapshot of `generation`, checked against its header; None when there is
+    /// none of that generation (never saved, or a crash before its checkpoint was).
+    pub fn load_rules(&self, generation: u64) -> Result<Option<Vec<u8>>, String> {
+        let path = self.rules_path(generation);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let body = unframe(&RULES_STATE_FILE, path, &bytes)?;
+        let (stamp, snapshot) = body.split_at_checked(8).ok_or_else(|| {
+            format!(
+                "{}: refused: too short; {}",
+                path.display(),
+                RULES_STATE_FILE.fix
+            )
+        })?;
+        let mut g = [0u8; 8];
+        g.copy_from_slice(stamp);
+        if u64::from_le_bytes(g) != generation {
+            return Ok(None);
         }
+        Ok(Some(snapshot.to_vec()))
     }
 
-    pub fn save_rules(&self, snapshot: &[u8]) -> Result<(), String> {
-        write_atomically(&self.rules_path, &frame(&RULES_STATE_FILE, snapshot))
+    /// Saves the rules' snapshot of `generation`; the checkpoint naming it is saved after.
+    pub fn save_rules(&self, generation: u64, snapshot: &[u8]) -> Result<(), String> {
+        let mut body = Vec::with_capacity(snapshot.len() + 8);
+        body.extend_from_slice(&generation.to_le_bytes());
+        body.extend_from_slice(snapshot);
+        write_atomically(
+            self.rules_path(generation),
+            &frame(&RULES_STATE_FILE, &body),
+        )
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn rules_path(&self) -> &Path {
-        &self.rules_path
+    pub fn rules_path(&self, generation: u64) -> &Path {
+        &self.rules_paths[(generation % 2) as usize]
     }
 }
 
@@ -380,26 +414,43 @@ mod tests {
     fn a_second_store_on_the_same_state_dir_is_refused_until_the_first_is_gone() {
         let dir = dir("lock");
         let first = CheckpointStore::new(&dir, "cloudwatch").unwrap();
-        // Another store name in the same dir is refused too: the lock is the dir's.
-        for name in ["cloudwatch", "cloudwatch-1-of-3"] {
-            let err = CheckpointStore::new(&dir, name).err().unwrap();
-            assert_eq!(
-                err,
-                format!(
-                    "state dir {} is in use: another egresswatch process (pid {}) holds its \
-                     lock {}; run one daemon per state dir (each shard needs its own \
-                     state-dir), or stop the other one first",
-                    dir.display(),
-                    std::process::id(),
-                    dir.join(LOCK_FILE).display()
-                )
-            );
-        }
+        let err = CheckpointStore::new(&dir, "cloudwatch").err().unwrap();
+        assert_eq!(
+            err,
+            format!(
+                "state dir {} is in use for `cloudwatch`: another egresswatch process (pid {}) \
+                 holds its lock {}; run each daemon (each shard) once, or stop the other one \
+                 first",
+                dir.display(),
+                std::process::id(),
+                lock_path(&dir, "cloudwatch").display()
+            )
+        );
+        // Another store (a shard) may share the dir.
+        let shard = CheckpointStore::new(&dir, "cloudwatch-1-of-3").unwrap();
         drop(first);
         // Released with the store (as with the process, however it ends).
         let again = CheckpointStore::new(&dir, "cloudwatch").unwrap();
         assert_eq!(again.load().unwrap(), Checkpoint::default());
-        drop(again);
+        drop((again, shard));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rules_snapshots_alternate_and_only_the_named_generation_is_restored() {
+        let dir = dir("generations");
+        let store = CheckpointStore::new(&dir, "t").unwrap();
+        assert_eq!(store.load_rules(0).unwrap(), None);
+        store.save_rules(1, b"first").unwrap();
+        store.save_rules(2, b"second").unwrap();
+        assert_eq!(store.load_rules(1).unwrap().unwrap(), b"first");
+        assert_eq!(store.load_rules(2).unwrap().unwrap(), b"second");
+        // Generation 3 overwrites 1's slot: a checkpoint still naming 1 finds no snapshot of
+        // its own rather than a newer one.
+        store.save_rules(3, b"third").unwrap();
+        assert_eq!(store.load_rules(1).unwrap(), None);
+        assert_ne!(store.rules_path(2), store.rules_path(3));
+        drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -531,18 +582,20 @@ mod tests {
             "{e}"
         );
         // A saved snapshot with one byte flipped.
-        store.save_rules(b"EWSTATE1 what the rules learnt").unwrap();
+        store
+            .save_rules(4, b"EWSTATE1 what the rules learnt")
+            .unwrap();
         assert_eq!(
-            store.load_rules().unwrap().unwrap(),
+            store.load_rules(4).unwrap().unwrap(),
             b"EWSTATE1 what the rules learnt"
         );
-        let mut bytes = std::fs::read(store.rules_path()).unwrap();
+        let mut bytes = std::fs::read(store.rules_path(4)).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        std::fs::write(store.rules_path(), &bytes).unwrap();
-        let e = store.load_rules().unwrap_err();
+        std::fs::write(store.rules_path(4), &bytes).unwrap();
+        let e = store.load_rules(4).unwrap_err();
         assert!(
-            e.starts_with(&format!("{}: refused: ", store.rules_path().display()))
+            e.starts_with(&format!("{}: refused: ", store.rules_path(4).display()))
                 && e.contains("fails the checksum"),
             "{e}"
         );

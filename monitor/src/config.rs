@@ -33,6 +33,10 @@ pub struct Config {
     pub topology: Option<Topology>,
     /// Seconds between CloudWatch polls.
     pub poll_interval_seconds: u64,
+    /// Seconds between checkpoints (read positions committed together with what the rules
+    /// learnt); stretched when the rules' state is large, so checkpoints never take more
+    /// than a fiftieth of the time. A crash re-reads at most about this much.
+    pub checkpoint_interval_seconds: u64,
     /// Longest line read from a file or stdin; a longer one is skipped unread and counted as
     /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
     pub max_line_bytes: usize,
@@ -271,6 +275,7 @@ impl Default for Config {
             outputs_file: None,
             topology: None,
             poll_interval_seconds: 10,
+            checkpoint_interval_seconds: 1,
             // A flow-log record is well under 1 KiB; CloudWatch caps an event at 256 KiB.
             max_line_bytes: 256 * 1024,
             shard: None,
@@ -347,6 +352,14 @@ impl Config {
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;
         self.alerts.validate()?;
+        // Five minutes: what a crash makes the daemon read again, and how late a checkpoint
+        // may be, should stay short.
+        if self.checkpoint_interval_seconds == 0 || self.checkpoint_interval_seconds > 300 {
+            return Err(format!(
+                "checkpoint-interval-seconds = {}: must be between 1 and 300",
+                self.checkpoint_interval_seconds
+            ));
+        }
         if self.max_line_bytes < 256 || self.max_line_bytes > 64 << 20 {
             return Err(format!(
                 "max-line-bytes = {}: must be between 256 and {} (64 MiB)",

@@ -166,6 +166,7 @@ pub async fn run(
     // Read positions and undelivered alerts live here for every source: without it a restart
     // would read a file twice or lose the alerts in flight.
     let store = CheckpointStore::new(&config.state_dir, &store_name)?;
+    let cp = store.load()?;
     let mut router = Router::new(&config.alerts, metrics.clone());
     let alerts = AlertLog::open(
         &config.state_dir,
@@ -173,6 +174,7 @@ pub async fn run(
         &config.alerts,
         crate::sink::from_config(&config.alerts)?,
         &mut router,
+        cp.outbox_seq,
         metrics.clone(),
     )?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -195,8 +197,7 @@ pub async fn run(
     )
     .await?;
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
-    restore_rules(&store, &mut pipeline)?;
-    let cp = store.load()?;
+    restore_rules(&store, cp.generation, &mut pipeline)?;
     let mut s = Stages {
         p: pipeline,
         alerts,
@@ -208,6 +209,12 @@ pub async fn run(
             reason: None,
         },
         shutdown,
+        progress: Progress {
+            dirty: false,
+            last: std::time::Instant::now(),
+            every: Duration::from_secs(config.checkpoint_interval_seconds),
+            cost: Duration::ZERO,
+        },
     };
     let result = if config.source == "cloudwatch" {
         match clients {
@@ -224,12 +231,23 @@ pub async fn run(
     } else {
         read_file(&config, &mut s).await
     };
-    // Whatever ended the run, errors included: what the rules learnt is saved and the sinks
-    // get their grace. Open folds are closed only at the end of a finite input; a daemon
-    // that stops keeps them open in the outbox, to go on counting at the next start.
+    // Whatever ended the run, errors included: a last checkpoint (unless alerts could not be
+    // written, when the positions must stay behind them), and the sinks get their grace.
+    // Open folds are closed only at the end of a finite input; a daemon that stops keeps
+    // them open, to go on counting at the next start.
     s.p.publish_top_k();
-    if let Err(e) = snapshot_rules(&s.store, &s.p) {
-        tracing::error!(error = %e, "could not save what the rules learnt");
+    let last = checkpoint(
+        &mut s.p,
+        &s.alerts,
+        &s.store,
+        &mut s.cp,
+        &mut s.health,
+        &s.shutdown,
+        &mut s.progress,
+    )
+    .await;
+    if let Err(e) = &last {
+        tracing::error!(error = %e, "no checkpoint at the end of the run");
     }
     s.alerts
         .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
@@ -247,72 +265,135 @@ struct Stages {
     cp: Checkpoint,
     health: Health,
     shutdown: watch::Receiver<bool>,
+    progress: Progress,
 }
 
-/// Commits a batch: alerts durable, then the checkpoint. A failure (a full disk) is retried
-/// with backoff, the batch's decisions kept in memory and the position unmoved, until it
-/// works or shutdown comes, when the batch is left to be read again at the next start.
+/// When the next checkpoint is due.
+struct Progress {
+    /// Records were read since the last checkpoint.
+    dirty: bool,
+    last: std::time::Instant,
+    every: Duration,
+    /// What the last checkpoint took; the interval stretches so that checkpoints never cost
+    /// more than a fiftieth of the time.
+    cost: Duration,
+}
+
+/// Retries a write to the state dir (a full disk) with backoff until it works, reporting the
+/// source unready meanwhile; at shutdown it gives up, and what was not committed is read
+/// again at the next start.
+async fn retry(
+    health: &mut Health,
+    shutdown: &watch::Receiver<bool>,
+    what: &str,
+    mut op: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Err(e) = op() else {
+            return Ok(());
+        };
+        health.failing(format!("cannot {what}: {e}"));
+        if *shutdown.borrow() {
+            return Err(format!(
+                "stopping: cannot {what} ({e}); what was read since the last checkpoint is read again at the next start"
+            ));
+        }
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// A batch is through every stage: its alerts are made durable and handed to the sinks, and
+/// when one is due, a checkpoint moves the positions past it.
 async fn commit(
     p: &mut Pipeline,
     alerts: &mut AlertLog,
     store: &CheckpointStore,
-    cp: &Checkpoint,
+    cp: &mut Checkpoint,
     health: &mut Health,
     shutdown: &watch::Receiver<bool>,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     p.router.advance(p.newest_event);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut save = || store.save(cp);
-        match alerts.commit(&mut p.router, &mut save) {
-            Ok(()) => {
-                p.metrics.checkpoint_timestamp.set(unix_now() as i64);
-                return Ok(());
-            }
-            Err(e) => {
-                health.failing(format!("cannot commit to the state dir: {e}"));
-                if *shutdown.borrow() {
-                    return Err(format!(
-                        "stopping with a batch not committed ({e}); it is read again at the next start"
-                    ));
-                }
-                let mut stop = shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let router = &mut p.router;
+    retry(health, shutdown, "write alerts to the outbox", || {
+        alerts.write(router)
+    })
+    .await?;
+    progress.dirty = true;
+    if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(50)) {
+        checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
     }
+    Ok(())
 }
 
-fn restore_rules(store: &CheckpointStore, p: &mut Pipeline) -> Result<(), String> {
-    let Some(bytes) = store.load_rules()? else {
+/// Commits the read positions together with what the rules have learnt from the records
+/// before them and the outbox's position: a restart resumes all three from the same point,
+/// so the rules see every record once and the alerts decided since are recognised when made
+/// again. The snapshot goes to the slot the committed checkpoint does not name, then the
+/// checkpoint names it: a crash in between leaves the previous pair whole.
+async fn checkpoint(
+    // Mutable only so that the future stays Send: the rules are Send but not Sync.
+    p: &mut Pipeline,
+    alerts: &AlertLog,
+    store: &CheckpointStore,
+    cp: &mut Checkpoint,
+    health: &mut Health,
+    shutdown: &watch::Receiver<bool>,
+    progress: &mut Progress,
+) -> Result<(), String> {
+    if !progress.dirty {
+        return Ok(());
+    }
+    if alerts.has_unwritten() {
+        return Err(
+            "alerts of a batch are not in the outbox yet; the positions stay before it".into(),
+        );
+    }
+    let started = std::time::Instant::now();
+    let generation = cp.generation.saturating_add(1);
+    let snapshot = p.save_state();
+    retry(health, shutdown, "save the rules' state", || {
+        store.save_rules(generation, &snapshot)
+    })
+    .await?;
+    cp.generation = generation;
+    cp.outbox_seq = alerts.next_seq();
+    retry(health, shutdown, "save the checkpoint", || store.save(cp)).await?;
+    let took = started.elapsed();
+    p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
+    p.metrics.checkpoint_timestamp.set(unix_now() as i64);
+    tracing::debug!(file = %store.rules_path(generation).display(), bytes = snapshot.len(), millis = took.as_millis() as u64, generation, "checkpoint committed with the rules' state");
+    *progress = Progress {
+        dirty: false,
+        last: std::time::Instant::now(),
+        every: progress.every,
+        cost: took,
+    };
+    Ok(())
+}
+
+fn restore_rules(store: &CheckpointStore, generation: u64, p: &mut Pipeline) -> Result<(), String> {
+    let path = store.rules_path(generation).display().to_string();
+    let Some(bytes) = store.load_rules(generation)? else {
+        if generation > 0 {
+            tracing::warn!(file = %path, generation, "no rules snapshot of the checkpoint's generation; the rules learn afresh");
+        }
         return Ok(());
     };
     let started = std::time::Instant::now();
     let errors = p.load_state(&bytes);
     for e in &errors {
-        tracing::warn!(file = %store.rules_path().display(), error = %e, "rule state not restored; that rule learns afresh");
+        tracing::warn!(file = %path, error = %e, "rule state not restored; that rule learns afresh");
     }
-    tracing::info!(file = %store.rules_path().display(), bytes = bytes.len(), millis = started.elapsed().as_millis() as u64, "restored what the rules had learnt");
+    tracing::info!(file = %path, bytes = bytes.len(), millis = started.elapsed().as_millis() as u64, "restored what the rules had learnt");
     Ok(())
 }
-
-fn snapshot_rules(store: &CheckpointStore, p: &Pipeline) -> Result<(), String> {
-    let started = std::time::Instant::now();
-    let snapshot = p.save_state();
-    store.save_rules(&snapshot)?;
-    let took = started.elapsed();
-    p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
-    tracing::debug!(file = %store.rules_path().display(), bytes = snapshot.len(), millis = took.as_millis() as u64, "saved what the rules have learnt");
-    Ok(())
-}
-
-/// Wall-clock seconds between snapshots of the rules' state while running; a crash forgets
-/// at most this much learning, never a record's counts (those follow the checkpoints).
-const RULES_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Opens a flow-log file, decompressing `.gz` (every member, as concatenated S3 files have
 /// several), or stdin when there is no path.
@@ -355,6 +436,7 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
         cp,
         health,
         shutdown,
+        progress,
     } = s;
     let format = match &config.format {
         Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
@@ -382,30 +464,32 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
     let mut source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
     let too_long = p.metrics.bad_lines.with_label_values(&["line_too_long"]);
     let mut summary = RunSummary::default();
-    let mut last_snapshot = std::time::Instant::now();
     let mut stop = shutdown.clone();
     health.reading();
     loop {
         let next = tokio::select! {
-            next = source.next() => next,
+            next = source.next() => Some(next),
             _ = stop.wait_for(|s| *s) => break,
-            // A followed file can be quiet for hours; waiting on it is progress too.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                beat();
-                continue;
-            }
+            _ = tokio::time::sleep(progress.every) => None,
+        };
+        let Some(next) = next else {
+            // A followed file can be quiet for hours: waiting on it is progress too, and what
+            // was read before the quiet is committed.
+            beat();
+            checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
+            continue;
         };
         let chunk = match next {
             None => {
                 // End of a finite input: its floods are complete.
                 p.router.flush();
-                commit(p, alerts, store, cp, health, shutdown).await?;
+                commit(p, alerts, store, cp, health, shutdown, progress).await?;
                 break;
             }
             Some(Err(e)) => {
                 // Complete lines before a broken gzip member were handed over already.
                 p.router.flush();
-                commit(p, alerts, store, cp, health, shutdown).await?;
+                commit(p, alerts, store, cp, health, shutdown, progress).await?;
                 return Err(e.to_string());
             }
             Some(Ok(chunk)) => chunk,
@@ -431,12 +515,8 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
             cp.files.insert(key.clone(), pos);
         }
         beat();
-        commit(p, alerts, store, cp, health, shutdown).await?;
+        commit(p, alerts, store, cp, health, shutdown, progress).await?;
         health.reading();
-        if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
-            snapshot_rules(store, p)?;
-            last_snapshot = std::time::Instant::now();
-        }
     }
     Ok(summary)
 }
@@ -548,7 +628,6 @@ impl CloudWatch<'_> {
         let group = self.group();
         let mut format: Option<Format> = None;
         let mut reloader = Reloader::new(self.config);
-        let mut last_snapshot = std::time::Instant::now();
         let mut summary = RunSummary::default();
         let mut shutdown = s.shutdown.clone();
         loop {
@@ -559,13 +638,30 @@ impl CloudWatch<'_> {
                 s.health.failing(e);
             }
             reloader.reload_if_changed(self.config, &mut s.p);
-            if last_snapshot.elapsed() >= RULES_SNAPSHOT_INTERVAL {
-                snapshot_rules(&s.store, &s.p)?;
-                last_snapshot = std::time::Instant::now();
-            }
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(self.config.poll_interval_seconds)) => {}
+            // A quiet group still gets its last records committed.
+            checkpoint(
+                &mut s.p,
+                &s.alerts,
+                &s.store,
+                &mut s.cp,
+                &mut s.health,
+                &s.shutdown,
+                &mut s.progress,
+            )
+            .await?;
+            // Asleep between polls is not wedged: the watchdog is fed through long intervals.
+            let until =
+                std::time::Instant::now() + Duration::from_secs(self.config.poll_interval_seconds);
+            loop {
+                beat();
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(left.min(Duration::from_secs(30))) => {}
+                }
             }
         }
     }
@@ -607,6 +703,7 @@ impl CloudWatch<'_> {
         cp.stream_created
             .retain(|name, _| listed.contains(name.as_str()));
         if cp.streams.len() < before {
+            s.progress.dirty = true;
             tracing::info!(
                 streams = before - cp.streams.len(),
                 "log streams gone from the group; dropped from the checkpoint"
@@ -660,6 +757,7 @@ impl CloudWatch<'_> {
             cp,
             health,
             shutdown,
+            progress,
         } = s;
         let m = p.metrics.clone();
         let start = cp.streams.get(stream).cloned();
@@ -723,7 +821,9 @@ impl CloudWatch<'_> {
             cp.streams.insert(stream.to_string(), n);
         }
         cp.records_committed = cp.records_committed.saturating_add(records);
-        commit(p, alerts, store, cp, health, shutdown).await?;
+        if !events.is_empty() || !unchanged {
+            commit(p, alerts, store, cp, health, shutdown, progress).await?;
+        }
         Ok(if events.is_empty() || unchanged {
             Page::Done
         } else {

@@ -324,13 +324,16 @@ impl Outbox {
     }
 }
 
-/// The alert path after the rules, as the daemon drives it: the router's decisions go to the
-/// outbox, the outbox is made durable, then the source's position is saved, then the sinks
-/// are handed the new alerts. What a failed commit could not write is kept here and tried
-/// again, so a full disk delays alerts and never loses them.
+/// The alert path after the rules, as the daemon drives it: each batch's decisions go to the
+/// outbox, are made durable and are handed to the sinks; only then may a checkpoint move the
+/// source's positions past the batch. What a failed write could not write is kept here and
+/// tried again, so a full disk delays alerts and never loses them.
 pub struct AlertLog {
     outbox: Outbox,
     delivery: crate::sink::Delivery,
+    /// Ids of alerts written after the last checkpoint, before a restart: found again while
+    /// the source re-reads, and not written again.
+    written_after_checkpoint: std::collections::HashSet<String>,
     unwritten: Decided,
     dedupe_window: u64,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -345,6 +348,7 @@ impl AlertLog {
         config: &crate::config::Alerts,
         sinks: Vec<Box<dyn crate::sink::Sink>>,
         router: &mut crate::alert::Router,
+        committed_seq: u64,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<AlertLog, String> {
         let dir = state_dir.join(format!("{name}.outbox"));
@@ -360,17 +364,20 @@ impl AlertLog {
         if recovered.corrupt_lines > 0 {
             tracing::error!(dir = %dir.display(), lines = recovered.corrupt_lines, "outbox lines failed their checksum and were skipped");
         }
-        let alerts: Vec<&Alert> = recovered
+        // The router resumes as it was at the checkpoint. What it decided after that came from
+        // records the source reads again: those alerts are made again with the same ids and
+        // are not written twice; the running counts of folds are made again from the records.
+        let (committed, tail): (Vec<&Entry>, Vec<&Entry>) = recovered
             .entries
             .iter()
-            .filter_map(|e| e.alert.as_ref())
-            .collect();
-        let tallies: Vec<&Tally> = recovered
-            .entries
-            .iter()
-            .filter_map(|e| e.tally.as_ref())
-            .collect();
+            .partition(|e| e.seq < committed_seq);
+        let alerts: Vec<&Alert> = committed.iter().filter_map(|e| e.alert.as_ref()).collect();
+        let tallies: Vec<&Tally> = committed.iter().filter_map(|e| e.tally.as_ref()).collect();
         router.restore(&alerts, &tallies);
+        let written_after_checkpoint = tail
+            .iter()
+            .filter_map(|e| e.alert.as_ref().map(|a| a.id.clone()))
+            .collect();
         let delivery = crate::sink::Delivery::start(
             sinks,
             &dir.join("acks"),
@@ -382,29 +389,28 @@ impl AlertLog {
         Ok(AlertLog {
             outbox,
             delivery,
+            written_after_checkpoint,
             unwritten: Decided::default(),
             dedupe_window: config.dedupe_window_seconds,
             metrics,
         })
     }
 
-    /// Commits a batch: what the router decided is made durable and handed to the sinks,
-    /// then `save_position` runs. On an error nothing is lost: the decisions wait
-    /// here and the position has not moved; call again.
-    pub fn commit(
-        &mut self,
-        router: &mut crate::alert::Router,
-        save_position: &mut dyn FnMut() -> Result<(), String>,
-    ) -> Result<(), String> {
+    /// Writes what the router decided for a batch and makes it durable (fsync), then hands
+    /// the new alerts to the sinks. On an error nothing is lost: the decisions wait here;
+    /// call again. A checkpoint must not pass the batch until this has succeeded.
+    pub fn write(&mut self, router: &mut crate::alert::Router) -> Result<(), String> {
         let mut decided = router.take();
+        if !self.written_after_checkpoint.is_empty() {
+            decided
+                .alerts
+                .retain(|a| !self.written_after_checkpoint.remove(&a.id));
+        }
         self.unwritten.alerts.append(&mut decided.alerts);
         self.unwritten.tallies.append(&mut decided.tallies);
         let entries = self.outbox.append(&self.unwritten)?;
         self.unwritten = Decided::default();
-        // Durable now, so the sinks may have them before the position is saved: should that
-        // fail, the batch is read again and its alerts are recognised as repeats.
         self.delivery.push(&entries);
-        save_position()?;
         let keep_after = router.watermark().saturating_sub(self.dedupe_window);
         let trimmed = self.outbox.trim(
             self.delivery.delivered_below(self.outbox.next_seq()),
@@ -415,6 +421,11 @@ impl AlertLog {
         }
         self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
         Ok(())
+    }
+
+    /// The outbox's next sequence number: what a checkpoint records.
+    pub fn next_seq(&self) -> u64 {
+        self.outbox.next_seq()
     }
 
     /// Whether decisions are waiting for a commit that failed.
