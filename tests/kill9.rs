@@ -449,3 +449,70 @@ fn sigterm_with_stdin_blocked_exits_promptly() {
     eprintln!("SIGTERM with stdin blocked: exited 0 after {took:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_stdout_nobody_reads_does_not_hold_the_process() {
+    let dir = fresh_dir("stdout-blocked");
+    // Rejected attempts from 400 workloads over ten fold windows: about a thousand alerts,
+    // far more than a pipe holds.
+    let mut flows = String::from(
+        "interface-id srcaddr dstaddr srcport dstport protocol bytes action log-status start end\n",
+    );
+    for i in 0..40_000u32 {
+        let t = 1_764_150_000 + (i / 4_000) * 600;
+        flows.push_str(&format!(
+            "eni-wl 10.0.{}.{} 198.18.{}.{} 40000 443 6 60 REJECT OK {t} {}\n",
+            i % 400 / 200 + 1,
+            i % 200 + 1,
+            i / 250 % 250,
+            i % 250 + 1,
+            t + 60
+        ));
+    }
+    std::fs::write(dir.join("flows.log"), flows).unwrap();
+    std::fs::write(
+        dir.join("monitor.toml"),
+        "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nshutdown-grace-seconds = 1\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--config"])
+        .arg(dir.join("monitor.toml"))
+        .arg("--source")
+        .arg(format!("file:{}", dir.join("flows.log").display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Hold the pipe open and never read it.
+    let _stdout = child.stdout.take();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still running a minute after its input ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // What stdout could not take stays in the outbox, and the log says so.
+    assert!(
+        log.contains("kept in the outbox and sent at the next start"),
+        "{log}"
+    );
+    eprintln!("blocked stdout: exited 0 after {took:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

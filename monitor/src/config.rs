@@ -312,7 +312,7 @@ impl Default for Alerts {
             dedupe_window_seconds: 3600,
             max_per_minute: 60,
             fold_window_seconds: 600,
-            budget_per_workload: 10,
+            budget_per_workload: 5,
             budget_per_rule: 100,
             outbox_max_bytes: 256 << 20,
             outbox_max_age_seconds: 7 * 86_400,
