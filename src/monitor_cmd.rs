@@ -51,9 +51,12 @@ pub struct MonitorArgs {
 }
 
 pub fn run(args: MonitorArgs) -> ExitCode {
-    let mut config = match crate::load_toml("monitor", args.config.as_deref(), Config::from_toml) {
+    let mut config = match args.config.as_deref().map(Config::from_file).transpose() {
         Ok(c) => c.unwrap_or_default(),
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("egresswatch monitor: {e}");
+            return ExitCode::from(2);
+        }
     };
     if args.follow {
         config.follow = true;

@@ -491,6 +491,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         router.kept = Some(Vec::new());
         let mut pipeline =
             Pipeline::new(topology.clone(), detectors(&config.rules)?, router, metrics);
+        pipeline.suppressions = egresswatch_monitor::suppress::Suppressions::new(&config.suppress)?;
         let mut decoder = Decoder::pinned(format.clone());
         // When each attack's first record was delivered, and when each finding was raised.
         let mut first_delivery: HashMap<u32, u64> = HashMap::new();

@@ -405,6 +405,20 @@ async fn kill_dash_nine_loses_no_alert() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `egresswatch monitor` reading `source` with `dir/config` and its state in `dir/state`.
+fn local_monitor(dir: &std::path::Path, source: &str, config: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_egresswatch"));
+    c.args(["monitor", "--source", source, "--config"])
+        .arg(dir.join(config))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+        ]);
+    c
+}
+
 #[test]
 fn sigterm_with_stdin_blocked_exits_promptly() {
     let dir = fresh_dir("stdin-term");
@@ -414,15 +428,7 @@ fn sigterm_with_stdin_blocked_exits_promptly() {
     )
     .unwrap();
     // stdin is a pipe nobody writes to or closes: the read blocks for ever.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args(["monitor", "--source", "stdin", "--config"])
-        .arg(dir.join("topology.toml"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
-        ])
+    let mut child = local_monitor(&dir, "stdin", "topology.toml")
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -475,17 +481,8 @@ fn a_stdout_nobody_reads_does_not_hold_the_process() {
         "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nshutdown-grace-seconds = 1\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
-        .args(["monitor", "--config"])
-        .arg(dir.join("monitor.toml"))
-        .arg("--source")
-        .arg(format!("file:{}", dir.join("flows.log").display()))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
-        ])
+    let source = format!("file:{}", dir.join("flows.log").display());
+    let mut child = local_monitor(&dir, &source, "monitor.toml")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

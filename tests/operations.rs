@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{egresswatch, fresh_dir, provision_stack};
+use common::{egresswatch, fresh_dir, provision_stack, records_simulated};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -213,8 +213,19 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
         .is_some_and(|n| n >= 2.0)
     });
 
-    // An hour of a small fleet's work with attacks in it.
-    run(egresswatch(&moto.endpoint())
+    // An hour of a small fleet's work with attacks in it: a weekday morning of the past week,
+    // so that the simulated team is at work (and uses every path) whatever day the test runs.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut day = now / 86_400 - 1;
+    // 1970-01-01 was a Thursday; (day + 3) % 7 == 2 is a Wednesday.
+    while (day + 3) % 7 != 2 {
+        day -= 1;
+    }
+    let start = (day * 86_400 + 10 * 3_600).to_string();
+    let simulated = run(egresswatch(&moto.endpoint())
         .args([
             "simulate",
             "--to",
@@ -229,18 +240,32 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
             "4",
             "--scenario",
             "benign,ssh-exfil,denylisted,port-scan,dns-outside,port-sweep",
+            "--start",
+            &start,
         ])
         .arg("--outputs")
         .arg(&outputs_file));
+    let written = records_simulated(&simulated) as f64;
+    // Every record processed and scraped (records and status records together), so every
+    // path's series exists, before the panels are asked.
     wait_for(
-        "the findings to be scraped",
+        "every record to be scraped",
         Duration::from_secs(90),
         || {
-            query(&prom, "sum(egresswatch_findings_total)")["data"]["result"][0]["value"][1]
+            query(
+                &prom,
+                "sum(egresswatch_flow_records_total) + sum(egresswatch_status_records_total)",
+            )["data"]["result"][0]["value"][1]
                 .as_str()
                 .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|n| n >= 5.0)
+                .is_some_and(|n| n >= written)
         },
+    );
+    assert!(
+        query(&prom, "sum(egresswatch_findings_total)")["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|n| n >= 5.0)
     );
     std::thread::sleep(Duration::from_secs(3));
 

@@ -75,16 +75,25 @@ const MAX_HEADER: usize = 160;
 /// `body` behind a header line: `NAME vVERSION len=BYTES crc32=HEX\n`. The header is text so
 /// a JSON body stays readable with `cat` and `jq` (after `tail -n +2`).
 pub fn frame(kind: &FileKind, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
+    let mut out = frame_header(kind, &[body]).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The header line [`frame`] puts before a body made of `parts`, one after the other: large
+/// bodies are written from their parts without being copied into one.
+fn frame_header(kind: &FileKind, parts: &[&[u8]]) -> String {
+    let mut crc = crc32fast::Hasher::new();
+    for p in parts {
+        crc.update(p);
+    }
+    format!(
         "{} v{} len={} crc32={:08x}\n",
         kind.name,
         kind.version,
-        body.len(),
-        crc32fast::hash(body)
+        parts.iter().map(|p| p.len()).sum::<usize>(),
+        crc.finalize()
     )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
 }
 
 /// The body of a file [`frame`] wrote, after checking its kind, version, length and checksum.
@@ -214,10 +223,17 @@ pub struct CheckpointStore {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new content.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    write_parts_atomically(path, &[bytes])
+}
+
+/// [`write_atomically`] for content given in parts, written one after the other.
+fn write_parts_atomically(path: &Path, parts: &[&[u8]]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
@@ -332,12 +348,14 @@ impl CheckpointStore {
 
     /// Saves the rules' snapshot of `generation`; the checkpoint naming it is saved after.
     pub fn save_rules(&self, generation: u64, snapshot: &[u8]) -> Result<(), String> {
-        let mut body = Vec::with_capacity(snapshot.len() + 8);
-        body.extend_from_slice(&generation.to_le_bytes());
-        body.extend_from_slice(snapshot);
-        write_atomically(
+        // The body is the generation then the snapshot, checksummed and written in place:
+        // a snapshot can be tens of megabytes, and a copy of it is that much more memory.
+        let stamp = generation.to_le_bytes();
+        let parts: [&[u8]; 2] = [&stamp, snapshot];
+        let header = frame_header(&RULES_STATE_FILE, &parts);
+        write_parts_atomically(
             self.rules_path(generation),
-            &frame(&RULES_STATE_FILE, &body),
+            &[header.as_bytes(), &stamp, snapshot],
         )
     }
 

@@ -35,7 +35,7 @@ pub struct Config {
     pub poll_interval_seconds: u64,
     /// Seconds between checkpoints (read positions committed together with what the rules
     /// learnt); stretched when the rules' state is large, so checkpoints never take more
-    /// than a fiftieth of the time. A crash re-reads at most about this much.
+    /// than a hundredth of the time. A crash re-reads at most about this much.
     pub checkpoint_interval_seconds: u64,
     /// Longest line read from a file or stdin; a longer one is skipped unread and counted as
     /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
@@ -44,6 +44,11 @@ pub struct Config {
     pub shard: Option<String>,
     pub rules: Rules,
     pub alerts: Alerts,
+    /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
+    pub suppress: Vec<crate::suppress::Suppression>,
+    /// The file this was read from, watched for changes to the suppressions.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -281,6 +286,8 @@ impl Default for Config {
             shard: None,
             rules: Rules::default(),
             alerts: Alerts::default(),
+            suppress: Vec::new(),
+            path: None,
         }
     }
 }
@@ -326,6 +333,16 @@ impl Default for Alerts {
 }
 
 impl Config {
+    /// Reads and checks a config file, remembering its path (the daemon watches it for
+    /// changed suppressions).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut c = Config::from_toml(&text, &path.display().to_string())?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
+    }
+
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
         let c: Config = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
         c.validate().map_err(|e| format!("{origin}: {e}"))?;
@@ -352,6 +369,7 @@ impl Config {
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;
         self.alerts.validate()?;
+        crate::suppress::Suppressions::new(&self.suppress)?;
         // Five minutes: what a crash makes the daemon read again, and how late a checkpoint
         // may be, should stay short.
         if self.checkpoint_interval_seconds == 0 || self.checkpoint_interval_seconds > 300 {

@@ -197,6 +197,7 @@ pub async fn run(
     )
     .await?;
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
+    pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
     restore_rules(&store, cp.generation, &mut pipeline)?;
     let mut s = Stages {
         p: pipeline,
@@ -275,7 +276,7 @@ struct Progress {
     last: std::time::Instant,
     every: Duration,
     /// What the last checkpoint took; the interval stretches so that checkpoints never cost
-    /// more than a fiftieth of the time.
+    /// more than a hundredth of the time.
     cost: Duration,
 }
 
@@ -326,7 +327,7 @@ async fn commit(
     })
     .await?;
     progress.dirty = true;
-    if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(50)) {
+    if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(100)) {
         checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
     }
     Ok(())
@@ -426,8 +427,8 @@ fn header_of(path: &std::path::Path, decoder: &mut Decoder) {
 }
 
 /// Reads a file (plain or .gz) or stdin on a reader thread; with `follow`, keeps reading what
-/// is appended, across truncation and rotation, until shutdown. Each chunk of lines is
-/// committed with the position after it, so a restart resumes where the last one ended.
+/// is appended, across truncation and rotation, until shutdown. The position after each chunk
+/// goes into the next checkpoint, so a restart resumes where the last one ended.
 async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String> {
     let Stages {
         p,
@@ -462,6 +463,7 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
         ..FileSourceOptions::default()
     };
     let mut source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
+    let mut reloader = Reloader::new(config);
     let too_long = p.metrics.bad_lines.with_label_values(&["line_too_long"]);
     let mut summary = RunSummary::default();
     let mut stop = shutdown.clone();
@@ -476,6 +478,7 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
             // A followed file can be quiet for hours: waiting on it is progress too, and what
             // was read before the quiet is committed.
             beat();
+            reloader.reload_if_changed(config, p);
             checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
             continue;
         };
@@ -503,10 +506,13 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
         }
         let mut n = chunk.first_line;
         let mut lines = 0u64;
-        for line in chunk.text.split_inclusive(|&b| b == b'\n') {
-            p.line(&mut decoder, line, &Origin(&chunk.name, n));
+        let mut at = 0;
+        // Every line of a chunk ends in a newline; memchr finds them a word at a time.
+        for end in memchr::memchr_iter(b'\n', &chunk.text) {
+            p.line(&mut decoder, &chunk.text[at..=end], &Origin(&chunk.name, n));
             n = n.saturating_add(1);
             lines += 1;
+            at = end + 1;
         }
         summary.records = summary.records.saturating_add(lines);
         summary.batches += 1;
@@ -517,6 +523,7 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
         beat();
         commit(p, alerts, store, cp, health, shutdown, progress).await?;
         health.reading();
+        reloader.reload_if_changed(config, p);
     }
     Ok(summary)
 }
@@ -837,6 +844,8 @@ impl CloudWatch<'_> {
 /// parses is reported and the running version is kept.
 struct Reloader {
     stamps: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    /// The config file itself, for its suppressions.
+    config: Option<(PathBuf, Option<std::time::SystemTime>)>,
 }
 
 fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -857,10 +866,21 @@ impl Reloader {
                     (p, t)
                 })
                 .collect(),
+            config: config.path.clone().map(|p| {
+                let t = modified(&p);
+                (p, t)
+            }),
         }
     }
 
     fn reload_if_changed(&mut self, config: &Config, p: &mut Pipeline) {
+        if let Some((path, stamp)) = &mut self.config {
+            let now = modified(path);
+            if now != *stamp {
+                *stamp = now;
+                reload_suppressions(path, config, p);
+            }
+        }
         let mut changed = false;
         for (path, stamp) in &mut self.stamps {
             let now = modified(path);
@@ -885,6 +905,35 @@ impl Reloader {
             }
         }
         tracing::info!("reloaded the network description and deny lists");
+    }
+}
+
+/// Takes the suppressions of a changed config file; the other keys take effect at the next
+/// start, and a file that no longer reads is reported and the running suppressions kept.
+fn reload_suppressions(path: &std::path::Path, running: &Config, p: &mut Pipeline) {
+    let new = match Config::from_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "config changed but cannot be read; keeping the running suppressions");
+            return;
+        }
+    };
+    match crate::suppress::Suppressions::new(&new.suppress) {
+        Ok(s) => {
+            p.suppressions = s;
+            tracing::info!(file = %path.display(), suppressions = new.suppress.len(), "reloaded the suppressions");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "keeping the running suppressions");
+            return;
+        }
+    }
+    let others_changed = Config {
+        suppress: running.suppress.clone(),
+        ..new
+    } != *running;
+    if others_changed {
+        tracing::warn!(file = %path.display(), "the config changed beyond its suppressions; those changes take effect at the next start");
     }
 }
 
@@ -965,6 +1014,76 @@ mod tests {
             b"eni-nat 10.0.1.6 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.6 203.0.113.9 1764150060";
         p.line(&mut decoder, other, &"t");
         assert_eq!(denied(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn suppressions_are_counted_not_alerted_and_reload_with_the_config() {
+        let dir = std::env::temp_dir().join(format!("ew-suppress-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("monitor.toml");
+        let base = format!(
+            "state-dir = \"{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[alerts]\nstdout = false\n",
+            dir.display()
+        );
+        let write = |extra: &str, secs: u64| {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                .unwrap();
+        };
+        write(
+            "[[suppress]]\nreason = \"partner SFTP, SEC-42\"\nremote = \"198.51.100.0/24\"\nport = 22\n",
+            1_000,
+        );
+        let config = Config::from_file(&path).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(
+            topology(&config).unwrap(),
+            detectors(&config.rules).unwrap(),
+            Router::new(&config.alerts, metrics.clone()),
+            metrics.clone(),
+        );
+        p.suppressions = crate::suppress::Suppressions::new(&config.suppress).unwrap();
+        let mut reloader = Reloader::new(&config);
+        let format = Format::parse("interface-id srcaddr dstaddr dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr end").unwrap();
+        let mut decoder = Decoder::pinned(format);
+        let ssh = |t: u64| {
+            format!("eni-nat 10.0.1.5 10.0.0.220 22 6 10 ACCEPT OK 10.0.1.5 198.51.100.22 {t}")
+        };
+        let counts = || {
+            (
+                metrics
+                    .findings_suppressed
+                    .with_label_values(&["non_https_egress"])
+                    .get(),
+                metrics
+                    .findings
+                    .with_label_values(&["non_https_egress", "high"])
+                    .get(),
+            )
+        };
+        p.line(&mut decoder, ssh(1_764_150_060).as_bytes(), &"t");
+        assert_eq!(
+            counts(),
+            (1, 0),
+            "suppressed: counted as such, not as a finding"
+        );
+        assert!(p.router.take().alerts.is_empty());
+
+        // A broken suppression is refused and the running ones stay.
+        write("[[suppress]]\nreason = \"x\"\nrule = \"nope\"\n", 2_000);
+        reloader.reload_if_changed(&config, &mut p);
+        p.line(&mut decoder, ssh(1_764_150_120).as_bytes(), &"t");
+        assert_eq!(counts(), (2, 0));
+
+        // Removed from the file: alerted again, without a restart.
+        write("", 3_000);
+        reloader.reload_if_changed(&config, &mut p);
+        p.line(&mut decoder, ssh(1_764_150_180).as_bytes(), &"t");
+        assert_eq!(counts(), (2, 1));
+        assert_eq!(p.router.take().alerts.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

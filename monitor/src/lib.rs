@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod suppress;
 pub mod topology;
 
 pub use config::Config;

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub records: IntCounterVec,
     pub bytes: IntCounterVec,
     pub findings: IntCounterVec,
+    pub findings_suppressed: IntCounterVec,
     pub bad_lines: IntCounterVec,
     pub skipped_records: IntCounterVec,
     pub ingest_lag: Histogram,
@@ -178,6 +179,15 @@ impl Metrics {
             "Findings raised, by rule and severity.",
             &["rule", "severity"],
         );
+        let findings_suppressed = counter_vec(
+            &r,
+            "egresswatch_findings_suppressed_total",
+            "Findings a `[[suppress]]` entry of the config matched, by rule: not alerted on, not in egresswatch_findings_total.",
+            &["rule"],
+        );
+        for rule in crate::detect::RULES {
+            findings_suppressed.with_label_values(&[rule]);
+        }
         let bad_lines = counter_vec(
             &r,
             "egresswatch_bad_lines_total",
@@ -349,6 +359,7 @@ impl Metrics {
             records,
             bytes,
             findings,
+            findings_suppressed,
             bad_lines,
             skipped_records,
             ingest_lag,

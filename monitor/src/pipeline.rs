@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub topology: Topology,
     pub detectors: Vec<Box<dyn Detector>>,
     pub router: Router,
+    /// What the team has said is fine; checked before a finding is counted or routed.
+    pub suppressions: crate::suppress::Suppressions,
     pub metrics: Arc<Metrics>,
     pub records: u64,
     /// Flows that reached the rules (every record but duplicate views and status records).
@@ -125,6 +127,7 @@ impl Pipeline {
             topology,
             detectors,
             router,
+            suppressions: Default::default(),
             metrics,
             records: 0,
             flows_judged: 0,
@@ -158,9 +161,8 @@ impl Pipeline {
             .iter()
             .filter_map(|d| d.save_state().map(|s| (d.name().to_string(), s)))
             .collect();
-        let mut out = STATE_MAGIC.to_vec();
-        out.extend(postcard::to_stdvec(&parts).unwrap_or_default());
-        out
+        // Serialised straight after the magic, not into a second buffer copied over.
+        postcard::to_extend(&parts, STATE_MAGIC.to_vec()).unwrap_or_else(|_| STATE_MAGIC.to_vec())
     }
 
     /// Restores a snapshot from `save_state`. A rule whose part cannot be read starts
@@ -266,6 +268,11 @@ impl Pipeline {
             d.observe(&flow, &mut self.findings);
         }
         for f in self.findings.drain(..) {
+            if let Some((n, s)) = self.suppressions.matching(&f, self.clock) {
+                m.findings_suppressed.with_label_values(&[f.rule]).inc();
+                tracing::debug!(rule = f.rule, workload = ?f.workload, remote = ?f.remote, remote_port = ?f.remote_port, suppression = n, reason = %s.reason, "finding suppressed");
+                continue;
+            }
             m.findings
                 .with_label_values(&[f.rule, f.severity.as_str()])
                 .inc();
