@@ -420,7 +420,7 @@ fn local_monitor(dir: &std::path::Path, source: &str, config: &str) -> Command {
 }
 
 #[test]
-fn sigterm_with_stdin_blocked_exits_promptly() {
+fn sighup_is_survived_and_sigterm_with_stdin_blocked_exits_promptly() {
     let dir = fresh_dir("stdin-term");
     std::fs::write(
         dir.join("topology.toml"),
@@ -436,6 +436,17 @@ fn sigterm_with_stdin_blocked_exits_promptly() {
         .unwrap();
     let _writer = child.stdin.take();
     std::thread::sleep(Duration::from_secs(1));
+    // SIGHUP, whose default action would end the process, is logged and ignored.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the daemon"
+    );
     let sent = Instant::now();
     terminate(&child);
     let deadline = sent + Duration::from_secs(10);

@@ -119,3 +119,34 @@ async fn a_restart_resumes_where_the_last_run_ended() {
     assert_eq!(run().await, (8, 7));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_line_is_a_bad_line_and_the_lines_around_it_are_read() {
+    let dir = std::env::temp_dir().join(format!("ew-oversize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flows.log");
+    let huge = "x".repeat(10_000);
+    std::fs::write(&path, format!("{HEADER}{LINE}{huge}\n{LINE}")).unwrap();
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\nmax-line-bytes = 1024\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
+        egresswatch_testkit::free_port(),
+        dir.join("state").display(),
+        path.display()
+    );
+    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    egresswatch_monitor::run(config, metrics.clone(), rx, None)
+        .await
+        .unwrap();
+    assert_eq!(intra_vpc(&metrics), 2);
+    assert_eq!(
+        metrics
+            .bad_lines
+            .with_label_values(&["line_too_long"])
+            .get(),
+        1
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
