@@ -28,7 +28,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct TrafficArgs {
     /// Scenarios, comma separated: `all` (benign plus every attack), `attacks`, `benign`,
     /// ssh-exfil, https-upload, slow-drip, beaconing, port-scan, port-sweep, denylisted, tor,
-    /// dns-outside, unusual-port.
+    /// dns-outside, dns-over-https, unusual-port.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated time span [default: 6h for simulate, 7d for evaluate].

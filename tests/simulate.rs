@@ -57,7 +57,7 @@ fn expected_rule(scenario: &str) -> &'static str {
         "port-scan" => "port_scan",
         "port-sweep" => "port_sweep",
         "denylisted" | "tor" => "denylisted_destination",
-        "dns-outside" => "dns_bypass",
+        "dns-outside" | "dns-over-https" => "dns_bypass",
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -87,7 +87,7 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let outcomes = report["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 50, "ten attacks on five seeds");
+    assert_eq!(outcomes.len(), 55, "eleven attacks on five seeds");
     for o in outcomes {
         assert_eq!(o["detected"], true, "{o}");
         let scenario = o["scenario"].as_str().unwrap();
@@ -161,7 +161,7 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let truth = labels(&dir.join("labels.jsonl"));
-    assert_eq!(truth.len(), 10);
+    assert_eq!(truth.len(), 11);
     let mut explained = 0;
     for label in &truth {
         let hits = matching(label, &findings);

@@ -62,6 +62,9 @@ pub struct Rules {
     pub rejected_egress: bool,
     pub denylisted_destination: bool,
     pub dns_bypass: bool,
+    /// More public DNS resolvers (an address or CIDR per line) for `dns_bypass` to treat
+    /// HTTPS to as DNS over HTTPS, beyond the list egresswatch ships.
+    pub resolver_lists: Vec<PathBuf>,
     /// Entries each behavioural rule's state table may hold; the least recently touched half
     /// is forgotten when a table is full.
     pub state_entries: usize,
@@ -301,6 +304,7 @@ impl Default for Rules {
             rejected_egress: true,
             denylisted_destination: true,
             dns_bypass: true,
+            resolver_lists: Vec::new(),
             // 7/8 of 65,536: a full table then just fits a 65,536-slot hash table.
             state_entries: 57_344,
             new_remote_port: NewRemotePortRule::default(),

@@ -855,6 +855,7 @@ fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
 impl Reloader {
     fn new(config: &Config) -> Self {
         let mut paths: Vec<PathBuf> = config.rules.denylists.clone();
+        paths.extend(config.rules.resolver_lists.iter().cloned());
         if config.topology.is_none() {
             paths.extend(config.outputs_file.clone());
         }

@@ -70,7 +70,7 @@ pub fn detectors(rules: &Rules) -> Result<Vec<Box<dyn Detector>>, String> {
         }));
     }
     if rules.dns_bypass {
-        v.push(Box::new(DnsBypass));
+        v.push(Box::new(DnsBypass::new(&rules.resolver_lists)?));
     }
     let entries = rules.state_entries;
     if rules.new_remote_port.enabled {

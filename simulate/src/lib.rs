@@ -42,12 +42,14 @@ pub enum Scenario {
     Tor,
     /// DNS to a resolver on the internet instead of the VPC's.
     DnsOutside,
+    /// DNS over HTTPS to a public resolver: ordinary-looking HTTPS that no port-53 rule sees.
+    DnsOverHttps,
     /// A remote port the workload never used (the security group was opened to it).
     UnusualPort,
 }
 
 impl Scenario {
-    pub const ATTACKS: [Scenario; 10] = [
+    pub const ATTACKS: [Scenario; 11] = [
         Scenario::SshExfil,
         Scenario::HttpsUpload,
         Scenario::SlowDrip,
@@ -57,6 +59,7 @@ impl Scenario {
         Scenario::Denylisted,
         Scenario::Tor,
         Scenario::DnsOutside,
+        Scenario::DnsOverHttps,
         Scenario::UnusualPort,
     ];
 
@@ -72,6 +75,7 @@ impl Scenario {
             Scenario::Denylisted => "denylisted",
             Scenario::Tor => "tor",
             Scenario::DnsOutside => "dns-outside",
+            Scenario::DnsOverHttps => "dns-over-https",
             Scenario::UnusualPort => "unusual-port",
         }
     }

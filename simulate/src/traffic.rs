@@ -515,6 +515,24 @@ pub(crate) fn attack(
             }
             single(vec![r], 53, conns)
         }
+        Scenario::DnsOverHttps => {
+            // A resolver that answers DoH, queried the way a stub resolver does: a small
+            // request and answer on a fresh connection every few tens of seconds.
+            let r = [
+                Ipv4Addr::new(1, 1, 1, 1),
+                Ipv4Addr::new(8, 8, 8, 8),
+                Ipv4Addr::new(9, 9, 9, 9),
+                Ipv4Addr::new(94, 140, 14, 14),
+            ][rng.random_range(0..4)];
+            let mut t = start;
+            for _ in 0..rng.random_range(5..40) {
+                let sent = rng.random_range(600..2_500);
+                let received = rng.random_range(800..4_000);
+                conns.push(https(rng, w, r, t, sent, received, 1e6, l));
+                t += rng.random_range(10..120);
+            }
+            single(vec![r], 443, conns)
+        }
         Scenario::UnusualPort => {
             let r = attacker_address(rng);
             let port = [4444u16, 6667, 8088, 1337, 31337][rng.random_range(0..5)];
