@@ -385,10 +385,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let extra = dir.join("resolvers.txt");
         std::fs::write(&extra, "# our list\n203.0.113.0/28\n").unwrap();
-        let mut d = DnsBypass::new(&[extra.clone()]).unwrap();
+        let mut d = DnsBypass::new(std::slice::from_ref(&extra)).unwrap();
         assert!(fires(&mut d, "203.0.113.9", 443).is_some());
         std::fs::write(&extra, "resolver.example\n").unwrap();
-        let err = DnsBypass::new(&[extra.clone()]).err().unwrap();
+        let err = DnsBypass::new(std::slice::from_ref(&extra)).err().unwrap();
         assert!(err.contains("resolvers.txt:1"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
