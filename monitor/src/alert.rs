@@ -88,6 +88,12 @@ fn alert_id(f: &Finding, folded: bool) -> String {
     format!("{h:016x}")
 }
 
+/// Unix seconds as RFC 3339 (UTC), for people and for receivers that want a timestamp.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
 impl Alert {
     pub fn single(finding: Finding) -> Alert {
         Alert {
@@ -395,11 +401,12 @@ fn fold_alert(rule: &'static str, t: &Tally, window: u64) -> Alert {
         rule,
         severity: t.severity,
         summary: format!(
-            "{} more {rule} findings from {who} between {} and {} (event time), over the alert budget of the {window}s window starting {}; e.g. {}",
+            "{} more {rule} findings from {who} between {} and {}, over the alert budget of the {}-minute window from {}; for example {}",
             t.count,
-            t.first_seen,
-            t.last_seen,
-            t.window_start,
+            rfc3339(t.first_seen),
+            rfc3339(t.last_seen),
+            window.div_ceil(60),
+            rfc3339(t.window_start),
             if sample.is_empty() { "-".into() } else { sample.join(", ") }
         ),
         workload: t.workload,
@@ -446,6 +453,13 @@ mod tests {
 
     fn router(config: Alerts) -> Router {
         Router::new(&config, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_150_060), "2025-11-26T09:41:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]
@@ -517,6 +531,12 @@ mod tests {
         let d = r.take();
         assert_eq!(d.alerts.len(), 2);
         assert_eq!(d.alerts[0].folded, Some(4));
+        assert_eq!(
+            d.alerts[0].finding.summary,
+            "4 more rejected_egress findings from 10.0.1.1 between 1970-01-01T00:16:40Z and \
+             1970-01-01T00:16:40Z, over the alert budget of the 1-minute window from \
+             1970-01-01T00:16:00Z; for example 0.0.0.1, 0.0.0.2, 0.0.0.3, 0.0.0.4"
+        );
     }
 
     #[test]

@@ -19,28 +19,6 @@ impl Alertmanager {
     }
 }
 
-/// RFC 3339 for Unix seconds, as Alertmanager's `startsAt` wants.
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
-}
-
 pub fn payload(a: &Alert) -> serde_json::Value {
     let f = &a.finding;
     let mut labels = serde_json::json!({
@@ -76,7 +54,7 @@ pub fn payload(a: &Alert) -> serde_json::Value {
         "generatorURL": "https://github.com/egresswatch/egresswatch#alerts",
     });
     if f.first_seen > 0 {
-        alert["startsAt"] = rfc3339(f.first_seen).into();
+        alert["startsAt"] = crate::alert::rfc3339(f.first_seen).into();
     }
     alert
 }
@@ -104,15 +82,5 @@ impl Sink for Alertmanager {
                 .map(|_| ())
                 .map_err(|e| format!("POST {}: {e}", self.url))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_764_150_060), "2025-11-26T09:41:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
