@@ -47,17 +47,19 @@ fn matching<'a>(label: &Value, findings: &'a [Value]) -> Vec<&'a Value> {
         .collect()
 }
 
-/// The rule that must catch each scenario (others may fire too).
-fn expected_rule(scenario: &str) -> &'static str {
+/// The rules one of which must catch each scenario (others may fire too).
+fn expected_rule(scenario: &str) -> &'static [&'static str] {
     match scenario {
-        "ssh-exfil" | "unusual-port" => "non_https_egress",
-        "https-upload" => "traffic_volume_unusual",
-        "slow-drip" => "slow_drip",
-        "beaconing" => "beaconing",
-        "port-scan" => "port_scan",
-        "port-sweep" => "port_sweep",
-        "denylisted" | "tor" => "denylisted_destination",
-        "dns-outside" | "dns-over-https" => "dns_bypass",
+        "ssh-exfil" | "unusual-port" => &["non_https_egress"],
+        // From a workload that uploads hundreds of megabytes as its daily work, a gigabyte
+        // upload is not unusual in volume, only in where it goes.
+        "https-upload" => &["traffic_volume_unusual", "rare_destination"],
+        "slow-drip" => &["slow_drip"],
+        "beaconing" => &["beaconing"],
+        "port-scan" => &["port_scan"],
+        "port-sweep" => &["port_sweep"],
+        "denylisted" | "tor" => &["denylisted_destination"],
+        "dns-outside" | "dns-over-https" => &["dns_bypass"],
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -97,7 +99,10 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
             .iter()
             .map(|r| r.as_str().unwrap())
             .collect();
-        assert!(rules.contains(&expected_rule(scenario)), "{o}");
+        assert!(
+            expected_rule(scenario).iter().any(|r| rules.contains(r)),
+            "{o}"
+        );
         assert!(o["records"].as_u64().unwrap() > 0);
     }
     assert_eq!(report["false_findings"], 0, "{}", report["false_examples"]);
@@ -165,10 +170,10 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
     let mut explained = 0;
     for label in &truth {
         let hits = matching(label, &findings);
-        let rule = expected_rule(label["scenario"].as_str().unwrap());
+        let rules = expected_rule(label["scenario"].as_str().unwrap());
         assert!(
-            hits.iter().any(|f| f["rule"] == rule),
-            "{label} not caught by {rule}; findings: {hits:?}"
+            hits.iter().any(|f| rules.iter().any(|r| f["rule"] == *r)),
+            "{label} not caught by {rules:?}; findings: {hits:?}"
         );
         explained += hits.len();
     }
@@ -274,10 +279,12 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
     let truth = labels(&dir.join("labels.jsonl"));
     assert_eq!(truth.len(), 5);
     for label in &truth {
-        let rule = expected_rule(label["scenario"].as_str().unwrap());
+        let rules = expected_rule(label["scenario"].as_str().unwrap());
         assert!(
-            matching(label, &findings).iter().any(|f| f["rule"] == rule),
-            "{label} not caught by {rule}"
+            matching(label, &findings)
+                .iter()
+                .any(|f| rules.iter().any(|r| f["rule"] == *r)),
+            "{label} not caught by {rules:?}"
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();

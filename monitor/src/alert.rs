@@ -90,6 +90,11 @@ fn alert_id(f: &Finding, folded: bool) -> String {
 
 /// Unix seconds as RFC 3339 (UTC), for people and for receivers that want a timestamp.
 pub fn rfc3339(secs: u64) -> String {
+    // Times come from the input: past the year 9999 there is no RFC 3339 form.
+    const LAST: u64 = 253_402_300_799;
+    if secs > LAST {
+        return format!("{secs} (Unix seconds)");
+    }
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         .to_string()
 }
@@ -460,6 +465,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_150_060), "2025-11-26T09:41:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), format!("{} (Unix seconds)", u64::MAX));
     }
 
     #[test]

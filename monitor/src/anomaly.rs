@@ -47,6 +47,56 @@ fn key_of(ip: IpAddr) -> u64 {
     address_hash(ip, 0x0123_4567_89ab_cdef)
 }
 
+/// The network an address is judged with for popularity and novelty: its /24 (IPv4) or /48
+/// (IPv6). Storage services and CDNs answer from whichever address of such a network they
+/// pick, so a fresh address there is not a fresh destination.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+/// The key of a remote's network (see [`network_of`]).
+fn network_key(ip: IpAddr) -> u64 {
+    address_hash(network_of(ip), 0x6e65_7477_6f72_6b31)
+}
+
+/// A remote's network as an address no flow carries, for the seen-filter, which holds
+/// addresses: inside 100::/64, the discard-only prefix (RFC 6666).
+fn network_marker(ip: IpAddr) -> IpAddr {
+    match network_of(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([
+                0x100,
+                0,
+                0,
+                0,
+                4,
+                u16::from_be_bytes([a, b]),
+                u16::from(c),
+                0,
+            ])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([0x100, 0, 0, 0, 6, s[0], s[1], s[2]])
+        }
+    }
+}
+
+/// The key of a workload and a remote's network.
+fn network_pair_key(workload: IpAddr, remote: IpAddr) -> u64 {
+    key_of(workload) ^ network_key(remote).rotate_left(29)
+}
+
 /// The key of an ordered pair of addresses.
 fn pair_key(a: IpAddr, b: IpAddr) -> u64 {
     key_of(a) ^ address_hash(b, 0x5bd1_e995_0000_0001).rotate_left(23)
@@ -260,12 +310,20 @@ pub struct TrafficVolume {
 struct VolumeState {
     pairs: BoundedMap<u64, PairWindow>,
     workloads: BoundedMap<u64, VolumeBaseline>,
+    /// Remote network -> the workloads that talked to it (up to max-workloads + 1).
+    audience: BoundedMap<u64, Audience>,
+    /// (workload, remote network) -> the first window they talked in.
+    known: BoundedMap<u64, u64>,
+    /// Event time of the first flow seen: the learning period runs from it.
+    first_flow: Option<u64>,
 }
 
 impl Snapshot for VolumeState {
     fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
         self.pairs.set_capacity(configured.pairs.capacity());
         self.workloads.set_capacity(configured.workloads.capacity());
+        self.audience.set_capacity(configured.audience.capacity());
+        self.known.set_capacity(configured.known.capacity());
         Ok(())
     }
 }
@@ -293,6 +351,9 @@ impl TrafficVolume {
             state: VolumeState {
                 pairs: BoundedMap::new(entries),
                 workloads: BoundedMap::new(entries),
+                audience: BoundedMap::new(entries),
+                known: BoundedMap::new(entries),
+                first_flow: None,
             },
         }
     }
@@ -300,7 +361,10 @@ impl TrafficVolume {
 
 impl Detector for TrafficVolume {
     fn state_evictions(&self) -> u64 {
-        self.state.pairs.evicted + self.state.workloads.evicted
+        self.state.pairs.evicted
+            + self.state.workloads.evicted
+            + self.state.audience.evicted
+            + self.state.known.evicted
     }
 
     fn name(&self) -> &'static str {
@@ -312,6 +376,19 @@ impl Detector for TrafficVolume {
             return;
         };
         let window = f.end / self.rule.window_seconds;
+        // A network the fleet uses, which this workload already used before this window, is
+        // where its large transfers go (checkpoints to object storage): not unusual.
+        let popular = self
+            .state
+            .audience
+            .touch(network_key(r), f.end, Audience::default)
+            .add(key_of(w))
+            > self.rule.max_workloads;
+        let familiar = *self
+            .state
+            .known
+            .touch(network_pair_key(w, r), f.end, || window)
+            < window;
         let b = self
             .state
             .workloads
@@ -360,7 +437,16 @@ impl Detector for TrafficVolume {
         if window == b.window {
             b.window_max = b.window_max.max(sent);
         }
-        if !sending || alerted || baseline.samples < self.rule.learning_windows {
+        let first_flow = *self.state.first_flow.get_or_insert(f.start);
+        if f.start < first_flow {
+            self.state.first_flow = Some(f.start);
+        }
+        if !sending
+            || alerted
+            || baseline.samples < self.rule.learning_windows
+            || f.end < first_flow.saturating_add(self.rule.learning_seconds)
+            || (popular && familiar)
+        {
             return;
         }
         let threshold = (self.rule.min_bytes as f64)
@@ -524,20 +610,23 @@ impl Detector for RareDestination {
             return;
         };
         let s = &mut self.state;
-        let rk = key_of(r);
+        // New destinations are tracked by network: parts sent to many hosts of one new
+        // network add up, and an address new in a network the fleet already uses is not new.
+        let rk = network_key(r);
         let first_flow = *s.first_flow.get_or_insert(f.start);
         if f.start < first_flow {
             s.first_flow = Some(f.start);
         }
         if s.new_destinations.get(&rk).is_none() {
-            if s.current.contains(r) || s.previous.contains(r) {
+            let net = network_marker(r);
+            if s.current.contains(net) || s.previous.contains(net) {
                 return;
             }
             if s.current.members >= self.rule.filter_capacity {
                 s.previous =
                     std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
             }
-            s.current.insert(r);
+            s.current.insert(net);
             // Event times come from the input: a start near 2^64 must not overflow.
             if f.end < first_flow.saturating_add(self.rule.learning_seconds) {
                 return;
@@ -571,9 +660,10 @@ impl Detector for RareDestination {
         }
         d.alerted = true;
         let summary = format!(
-            "uploaded {} to {r} (received {}), a destination no workload had contacted before it appeared {} ago; {} workload(s) have contacted it since; threshold {}",
+            "uploaded {} to {r} (received {}), in network {} that no workload had contacted before it appeared {} ago; {} workload(s) have contacted it since; threshold {}",
             human_bytes(d.sent as f64),
             human_bytes(d.received as f64),
+            network_of(r),
             hours(f.end.saturating_sub(d.first_seen)),
             d.workloads.len(),
             human_bytes(self.rule.upload_bytes as f64)
@@ -610,8 +700,10 @@ pub struct SlowDrip {
 #[derive(Serialize, Deserialize)]
 struct DripState {
     pairs: BoundedMap<u64, Drip>,
-    /// Remote -> the workloads that talked to it (up to max-workloads + 1).
+    /// Remote network -> the workloads that talked to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
+    /// Event time of the first flow seen: the learning period runs from it.
+    first_flow: Option<u64>,
 }
 
 impl Snapshot for DripState {
@@ -639,6 +731,7 @@ impl SlowDrip {
             state: DripState {
                 pairs: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
+                first_flow: None,
             },
         }
     }
@@ -658,18 +751,23 @@ impl Detector for SlowDrip {
             return;
         };
         let horizon = self.rule.horizon_seconds;
+        // Per network, not per address: a drip spread over many hosts of one network is one
+        // drip, and a storage service answering from ever new addresses is still shared.
         let shared = self
             .state
             .audience
-            .touch(key_of(r), f.end, Audience::default)
+            .touch(network_key(r), f.end, Audience::default)
             .add(key_of(w))
             > self.rule.max_workloads;
         let bucket = f.end / horizon;
-        let d = self.state.pairs.touch(pair_key(w, r), f.end, || Drip {
-            bucket,
-            first_seen: f.start,
-            ..Drip::default()
-        });
+        let d = self
+            .state
+            .pairs
+            .touch(network_pair_key(w, r), f.end, || Drip {
+                bucket,
+                first_seen: f.start,
+                ..Drip::default()
+            });
         if bucket > d.bucket {
             let keep = bucket == d.bucket + 1;
             d.sent = [if keep { d.sent[1] } else { 0 }, 0];
@@ -686,7 +784,14 @@ impl Detector for SlowDrip {
             d.received[slot] = d.received[slot].saturating_add(f.bytes);
         }
         d.first_seen = d.first_seen.min(f.start);
-        if !sending || shared || d.alerted_bucket == Some(d.bucket) {
+        let first_flow = *self.state.first_flow.get_or_insert(f.start);
+        let learning = f.end < first_flow.saturating_add(self.rule.learning_seconds);
+        if !sending
+            || shared
+            || learning
+            || d.alerted_bucket == Some(d.bucket)
+            || d.flows < self.rule.min_flows
+        {
             return;
         }
         let overlap = 1.0 - (f.end % horizon) as f64 / horizon as f64;
@@ -697,12 +802,13 @@ impl Detector for SlowDrip {
         }
         d.alerted_bucket = Some(d.bucket);
         let summary = format!(
-            "sent about {} to {r} over the last {} (received {}) in {} flows since {}; no more than {} workload(s) talk to this remote; threshold {} per {}",
+            "sent about {} to {r}'s network {} over the last {} (received {}) in {} flows since {}; no more than {} workload(s) talk to that network; threshold {} per {}",
             human_bytes(sent),
+            network_of(r),
             hours(horizon),
             human_bytes(received),
             d.flows,
-            d.first_seen,
+            crate::alert::rfc3339(d.first_seen),
             self.rule.max_workloads,
             human_bytes(self.rule.bytes as f64),
             hours(horizon)
@@ -1122,7 +1228,11 @@ mod tests {
 
     #[test]
     fn traffic_volume_against_the_workloads_baseline() {
-        let mut d = TrafficVolume::new(TrafficVolumeRule::default(), 1_000);
+        let rule = TrafficVolumeRule {
+            learning_seconds: 0,
+            ..TrafficVolumeRule::default()
+        };
+        let mut d = TrafficVolume::new(rule, 1_000);
         // 40 windows of about 1 MB sent to a handful of remotes.
         let mut flows = Vec::new();
         for i in 0..40u64 {
@@ -1185,7 +1295,7 @@ mod tests {
             .collect();
         assert!(run(&mut d, &learn).is_empty());
         let t = 7_200;
-        let mut other = flow(Path::NatEgress, "203.0.113.50", 443, 6_000_000, t);
+        let mut other = flow(Path::NatEgress, "203.0.116.50", 443, 6_000_000, t);
         other.workload = Some("10.0.1.6".parse().unwrap());
         let flows = [
             // Known during learning: never flagged, however much.
@@ -1195,8 +1305,8 @@ mod tests {
             flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 60),
             flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 120),
             // New but a download.
-            flow(Path::NatReturn, "203.0.113.10", 443, 90_000_000, t),
-            flow(Path::NatEgress, "203.0.113.10", 443, 12_000_000, t),
+            flow(Path::NatReturn, "203.0.114.10", 443, 90_000_000, t),
+            flow(Path::NatEgress, "203.0.114.10", 443, 12_000_000, t),
         ];
         let found = run(&mut d, &flows);
         assert_eq!(found.len(), 1, "{found:?}");
@@ -1205,11 +1315,11 @@ mod tests {
         // A new destination three workloads use is shared, not one workload's drop point.
         let mut shared = Vec::new();
         for w in ["10.0.1.7", "10.0.1.8", "10.0.1.9"] {
-            let mut f = flow(Path::NatEgress, "203.0.113.60", 443, 100, t);
+            let mut f = flow(Path::NatEgress, "203.0.115.60", 443, 100, t);
             f.workload = Some(w.parse().unwrap());
             shared.push(f);
         }
-        shared.push(flow(Path::NatEgress, "203.0.113.60", 443, 50_000_000, t));
+        shared.push(flow(Path::NatEgress, "203.0.115.60", 443, 50_000_000, t));
         shared.push(other);
         assert!(run(&mut d, &shared).is_empty());
 
@@ -1222,7 +1332,7 @@ mod tests {
         assert!(restored
             .state
             .current
-            .contains("198.51.100.3".parse().unwrap()));
+            .contains(network_marker("198.51.100.3".parse().unwrap())));
         let resized = RareDestinationRule {
             filter_capacity: 5_000,
             ..RareDestinationRule::default()
@@ -1251,7 +1361,11 @@ mod tests {
 
     #[test]
     fn slow_drip_over_the_horizon() {
-        let mut d = SlowDrip::new(SlowDripRule::default(), 1_000);
+        let rule = SlowDripRule {
+            learning_seconds: 0,
+            ..SlowDripRule::default()
+        };
+        let mut d = SlowDrip::new(rule.clone(), 1_000);
         // 3 MB every 5 minutes, far below any per-window threshold: 100 MB after 34 drips.
         let flows: Vec<Flow> = (0..60)
             .map(|i| {
@@ -1269,7 +1383,7 @@ mod tests {
         assert_eq!(found[0].records, 34);
         assert!(found[0].bytes >= 100_000_000 && found[0].bytes < 103_000_000);
         // The same volume to a remote three workloads share is not a drip.
-        let mut d = SlowDrip::new(SlowDripRule::default(), 1_000);
+        let mut d = SlowDrip::new(rule, 1_000);
         let mut flows = flows;
         for (i, f) in flows.iter_mut().enumerate() {
             f.workload = Some(format!("10.0.1.{}", 5 + i % 3).parse().unwrap());
@@ -1381,18 +1495,23 @@ mod tests {
         assert_eq!(found[0].bytes, u64::MAX);
         let r: IpAddr = "203.0.113.5".parse().unwrap();
         assert_eq!(
-            d.state.new_destinations.get(&key_of(r)).unwrap().sent,
+            d.state.new_destinations.get(&network_key(r)).unwrap().sent,
             u64::MAX
         );
         run(&mut d, &[down("203.0.113.5"), down("203.0.113.5")]);
         assert_eq!(
-            d.state.new_destinations.get(&key_of(r)).unwrap().received,
+            d.state
+                .new_destinations
+                .get(&network_key(r))
+                .unwrap()
+                .received,
             u64::MAX
         );
 
         // Traffic volume: the pair's window sums.
         let rule = TrafficVolumeRule {
             learning_windows: 0,
+            learning_seconds: 0,
             ..TrafficVolumeRule::default()
         };
         let mut v = TrafficVolume::new(rule, 1_000);
@@ -1407,12 +1526,17 @@ mod tests {
         assert_eq!((pair.sent, pair.received), (u64::MAX, u64::MAX));
 
         // Slow drip: both buckets' sums, and the estimate the finding reports.
-        let mut s = SlowDrip::new(SlowDripRule::default(), 1_000);
+        let rule = SlowDripRule {
+            learning_seconds: 0,
+            min_flows: 1,
+            ..SlowDripRule::default()
+        };
+        let mut s = SlowDrip::new(rule, 1_000);
         let found = run(&mut s, &[up("203.0.113.5"), up("203.0.113.5")]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].bytes, u64::MAX);
         run(&mut s, &[down("203.0.113.5"), down("203.0.113.5")]);
-        let drip = s.state.pairs.get(&pair_key(w, r)).unwrap();
+        let drip = s.state.pairs.get(&network_pair_key(w, r)).unwrap();
         assert_eq!((drip.sent[1], drip.received[1]), (u64::MAX, u64::MAX));
     }
 
@@ -1451,5 +1575,67 @@ mod tests {
             rules_that_fired,
             ["port_scan", "rare_destination", "slow_drip"]
         );
+    }
+
+    /// Providers answer from ever new addresses of a few networks; attackers can spread one
+    /// upload over many hosts of one. Both are judged by network.
+    #[test]
+    fn novelty_and_sharing_are_judged_per_network() {
+        let rule = RareDestinationRule {
+            learning_seconds: 3_600,
+            ..RareDestinationRule::default()
+        };
+        let mut d = RareDestination::new(rule, 1_000);
+        // Learnt: storage at 52.219.40.0/24.
+        let learn = [flow(Path::NatReturn, "52.219.40.10", 443, 5_000_000, 0)];
+        assert!(run(&mut d, &learn).is_empty());
+        let t = 7_200;
+        // A checkpoint upload to a fresh address of that network: not new.
+        let rotated = [flow(Path::NatEgress, "52.219.40.201", 443, 400_000_000, t)];
+        assert!(run(&mut d, &rotated).is_empty());
+        // 4 MB to each of four hosts of a network never seen: one new destination, 16 MB.
+        let spray: Vec<Flow> = (1..=4)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    &format!("198.18.7.{i}"),
+                    443,
+                    4_000_000,
+                    t + i,
+                )
+            })
+            .collect();
+        let found = run(&mut d, &spray);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].bytes, 12_000_000,
+            "flagged as the sum crossed 10 MB"
+        );
+        assert!(
+            found[0].summary.contains("network 198.18.7.0"),
+            "{}",
+            found[0].summary
+        );
+
+        // The slow drip counts a network's hosts together, and a network three workloads
+        // use is shared even when each used another address of it.
+        let rule = SlowDripRule {
+            learning_seconds: 0,
+            ..SlowDripRule::default()
+        };
+        let mut s = SlowDrip::new(rule.clone(), 1_000);
+        let drips: Vec<Flow> = (0..40)
+            .map(|i| {
+                let remote = format!("198.18.9.{}", i % 30 + 1);
+                flow(Path::NatEgress, &remote, 443, 3_000_000, 100_000 + i * 300)
+            })
+            .collect();
+        assert_eq!(run(&mut s, &drips).len(), 1);
+        let mut s = SlowDrip::new(rule, 1_000);
+        let mut shared = drips.clone();
+        for (i, f) in shared.iter_mut().enumerate() {
+            f.workload = Some(format!("10.0.1.{}", 5 + i % 3).parse().unwrap());
+        }
+        assert!(run(&mut s, &shared).is_empty());
     }
 }

@@ -98,8 +98,14 @@ pub struct TrafficVolumeRule {
     pub deviations: f64,
     /// Active windows a workload needs before its baseline is trusted.
     pub learning_windows: u64,
+    /// Event-time seconds from the first flow during which the fleet's networks and each
+    /// workload's own networks are learnt before anything is judged.
+    pub learning_seconds: u64,
     /// Bytes sent must be at least this multiple of bytes received (an upload).
     pub upload_ratio: f64,
+    /// A remote network (/24, /48) more workloads than this use is shared; large transfers
+    /// there by a workload that used it before are its normal work (checkpoints to storage).
+    pub max_workloads: usize,
 }
 
 /// Uploads to destinations no workload in the fleet had contacted before.
@@ -131,6 +137,13 @@ pub struct SlowDripRule {
     pub upload_ratio: f64,
     /// Destinations more workloads than this talk to are shared services, not a drop point.
     pub max_workloads: usize,
+    /// Upload flows within the horizon before it is a drip: one large upload is a bulk
+    /// transfer (traffic-volume's and rare-destination's to judge), not a drip.
+    pub min_flows: u64,
+    /// Event-time seconds from the first flow during which which networks the fleet shares is
+    /// only learnt: a team's first morning would otherwise make every shared service look
+    /// like one workload's drop point.
+    pub learning_seconds: u64,
 }
 
 /// Regular connections to one remote: periodic start times and near-constant sizes, scored
@@ -182,7 +195,9 @@ impl Default for TrafficVolumeRule {
             min_bytes: 50_000_000,
             deviations: 10.0,
             learning_windows: 30,
+            learning_seconds: 86_400,
             upload_ratio: 2.0,
+            max_workloads: 2,
         }
     }
 }
@@ -209,6 +224,8 @@ impl Default for SlowDripRule {
             bytes: 100_000_000,
             upload_ratio: 4.0,
             max_workloads: 2,
+            min_flows: 4,
+            learning_seconds: 86_400,
         }
     }
 }
@@ -456,7 +473,7 @@ impl Rules {
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
         // decides, far above any sensible setting, so reaching one is a mistake (a value in
         // milliseconds, a stray digit) rather than a deployment that needs more.
-        let bounded: [(&str, u64, u64, u64); 11] = [
+        let bounded: [(&str, u64, u64, u64); 13] = [
             // Up to two tables of this many entries per behavioural rule, tens to hundreds of
             // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
             ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
@@ -479,6 +496,18 @@ impl Rules {
             (
                 "rules.rare-destination.learning-seconds",
                 self.rare_destination.learning_seconds,
+                0,
+                30 * DAY,
+            ),
+            (
+                "rules.traffic-volume.learning-seconds",
+                self.traffic_volume.learning_seconds,
+                0,
+                30 * DAY,
+            ),
+            (
+                "rules.slow-drip.learning-seconds",
+                self.slow_drip.learning_seconds,
                 0,
                 30 * DAY,
             ),
@@ -549,6 +578,10 @@ impl Rules {
             (
                 "rules.slow-drip.max-workloads",
                 self.slow_drip.max_workloads,
+            ),
+            (
+                "rules.traffic-volume.max-workloads",
+                self.traffic_volume.max_workloads,
             ),
             (
                 "rules.beaconing.max-workloads",

@@ -25,8 +25,12 @@ nat-private-ips = ["10.0.0.220"]
 learning-seconds = 0
 [rules.traffic-volume]
 learning-windows = 0
+learning-seconds = 0
 [rules.rare-destination]
 learning-seconds = 0
+[rules.slow-drip]
+learning-seconds = 0
+min-flows = 1
 "#,
         "test.toml",
     )

@@ -95,6 +95,9 @@ pub(crate) struct Services {
     pub models: Vec<Ipv4Addr>,
     pub apis: Vec<Ipv4Addr>,
     pub tracking: Vec<Ipv4Addr>,
+    /// Cloud object storage reached through the NAT (another region, another provider):
+    /// every request may land on another address, within a few /24s.
+    pub storage: Vec<[u8; 3]>,
 }
 
 impl Services {
@@ -106,6 +109,7 @@ impl Services {
             models: pool(13, 224, 8),
             apis: pool(34, 117, 12),
             tracking: pool(35, 186, 2),
+            storage: vec![[52, 219, 40], [52, 219, 121], [3, 5, 140]],
         }
     }
 }
@@ -290,6 +294,27 @@ pub(crate) fn benign_minute(
         c.sent = rng.random_range(300_000..3_000_000);
         c.received = c.sent / 4;
         out.push(c);
+    }
+    // Cloud storage through the NAT, each request to whichever address the provider picks
+    // within its networks: every workload reads datasets from it, and a training run (one
+    // workload in four) writes checkpoints of hundreds of megabytes every half hour or so.
+    let storage_host = |rng: &mut Pcg64Mcg| {
+        let [a, b, c] = services.storage[rng.random_range(0..services.storage.len())];
+        Ipv4Addr::new(a, b, c, rng.random_range(1..=254))
+    };
+    for _ in 0..poisson(rng, per_minute(0.5)) {
+        let received = lognormal(rng, 40e6, 1.2, 4e9);
+        let sent = rng.random_range(4_000..40_000);
+        let (r, s) = (storage_host(rng), at(rng));
+        out.push(https(rng, index, r, s, sent, received, 60e6, None));
+    }
+    if index.is_multiple_of(4) {
+        for _ in 0..poisson(rng, per_minute(2.0)) {
+            let sent = lognormal(rng, 300e6, 0.8, 3e9);
+            let received = rng.random_range(20_000..200_000);
+            let (r, s) = (storage_host(rng), at(rng));
+            out.push(https(rng, index, r, s, sent, received, 80e6, None));
+        }
     }
     // The long tail: documentation sites, dataset hosts, one-off downloads.
     for _ in 0..poisson(rng, per_minute(new_destinations_per_hour)) {
