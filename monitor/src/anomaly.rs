@@ -312,8 +312,6 @@ struct VolumeState {
     workloads: BoundedMap<u64, VolumeBaseline>,
     /// Remote network -> the workloads that talked to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
-    /// (workload, remote network) -> the first window they talked in.
-    known: BoundedMap<u64, u64>,
     /// Event time of the first flow seen: the learning period runs from it.
     first_flow: Option<u64>,
 }
@@ -323,7 +321,6 @@ impl Snapshot for VolumeState {
         self.pairs.set_capacity(configured.pairs.capacity());
         self.workloads.set_capacity(configured.workloads.capacity());
         self.audience.set_capacity(configured.audience.capacity());
-        self.known.set_capacity(configured.known.capacity());
         Ok(())
     }
 }
@@ -352,7 +349,6 @@ impl TrafficVolume {
                 pairs: BoundedMap::new(entries),
                 workloads: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
-                known: BoundedMap::new(entries),
                 first_flow: None,
             },
         }
@@ -361,10 +357,7 @@ impl TrafficVolume {
 
 impl Detector for TrafficVolume {
     fn state_evictions(&self) -> u64 {
-        self.state.pairs.evicted
-            + self.state.workloads.evicted
-            + self.state.audience.evicted
-            + self.state.known.evicted
+        self.state.pairs.evicted + self.state.workloads.evicted + self.state.audience.evicted
     }
 
     fn name(&self) -> &'static str {
@@ -376,19 +369,16 @@ impl Detector for TrafficVolume {
             return;
         };
         let window = f.end / self.rule.window_seconds;
-        // A network the fleet uses, which this workload already used before this window, is
-        // where its large transfers go (checkpoints to object storage): not unusual.
+        // A network the fleet shares (object storage, a package CDN) is where large transfers
+        // of the team's work go, a new training job's first checkpoints included; an upload
+        // there is not unusual by volume. (An attacker's bucket at the same provider looks
+        // the same in a flow log: the residual risk the decision record accepts.)
         let popular = self
             .state
             .audience
             .touch(network_key(r), f.end, Audience::default)
             .add(key_of(w))
             > self.rule.max_workloads;
-        let familiar = *self
-            .state
-            .known
-            .touch(network_pair_key(w, r), f.end, || window)
-            < window;
         let b = self
             .state
             .workloads
@@ -445,7 +435,7 @@ impl Detector for TrafficVolume {
             || alerted
             || baseline.samples < self.rule.learning_windows
             || f.end < first_flow.saturating_add(self.rule.learning_seconds)
-            || (popular && familiar)
+            || popular
         {
             return;
         }

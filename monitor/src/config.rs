@@ -104,7 +104,7 @@ pub struct TrafficVolumeRule {
     /// Bytes sent must be at least this multiple of bytes received (an upload).
     pub upload_ratio: f64,
     /// A remote network (/24, /48) more workloads than this use is shared; large transfers
-    /// there by a workload that used it before are its normal work (checkpoints to storage).
+    /// there are the team's work (checkpoints to object storage), not unusual.
     pub max_workloads: usize,
 }
 
