@@ -13,6 +13,17 @@ const HEADER: &str = "interface-id srcaddr dstaddr srcport dstport protocol byte
 const LINE: &str =
     "eni-wl 10.0.1.5 10.0.2.9 40000 2049 6 100 ACCEPT OK 10.0.1.5 10.0.2.9 1764150000 1764150060\n";
 
+/// A file-source config for `path`, its state under `dir`, with `extra` top-level keys.
+fn file_config(dir: &std::path::Path, path: &std::path::Path, extra: &str) -> Config {
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\n{extra}\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
+        egresswatch_testkit::free_port(),
+        dir.join("state").display(),
+        path.display()
+    );
+    Config::from_toml(&toml, "test.toml").unwrap()
+}
+
 fn intra_vpc(m: &Metrics) -> u64 {
     m.records
         .with_label_values(&["intra_vpc", "nfs", "ACCEPT"])
@@ -33,13 +44,7 @@ async fn appended_records_are_read_as_they_arrive() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("flows.log");
     std::fs::write(&path, format!("{HEADER}{LINE}{LINE}")).unwrap();
-    let toml = format!(
-        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\nfollow = true\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
-        egresswatch_testkit::free_port(),
-        dir.join("state").display(),
-        path.display()
-    );
-    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let config = file_config(&dir, &path, "follow = true");
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(egresswatch_monitor::run(config, metrics.clone(), rx, None));
@@ -84,13 +89,7 @@ async fn a_restart_resumes_where_the_last_run_ended() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("flows.log");
     std::fs::write(&path, format!("{HEADER}{}", LINE.repeat(1_000))).unwrap();
-    let toml = format!(
-        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
-        egresswatch_testkit::free_port(),
-        dir.join("state").display(),
-        path.display()
-    );
-    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let config = file_config(&dir, &path, "");
     let run = || async {
         let metrics = Arc::new(Metrics::new());
         let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -128,13 +127,7 @@ async fn an_oversize_line_is_a_bad_line_and_the_lines_around_it_are_read() {
     let path = dir.join("flows.log");
     let huge = "x".repeat(10_000);
     std::fs::write(&path, format!("{HEADER}{LINE}{huge}\n{LINE}")).unwrap();
-    let toml = format!(
-        "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\nmax-line-bytes = 1024\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
-        egresswatch_testkit::free_port(),
-        dir.join("state").display(),
-        path.display()
-    );
-    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let config = file_config(&dir, &path, "max-line-bytes = 1024");
     let metrics = Arc::new(Metrics::new());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     egresswatch_monitor::run(config, metrics.clone(), rx, None)
