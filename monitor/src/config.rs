@@ -342,7 +342,9 @@ impl Default for Alerts {
             fold_window_seconds: 600,
             budget_per_workload: 5,
             budget_per_rule: 100,
-            outbox_max_bytes: 256 << 20,
+            // About 50,000 alerts (folding keeps floods to a few), read back whole at start
+            // within the daemon's memory budget.
+            outbox_max_bytes: 32 << 20,
             outbox_max_age_seconds: 7 * 86_400,
             shutdown_grace_seconds: 10,
             stdout: true,
@@ -442,8 +444,8 @@ impl Alerts {
                 100_000,
             ),
             ("alerts.budget-per-rule", self.budget_per_rule, 1_000_000),
-            // 16 GiB: the outbox is read whole at start.
-            ("alerts.outbox-max-bytes", self.outbox_max_bytes, 16 << 30),
+            // 1 GiB: the outbox is read whole at start, into memory.
+            ("alerts.outbox-max-bytes", self.outbox_max_bytes, 1 << 30),
             // Ten minutes: systemd's and ECS's stop timeouts are shorter than that.
             (
                 "alerts.shutdown-grace-seconds",
