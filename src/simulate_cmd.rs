@@ -27,7 +27,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(clap::Args, Clone)]
 pub struct TrafficArgs {
     /// Scenarios, comma separated: `all` (benign plus every attack), `attacks`, `benign`,
-    /// ssh-exfil, https-upload, slow-drip, beaconing, port-scan, port-sweep, denylisted, tor,
+    /// ssh-exfil, https-upload, spray-upload, slow-drip, beaconing, port-scan, port-sweep, denylisted, tor,
     /// dns-outside, dns-over-https, unusual-port.
     #[arg(long, default_value = "all")]
     scenario: String,
@@ -417,6 +417,9 @@ fn matches(f: &Finding, l: &Label) -> bool {
     // attack itself spans many remotes on that port.
     let remote_matches = match f.remote {
         Some(r) => l.remotes.contains(&r),
+        // A fold (findings over the alert budget, counted into one) names neither remote nor
+        // port: it is the attack's if the workload and the time are.
+        None if f.remote_port.is_none() => true,
         None => l.remotes.len() > 1 && f.remote_port == l.remote_port,
     };
     f.workload == Some(l.workload)

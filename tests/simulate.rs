@@ -42,6 +42,8 @@ fn matching<'a>(label: &Value, findings: &'a [Value]) -> Vec<&'a Value> {
         .filter(|f| f["workload"] == label["workload"])
         .filter(|f| match f["remote"].as_str() {
             Some(r) => remotes.contains(&r),
+            // A fold of many findings of the workload names no remote.
+            None if f["folded"].is_u64() => true,
             None => remotes.len() > 1 && f["remote_port"] == label["remote_port"],
         })
         .collect()
@@ -54,7 +56,11 @@ fn expected_rule(scenario: &str) -> &'static [&'static str] {
         // From a workload that uploads hundreds of megabytes as its daily work, a gigabyte
         // upload is not unusual in volume, only in where it goes.
         "https-upload" => &["traffic_volume_unusual", "rare_destination"],
-        "slow-drip" => &["slow_drip"],
+        // No one address receives much; the new network receives it all.
+        "spray-upload" => &["rare_destination"],
+        // A drip the end of the simulation cuts short of the horizon's threshold is found
+        // by where it goes.
+        "slow-drip" => &["slow_drip", "rare_destination"],
         "beaconing" => &["beaconing"],
         "port-scan" => &["port_scan"],
         "port-sweep" => &["port_sweep"],
@@ -89,7 +95,7 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let outcomes = report["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 55, "eleven attacks on five seeds");
+    assert_eq!(outcomes.len(), 60, "twelve attacks on five seeds");
     for o in outcomes {
         assert_eq!(o["detected"], true, "{o}");
         let scenario = o["scenario"].as_str().unwrap();
@@ -166,7 +172,7 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let truth = labels(&dir.join("labels.jsonl"));
-    assert_eq!(truth.len(), 11);
+    assert_eq!(truth.len(), 12);
     let mut explained = 0;
     for label in &truth {
         let hits = matching(label, &findings);

@@ -1,5 +1,5 @@
 //! The alert router: turns the rules' findings into alerts. It drops a finding that repeats
-//! one already alerted for the same (rule, workload, remote) within the dedupe window, and
+//! one already alerted for the same (rule, workload, remote, port) within the dedupe window, and
 //! folds floods: past a budget per rule and per (rule, workload) in a window of event time,
 //! findings are counted into one alert that says how many it stands for. Everything here is
 //! event time and bounded; what it decides goes to the outbox, which makes it durable before
@@ -109,7 +109,9 @@ impl Alert {
     }
 }
 
-type DedupeKey = (&'static str, Option<IpAddr>, Option<IpAddr>);
+/// Rule, workload, remote and remote port: DNS to a resolver on 53 and DNS over HTTPS to it
+/// on 443 are two things to know.
+type DedupeKey = (&'static str, Option<IpAddr>, Option<IpAddr>, Option<u16>);
 type FoldKey = (&'static str, Option<IpAddr>, u64);
 
 /// Dedupe entries kept at most, whatever the traffic; past it the oldest is forgotten, which
@@ -215,9 +217,15 @@ impl Router {
             self.close_folds(false);
         }
         self.expire();
-        let key = (finding.rule, finding.workload, finding.remote);
+        let key = (
+            finding.rule,
+            finding.workload,
+            finding.remote,
+            finding.remote_port,
+        );
         if let Some(&opened) = self.seen.get(&key) {
-            if t < opened.saturating_add(self.window) && t >= opened {
+            // Either side of the alert that opened the window: records arrive out of order.
+            if t < opened.saturating_add(self.window) && t.saturating_add(self.window) > opened {
                 self.metrics.alerts_suppressed.inc();
                 return;
             }
@@ -364,7 +372,7 @@ impl Router {
         for a in alerts {
             let f = &a.finding;
             if a.folded.is_none() {
-                self.remember((f.rule, f.workload, f.remote), f.last_seen);
+                self.remember((f.rule, f.workload, f.remote, f.remote_port), f.last_seen);
             }
             self.watermark = self.watermark.max(f.last_seen);
         }
@@ -478,6 +486,8 @@ mod tests {
         r.route(finding("non_https_egress", 1, 7, 1_000));
         r.route(finding("non_https_egress", 1, 7, 1_050));
         r.route(finding("non_https_egress", 1, 7, 1_100));
+        // A late record from before the alert, within the window, is a repeat too.
+        r.route(finding("non_https_egress", 1, 7, 1_090));
         let got = r.take().alerts;
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].finding.last_seen, 1_100);

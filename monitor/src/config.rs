@@ -257,7 +257,7 @@ impl Default for PortScanRule {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Alerts {
-    /// One alert per (rule, workload, remote) within this many seconds of event time.
+    /// One alert per (rule, workload, remote, port) within this many seconds of event time.
     pub dedupe_window_seconds: u64,
     /// Webhook and desktop deliveries per minute at most (stdout and Alertmanager take
     /// batches); what waits is served highest severity first.

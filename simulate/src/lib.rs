@@ -28,6 +28,9 @@ pub enum Scenario {
     SshExfil,
     /// Gigabytes uploaded over HTTPS to a destination never contacted before.
     HttpsUpload,
+    /// An upload cut into parts of a few megabytes, each to another host of one new network,
+    /// so that no single address receives much.
+    SprayUpload,
     /// A few megabytes every few minutes to one destination, for hours.
     SlowDrip,
     /// Small, regular check-ins to a command server, with jitter.
@@ -49,9 +52,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ATTACKS: [Scenario; 11] = [
+    pub const ATTACKS: [Scenario; 12] = [
         Scenario::SshExfil,
         Scenario::HttpsUpload,
+        Scenario::SprayUpload,
         Scenario::SlowDrip,
         Scenario::Beaconing,
         Scenario::PortScan,
@@ -68,6 +72,7 @@ impl Scenario {
             Scenario::Benign => "benign",
             Scenario::SshExfil => "ssh-exfil",
             Scenario::HttpsUpload => "https-upload",
+            Scenario::SprayUpload => "spray-upload",
             Scenario::SlowDrip => "slow-drip",
             Scenario::Beaconing => "beaconing",
             Scenario::PortScan => "port-scan",

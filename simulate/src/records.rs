@@ -619,7 +619,7 @@ mod tests {
             stats.records,
             stats.benign_records + stats.malicious_records
         );
-        assert_eq!(labels.len(), 11);
+        assert_eq!(labels.len(), 12);
         assert_eq!(
             labels.iter().map(|l| l.records).sum::<u64>(),
             stats.malicious_records
@@ -711,6 +711,6 @@ mod tests {
         assert!(Scenario::parse_list("beaconing,nope")
             .unwrap_err()
             .contains("`nope`"));
-        assert_eq!(Scenario::parse_list("attacks").unwrap().len(), 11);
+        assert_eq!(Scenario::parse_list("attacks").unwrap().len(), 12);
     }
 }

@@ -433,6 +433,25 @@ pub(crate) fn attack(
             }
             single(vec![r], 443, conns)
         }
+        Scenario::SprayUpload => {
+            // 30 to 80 parts of 2 to 6 MB, one host of the network each, a few seconds apart.
+            let base = attacker_address(rng).octets();
+            let parts = rng.random_range(30..80u8);
+            let mut remotes = Vec::new();
+            let mut t = start;
+            for i in 0..parts {
+                let r = Ipv4Addr::new(base[0], base[1], base[2], 1 + i.wrapping_mul(3) % 250);
+                remotes.push(r);
+                let sent = rng.random_range(2_000_000..6_000_000);
+                conns.push(https(rng, w, r, t, sent, sent / 300, 3e6, l));
+                t += rng.random_range(5..40);
+            }
+            Attack {
+                conns,
+                remotes,
+                remote_port: Some(443),
+            }
+        }
         Scenario::SlowDrip => {
             let r = attacker_address(rng);
             let mut t = start;
