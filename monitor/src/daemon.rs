@@ -1,7 +1,8 @@
 //! The daemon: serves metrics and health, reads the configured source, pushes every batch
-//! through the pipeline and commits the checkpoint only after the whole batch is processed.
-//! On SIGTERM/SIGINT it stops reading, finishes and checkpoints the batch in flight, flushes
-//! the alert sinks and returns.
+//! through the pipeline, makes each batch's alerts durable in the outbox, and checkpoints the
+//! read positions together with the rules' state and the outbox's position. Readiness follows
+//! whether the source reads. On SIGTERM/SIGINT it stops reading, finishes the batch in
+//! flight, checkpoints, gives the sinks their grace and returns.
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! `egresswatch-monitor`: the daemon that watches what leaves the VPC. Sources feed batches of
-//! flow-log lines through parse, classify, detect and the alert router; metrics are kept at
-//! every stage and read positions are committed only after a batch has passed them all.
+//! flow-log lines through parse, classify, detect and the alert router into the durable
+//! outbox the sinks deliver from; metrics are kept at every stage, and read positions are
+//! committed only with the rules' state that has seen the records before them.
 
 pub mod alert;
 pub mod anomaly;
