@@ -58,10 +58,23 @@ pub fn free_port() -> u16 {
 }
 
 fn wait_http(port: u16, path: &str, timeout: Duration, child: &mut Child, name: &str) {
+    if let Err(e) = try_wait_http(port, path, timeout, child, name) {
+        panic!("{e}");
+    }
+}
+
+/// [`wait_http`] that says why instead of panicking, for a service worth a second try.
+fn try_wait_http(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    child: &mut Child,
+    name: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{name} exited before it was ready: {status}");
+            return Err(format!("{name} exited before it was ready: {status}"));
         }
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
@@ -69,14 +82,15 @@ fn wait_http(port: u16, path: &str, timeout: Duration, child: &mut Child, name: 
             if s.write_all(req.as_bytes()).is_ok() {
                 let mut buf = [0u8; 12];
                 if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                    return;
+                    return Ok(());
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not answer on 127.0.0.1:{port} within {timeout:?}"
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} did not answer on 127.0.0.1:{port} within {timeout:?}"
+            ));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -176,31 +190,49 @@ impl WebhookReceiver {
 /// Starts a webhook receiver with the machine's python3.
 pub fn webhook_receiver() -> WebhookReceiver {
     let dir = temp_dir("webhook");
-    let port = free_port();
-    let mut child = Command::new("python3")
-        .arg(workspace_root().join("testkit/webhook_receiver.py"))
-        .arg(port.to_string())
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start python3 webhook_receiver.py");
-    wait_http(
-        port,
-        "/",
-        Duration::from_secs(30),
-        &mut child,
-        "webhook receiver",
-    );
-    WebhookReceiver {
-        service: Service {
-            name: "webhook",
-            child,
+    let log = dir.join("receiver.log");
+    // A port taken between choosing it and binding it, or an interpreter that fails to
+    // start under load, is worth another try; its log says which.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .arg(workspace_root().join("testkit/webhook_receiver.py"))
+            .arg(port.to_string())
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the receiver's log"))
+            .spawn()
+            .expect("start python3 webhook_receiver.py");
+        match try_wait_http(
             port,
-        },
-        dir,
+            "/",
+            Duration::from_secs(30),
+            &mut child,
+            "webhook receiver",
+        ) {
+            Ok(()) => {
+                return WebhookReceiver {
+                    service: Service {
+                        name: "webhook",
+                        child,
+                        port,
+                    },
+                    dir,
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                failures.push(format!(
+                    "{e}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                ));
+            }
+        }
     }
+    panic!("webhook receiver did not start: {failures:#?}");
 }
 
 /// Starts a real Alertmanager (Debian package) that keeps what it receives.
