@@ -154,10 +154,6 @@ pub struct Decided {
     pub tallies: Vec<Tally>,
 }
 
-fn rule_name(name: &str) -> Option<&'static str> {
-    crate::detect::RULES.iter().copied().find(|r| *r == name)
-}
-
 impl Router {
     pub fn new(config: &Alerts, metrics: Arc<Metrics>) -> Self {
         for rule in crate::detect::RULES {
@@ -377,7 +373,7 @@ impl Router {
             self.watermark = self.watermark.max(f.last_seen);
         }
         for t in tallies {
-            let Some(rule) = rule_name(&t.rule) else {
+            let Some(rule) = crate::detect::rule_name(&t.rule) else {
                 continue;
             };
             let key = (rule, t.workload, t.window_start);

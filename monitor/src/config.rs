@@ -395,19 +395,14 @@ impl Config {
         crate::suppress::Suppressions::new(&self.suppress)?;
         // Five minutes: what a crash makes the daemon read again, and how late a checkpoint
         // may be, should stay short.
-        if self.checkpoint_interval_seconds == 0 || self.checkpoint_interval_seconds > 300 {
-            return Err(format!(
-                "checkpoint-interval-seconds = {}: must be between 1 and 300",
-                self.checkpoint_interval_seconds
-            ));
-        }
-        if self.max_line_bytes < 256 || self.max_line_bytes > 64 << 20 {
-            return Err(format!(
-                "max-line-bytes = {}: must be between 256 and {} (64 MiB)",
-                self.max_line_bytes,
-                64 << 20
-            ));
-        }
+        within(
+            "checkpoint-interval-seconds",
+            self.checkpoint_interval_seconds,
+            1,
+            300,
+        )?;
+        // 64 MiB: a line is held whole in memory while it is read.
+        within("max-line-bytes", self.max_line_bytes as u64, 256, 64 << 20)?;
         self.rules.validate()?;
         if let Some(f) = &self.format {
             flowlog::Format::parse(f).map_err(|e| format!("format: {e}"))?;
@@ -454,18 +449,15 @@ impl Alerts {
             ),
         ];
         for (name, v, max) in bounded {
-            if v == 0 || v > max {
-                return Err(format!("{name} = {v}: must be between 1 and {max}"));
-            }
+            within(name, v, 1, max)?;
         }
-        if self.outbox_max_age_seconds < 60 || self.outbox_max_age_seconds > 90 * 86_400 {
-            return Err(format!(
-                "alerts.outbox-max-age-seconds = {}: must be between 60 and {} (90 days)",
-                self.outbox_max_age_seconds,
-                90 * 86_400
-            ));
-        }
-        Ok(())
+        // A minute to 90 days.
+        within(
+            "alerts.outbox-max-age-seconds",
+            self.outbox_max_age_seconds,
+            60,
+            90 * 86_400,
+        )
     }
 }
 

@@ -465,7 +465,10 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
     };
     let mut source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
     let mut reloader = Reloader::new(config);
-    let too_long = p.metrics.bad_lines.with_label_values(&["line_too_long"]);
+    let too_long = p
+        .metrics
+        .bad_lines
+        .with_label_values(&[crate::metrics::LINE_TOO_LONG]);
     let mut summary = RunSummary::default();
     let mut stop = shutdown.clone();
     health.reading();

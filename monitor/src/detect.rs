@@ -63,14 +63,15 @@ pub struct Finding {
 /// through `known_rule` rather than borrowing it from the input.)
 pub type RuleName = &'static str;
 
+/// The name a rule carries, for a name read back from a file; None for no rule's.
+pub fn rule_name(name: &str) -> Option<RuleName> {
+    RULES.iter().copied().find(|r| *r == name)
+}
+
 /// Reads a rule's name back (from the outbox) as the name the rule itself carries.
 fn known_rule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
     let name = String::deserialize(d)?;
-    RULES
-        .iter()
-        .copied()
-        .find(|r| *r == name)
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown rule `{name}`")))
+    rule_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown rule `{name}`")))
 }
 
 /// The numbers a behavioural rule decided on.

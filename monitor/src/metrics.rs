@@ -55,6 +55,9 @@ pub fn peak_resident_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The bad-line reason of a line longer than `max-line-bytes`, skipped by the source.
+pub const LINE_TOO_LONG: &str = "line_too_long";
+
 /// The calls the CloudWatch source makes.
 pub const SOURCE_OPERATIONS: [&str; 3] = ["DescribeFlowLogs", "DescribeLogStreams", "GetLogEvents"];
 
@@ -346,7 +349,8 @@ impl Metrics {
         for status in ["NODATA", "SKIPDATA"] {
             skipped_records.with_label_values(&[status]);
         }
-        for reason in flowlog::ErrorKind::REASONS {
+        // The parser's reasons, and the sources' own: a line too long to be read at all.
+        for reason in flowlog::ErrorKind::REASONS.iter().chain(&[LINE_TOO_LONG]) {
             bad_lines.with_label_values(&[reason]);
         }
         Metrics {

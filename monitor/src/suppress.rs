@@ -70,7 +70,7 @@ impl Suppressions {
                 ));
             }
             if let Some(rule) = &s.rule {
-                if !crate::detect::RULES.contains(&rule.as_str()) {
+                if crate::detect::rule_name(rule).is_none() {
                     return Err(format!(
                         "{name}: rule `{rule}` is not one of {}",
                         crate::detect::RULES.join(", ")

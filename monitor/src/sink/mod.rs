@@ -88,21 +88,53 @@ impl Acks {
 struct Queue {
     /// Served from the front: highest severity, then oldest.
     waiting: BTreeMap<(Reverse<Severity>, u64), Alert>,
+    /// The sequence numbers in `waiting`, in order: the lowest is where the acknowledgements
+    /// stop, found without a scan of a backlog of tens of thousands.
+    waiting_seqs: BTreeSet<u64>,
     acks: Acks,
     /// Sequence numbers handed to this lane so far end below this.
     known_below: u64,
 }
 
 impl Queue {
+    fn new(acks: Acks, known_below: u64) -> Self {
+        Queue {
+            waiting: BTreeMap::new(),
+            waiting_seqs: BTreeSet::new(),
+            acks,
+            known_below,
+        }
+    }
+
+    fn add(&mut self, seq: u64, alert: &Alert) {
+        self.waiting
+            .insert((Reverse(alert.finding.severity), seq), alert.clone());
+        self.waiting_seqs.insert(seq);
+    }
+
+    fn delivered(&mut self, key: (Reverse<Severity>, u64)) {
+        self.waiting.remove(&key);
+        self.waiting_seqs.remove(&key.1);
+        self.acks.above.insert(key.1);
+    }
+
+    /// Drops what waits below `seq`; returns how many.
+    fn drop_below(&mut self, seq: u64) -> usize {
+        let before = self.waiting.len();
+        self.waiting.retain(|k, _| k.1 >= seq);
+        self.waiting_seqs = self.waiting_seqs.split_off(&seq);
+        before - self.waiting.len()
+    }
+
     /// Moves `below` up past everything delivered or not an alert.
     fn settle(&mut self) {
-        let lowest_waiting = self.waiting.keys().map(|k| k.1).min();
+        let lowest_waiting = self.waiting_seqs.first().copied();
         let below = lowest_waiting.unwrap_or(self.known_below);
         if below > self.acks.below {
             self.acks.below = below;
         }
         let b = self.acks.below;
-        self.acks.above.retain(|&s| s >= b);
+        self.acks.above = self.acks.above.split_off(&b);
     }
 }
 
@@ -176,32 +208,28 @@ impl Delivery {
                     fresh
                 }
             };
-            let mut waiting = BTreeMap::new();
+            let mut queue = Queue::new(acks, next_seq);
             for e in recovered {
                 if let Some(a) = &e.alert {
-                    if !acks.has(e.seq) {
-                        waiting.insert((Reverse(a.finding.severity), e.seq), a.clone());
+                    if !queue.acks.has(e.seq) {
+                        queue.add(e.seq, a);
                     }
                 }
             }
-            if !waiting.is_empty() {
+            if !queue.waiting.is_empty() {
                 tracing::info!(
                     sink = name,
-                    alerts = waiting.len(),
+                    alerts = queue.waiting.len(),
                     "resending alerts this sink had not acknowledged"
                 );
             }
             metrics
                 .alerts_pending
                 .with_label_values(&[name])
-                .set(waiting.len() as i64);
+                .set(queue.waiting.len() as i64);
             let lane = Arc::new(Lane {
                 sink,
-                queue: Mutex::new(Queue {
-                    waiting,
-                    acks,
-                    known_below: next_seq,
-                }),
+                queue: Mutex::new(queue),
                 wake: Notify::new(),
                 acks_path,
             });
@@ -231,8 +259,7 @@ impl Delivery {
             };
             for e in entries {
                 if let Some(a) = &e.alert {
-                    q.waiting
-                        .insert((Reverse(a.finding.severity), e.seq), a.clone());
+                    q.add(e.seq, a);
                 }
             }
             q.known_below = q.known_below.max(end.saturating_add(1));
@@ -261,9 +288,7 @@ impl Delivery {
             let Ok(mut q) = lane.queue.lock() else {
                 continue;
             };
-            let before = q.waiting.len();
-            q.waiting.retain(|k, _| k.1 >= gone_below);
-            let lost = before - q.waiting.len();
+            let lost = q.drop_below(gone_below);
             q.acks.below = q.acks.below.max(gone_below);
             q.settle();
             if lost > 0 {
@@ -363,8 +388,7 @@ async fn deliver(
                 let acks = match lane.queue.lock() {
                     Ok(mut q) => {
                         for (k, _) in &batch {
-                            q.waiting.remove(k);
-                            q.acks.above.insert(k.1);
+                            q.delivered(*k);
                         }
                         q.settle();
                         metrics
