@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egresswatch_monitor::alert::Router;
-use egresswatch_monitor::detect::Finding;
-use egresswatch_monitor::pipeline::{detectors, Pipeline};
+use egresswatch_monitor::finding::Finding;
+use egresswatch_monitor::pipeline::Pipeline;
+use egresswatch_monitor::rules;
 use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::{Config, Metrics};
 use egresswatch_provision::logs::put_events;
@@ -492,8 +493,12 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         let metrics = Arc::new(Metrics::new());
         let mut router = Router::new(&config.alerts, metrics.clone());
         router.kept = Some(Vec::new());
-        let mut pipeline =
-            Pipeline::new(topology.clone(), detectors(&config.rules)?, router, metrics);
+        let mut pipeline = Pipeline::new(
+            topology.clone(),
+            rules::build(&config.rules)?,
+            router,
+            metrics,
+        );
         pipeline.suppressions = egresswatch_monitor::suppress::Suppressions::new(&config.suppress)?;
         let mut decoder = Decoder::pinned(format.clone());
         // When each attack's first record was delivered, and when each finding was raised.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use egresswatch_monitor::alert::Router;
 use egresswatch_monitor::config::{Alerts, Rules};
-use egresswatch_monitor::pipeline::{detectors, Pipeline};
+use egresswatch_monitor::pipeline::Pipeline;
 use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::Metrics;
 use flowlog::{Decoder, Format};
@@ -70,7 +70,7 @@ fn main() {
     let router = Router::new(&alerts, metrics.clone());
     let mut pipeline = Pipeline::new(
         topo,
-        detectors(&rules).expect("detectors"),
+        egresswatch_monitor::rules::build(&rules).expect("detectors"),
         router,
         metrics.clone(),
     );
@@ -183,7 +183,7 @@ fn main() {
     let fresh_router = Router::new(&alerts, metrics.clone());
     let mut fresh = Pipeline::new(
         pipeline.topology.clone(),
-        detectors(&rules).expect("detectors"),
+        egresswatch_monitor::rules::build(&rules).expect("detectors"),
         fresh_router,
         metrics.clone(),
     );

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Alerts;
-use crate::detect::{Finding, Severity};
+use crate::finding::{Finding, Severity};
 use crate::metrics::Metrics;
 
 /// What sinks deliver: a finding with a stable id, or a fold of many findings.
@@ -156,7 +156,7 @@ pub struct Decided {
 
 impl Router {
     pub fn new(config: &Alerts, metrics: Arc<Metrics>) -> Self {
-        for rule in crate::detect::RULES {
+        for rule in crate::finding::RULES {
             metrics.alerts_folded.with_label_values(&[rule]);
         }
         Router {
@@ -373,7 +373,7 @@ impl Router {
             self.watermark = self.watermark.max(f.last_seen);
         }
         for t in tallies {
-            let Some(rule) = crate::detect::rule_name(&t.rule) else {
+            let Some(rule) = crate::finding::rule_name(&t.rule) else {
                 continue;
             };
             let key = (rule, t.workload, t.window_start);

@@ -7,6 +7,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::rules::beaconing::BeaconingRule;
+use crate::rules::new_remote_port::NewRemotePortRule;
+use crate::rules::port_scan::PortScanRule;
+use crate::rules::rare_destination::RareDestinationRule;
+use crate::rules::slow_drip::SlowDripRule;
+use crate::rules::traffic_volume::TrafficVolumeRule;
 use crate::topology::Topology;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -74,184 +80,6 @@ pub struct Rules {
     pub slow_drip: SlowDripRule,
     pub beaconing: BeaconingRule,
     pub port_scan: PortScanRule,
-}
-
-/// A workload reaching a remote port it never used (GuardDuty's NetworkPortUnusual).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct NewRemotePortRule {
-    pub enabled: bool,
-    /// Event-time seconds from a workload's first flow during which its ports are learnt.
-    pub learning_seconds: u64,
-}
-
-/// Bytes sent to one remote in one window, against the workload's own history
-/// (GuardDuty's TrafficVolumeUnusual).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct TrafficVolumeRule {
-    pub enabled: bool,
-    pub window_seconds: u64,
-    /// Never flag less than this many bytes to one remote in one window.
-    pub min_bytes: u64,
-    /// How many mean absolute deviations above the workload's mean counts as unusual.
-    pub deviations: f64,
-    /// Active windows a workload needs before its baseline is trusted.
-    pub learning_windows: u64,
-    /// Event-time seconds from the first flow during which the fleet's networks and each
-    /// workload's own networks are learnt before anything is judged.
-    pub learning_seconds: u64,
-    /// Bytes sent must be at least this multiple of bytes received (an upload).
-    pub upload_ratio: f64,
-    /// A remote network (/24, /48) more workloads than this use is shared; large transfers
-    /// there are the team's work (checkpoints to object storage), not unusual.
-    pub max_workloads: usize,
-}
-
-/// Uploads to destinations no workload in the fleet had contacted before.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct RareDestinationRule {
-    pub enabled: bool,
-    /// Event-time seconds from the first flow during which destinations are only learnt.
-    pub learning_seconds: u64,
-    /// How long a destination counts as new after it was first contacted.
-    pub new_for_seconds: u64,
-    /// Bytes sent to a new destination that make a finding.
-    pub upload_bytes: u64,
-    pub upload_ratio: f64,
-    /// A new destination contacted by more workloads than this is fleet traffic, not one
-    /// workload's exfiltration.
-    pub max_workloads: usize,
-    /// Destinations the seen-filter holds per generation (two generations are kept).
-    pub filter_capacity: usize,
-}
-
-/// Cumulative bytes to one remote over a long horizon, below any per-window threshold.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct SlowDripRule {
-    pub enabled: bool,
-    pub horizon_seconds: u64,
-    pub bytes: u64,
-    pub upload_ratio: f64,
-    /// Destinations more workloads than this talk to are shared services, not a drop point.
-    pub max_workloads: usize,
-    /// Upload flows within the horizon before it is a drip: one large upload is a bulk
-    /// transfer (traffic-volume's and rare-destination's to judge), not a drip.
-    pub min_flows: u64,
-    /// Event-time seconds from the first flow during which which networks the fleet shares is
-    /// only learnt: a team's first morning would otherwise make every shared service look
-    /// like one workload's drop point.
-    pub learning_seconds: u64,
-}
-
-/// Regular connections to one remote: periodic start times and near-constant sizes, scored
-/// like RITA's beacon score.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct BeaconingRule {
-    pub enabled: bool,
-    /// Connections needed before a pair is scored.
-    pub min_connections: usize,
-    /// Connection starts kept per pair.
-    pub history: usize,
-    /// Bursts (median gap below this) are not beacons.
-    pub min_interval_seconds: u64,
-    /// Score in [0, 1] at which a pair is a beacon.
-    pub score: f64,
-    /// A remote more workloads than this connect to is a shared service (telemetry, package
-    /// mirrors), whose regular check-ins are expected; RITA discounts prevalent destinations
-    /// the same way.
-    pub max_workloads: usize,
-}
-
-/// Outbound scans: many ports on one host (Recon:EC2/Portscan) or one port on many hosts
-/// (Impact:EC2/PortSweep) within a window. Counts are exact up to the thresholds, which
-/// bounds the memory per key.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct PortScanRule {
-    pub enabled: bool,
-    pub window_seconds: u64,
-    pub distinct_ports: usize,
-    pub distinct_hosts: usize,
-}
-
-impl Default for NewRemotePortRule {
-    fn default() -> Self {
-        NewRemotePortRule {
-            enabled: true,
-            learning_seconds: 86_400,
-        }
-    }
-}
-
-impl Default for TrafficVolumeRule {
-    fn default() -> Self {
-        TrafficVolumeRule {
-            enabled: true,
-            window_seconds: 60,
-            min_bytes: 50_000_000,
-            deviations: 10.0,
-            learning_windows: 30,
-            learning_seconds: 86_400,
-            upload_ratio: 2.0,
-            max_workloads: 2,
-        }
-    }
-}
-
-impl Default for RareDestinationRule {
-    fn default() -> Self {
-        RareDestinationRule {
-            enabled: true,
-            learning_seconds: 86_400,
-            new_for_seconds: 86_400,
-            upload_bytes: 10_000_000,
-            upload_ratio: 2.0,
-            max_workloads: 2,
-            filter_capacity: 1_000_000,
-        }
-    }
-}
-
-impl Default for SlowDripRule {
-    fn default() -> Self {
-        SlowDripRule {
-            enabled: true,
-            horizon_seconds: 21_600,
-            bytes: 100_000_000,
-            upload_ratio: 4.0,
-            max_workloads: 2,
-            min_flows: 4,
-            learning_seconds: 86_400,
-        }
-    }
-}
-
-impl Default for BeaconingRule {
-    fn default() -> Self {
-        BeaconingRule {
-            enabled: true,
-            min_connections: 8,
-            history: 16,
-            min_interval_seconds: 30,
-            score: 0.9,
-            max_workloads: 2,
-        }
-    }
-}
-
-impl Default for PortScanRule {
-    fn default() -> Self {
-        PortScanRule {
-            enabled: true,
-            window_seconds: 300,
-            distinct_ports: 24,
-            distinct_hosts: 64,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

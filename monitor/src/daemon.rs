@@ -19,7 +19,8 @@ use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{parse_shard, Config};
 use crate::metrics::Metrics;
 use crate::outbox::AlertLog;
-use crate::pipeline::{detectors, Pipeline};
+use crate::pipeline::Pipeline;
+use crate::rules;
 use crate::source::file::{FileSource, FileSourceOptions};
 use crate::topology::Topology;
 
@@ -157,7 +158,7 @@ pub async fn run(
     clients: Option<egresswatch_provision::Clients>,
 ) -> Result<RunSummary, String> {
     let topo = topology(&config)?;
-    let dets = detectors(&config.rules)?;
+    let dets = rules::build(&config.rules)?;
     let shard = config.shard.as_deref().map(parse_shard).transpose()?;
     let store_name = match (config.source.as_str(), shard) {
         ("cloudwatch", Some((i, n))) => format!("cloudwatch-{i}-of-{n}"),
@@ -903,7 +904,7 @@ impl Reloader {
                 tracing::error!(error = %e, "network description changed but cannot be read; keeping the previous one")
             }
         }
-        match detectors(&config.rules) {
+        match rules::build(&config.rules) {
             Ok(d) => p.replace_detectors(d),
             Err(e) => {
                 tracing::error!(error = %e, "a deny list changed but cannot be read; keeping the previous rules")
@@ -982,7 +983,7 @@ mod tests {
         let router = Router::new(&config.alerts, metrics.clone());
         let mut p = Pipeline::new(
             topology(&config).unwrap(),
-            detectors(&config.rules).unwrap(),
+            rules::build(&config.rules).unwrap(),
             router,
             metrics.clone(),
         );
@@ -1046,7 +1047,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut p = Pipeline::new(
             topology(&config).unwrap(),
-            detectors(&config.rules).unwrap(),
+            rules::build(&config.rules).unwrap(),
             Router::new(&config.alerts, metrics.clone()),
             metrics.clone(),
         );

@@ -4,19 +4,19 @@
 //! committed only with the rules' state that has seen the records before them.
 
 pub mod alert;
-pub mod anomaly;
-pub mod bounded;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod daemon;
 pub mod denylist;
-pub mod detect;
+pub mod finding;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod rules;
 pub mod sink;
+pub mod sketch;
 pub mod source;
 pub mod suppress;
 pub mod topology;

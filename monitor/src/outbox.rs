@@ -447,7 +447,7 @@ impl AlertLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Finding, Severity};
+    use crate::finding::{Finding, Severity};
 
     fn finding(n: u64) -> Finding {
         Finding {

@@ -9,21 +9,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flowlog::{Decoder, Line, LogStatus};
 
 use crate::alert::Router;
-use crate::anomaly::{
-    Beaconing, NewRemotePort, PortScan, RareDestination, SlowDrip, TrafficVolume,
-};
 use crate::classify::{classify, Path};
-use crate::config::Rules;
-use crate::denylist::Denylist;
-use crate::detect::{
-    DenylistedDestination, Detector, DnsBypass, Finding, NonHttpsEgress, RejectedEgress,
-};
-use crate::metrics::{inc_saturating, port_class, Metrics, TopK};
+use crate::finding::Finding;
+use crate::metrics::{inc_saturating, port_class, Metrics};
+use crate::rules::Rule;
+use crate::sketch::topk::TopK;
 use crate::topology::Topology;
 
 pub struct Pipeline {
     pub topology: Topology,
-    pub detectors: Vec<Box<dyn Detector>>,
+    pub detectors: Vec<Box<dyn Rule>>,
     pub router: Router,
     /// What the team has said is fine; checked before a finding is counted or routed.
     pub suppressions: crate::suppress::Suppressions,
@@ -48,61 +43,6 @@ const TOP_K_COUNTERS: usize = 1_024;
 /// Judged flows between refreshes of the top-k gauges.
 const TOP_K_REFRESH: u64 = 20_000;
 
-/// Builds the rules the config turns on; deny lists are loaded now, and a bad file is an error.
-pub fn detectors(rules: &Rules) -> Result<Vec<Box<dyn Detector>>, String> {
-    let mut v: Vec<Box<dyn Detector>> = Vec::new();
-    if rules.non_https_egress {
-        v.push(Box::new(NonHttpsEgress {
-            allowed_ports: rules.allowed_ports.clone(),
-        }));
-    }
-    if rules.rejected_egress {
-        v.push(Box::new(RejectedEgress));
-    }
-    if rules.denylisted_destination && !rules.denylists.is_empty() {
-        let mut list = Denylist::default();
-        for f in &rules.denylists {
-            list.load(f)?;
-        }
-        v.push(Box::new(DenylistedDestination {
-            list,
-            files: rules.denylists.clone(),
-        }));
-    }
-    if rules.dns_bypass {
-        v.push(Box::new(DnsBypass::new(&rules.resolver_lists)?));
-    }
-    let entries = rules.state_entries;
-    if rules.new_remote_port.enabled {
-        v.push(Box::new(NewRemotePort::new(
-            rules.new_remote_port.clone(),
-            entries,
-        )));
-    }
-    if rules.traffic_volume.enabled {
-        v.push(Box::new(TrafficVolume::new(
-            rules.traffic_volume.clone(),
-            entries,
-        )));
-    }
-    if rules.rare_destination.enabled {
-        v.push(Box::new(RareDestination::new(
-            rules.rare_destination.clone(),
-            entries,
-        )));
-    }
-    if rules.slow_drip.enabled {
-        v.push(Box::new(SlowDrip::new(rules.slow_drip.clone(), entries)));
-    }
-    if rules.beaconing.enabled {
-        v.push(Box::new(Beaconing::new(rules.beaconing.clone(), entries)));
-    }
-    if rules.port_scan.enabled {
-        v.push(Box::new(PortScan::new(rules.port_scan.clone(), entries)));
-    }
-    Ok(v)
-}
-
 /// Leading bytes of a detector-state snapshot; a snapshot without them is not ours.
 const STATE_MAGIC: &[u8; 8] = b"EWSTATE1";
 
@@ -116,7 +56,7 @@ fn now() -> u64 {
 impl Pipeline {
     pub fn new(
         topology: Topology,
-        detectors: Vec<Box<dyn Detector>>,
+        detectors: Vec<Box<dyn Rule>>,
         router: Router,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -188,7 +128,7 @@ impl Pipeline {
 
     /// Swaps in newly built rules (after a deny list changed), carrying over what the
     /// running ones learnt.
-    pub fn replace_detectors(&mut self, detectors: Vec<Box<dyn Detector>>) {
+    pub fn replace_detectors(&mut self, detectors: Vec<Box<dyn Rule>>) {
         let snapshot = self.save_state();
         self.detectors = detectors;
         for e in self.load_state(&snapshot) {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::detect::Finding;
+use crate::finding::Finding;
 
 /// One `[[suppress]]` entry of the config.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -70,10 +70,10 @@ impl Suppressions {
                 ));
             }
             if let Some(rule) = &s.rule {
-                if crate::detect::rule_name(rule).is_none() {
+                if crate::finding::rule_name(rule).is_none() {
                     return Err(format!(
                         "{name}: rule `{rule}` is not one of {}",
-                        crate::detect::RULES.join(", ")
+                        crate::finding::RULES.join(", ")
                     ));
                 }
             }
@@ -121,7 +121,7 @@ impl Suppressions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Severity;
+    use crate::finding::Severity;
 
     fn finding(rule: &'static str, remote: &str, port: u16) -> Finding {
         Finding {
@@ -188,7 +188,7 @@ interface = "eni-0abc"
             err("[[suppress]]\nreason = \"x\"\nrule = \"beacons\"\n"),
             format!(
                 "suppress #1: rule `beacons` is not one of {}",
-                crate::detect::RULES.join(", ")
+                crate::finding::RULES.join(", ")
             )
         );
         assert!(err("[[suppress]]\nreason = \"all of it\"\n")

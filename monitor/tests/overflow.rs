@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use egresswatch_monitor::alert::Router;
 use egresswatch_monitor::config::Config;
-use egresswatch_monitor::pipeline::{detectors, Pipeline};
+use egresswatch_monitor::pipeline::Pipeline;
+use egresswatch_monitor::rules;
 use egresswatch_monitor::Metrics;
 use flowlog::{Decoder, Format};
 
@@ -38,7 +39,7 @@ min-flows = 1
     let metrics = Arc::new(Metrics::new());
     let mut p = Pipeline::new(
         config.topology.clone().unwrap(),
-        detectors(&config.rules).unwrap(),
+        rules::build(&config.rules).unwrap(),
         Router::new(&config.alerts, metrics.clone()),
         metrics.clone(),
     );

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Delivered, Sink};
 use crate::alert::Alert;
-use crate::detect::Severity;
+use crate::finding::Severity;
 
 pub struct Desktop {
     pub spacing: Duration,

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::alert::Alert;
 use crate::config::Alerts;
-use crate::detect::Severity;
+use crate::finding::Severity;
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
 
@@ -432,7 +432,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Finding;
+    use crate::finding::Finding;
 
     /// Records what it was handed; fails while `failing` is set.
     struct Recorder {

@@ -1,0 +1,306 @@
+//! rare_destination: exfiltration goes to a destination of the attacker's, which no workload
+//! in the fleet had contacted before.
+
+use serde::{Deserialize, Serialize};
+
+use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot};
+use crate::classify::Flow;
+use crate::finding::{Evidence, Finding, Severity};
+use crate::sketch::bloom::Bloom;
+use crate::sketch::bounded::BoundedMap;
+use crate::sketch::network::{key_of, network_key, network_marker, network_of, Audience};
+
+/// Uploads to destinations no workload in the fleet had contacted before.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct RareDestinationRule {
+    pub enabled: bool,
+    /// Event-time seconds from the first flow during which destinations are only learnt.
+    pub learning_seconds: u64,
+    /// How long a destination counts as new after it was first contacted.
+    pub new_for_seconds: u64,
+    /// Bytes sent to a new destination that make a finding.
+    pub upload_bytes: u64,
+    pub upload_ratio: f64,
+    /// A new destination contacted by more workloads than this is fleet traffic, not one
+    /// workload's exfiltration.
+    pub max_workloads: usize,
+    /// Destinations the seen-filter holds per generation (two generations are kept).
+    pub filter_capacity: usize,
+}
+
+impl Default for RareDestinationRule {
+    fn default() -> Self {
+        RareDestinationRule {
+            enabled: true,
+            learning_seconds: 86_400,
+            new_for_seconds: 86_400,
+            upload_bytes: 10_000_000,
+            upload_ratio: 2.0,
+            max_workloads: 2,
+            filter_capacity: 1_000_000,
+        }
+    }
+}
+
+/// Uploads to destinations no workload had contacted before, while they are still new.
+pub struct RareDestination {
+    rule: RareDestinationRule,
+    state: RareState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RareState {
+    first_flow: Option<u64>,
+    /// Destinations seen: the current generation and the one before it. When the current
+    /// one is full it becomes the old one, so memory stays at two filters.
+    current: Bloom,
+    previous: Bloom,
+    new_destinations: BoundedMap<u64, NewDestination>,
+}
+
+impl Snapshot for RareState {
+    fn adopt_limits(&mut self, configured: &Self) -> Result<(), String> {
+        if self.current.words() != configured.current.words() {
+            return Err(
+                "the seen-filter was sized for a different filter-capacity; starting to learn again"
+                    .into(),
+            );
+        }
+        self.new_destinations
+            .set_capacity(configured.new_destinations.capacity());
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct NewDestination {
+    first_seen: u64,
+    workloads: Audience,
+    sent: u64,
+    received: u64,
+    alerted: bool,
+}
+
+impl RareDestination {
+    pub fn new(rule: RareDestinationRule, entries: usize) -> Self {
+        RareDestination {
+            state: RareState {
+                first_flow: None,
+                current: Bloom::new(rule.filter_capacity),
+                previous: Bloom::new(rule.filter_capacity),
+                new_destinations: BoundedMap::new(entries),
+            },
+            rule,
+        }
+    }
+}
+
+impl Rule for RareDestination {
+    fn state_evictions(&self) -> u64 {
+        self.state.new_destinations.evicted
+    }
+
+    fn name(&self) -> &'static str {
+        "rare_destination"
+    }
+
+    fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        let Some((sending, w, r)) = through_the_nat(f) else {
+            return;
+        };
+        let s = &mut self.state;
+        // New destinations are tracked by network: parts sent to many hosts of one new
+        // network add up, and an address new in a network the fleet already uses is not new.
+        let rk = network_key(r);
+        let first_flow = *s.first_flow.get_or_insert(f.start);
+        if f.start < first_flow {
+            s.first_flow = Some(f.start);
+        }
+        if s.new_destinations.get(&rk).is_none() {
+            let net = network_marker(r);
+            if s.current.contains(net) || s.previous.contains(net) {
+                return;
+            }
+            if s.current.members() >= self.rule.filter_capacity {
+                s.previous =
+                    std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
+            }
+            s.current.insert(net);
+            // Event times come from the input: a start near 2^64 must not overflow.
+            if f.end < first_flow.saturating_add(self.rule.learning_seconds) {
+                return;
+            }
+        }
+        let d = s.new_destinations.touch(rk, f.end, || NewDestination {
+            first_seen: f.start,
+            workloads: Audience::default(),
+            sent: 0,
+            received: 0,
+            alerted: false,
+        });
+        if f.end > d.first_seen.saturating_add(self.rule.new_for_seconds) {
+            // No longer new: it stays in the seen-filter only.
+            s.new_destinations.remove(&rk);
+            return;
+        }
+        d.workloads.add(key_of(w));
+        if sending {
+            d.sent = d.sent.saturating_add(f.bytes);
+        } else {
+            d.received = d.received.saturating_add(f.bytes);
+        }
+        if !sending
+            || d.alerted
+            || d.workloads.len() > self.rule.max_workloads
+            || d.sent < self.rule.upload_bytes
+            || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
+        {
+            return;
+        }
+        d.alerted = true;
+        let summary = format!(
+            "uploaded {} to {r} (received {}), in network {} that no workload had contacted before it appeared {} ago; {} workload(s) have contacted it since; threshold {}",
+            human_bytes(d.sent as f64),
+            human_bytes(d.received as f64),
+            network_of(r),
+            hours(f.end.saturating_sub(d.first_seen)),
+            d.workloads.len(),
+            human_bytes(self.rule.upload_bytes as f64)
+        );
+        let mut finding = Finding::from_flow("rare_destination", Severity::High, summary, f);
+        finding.bytes = d.sent;
+        finding.first_seen = d.first_seen;
+        out.push(finding.with_evidence(Evidence {
+            observed: d.sent as f64,
+            baseline: Some(0.0),
+            threshold: self.rule.upload_bytes as f64,
+            unit: "bytes sent to a new destination".into(),
+        }));
+    }
+
+    fn save_state(&self) -> Option<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        restore(self.name(), &mut self.state, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::classify::Path;
+    use crate::rules::testing::{flow, run};
+
+    #[test]
+    fn rare_destination_uploads() {
+        let rule = RareDestinationRule {
+            learning_seconds: 3_600,
+            ..RareDestinationRule::default()
+        };
+        let mut d = RareDestination::new(rule, 1_000);
+        let learn: Vec<Flow> = (0..50)
+            .map(|i| {
+                flow(
+                    Path::NatEgress,
+                    &format!("198.51.100.{i}"),
+                    443,
+                    1_000,
+                    i * 60,
+                )
+            })
+            .collect();
+        assert!(run(&mut d, &learn).is_empty());
+        let t = 7_200;
+        let mut other = flow(Path::NatEgress, "203.0.116.50", 443, 6_000_000, t);
+        other.workload = Some("10.0.1.6".parse().unwrap());
+        let flows = [
+            // Known during learning: never flagged, however much.
+            flow(Path::NatEgress, "198.51.100.3", 443, 500_000_000, t),
+            // New, uploads 12 MB in two records: flagged when the total crosses 10 MB.
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t),
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 60),
+            flow(Path::NatEgress, "203.0.113.9", 443, 6_000_000, t + 120),
+            // New but a download.
+            flow(Path::NatReturn, "203.0.114.10", 443, 90_000_000, t),
+            flow(Path::NatEgress, "203.0.114.10", 443, 12_000_000, t),
+        ];
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].remote, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(found[0].bytes, 12_000_000);
+        // A new destination three workloads use is shared, not one workload's drop point.
+        let mut shared = Vec::new();
+        for w in ["10.0.1.7", "10.0.1.8", "10.0.1.9"] {
+            let mut f = flow(Path::NatEgress, "203.0.115.60", 443, 100, t);
+            f.workload = Some(w.parse().unwrap());
+            shared.push(f);
+        }
+        shared.push(flow(Path::NatEgress, "203.0.115.60", 443, 50_000_000, t));
+        shared.push(other);
+        assert!(run(&mut d, &shared).is_empty());
+
+        // A snapshot carries what was learnt, but the table limits come from the new
+        // configuration; a filter sized differently cannot be reused and says so.
+        let saved = d.save_state().unwrap();
+        let mut restored = RareDestination::new(RareDestinationRule::default(), 10);
+        restored.load_state(&saved).unwrap();
+        assert_eq!(restored.state.new_destinations.capacity(), 10);
+        assert!(restored
+            .state
+            .current
+            .contains(network_marker("198.51.100.3".parse().unwrap())));
+        let resized = RareDestinationRule {
+            filter_capacity: 5_000,
+            ..RareDestinationRule::default()
+        };
+        let err = RareDestination::new(resized, 1_000)
+            .load_state(&saved)
+            .unwrap_err();
+        assert!(
+            err.starts_with("saved state of rule rare_destination: the seen-filter was sized"),
+            "{err}"
+        );
+    }
+
+    /// Bytes come from the input, and AWS's field is a u64: sums must stop at u64::MAX
+    /// rather than wrap (a panic in debug builds, a small number in release builds).
+    #[test]
+    fn byte_sums_saturate_instead_of_wrapping() {
+        const HUGE: u64 = u64::MAX - 1;
+        let t = 1_764_150_000;
+        let up = |remote: &str| flow(Path::NatEgress, remote, 443, HUGE, t);
+        let down = |remote: &str| flow(Path::NatReturn, remote, 443, HUGE, t);
+
+        // A threshold only a saturated sum reaches. Two near-2^64 uploads cross it on the
+        // second (a wrapped sum, 2^64 - 4, would never).
+        let rule = RareDestinationRule {
+            learning_seconds: 0,
+            upload_bytes: u64::MAX,
+            ..RareDestinationRule::default()
+        };
+        let mut d = RareDestination::new(rule, 1_000);
+        assert!(run(&mut d, &[up("203.0.113.5")]).is_empty());
+        let found = run(&mut d, &[up("203.0.113.5"), up("203.0.113.5")]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].bytes, u64::MAX);
+        let r: IpAddr = "203.0.113.5".parse().unwrap();
+        assert_eq!(
+            d.state.new_destinations.get(&network_key(r)).unwrap().sent,
+            u64::MAX
+        );
+        run(&mut d, &[down("203.0.113.5"), down("203.0.113.5")]);
+        assert_eq!(
+            d.state
+                .new_destinations
+                .get(&network_key(r))
+                .unwrap()
+                .received,
+            u64::MAX
+        );
+    }
+}
