@@ -17,7 +17,7 @@ use egresswatch_monitor::rules;
 use egresswatch_monitor::topology::Topology;
 use egresswatch_monitor::{Config, Metrics};
 use egresswatch_provision::logs::put_events;
-use egresswatch_simulate::{Label, Network, Scenario, Settings, Simulator, Subnet};
+use egresswatch_simulate::{Label, Network, Profile, Selection, Settings, Simulator, Subnet};
 use flowlog::{Decoder, Format};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -27,9 +27,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What both commands simulate.
 #[derive(clap::Args, Clone)]
 pub struct TrafficArgs {
-    /// Scenarios, comma separated: `all` (benign plus every attack), `attacks`, `benign`,
-    /// ssh-exfil, https-upload, spray-upload, slow-drip, beaconing, port-scan, port-sweep, denylisted, tor,
-    /// dns-outside, dns-over-https, unusual-port.
+    /// What to simulate, comma separated: `all` (every benign profile and every attack),
+    /// `benign` (every benign profile), `attacks`, or names. Benign profiles, each with an
+    /// optional rate multiplier (`heartbeats=2`): daily-work, heartbeats, api-polling,
+    /// large-downloads, cloud-storage, checkpoint-uploads, nightly-upload, git-push,
+    /// s3-endpoint, batched-delivery. Attacks: ssh-exfil, https-upload, spray-upload,
+    /// split-upload, slow-drip, s3-exfil, beaconing, jittered-beacon, long-beacon, port-scan,
+    /// port-sweep, denylisted, tor, dns-outside, dns-over-https, dns-over-tls, blocked-tunnel,
+    /// unusual-port.
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated time span [default: 6h for simulate, 7d for evaluate].
@@ -81,7 +86,7 @@ impl TrafficArgs {
     ) -> Result<Settings, String> {
         let duration = self.duration(d);
         let mut s = Settings::new(seed, start, duration.as_secs());
-        s.scenarios = Scenario::parse_list(&self.scenario)?;
+        s.selection = Selection::parse(&self.scenario)?;
         s.workloads = self.workloads.unwrap_or(d.workloads);
         s.network = network;
         s.new_destinations_per_hour = self.new_destinations_per_hour;
@@ -407,6 +412,11 @@ struct Report {
     records: u64,
     false_findings: u64,
     false_by_rule: BTreeMap<&'static str, u64>,
+    /// False findings by (rule, the benign profile whose traffic the finding is about);
+    /// a finding that several profiles' traffic fits counts for each.
+    false_by_rule_and_profile: BTreeMap<String, u64>,
+    /// Workloads times simulated days, over every seed.
+    workload_days: f64,
     seconds: f64,
     records_per_second: f64,
     peak_rss_mib: f64,
@@ -423,7 +433,8 @@ fn matches(f: &Finding, l: &Label) -> bool {
         None if f.remote_port.is_none() => true,
         None => l.remotes.len() > 1 && f.remote_port == l.remote_port,
     };
-    f.workload == Some(l.workload)
+    f.workload
+        .is_some_and(|w| w == l.workload || l.accomplices.contains(&w))
         && remote_matches
         && f.last_seen + 120 >= l.start
         && f.first_seen <= l.end + 3_600
@@ -484,12 +495,14 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
     let started = Instant::now();
     let start = 1_764_547_200; // 2025-12-01 00:00 UTC, a Monday
     for &seed in &args.seeds {
-        let mut sim = Simulator::new(args.traffic.settings(
-            seed,
-            start,
-            network.clone(),
-            &EVALUATE_DEFAULTS,
-        )?)?;
+        let settings = args
+            .traffic
+            .settings(seed, start, network.clone(), &EVALUATE_DEFAULTS)?;
+        let (sim_workloads, sim_days) = (
+            settings.workloads,
+            settings.duration_seconds as f64 / 86_400.0,
+        );
+        let mut sim = Simulator::new(settings)?;
         let metrics = Arc::new(Metrics::new());
         let mut router = Router::new(&config.alerts, metrics.clone());
         router.kept = Some(Vec::new());
@@ -528,6 +541,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
             .collect();
         let mut raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
         raised.resize(findings.len(), None);
+        let blame = |f: &Finding| sim.benign_profiles(f.workload, f.remote);
         score_into(
             &mut report,
             seed,
@@ -535,7 +549,9 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
             &raised,
             sim.labels(),
             &first_delivery,
+            &blame,
         );
+        report.workload_days += sim_workloads as f64 * sim_days;
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.records_per_second = report.records as f64 / report.seconds.max(1e-9);
@@ -553,6 +569,7 @@ fn score_into(
     raised: &[Option<u64>],
     labels: &[Label],
     first_delivery: &HashMap<u32, u64>,
+    blame: &dyn Fn(&Finding) -> Vec<Profile>,
 ) {
     let mut by_label: HashMap<u32, Vec<(&Finding, Option<u64>)>> = HashMap::new();
     for (n, f) in findings.iter().enumerate() {
@@ -561,6 +578,19 @@ fn score_into(
         if hits.is_empty() {
             report.false_findings += 1;
             *report.false_by_rule.entry(f.rule).or_default() += 1;
+            let profiles = blame(f);
+            if profiles.is_empty() {
+                *report
+                    .false_by_rule_and_profile
+                    .entry(format!("{} / unknown", f.rule))
+                    .or_default() += 1;
+            }
+            for p in profiles {
+                *report
+                    .false_by_rule_and_profile
+                    .entry(format!("{} / {}", f.rule, p.name()))
+                    .or_default() += 1;
+            }
             if report.false_examples.len() < 20 {
                 report.false_examples.push(f.clone());
             }
@@ -636,7 +666,15 @@ pub fn score(args: ScoreArgs) -> ExitCode {
             })
             .collect::<Result<_, _>>()?;
         let mut report = Report::default();
-        score_into(&mut report, 0, &findings, &[], &labels, &HashMap::new());
+        score_into(
+            &mut report,
+            0,
+            &findings,
+            &[],
+            &labels,
+            &HashMap::new(),
+            &|_| Vec::new(),
+        );
         Ok(report)
     })();
     match result {
@@ -661,7 +699,7 @@ fn print_report(r: &Report, seeds: usize) {
         by_scenario.entry(o.scenario).or_default().push(o);
     }
     println!(
-        "{:<14} {:>9} {:>12} {:>12} {:>15}  rules that fired",
+        "{:<16} {:>9} {:>12} {:>12} {:>15}  rules that fired",
         "scenario", "detected", "latency p50", "latency max", "after delivery"
     );
     for (scenario, outs) in &by_scenario {
@@ -672,7 +710,7 @@ fn print_report(r: &Report, seeds: usize) {
         let rules: BTreeSet<&str> = outs.iter().flat_map(|o| o.rules.iter().copied()).collect();
         let delivered = outs.iter().filter_map(|o| o.after_delivery_seconds).max();
         println!(
-            "{:<14} {:>9} {:>12} {:>12} {:>15}  {}",
+            "{:<16} {:>9} {:>12} {:>12} {:>15}  {}",
             scenario,
             format!("{detected}/{}", outs.len()),
             show(lat.get(lat.len() / 2)),
@@ -685,8 +723,13 @@ fn print_report(r: &Report, seeds: usize) {
     if r.records > 0 {
         let per_million = r.false_findings as f64 * 1e6 / r.benign_records.max(1) as f64;
         println!(
-            "{} seed(s), {} records ({} benign): {} false finding(s) = {:.2} per million benign records",
-            seeds, r.records, r.benign_records, r.false_findings, per_million
+            "{} seed(s), {} records ({} benign): {} false finding(s) = {:.2} per million benign records, {:.2} per 100 workload-days",
+            seeds,
+            r.records,
+            r.benign_records,
+            r.false_findings,
+            per_million,
+            r.false_findings as f64 * 100.0 / r.workload_days.max(1e-9)
         );
     } else {
         println!("{} finding(s) matched no attack", r.false_findings);
@@ -698,6 +741,10 @@ fn print_report(r: &Report, seeds: usize) {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         println!("false findings by rule: {}", parts.join(", "));
+        println!("false findings by rule / benign profile whose traffic they are about:");
+        for (k, v) in &r.false_by_rule_and_profile {
+            println!("  {k:<48} {v}");
+        }
         for f in r.false_examples.iter().take(5) {
             println!(
                 "  e.g. {} {}: {}",

@@ -77,6 +77,9 @@ pub struct Flow<'a> {
     /// Borrowed from the record: classifying a record allocates nothing.
     pub interface_id: Option<&'a str>,
     pub instance_id: Option<&'a str>,
+    /// The record's packets go from the workload to the remote (false for replies and
+    /// inbound traffic).
+    pub outbound: bool,
     /// The record holds a connection's first packet (TCP SYN seen; always true for protocols
     /// without flags or when the format has no `tcp-flags`).
     pub opens_connection: bool,
@@ -107,11 +110,13 @@ pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
         start: record.start().unwrap_or(0),
         interface_id: record.interface_id(),
         instance_id: record.instance_id(),
+        outbound: false,
         opens_connection: record.protocol() != Some(6)
             || record.tcp_flags().is_none_or(|f| f.syn()),
     };
     let outbound = |f: &mut Flow, path: Path, workload: IpAddr, remote: IpAddr| {
         f.path = path;
+        f.outbound = true;
         f.workload = Some(workload);
         f.remote = Some(remote);
         f.remote_port = record.dstport();

@@ -11,6 +11,7 @@ use crate::rules::beaconing::BeaconingRule;
 use crate::rules::new_remote_port::NewRemotePortRule;
 use crate::rules::port_scan::PortScanRule;
 use crate::rules::rare_destination::RareDestinationRule;
+use crate::rules::s3_endpoint_upload::S3EndpointUploadRule;
 use crate::rules::slow_drip::SlowDripRule;
 use crate::rules::traffic_volume::TrafficVolumeRule;
 use crate::topology::Topology;
@@ -78,6 +79,7 @@ pub struct Rules {
     pub traffic_volume: TrafficVolumeRule,
     pub rare_destination: RareDestinationRule,
     pub slow_drip: SlowDripRule,
+    pub s3_endpoint_upload: S3EndpointUploadRule,
     pub beaconing: BeaconingRule,
     pub port_scan: PortScanRule,
 }
@@ -156,6 +158,7 @@ impl Default for Rules {
             traffic_volume: TrafficVolumeRule::default(),
             rare_destination: RareDestinationRule::default(),
             slow_drip: SlowDripRule::default(),
+            s3_endpoint_upload: S3EndpointUploadRule::default(),
             beaconing: BeaconingRule::default(),
             port_scan: PortScanRule::default(),
         }
@@ -295,7 +298,7 @@ impl Rules {
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
         // decides, far above any sensible setting, so reaching one is a mistake (a value in
         // milliseconds, a stray digit) rather than a deployment that needs more.
-        let bounded: [(&str, u64, u64, u64); 13] = [
+        let bounded: [(&str, u64, u64, u64); 17] = [
             // Up to two tables of this many entries per behavioural rule, tens to hundreds of
             // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
             ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
@@ -333,6 +336,12 @@ impl Rules {
                 0,
                 30 * DAY,
             ),
+            (
+                "rules.beaconing.learning-seconds",
+                self.beaconing.learning_seconds,
+                0,
+                30 * DAY,
+            ),
             // A destination is remembered as new (in the state table) this long.
             (
                 "rules.rare-destination.new-for-seconds",
@@ -365,6 +374,27 @@ impl Rules {
                 4,
                 256,
             ),
+            // The window is summed from six steps; a day is the longest span that still
+            // tells an upload from a workload's daily rhythm.
+            (
+                "rules.s3-endpoint-upload.window-seconds",
+                self.s3_endpoint_upload.window_seconds,
+                60,
+                DAY,
+            ),
+            // Steps are kept for two windows: the wait for late records fits in one.
+            (
+                "rules.s3-endpoint-upload.late-seconds",
+                self.s3_endpoint_upload.late_seconds,
+                0,
+                self.s3_endpoint_upload.window_seconds,
+            ),
+            (
+                "rules.s3-endpoint-upload.min-bytes",
+                self.s3_endpoint_upload.min_bytes,
+                1,
+                u64::MAX,
+            ),
             // Scan keys are kept for a few windows; a scan spread over more than an hour is
             // no longer told apart from ordinary traffic by counts per window.
             (
@@ -393,10 +423,6 @@ impl Rules {
             within(name, v, least, most)?;
         }
         for (name, v) in [
-            (
-                "rules.rare-destination.max-workloads",
-                self.rare_destination.max_workloads,
-            ),
             (
                 "rules.slow-drip.max-workloads",
                 self.slow_drip.max_workloads,
@@ -442,6 +468,14 @@ impl Rules {
                 self.rare_destination.upload_ratio,
             ),
             ("rules.slow-drip.upload-ratio", self.slow_drip.upload_ratio),
+            (
+                "rules.s3-endpoint-upload.deviations",
+                self.s3_endpoint_upload.deviations,
+            ),
+            (
+                "rules.s3-endpoint-upload.peak-factor",
+                self.s3_endpoint_upload.peak_factor,
+            ),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("{name} = {v}: expected a number of at least 0"));

@@ -85,7 +85,7 @@ pub struct Evidence {
 }
 
 /// Every rule the daemon has, by the name findings and metrics carry.
-pub const RULES: [&str; 11] = [
+pub const RULES: [&str; 12] = [
     "non_https_egress",
     "rejected_egress",
     "denylisted_destination",
@@ -94,6 +94,7 @@ pub const RULES: [&str; 11] = [
     "traffic_volume_unusual",
     "rare_destination",
     "slow_drip",
+    "s3_endpoint_upload",
     "beaconing",
     "port_scan",
     "port_sweep",

@@ -17,13 +17,10 @@ use serde::{Deserialize, Serialize};
 pub use records::Delivered;
 pub use traffic::{threat_list, tor_exit_list};
 
-/// Something the simulator can generate.
+/// An attack the simulator can schedule, with ground truth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// Data scientists' daily work: package installs, model downloads, API calls, S3 through
-    /// the gateway endpoint, EFS and kernel traffic inside the VPC.
-    Benign,
     /// SSH/SCP upload through the NAT (the security group was opened to port 22).
     SshExfil,
     /// Gigabytes uploaded over HTTPS to a destination never contacted before.
@@ -31,10 +28,20 @@ pub enum Scenario {
     /// An upload cut into parts of a few megabytes, each to another host of one new network,
     /// so that no single address receives much.
     SprayUpload,
+    /// Parts of one upload sent by several workloads to one new destination, so that no
+    /// single workload sends much.
+    SplitUpload,
     /// A few megabytes every few minutes to one destination, for hours.
     SlowDrip,
-    /// Small, regular check-ins to a command server, with jitter.
+    /// Gigabytes written to a bucket through the S3 gateway endpoint, past the NAT: flow logs
+    /// cannot name the bucket, but the workload's volume on that path jumps.
+    S3Exfil,
+    /// Small, regular check-ins to a command server every one to five minutes.
     Beaconing,
+    /// Check-ins with 10-50 % jitter on the interval and sizes that vary, for hours.
+    JitteredBeacon,
+    /// Check-ins every 10 to 60 minutes, for a day.
+    LongBeacon,
     /// Hundreds of ports probed on one host.
     PortScan,
     /// One port probed on hundreds of hosts.
@@ -47,74 +54,222 @@ pub enum Scenario {
     DnsOutside,
     /// DNS over HTTPS to a public resolver: ordinary-looking HTTPS that no port-53 rule sees.
     DnsOverHttps,
+    /// DNS over TLS (853) to a public resolver, which the HTTPS-only group rejects.
+    DnsOverTls,
+    /// A tunnel tried over ICMP and UDP 443, which the HTTPS-only group rejects.
+    BlockedTunnel,
     /// A remote port the workload never used (the security group was opened to it).
     UnusualPort,
 }
 
 impl Scenario {
-    pub const ATTACKS: [Scenario; 12] = [
+    pub const ATTACKS: [Scenario; 18] = [
         Scenario::SshExfil,
         Scenario::HttpsUpload,
         Scenario::SprayUpload,
+        Scenario::SplitUpload,
         Scenario::SlowDrip,
+        Scenario::S3Exfil,
         Scenario::Beaconing,
+        Scenario::JitteredBeacon,
+        Scenario::LongBeacon,
         Scenario::PortScan,
         Scenario::PortSweep,
         Scenario::Denylisted,
         Scenario::Tor,
         Scenario::DnsOutside,
         Scenario::DnsOverHttps,
+        Scenario::DnsOverTls,
+        Scenario::BlockedTunnel,
         Scenario::UnusualPort,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Scenario::Benign => "benign",
             Scenario::SshExfil => "ssh-exfil",
             Scenario::HttpsUpload => "https-upload",
             Scenario::SprayUpload => "spray-upload",
+            Scenario::SplitUpload => "split-upload",
             Scenario::SlowDrip => "slow-drip",
+            Scenario::S3Exfil => "s3-exfil",
             Scenario::Beaconing => "beaconing",
+            Scenario::JitteredBeacon => "jittered-beacon",
+            Scenario::LongBeacon => "long-beacon",
             Scenario::PortScan => "port-scan",
             Scenario::PortSweep => "port-sweep",
             Scenario::Denylisted => "denylisted",
             Scenario::Tor => "tor",
             Scenario::DnsOutside => "dns-outside",
             Scenario::DnsOverHttps => "dns-over-https",
+            Scenario::DnsOverTls => "dns-over-tls",
+            Scenario::BlockedTunnel => "blocked-tunnel",
             Scenario::UnusualPort => "unusual-port",
         }
     }
 
-    /// Parses `NAME[,NAME…]`; `all` is benign plus every attack, `attacks` every attack.
-    pub fn parse_list(text: &str) -> Result<Vec<Scenario>, String> {
-        let mut out = Vec::new();
-        for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match name {
-                "all" => {
-                    out.push(Scenario::Benign);
-                    out.extend(Scenario::ATTACKS);
+    /// Event time the attack needs to show what it is: attacks are scheduled to start at
+    /// least this long before the run ends.
+    pub fn span_seconds(self) -> u64 {
+        match self {
+            Scenario::JitteredBeacon => 8 * 3_600,
+            Scenario::LongBeacon => 16 * 3_600,
+            Scenario::SlowDrip => 6 * 3_600,
+            Scenario::SplitUpload => 3 * 3_600,
+            _ => 3_600,
+        }
+    }
+}
+
+/// A kind of benign work that trips naive detectors, on by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Package installs from CDN front ends, git fetches, SaaS API calls, a shared team
+    /// service, the long tail of sites nobody visited before, the home directory on EFS.
+    DailyWork,
+    /// Every workload's monitoring agent on a new connection every few minutes, hourly update
+    /// checks, experiment tracking on keep-alive connections.
+    Heartbeats,
+    /// One workload in 25 alone polls a popular API at a fixed interval, day and night.
+    ApiPolling,
+    /// Model weights and datasets: gigabytes down, a trickle of ACKs up.
+    LargeDownloads,
+    /// Dataset reads from cloud storage whose every request may land on another address of
+    /// a few /24s.
+    CloudStorage,
+    /// Training runs (one workload in four) writing checkpoints to cloud storage.
+    CheckpointUploads,
+    /// One workload in seven uploads gigabytes at 02:00 local time to the team's shared
+    /// service, which everyone uses all day.
+    NightlyUpload,
+    /// Bursts of git pushes, some of them tens of megabytes.
+    GitPush,
+    /// S3 through the gateway endpoint: reads, small writes, now and then a dataset of
+    /// gigabytes saved, and one workload in ten writing gigabytes every hour around the clock.
+    S3Endpoint,
+    /// Each interface's records delivered in 5-minute batches, a window's records in any
+    /// order, a few batches half an hour late.
+    BatchedDelivery,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 10] = [
+        Profile::DailyWork,
+        Profile::Heartbeats,
+        Profile::ApiPolling,
+        Profile::LargeDownloads,
+        Profile::CloudStorage,
+        Profile::CheckpointUploads,
+        Profile::NightlyUpload,
+        Profile::GitPush,
+        Profile::S3Endpoint,
+        Profile::BatchedDelivery,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::DailyWork => "daily-work",
+            Profile::Heartbeats => "heartbeats",
+            Profile::ApiPolling => "api-polling",
+            Profile::LargeDownloads => "large-downloads",
+            Profile::CloudStorage => "cloud-storage",
+            Profile::CheckpointUploads => "checkpoint-uploads",
+            Profile::NightlyUpload => "nightly-upload",
+            Profile::GitPush => "git-push",
+            Profile::S3Endpoint => "s3-endpoint",
+            Profile::BatchedDelivery => "batched-delivery",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// What one run simulates: benign profiles, each with a rate multiplier, and attacks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub profiles: Vec<(Profile, f64)>,
+    pub attacks: Vec<Scenario>,
+}
+
+impl Selection {
+    /// Parses `NAME[=RATE][,…]`: `all` is every benign profile and every attack, `benign` every
+    /// profile, `attacks` every attack; a profile's RATE scales how often it happens (1 by
+    /// default).
+    pub fn parse(text: &str) -> Result<Selection, String> {
+        let mut profiles: Vec<(Profile, f64)> = Vec::new();
+        let mut attacks = Vec::new();
+        let known = || {
+            format!(
+                "known: all, benign, attacks, {}, {}",
+                Profile::ALL.map(|p| p.name()).join(", "),
+                Scenario::ATTACKS.map(|s| s.name()).join(", ")
+            )
+        };
+        let add_profile = |p: Profile, rate: f64, profiles: &mut Vec<(Profile, f64)>| {
+            profiles.retain(|(q, _)| *q != p);
+            profiles.push((p, rate));
+        };
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, rate) = match item.split_once('=') {
+                Some((n, r)) => {
+                    let rate: f64 = r.trim().parse().map_err(|_| {
+                        format!("`{item}`: the rate after `=` must be a number, e.g. heartbeats=2")
+                    })?;
+                    if !(0.0..=100.0).contains(&rate) {
+                        return Err(format!("`{item}`: the rate must be from 0 to 100"));
+                    }
+                    (n.trim(), Some(rate))
                 }
-                "attacks" => out.extend(Scenario::ATTACKS),
+                None => (item, None),
+            };
+            match name {
+                "all" | "benign" => {
+                    for p in Profile::ALL {
+                        add_profile(p, rate.unwrap_or(1.0), &mut profiles);
+                    }
+                    if name == "all" {
+                        attacks.extend(Scenario::ATTACKS);
+                    }
+                }
+                "attacks" => attacks.extend(Scenario::ATTACKS),
                 _ => {
-                    let s = std::iter::once(Scenario::Benign)
-                        .chain(Scenario::ATTACKS)
-                        .find(|s| s.name() == name)
-                        .ok_or_else(|| {
-                            format!(
-                                "unknown scenario `{name}`; known: all, attacks, benign, {}",
-                                Scenario::ATTACKS.map(|s| s.name()).join(", ")
-                            )
-                        })?;
-                    out.push(s);
+                    if let Some(p) = Profile::ALL.into_iter().find(|p| p.name() == name) {
+                        add_profile(p, rate.unwrap_or(1.0), &mut profiles);
+                    } else if let Some(s) = Scenario::ATTACKS.into_iter().find(|s| s.name() == name)
+                    {
+                        if rate.is_some() {
+                            return Err(format!(
+                                "`{item}`: only benign profiles take a rate; {name} is an attack"
+                            ));
+                        }
+                        attacks.push(s);
+                    } else {
+                        return Err(format!("unknown scenario `{name}`; {}", known()));
+                    }
                 }
             }
         }
-        out.sort();
-        out.dedup();
-        if out.is_empty() {
+        profiles.sort_by_key(|(p, _)| *p);
+        attacks.sort();
+        attacks.dedup();
+        if profiles.is_empty() && attacks.is_empty() {
             return Err("no scenario given".into());
         }
-        Ok(out)
+        Ok(Selection { profiles, attacks })
+    }
+
+    /// The rate of `p`, 0 when it is off.
+    pub fn rate(&self, p: Profile) -> f64 {
+        self.profiles
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map_or(0.0, |(_, r)| *r)
+    }
+
+    pub fn benign(&self) -> bool {
+        self.profiles.iter().any(|(_, r)| *r > 0.0)
     }
 }
 
@@ -184,7 +339,7 @@ pub struct Settings {
     pub start: u64,
     pub duration_seconds: u64,
     pub workloads: usize,
-    pub scenarios: Vec<Scenario>,
+    pub selection: Selection,
     pub network: Network,
     /// Attacks start no earlier than this many seconds after `start`, so baselines exist.
     pub attacks_after_seconds: u64,
@@ -199,7 +354,10 @@ impl Settings {
             start,
             duration_seconds,
             workloads: 20,
-            scenarios: vec![Scenario::Benign],
+            selection: Selection {
+                profiles: Profile::ALL.map(|p| (p, 1.0)).to_vec(),
+                attacks: Vec::new(),
+            },
             network: Network::default(),
             attacks_after_seconds: duration_seconds / 2,
             new_destinations_per_hour: 2.0,
@@ -214,6 +372,9 @@ pub struct Label {
     pub scenario: Scenario,
     pub workload: IpAddr,
     pub interface_id: String,
+    /// Other workloads that took part (an upload split between several).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accomplices: Vec<IpAddr>,
     /// The remote ends the attack talks to.
     pub remotes: Vec<IpAddr>,
     pub remote_port: Option<u16>,

@@ -4,7 +4,7 @@
 //! after it closed, so event times interleave out of order across interfaces.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 use crate::traffic::{attack, benign_minute, Conn, Route, Services, Surroundings, Workload};
-use crate::{Label, Scenario, Settings, Stats};
+use crate::{Label, Profile, Scenario, Settings, Stats};
 
 const WINDOW: u64 = 60;
 
@@ -79,6 +79,10 @@ pub struct Simulator {
     efs: Ipv4Addr,
     labels: Vec<Label>,
     attacks: Vec<Conn>,
+    /// Benign profiles seen per remote /24 (bit per profile), for blaming false findings.
+    profiles_by_network: HashMap<u32, u16>,
+    /// Benign profiles seen per workload.
+    profiles_by_workload: Vec<u16>,
 }
 
 impl Simulator {
@@ -140,12 +144,7 @@ impl Simulator {
         let end = start + settings.duration_seconds;
         let mut labels = Vec::new();
         let mut attacks = Vec::new();
-        let attack_list: Vec<Scenario> = settings
-            .scenarios
-            .iter()
-            .copied()
-            .filter(|s| *s != Scenario::Benign)
-            .collect();
+        let attack_list: Vec<Scenario> = settings.selection.attacks.clone();
         if !attack_list.is_empty() && workloads.is_empty() {
             return Err("attacks need at least one workload".into());
         }
@@ -156,9 +155,20 @@ impl Simulator {
         for (n, scenario) in attack_list.into_iter().enumerate() {
             let id = n as u32 + 1;
             let w = rng.random_range(0..workloads.len());
-            let latest = end.saturating_sub(3_600).max(earliest + 1);
+            let latest = end
+                .saturating_sub(scenario.span_seconds())
+                .max(earliest + 1);
             let at = rng.random_range(earliest..latest);
-            let a = attack(&mut rng, scenario, w, at, end, id);
+            let a = attack(
+                &mut rng,
+                scenario,
+                w,
+                workloads.len(),
+                &net.s3_addresses,
+                at,
+                end,
+                id,
+            );
             let first = a.conns.iter().map(|c| c.start).min().unwrap_or(at);
             let last = a
                 .conns
@@ -171,6 +181,11 @@ impl Simulator {
                 scenario,
                 workload: IpAddr::V4(workloads[w].ip),
                 interface_id: workloads[w].interface_id.clone(),
+                accomplices: a
+                    .accomplices
+                    .iter()
+                    .map(|i| IpAddr::V4(workloads[*i].ip))
+                    .collect(),
                 remotes: a.remotes.iter().map(|r| IpAddr::V4(*r)).collect(),
                 remote_port: a.remote_port,
                 start: first,
@@ -180,6 +195,7 @@ impl Simulator {
             attacks.extend(a.conns.into_iter().filter(|c| c.start < end));
         }
         attacks.sort_by_key(|c| c.start);
+        let profiles_by_workload = vec![0; workloads.len()];
         Ok(Simulator {
             settings,
             rng,
@@ -187,8 +203,10 @@ impl Simulator {
             interfaces,
             services: Services::new(),
             efs,
+            profiles_by_workload,
             labels,
             attacks,
+            profiles_by_network: HashMap::new(),
         })
     }
 
@@ -197,11 +215,39 @@ impl Simulator {
         &self.labels
     }
 
+    /// The benign profiles whose traffic `workload` sent to `remote`'s /24 (IPv4) during
+    /// `run`: the likely cause of a false finding about them. Without a remote, the
+    /// workload's profiles.
+    pub fn benign_profiles(
+        &self,
+        workload: Option<IpAddr>,
+        remote: Option<IpAddr>,
+    ) -> Vec<Profile> {
+        let by_workload = workload
+            .and_then(|w| self.workloads.iter().position(|x| IpAddr::V4(x.ip) == w))
+            .map_or(u16::MAX, |i| self.profiles_by_workload[i]);
+        let by_network = match remote {
+            Some(IpAddr::V4(r)) => self
+                .profiles_by_network
+                .get(&(u32::from(r) >> 8))
+                .copied()
+                .unwrap_or(0),
+            Some(IpAddr::V6(_)) => 0,
+            None => u16::MAX,
+        };
+        let bits = by_workload & by_network;
+        Profile::ALL
+            .into_iter()
+            .filter(|p| bits & p.bit() != 0 && *p != Profile::BatchedDelivery)
+            .collect()
+    }
+
     /// Generates the whole run, handing each record to `emit` in delivery order.
     pub fn run(&mut self, format: &Format, mut emit: impl FnMut(&Delivered<'_>)) -> Stats {
         let start = self.settings.start / WINDOW * WINDOW;
         let end = start + self.settings.duration_seconds;
-        let benign = self.settings.scenarios.contains(&Scenario::Benign);
+        let benign = self.settings.selection.benign();
+        let batched = self.settings.selection.rate(Profile::BatchedDelivery) > 0.0;
         let mut heap: BinaryHeap<Reverse<(u64, u64, Rec)>> = BinaryHeap::new();
         let mut seq = 0u64;
         let mut stats = Stats::default();
@@ -218,13 +264,14 @@ impl Simulator {
                     efs: self.efs,
                     s3: &self.settings.network.s3_addresses,
                     new_destinations_per_hour: self.settings.new_destinations_per_hour,
+                    selection: &self.settings.selection,
                 };
                 for (i, w) in self.workloads.iter().enumerate() {
                     let before = conns.len();
                     benign_minute(&mut self.rng, &around, w, i, t, &mut conns);
                     if conns.len() == before && self.rng.random_bool(0.03) {
                         let r = status_record(i as u32, t, Status::NoData);
-                        push(&mut heap, &mut seq, self.settings.seed, r, end);
+                        push(&mut heap, &mut seq, self.settings.seed, r, end, batched);
                     }
                 }
             }
@@ -236,8 +283,15 @@ impl Simulator {
                 if c.route == Route::Nat {
                     remotes.insert(c.remote);
                 }
+                if let Some(p) = c.profile {
+                    *self
+                        .profiles_by_network
+                        .entry(u32::from(c.remote) >> 8)
+                        .or_default() |= p.bit();
+                    self.profiles_by_workload[c.workload] |= p.bit();
+                }
                 for r in self.records_of(c) {
-                    push(&mut heap, &mut seq, self.settings.seed, r, end);
+                    push(&mut heap, &mut seq, self.settings.seed, r, end, batched);
                 }
             }
             if benign && self.rng.random_bool(0.002) {
@@ -248,6 +302,7 @@ impl Simulator {
                     self.settings.seed,
                     status_record(i, t, Status::SkipData),
                     end,
+                    batched,
                 );
             }
             t += WINDOW;
@@ -494,30 +549,47 @@ fn status_record(interface: u32, t: u64, status: Status) -> Rec {
 
 /// Queues a record for delivery: each interface's window arrives together, 1 to 10 minutes
 /// after it closed (mostly within 5), decided by a hash so it is the same for every record
-/// of that interface and window.
+/// of that interface and window. `batched`: each interface's five-minute batch of windows
+/// arrives together 1 to 5 minutes after it closed, its records in any order, and one batch
+/// in 30 another 10 to 30 minutes late.
 fn push(
     heap: &mut BinaryHeap<Reverse<(u64, u64, Rec)>>,
     seq: &mut u64,
     seed: u64,
     r: Rec,
     end: u64,
+    batched: bool,
 ) {
     if r.start >= end {
         return;
     }
-    let window = r.start / WINDOW;
-    let mut h = seed ^ (u64::from(r.interface) << 40) ^ window.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    h ^= h >> 31;
-    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h ^= h >> 29;
-    let delay = match h % 100 {
-        0..=69 => 60 + h % 120,
-        70..=97 => 180 + h % 120,
-        _ => 300 + h % 300,
+    let mix = |mut h: u64| {
+        h ^= h >> 31;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^ (h >> 29)
     };
-    let delivered = (window + 1) * WINDOW + delay;
+    let window = r.start / WINDOW;
     *seq += 1;
-    heap.push(Reverse((delivered, *seq, r)));
+    let (delivered, order) = if batched {
+        let batch = window / 5;
+        let h =
+            mix(seed ^ (u64::from(r.interface) << 40) ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut delay = 60 + h % 240;
+        if h % 30 == 7 {
+            delay += 600 + (h >> 8) % 1_200;
+        }
+        ((batch + 1) * 5 * WINDOW + delay, mix(*seq ^ seed))
+    } else {
+        let h =
+            mix(seed ^ (u64::from(r.interface) << 40) ^ window.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let delay = match h % 100 {
+            0..=69 => 60 + h % 120,
+            70..=97 => 180 + h % 120,
+            _ => 300 + h % 300,
+        };
+        ((window + 1) * WINDOW + delay, *seq)
+    };
+    heap.push(Reverse((delivered, order, r)));
 }
 
 fn render(format: &Format, r: &Rec, s: &Settings, iface: &Interface, out: &mut String) {
@@ -594,7 +666,7 @@ mod tests {
     fn settings(seed: u64) -> Settings {
         let mut s = Settings::new(seed, 1_764_000_000, 6 * 3_600);
         s.workloads = 5;
-        s.scenarios = Scenario::parse_list("all").unwrap();
+        s.selection = crate::Selection::parse("all").unwrap();
         s.attacks_after_seconds = 3_600;
         s
     }
@@ -619,7 +691,7 @@ mod tests {
             stats.records,
             stats.benign_records + stats.malicious_records
         );
-        assert_eq!(labels.len(), 12);
+        assert_eq!(labels.len(), Scenario::ATTACKS.len());
         assert_eq!(
             labels.iter().map(|l| l.records).sum::<u64>(),
             stats.malicious_records
@@ -639,8 +711,9 @@ mod tests {
             match decoder.decode(line.as_bytes()).unwrap() {
                 Line::Record(r) => {
                     let end = r.end().unwrap();
-                    assert!(*delivered >= end && *delivered <= end + 660, "{line}");
-                    if *delivered > end + 300 {
+                    // Five-minute batches, a few of them half an hour late.
+                    assert!(*delivered >= end && *delivered <= end + 2_400, "{line}");
+                    if *delivered > end + 900 {
                         late += 1;
                     }
                     match r.log_status() {
@@ -661,7 +734,7 @@ mod tests {
     #[test]
     fn a_nat_connection_appears_on_three_interfaces_with_aws_addresses() {
         let mut s = settings(1);
-        s.scenarios = vec![Scenario::SshExfil];
+        s.selection = crate::Selection::parse("ssh-exfil").unwrap();
         s.workloads = 1;
         let mut sim = Simulator::new(s.clone()).unwrap();
         let label = sim.labels()[0].clone();
@@ -708,9 +781,21 @@ mod tests {
         let mut s = settings(1);
         s.duration_seconds = 10;
         assert!(Simulator::new(s).err().unwrap().contains("one minute"));
-        assert!(Scenario::parse_list("beaconing,nope")
+        assert!(crate::Selection::parse("beaconing,nope")
             .unwrap_err()
             .contains("`nope`"));
-        assert_eq!(Scenario::parse_list("attacks").unwrap().len(), 12);
+        assert!(crate::Selection::parse("beaconing=2")
+            .unwrap_err()
+            .contains("only benign profiles take a rate"));
+        assert!(crate::Selection::parse("heartbeats=x")
+            .unwrap_err()
+            .contains("must be a number"));
+        let attacks = crate::Selection::parse("attacks").unwrap();
+        assert_eq!(attacks.attacks.len(), Scenario::ATTACKS.len());
+        assert!(!attacks.benign());
+        let some = crate::Selection::parse("heartbeats=2,git-push").unwrap();
+        assert_eq!(some.rate(Profile::Heartbeats), 2.0);
+        assert_eq!(some.rate(Profile::GitPush), 1.0);
+        assert_eq!(some.rate(Profile::DailyWork), 0.0);
     }
 }

@@ -7,7 +7,7 @@ use rand::RngExt;
 use rand_distr::{Distribution, LogNormal, Poisson};
 use rand_pcg::Pcg64Mcg;
 
-use crate::Scenario;
+use crate::{Profile, Scenario, Selection};
 
 /// Where a connection's packets go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub(crate) struct Conn {
     /// connection already open when it enters the simulation).
     pub opens: bool,
     pub label: Option<u32>,
+    /// The benign profile it belongs to (None for attacks).
+    pub profile: Option<Profile>,
 }
 
 /// One data scientist's workload and its habits.
@@ -95,6 +97,12 @@ pub(crate) struct Services {
     pub models: Vec<Ipv4Addr>,
     pub apis: Vec<Ipv4Addr>,
     pub tracking: Vec<Ipv4Addr>,
+    /// The team's own shared service (results store, wiki): one small network.
+    pub team_share: Vec<Ipv4Addr>,
+    /// A monitoring vendor's intake addresses.
+    pub monitoring: Vec<Ipv4Addr>,
+    /// An update service answering from any address of two networks.
+    pub updates: Vec<[u8; 3]>,
     /// Cloud object storage reached through the NAT (another region, another provider):
     /// every request may land on another address, within a few /24s.
     pub storage: Vec<[u8; 3]>,
@@ -109,6 +117,13 @@ impl Services {
             models: pool(13, 224, 8),
             apis: pool(34, 117, 12),
             tracking: pool(35, 186, 2),
+            team_share: vec![
+                Ipv4Addr::new(18, 204, 77, 20),
+                Ipv4Addr::new(18, 204, 77, 21),
+                Ipv4Addr::new(18, 204, 77, 36),
+            ],
+            monitoring: pool(3, 233, 3),
+            updates: vec![[199, 232, 64], [199, 232, 65]],
             storage: vec![[52, 219, 40], [52, 219, 121], [3, 5, 140]],
         }
     }
@@ -215,6 +230,7 @@ fn https(
         route: Route::Nat,
         opens: true,
         label,
+        profile: None,
     }
 }
 
@@ -225,9 +241,16 @@ pub(crate) struct Surroundings<'a> {
     pub s3: &'a [Ipv4Addr],
     /// Fresh internet destinations per workload per active hour.
     pub new_destinations_per_hour: f64,
+    pub selection: &'a Selection,
 }
 
-/// The benign connections `w` (number `index`) starts in the minute beginning at `t`.
+/// Seconds into its day, at the workload's local time.
+fn local_second_of_day(w: &Workload, t: u64) -> u64 {
+    (t as i64 + w.utc_offset_hours * 3_600).rem_euclid(86_400) as u64
+}
+
+/// The benign connections `w` (number `index`) starts in the minute beginning at `t`, each
+/// tagged with the profile it belongs to.
 pub(crate) fn benign_minute(
     rng: &mut Pcg64Mcg,
     around: &Surroundings<'_>,
@@ -237,124 +260,253 @@ pub(crate) fn benign_minute(
     out: &mut Vec<Conn>,
 ) {
     let (services, efs, s3) = (around.services, around.efs, around.s3);
-    let new_destinations_per_hour = around.new_destinations_per_hour;
+    let rate = |p: Profile| around.selection.rate(p);
     let a = w.activity(t);
     let per_minute = |per_hour: f64| per_hour * a / 60.0;
     let at = |rng: &mut Pcg64Mcg| t + rng.random_range(0..60);
     let pick = |rng: &mut Pcg64Mcg, p: &[Ipv4Addr]| p[rng.random_range(0..p.len())];
-    // Package installs: a burst of downloads from one or two CDN front ends.
-    for (rate, pool, median) in [(0.8, &services.pypi, 300e3), (0.2, &services.conda, 4e6)] {
-        for _ in 0..poisson(rng, per_minute(rate)) {
-            let front = [pick(rng, pool), pick(rng, pool)];
-            let begin = at(rng);
-            for _ in 0..rng.random_range(3..30) {
-                let received = lognormal(rng, median, 1.5, 800e6);
-                let sent = rng.random_range(800..4_000);
-                let start = begin + rng.random_range(0..90);
-                let r = front[rng.random_range(0..2)];
-                let c = https(rng, index, r, start, sent, received, 25e6, None);
-                out.push(c);
-            }
-        }
-    }
-    // Git fetches and the occasional push.
-    for _ in 0..poisson(rng, per_minute(0.3)) {
-        let received = lognormal(rng, 2e6, 1.5, 2e9);
-        let sent = rng.random_range(2_000..20_000);
-        let (r, s) = (pick(rng, &services.github), at(rng));
-        out.push(https(rng, index, r, s, sent, received, 15e6, None));
-    }
-    for _ in 0..poisson(rng, per_minute(0.08)) {
-        let sent = lognormal(rng, 300e3, 1.2, 40e6);
-        let received = rng.random_range(10_000..60_000);
-        let (r, s) = (pick(rng, &services.github), at(rng));
-        out.push(https(rng, index, r, s, sent, received, 5e6, None));
-    }
-    // Model and dataset downloads: the large but normal transfers through the NAT.
-    for _ in 0..poisson(rng, per_minute(0.08)) {
-        let received = lognormal(rng, 500e6, 1.0, 12e9);
-        let sent = rng.random_range(20_000..120_000);
-        let speed = rng.random_range(30e6..150e6);
-        let (r, s) = (pick(rng, &services.models), at(rng));
-        out.push(https(rng, index, r, s, sent, received, speed, None));
-    }
-    // API calls to SaaS services.
-    for _ in 0..poisson(rng, per_minute(8.0)) {
-        let sent = rng.random_range(1_000..40_000);
-        let received = rng.random_range(1_000..60_000);
-        let (r, s) = (pick(rng, &services.apis), at(rng));
-        out.push(https(rng, index, r, s, sent, received, 2e6, None));
-    }
-    // Experiment tracking: one long-lived connection per active hour, a little each minute.
-    if w.tracks_experiments && a > 0.3 && t.is_multiple_of(3_600) {
-        let r = services.tracking[index % services.tracking.len()];
-        let s = t + rng.random_range(0..60);
-        let mut c = https(rng, index, r, s, 0, 0, 1.0, None);
-        c.duration = 3_500;
-        c.sent = rng.random_range(300_000..3_000_000);
-        c.received = c.sent / 4;
-        out.push(c);
-    }
-    // Cloud storage through the NAT, each request to whichever address the provider picks
-    // within its networks: every workload reads datasets from it, and a training run (one
-    // workload in four) writes checkpoints of hundreds of megabytes every half hour or so.
+    let tagged = |mut c: Conn, p: Profile| {
+        c.profile = Some(p);
+        c
+    };
     let storage_host = |rng: &mut Pcg64Mcg| {
         let [a, b, c] = services.storage[rng.random_range(0..services.storage.len())];
         Ipv4Addr::new(a, b, c, rng.random_range(1..=254))
     };
-    for _ in 0..poisson(rng, per_minute(0.5)) {
+
+    let daily = rate(Profile::DailyWork);
+    if daily > 0.0 {
+        let p = Profile::DailyWork;
+        // Package installs: a burst of downloads from one or two CDN front ends.
+        for (per_hour, pool, median) in [(0.8, &services.pypi, 300e3), (0.2, &services.conda, 4e6)]
+        {
+            for _ in 0..poisson(rng, per_minute(per_hour * daily)) {
+                let front = [pick(rng, pool), pick(rng, pool)];
+                let begin = at(rng);
+                for _ in 0..rng.random_range(3..30) {
+                    let received = lognormal(rng, median, 1.5, 800e6);
+                    let sent = rng.random_range(800..4_000);
+                    let start = begin + rng.random_range(0..90);
+                    let r = front[rng.random_range(0..2)];
+                    out.push(tagged(
+                        https(rng, index, r, start, sent, received, 25e6, None),
+                        p,
+                    ));
+                }
+            }
+        }
+        // Git fetches.
+        for _ in 0..poisson(rng, per_minute(0.3 * daily)) {
+            let received = lognormal(rng, 2e6, 1.5, 2e9);
+            let sent = rng.random_range(2_000..20_000);
+            let (r, s) = (pick(rng, &services.github), at(rng));
+            out.push(tagged(
+                https(rng, index, r, s, sent, received, 15e6, None),
+                p,
+            ));
+        }
+        // API calls to SaaS services.
+        for _ in 0..poisson(rng, per_minute(8.0 * daily)) {
+            let sent = rng.random_range(1_000..40_000);
+            let received = rng.random_range(1_000..60_000);
+            let (r, s) = (pick(rng, &services.apis), at(rng));
+            out.push(tagged(
+                https(rng, index, r, s, sent, received, 2e6, None),
+                p,
+            ));
+        }
+        // The team's shared service (a results store, a wiki), used all day by everyone.
+        for _ in 0..poisson(rng, per_minute(2.0 * daily)) {
+            let sent = rng.random_range(2_000..2_000_000);
+            let received = rng.random_range(2_000..400_000);
+            let (r, s) = (pick(rng, &services.team_share), at(rng));
+            out.push(tagged(
+                https(rng, index, r, s, sent, received, 5e6, None),
+                p,
+            ));
+        }
+        // The long tail: documentation sites, dataset hosts, one-off downloads.
+        for _ in 0..poisson(rng, per_minute(around.new_destinations_per_hour * daily)) {
+            let received = lognormal(rng, 100e3, 2.0, 500e6);
+            let sent = rng.random_range(1_000..12_000);
+            let (r, s) = (long_tail_address(rng), at(rng));
+            out.push(tagged(
+                https(rng, index, r, s, sent, received, 10e6, None),
+                p,
+            ));
+        }
+        // The home directory on EFS, busy while the person works.
+        if a > 0.2 {
+            out.push(Conn {
+                workload: index,
+                remote: efs,
+                remote_port: 2049,
+                local_port: 1_000 + (index % 20) as u16,
+                nat_port: 0,
+                protocol: 6,
+                start: t,
+                duration: 59,
+                sent: lognormal(rng, 200e3, 1.5, 200e6),
+                received: lognormal(rng, 500e3, 1.5, 500e6),
+                route: Route::Intra,
+                opens: false,
+                label: None,
+                profile: Some(p),
+            });
+        }
+    }
+
+    let beats = rate(Profile::Heartbeats);
+    if beats > 0.0 {
+        let p = Profile::Heartbeats;
+        // The monitoring agent: a new connection every 2 to 5 minutes (fixed per workload),
+        // around the clock, to one of the vendor's intake addresses.
+        let every_minutes = (2 + index % 4) as u64;
+        if (t / 60 + index as u64).is_multiple_of(every_minutes) && rng.random_bool(beats.min(1.0))
+        {
+            let s = t + (index as u64 * 7) % 60;
+            let sent = rng.random_range(2_000..9_000);
+            let r = pick(rng, &services.monitoring);
+            out.push(tagged(https(rng, index, r, s, sent, 1_200, 1e6, None), p));
+        }
+        // An hourly update check at a minute of its own, answered by any address of the
+        // vendor's two networks.
+        let second_of_hour = t % 3_600;
+        if second_of_hour == (index as u64 * 13 % 60) * 60 && rng.random_bool(beats.min(1.0)) {
+            let [x, y, z] = services.updates[rng.random_range(0..services.updates.len())];
+            let r = Ipv4Addr::new(x, y, z, rng.random_range(1..=254));
+            let s = t + rng.random_range(0..60);
+            out.push(tagged(https(rng, index, r, s, 900, 4_000, 1e6, None), p));
+        }
+        // Experiment tracking: one long-lived connection per active hour, a little each minute.
+        if w.tracks_experiments && a > 0.3 && t.is_multiple_of(3_600) {
+            let r = services.tracking[index % services.tracking.len()];
+            let s = t + rng.random_range(0..60);
+            let mut c = https(rng, index, r, s, 0, 0, 1.0, None);
+            c.duration = 3_500;
+            c.sent = (rng.random_range(300_000..3_000_000) as f64 * beats) as u64;
+            c.received = c.sent / 4;
+            out.push(tagged(c, p));
+        }
+    }
+
+    let polling = rate(Profile::ApiPolling);
+    if polling > 0.0 && index % 25 == 7 {
+        // A job polling one popular API every 30 to 300 seconds, day and night.
+        let interval = 30 + (index as u64 * 37) % 271;
+        let interval = ((interval as f64 / polling) as u64).max(5);
+        let r = services.apis[index % services.apis.len()];
+        let phase = index as u64 % interval;
+        let mut s = t + (interval - (t + interval - phase) % interval) % interval;
+        while s < t + 60 {
+            let sent = rng.random_range(700..1_100);
+            let received = rng.random_range(1_500..30_000);
+            out.push(tagged(
+                https(rng, index, r, s, sent, received, 2e6, None),
+                Profile::ApiPolling,
+            ));
+            s += interval;
+        }
+    }
+
+    let downloads = rate(Profile::LargeDownloads);
+    for _ in 0..poisson(rng, per_minute(0.08 * downloads)) {
+        let received = lognormal(rng, 500e6, 1.0, 12e9);
+        let sent = rng.random_range(20_000..120_000);
+        let speed = rng.random_range(30e6..150e6);
+        let (r, s) = (pick(rng, &services.models), at(rng));
+        let c = https(rng, index, r, s, sent, received, speed, None);
+        out.push(tagged(c, Profile::LargeDownloads));
+    }
+
+    // Cloud storage through the NAT, each request to whichever address the provider picks
+    // within its networks.
+    let storage = rate(Profile::CloudStorage);
+    for _ in 0..poisson(rng, per_minute(0.5 * storage)) {
         let received = lognormal(rng, 40e6, 1.2, 4e9);
         let sent = rng.random_range(4_000..40_000);
         let (r, s) = (storage_host(rng), at(rng));
-        out.push(https(rng, index, r, s, sent, received, 60e6, None));
+        let c = https(rng, index, r, s, sent, received, 60e6, None);
+        out.push(tagged(c, Profile::CloudStorage));
     }
+    let checkpoints = rate(Profile::CheckpointUploads);
     if index.is_multiple_of(4) {
-        for _ in 0..poisson(rng, per_minute(2.0)) {
+        for _ in 0..poisson(rng, per_minute(2.0 * checkpoints)) {
             let sent = lognormal(rng, 300e6, 0.8, 3e9);
             let received = rng.random_range(20_000..200_000);
             let (r, s) = (storage_host(rng), at(rng));
-            out.push(https(rng, index, r, s, sent, received, 80e6, None));
+            let c = https(rng, index, r, s, sent, received, 80e6, None);
+            out.push(tagged(c, Profile::CheckpointUploads));
         }
     }
-    // The long tail: documentation sites, dataset hosts, one-off downloads.
-    for _ in 0..poisson(rng, per_minute(new_destinations_per_hour)) {
-        let received = lognormal(rng, 100e3, 2.0, 500e6);
-        let sent = rng.random_range(1_000..12_000);
-        let (r, s) = (long_tail_address(rng), at(rng));
-        out.push(https(rng, index, r, s, sent, received, 10e6, None));
+
+    let nightly = rate(Profile::NightlyUpload);
+    if nightly > 0.0 && index % 7 == 2 && local_second_of_day(w, t) == 2 * 3_600 {
+        // Four parallel streams of a 1-4 GB export to the team's shared service.
+        let total = rng.random_range(1e9..4e9) * nightly;
+        for _ in 0..4 {
+            let sent = (total / 4.0) as u64;
+            let received = sent / 500;
+            let (r, s) = (pick(rng, &services.team_share), at(rng));
+            let c = https(rng, index, r, s, sent, received, 20e6, None);
+            out.push(tagged(c, Profile::NightlyUpload));
+        }
     }
-    // S3 through the gateway endpoint: reads and writes, some of them gigabytes.
-    for _ in 0..poisson(rng, per_minute(3.0)) {
-        let sent = lognormal(rng, 5e6, 2.0, 5e9);
-        let received = lognormal(rng, 5e6, 2.0, 5e9);
-        let (r, s) = (pick(rng, s3), at(rng));
-        let mut c = https(rng, index, r, s, sent, received, 80e6, None);
-        c.route = Route::S3;
-        out.push(c);
+
+    let pushes = rate(Profile::GitPush);
+    for _ in 0..poisson(rng, per_minute(0.15 * pushes)) {
+        // A burst: a few pushes within minutes, now and then one with large files.
+        let begin = at(rng);
+        for i in 0..rng.random_range(2..8u64) {
+            let sent = lognormal(rng, 400e3, 1.8, 80e6);
+            let received = rng.random_range(10_000..60_000);
+            let r = pick(rng, &services.github);
+            let s = begin + i * rng.random_range(5..90);
+            let c = https(rng, index, r, s, sent, received, 5e6, None);
+            out.push(tagged(c, Profile::GitPush));
+        }
     }
-    // The home directory on EFS, busy while the person works.
-    if a > 0.2 {
-        out.push(Conn {
-            workload: index,
-            remote: efs,
-            remote_port: 2049,
-            local_port: 1_000 + (index % 20) as u16,
-            nat_port: 0,
-            protocol: 6,
-            start: t,
-            duration: 59,
-            sent: lognormal(rng, 200e3, 1.5, 200e6),
-            received: lognormal(rng, 500e3, 1.5, 500e6),
-            route: Route::Intra,
-            opens: false,
-            label: None,
-        });
+
+    let s3_rate = rate(Profile::S3Endpoint);
+    if s3_rate > 0.0 {
+        let p = Profile::S3Endpoint;
+        let via_s3 = |rng: &mut Pcg64Mcg, sent: u64, received: u64, s: u64| {
+            let r = s3[rng.random_range(0..s3.len())];
+            let mut c = https(rng, index, r, s, sent, received, 80e6, None);
+            c.route = Route::S3;
+            c.profile = Some(p);
+            c
+        };
+        // Reads and small writes while the person works.
+        for _ in 0..poisson(rng, per_minute(3.0 * s3_rate)) {
+            let sent = lognormal(rng, 2e6, 1.5, 500e6);
+            let received = lognormal(rng, 5e6, 2.0, 5e9);
+            let s = at(rng);
+            out.push(via_s3(rng, sent, received, s));
+        }
+        // Now and then a dataset of gigabytes saved.
+        for _ in 0..poisson(rng, per_minute(0.01 * s3_rate)) {
+            let sent = rng.random_range(1e9..5e9) as u64;
+            let s = at(rng);
+            out.push(via_s3(rng, sent, 200_000, s));
+        }
+        // A pipeline writing 1-3 GB every hour, around the clock.
+        if index % 10 == 3 {
+            let hourly = 1e9 + 2e9 * ((index * 7919) % 100) as f64 / 100.0;
+            for _ in 0..poisson(rng, 30.0 * s3_rate / 60.0) {
+                let sent = lognormal(rng, hourly / 30.0, 0.5, 2e9);
+                let s = at(rng);
+                out.push(via_s3(rng, sent, 20_000, s));
+            }
+        }
     }
 }
 
 /// One scheduled attack: its connections and the remotes and port it uses.
 pub(crate) struct Attack {
     pub conns: Vec<Conn>,
+    /// Other workloads that take part.
+    pub accomplices: Vec<usize>,
     pub remotes: Vec<Ipv4Addr>,
     pub remote_port: Option<u16>,
 }
@@ -382,15 +534,19 @@ fn probe(
         route,
         opens: true,
         label: Some(label),
+        profile: None,
     }
 }
 
-/// The connections of one attack of `scenario` by workload `w`, starting at `start` and
-/// ending by `end`.
+/// The connections of one attack of `scenario` by workload `w` (of `workloads`), starting
+/// at `start` and ending by `end`; `s3` are the addresses the gateway endpoint routes.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attack(
     rng: &mut Pcg64Mcg,
     scenario: Scenario,
     w: usize,
+    workloads: usize,
+    s3: &[Ipv4Addr],
     start: u64,
     end: u64,
     label: u32,
@@ -399,15 +555,11 @@ pub(crate) fn attack(
     let l = Some(label);
     let single = |remotes: Vec<Ipv4Addr>, port: u16, conns: Vec<Conn>| Attack {
         conns,
+        accomplices: Vec::new(),
         remotes,
         remote_port: Some(port),
     };
     match scenario {
-        Scenario::Benign => Attack {
-            conns,
-            remotes: vec![],
-            remote_port: None,
-        },
         Scenario::SshExfil => {
             let r = attacker_address(rng);
             let mut t = start;
@@ -448,6 +600,7 @@ pub(crate) fn attack(
             }
             Attack {
                 conns,
+                accomplices: Vec::new(),
                 remotes,
                 remote_port: Some(443),
             }
@@ -466,7 +619,7 @@ pub(crate) fn attack(
         }
         Scenario::Beaconing => {
             let r = attacker_address(rng);
-            let period: f64 = rng.random_range(120.0..900.0);
+            let period: f64 = rng.random_range(60.0..300.0);
             let size: f64 = rng.random_range(300.0..700.0);
             let mut t = start as f64;
             let stop = (start + 8 * 3_600).min(end) as f64;
@@ -492,6 +645,7 @@ pub(crate) fn attack(
             }
             Attack {
                 conns,
+                accomplices: Vec::new(),
                 remotes: vec![r],
                 remote_port: None,
             }
@@ -508,6 +662,7 @@ pub(crate) fn attack(
             }
             Attack {
                 conns,
+                accomplices: Vec::new(),
                 remotes,
                 remote_port: Some(443),
             }
@@ -537,6 +692,7 @@ pub(crate) fn attack(
             }
             Attack {
                 conns,
+                accomplices: Vec::new(),
                 remotes: relays,
                 remote_port: Some(9001),
             }
@@ -576,6 +732,127 @@ pub(crate) fn attack(
                 t += rng.random_range(10..120);
             }
             single(vec![r], 443, conns)
+        }
+        Scenario::SplitUpload => {
+            // Three to six workloads each send 15-120 MB in one to three connections to one
+            // new address within two hours: no single workload sends much.
+            let r = attacker_address(rng);
+            let mut accomplices: Vec<usize> = Vec::new();
+            let helpers = rng.random_range(2..6usize).min(workloads.saturating_sub(1));
+            while accomplices.len() < helpers {
+                let other = rng.random_range(0..workloads);
+                if other != w && !accomplices.contains(&other) {
+                    accomplices.push(other);
+                }
+            }
+            for part in std::iter::once(w).chain(accomplices.iter().copied()) {
+                let s0 = start + rng.random_range(0..7_200);
+                for i in 0..rng.random_range(1..=3u64) {
+                    let sent = rng.random_range(15_000_000..120_000_000) / (i + 1);
+                    let s = s0 + i * rng.random_range(60..900);
+                    conns.push(https(rng, part, r, s, sent, sent / 150, 2e6, l));
+                }
+            }
+            Attack {
+                conns,
+                accomplices,
+                remotes: vec![r],
+                remote_port: Some(443),
+            }
+        }
+        Scenario::S3Exfil => {
+            // 15-40 GB to a bucket of the attacker's through the gateway endpoint, in
+            // parallel parts over 20 to 60 minutes.
+            let total: f64 = rng.random_range(15e9..40e9);
+            let minutes = rng.random_range(20..=60u64);
+            let parts = minutes / 2;
+            let mut remotes = Vec::new();
+            for i in 0..parts {
+                let r = s3[rng.random_range(0..s3.len())];
+                if !remotes.contains(&r) {
+                    remotes.push(r);
+                }
+                let sent = (total / parts as f64) as u64;
+                let s = start + i * 120 + rng.random_range(0..30);
+                let mut c = https(rng, w, r, s, sent, sent / 1_000, 60e6, l);
+                c.route = Route::S3;
+                conns.push(c);
+            }
+            Attack {
+                conns,
+                accomplices: Vec::new(),
+                remotes,
+                remote_port: Some(443),
+            }
+        }
+        Scenario::JitteredBeacon | Scenario::LongBeacon => {
+            // Jitter as C2 frameworks apply it: either the sleep shortened by up to j
+            // (Cobalt Strike's way) or spread both ways by j; sizes vary around a median.
+            let r = attacker_address(rng);
+            let (period, jitter, hours): (f64, f64, u64) = if scenario == Scenario::LongBeacon {
+                (
+                    rng.random_range(600.0..3_600.0),
+                    rng.random_range(0.0..0.2),
+                    24,
+                )
+            } else {
+                (
+                    rng.random_range(60.0..600.0),
+                    rng.random_range(0.1..0.5),
+                    rng.random_range(8..13),
+                )
+            };
+            let downward = rng.random_bool(0.5);
+            let median_size: f64 = rng.random_range(300.0..3_000.0);
+            let mut t = start as f64;
+            let stop = (start + hours * 3_600).min(end) as f64;
+            while t < stop {
+                let sent = lognormal(rng, median_size, 0.4, 60_000.0);
+                let received = lognormal(rng, 800.0, 0.8, 500_000.0);
+                conns.push(https(rng, w, r, t as u64, sent, received, 1e6, l));
+                let factor = if downward {
+                    1.0 - rng.random_range(0.0..=jitter)
+                } else {
+                    1.0 + rng.random_range(-jitter..=jitter)
+                };
+                t += period * factor;
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::DnsOverTls => {
+            let r = [
+                Ipv4Addr::new(1, 0, 0, 1),
+                Ipv4Addr::new(8, 8, 4, 4),
+                Ipv4Addr::new(9, 9, 9, 9),
+            ][rng.random_range(0..3)];
+            let mut t = start;
+            for _ in 0..rng.random_range(3..30) {
+                conns.push(probe(w, r, 853, t, Route::Rejected, label, rng));
+                t += rng.random_range(5..90);
+            }
+            single(vec![r], 853, conns)
+        }
+        Scenario::BlockedTunnel => {
+            // An ICMP tunnel tried, then UDP to 443 (QUIC-shaped): both rejected.
+            let r = attacker_address(rng);
+            let mut t = start;
+            for i in 0..rng.random_range(20..120u32) {
+                let (protocol, port) = if i % 3 == 0 { (17, 443) } else { (1, 0) };
+                let mut c = probe(w, r, port, t, Route::Rejected, label, rng);
+                c.protocol = protocol;
+                c.sent = rng.random_range(64..1_200);
+                if protocol == 1 {
+                    c.local_port = 0;
+                }
+                conns.push(c);
+                t += rng.random_range(1..20);
+            }
+            Attack {
+                conns,
+                accomplices: Vec::new(),
+                remotes: vec![r],
+                remote_port: None,
+            }
         }
         Scenario::UnusualPort => {
             let r = attacker_address(rng);

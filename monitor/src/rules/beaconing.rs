@@ -1,33 +1,39 @@
-//! beaconing: malware calls home on a timer with near-constant sizes, a regularity rare in
-//! what one workload sends to one remote otherwise.
+//! beaconing: malware calls home on a timer. C2 frameworks jitter the timer (by up to half
+//! the sleep) and vary what they send, so the rule judges the rhythm of connection starts
+//! over hours, to a network the workload alone talks to, and not their sizes.
 
 use serde::{Deserialize, Serialize};
 
 use super::{encode, human_bytes, restore, Rule, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
-use crate::sketch::beacon::beacon_score;
+use crate::sketch::beacon::{periodicity, size_regularity};
 use crate::sketch::bounded::BoundedMap;
-use crate::sketch::network::{key_of, pair_key, Audience};
+use crate::sketch::network::{key_of, network_cidr, network_key, network_pair_key, Audience};
 
-/// Regular connections to one remote: periodic start times and near-constant sizes, scored
-/// like RITA's beacon score.
+/// Connections from one workload to one remote network and port that start on a timer.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct BeaconingRule {
     pub enabled: bool,
-    /// Connections needed before a pair is scored.
+    /// Contacts (connection starts more than 5 s apart) needed before a series is judged.
     pub min_connections: usize,
-    /// Connection starts kept per pair.
+    /// Connection starts kept per series: 24 cover eight hours of a 20-minute beacon.
     pub history: usize,
-    /// Bursts (median gap below this) are not beacons.
+    /// A median gap below this is a burst, not a beacon.
     pub min_interval_seconds: u64,
-    /// Score in [0, 1] at which a pair is a beacon.
+    /// Share of gaps within half a period of the median gap at which a series of 12 or more
+    /// contacts is a beacon; a shorter series needs every gap there. Jitter of up to 50 %
+    /// keeps a timer's gaps there; connections at random times have about a third there.
     pub score: f64,
-    /// A remote more workloads than this connect to is a shared service (telemetry, package
-    /// mirrors), whose regular check-ins are expected; RITA discounts prevalent destinations
-    /// the same way.
+    /// A remote network (/24, /48) more workloads than this connect to is a shared service
+    /// (telemetry, update checks, a popular API one job polls), whose regular check-ins are
+    /// expected; RITA discounts prevalent destinations the same way.
     pub max_workloads: usize,
+    /// Event-time seconds from the first flow during which which networks the fleet shares
+    /// is only learnt: at night a poller of a popular API is the only workload talking to
+    /// it. Series are kept meanwhile, so a beacon that began then is found after.
+    pub learning_seconds: u64,
 }
 
 impl Default for BeaconingRule {
@@ -35,15 +41,19 @@ impl Default for BeaconingRule {
         BeaconingRule {
             enabled: true,
             min_connections: 8,
-            history: 16,
+            history: 24,
             min_interval_seconds: 30,
-            score: 0.9,
+            score: 0.85,
             max_workloads: 2,
+            learning_seconds: 86_400,
         }
     }
 }
 
-/// Periodic connections with regular sizes from one workload to one remote port.
+/// Contacts below which every gap must fall within the band.
+const STRICT_BELOW_CONTACTS: usize = 12;
+
+/// Periodic connections from one workload to one remote network and port.
 pub struct Beaconing {
     rule: BeaconingRule,
     state: BeaconState,
@@ -52,8 +62,11 @@ pub struct Beaconing {
 #[derive(Serialize, Deserialize)]
 struct BeaconState {
     series: BoundedMap<u64, Series>,
-    /// Remote -> the workloads that opened connections to it (up to max-workloads + 1).
+    /// Remote network -> the workloads that opened connections to it (up to
+    /// max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
+    /// Event time of the first flow seen: the learning period runs from it.
+    first_flow: Option<u64>,
 }
 
 impl Snapshot for BeaconState {
@@ -70,8 +83,11 @@ const SERIES_EPOCH: u64 = 1_600_000_000;
 
 #[derive(Serialize, Deserialize, Default)]
 struct Series {
+    /// In arrival order, which late records make differ from time order.
     starts: Vec<u32>,
-    sizes: Vec<u32>,
+    /// Bytes sent in each connection's first record, capped at 64 KiB: beacons are small,
+    /// and the cap halves the memory.
+    sizes: Vec<u16>,
     alerted: bool,
 }
 
@@ -82,8 +98,20 @@ impl Beaconing {
             state: BeaconState {
                 series: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
+                first_flow: None,
             },
         }
+    }
+}
+
+/// "5 min 12 s", "47 s", "1 h 3 min".
+fn period_text(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3_599 if s.is_multiple_of(60) => format!("{} min", s / 60),
+        60..=3_599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3_600, (s % 3_600) / 60),
     }
 }
 
@@ -106,60 +134,82 @@ impl Rule for Beaconing {
         let shared = self
             .state
             .audience
-            .touch(key_of(r), f.end, Audience::default)
+            .touch(network_key(r), f.end, Audience::default)
             .add(key_of(w))
             > self.rule.max_workloads;
-        let s = self.state.series.touch(
-            pair_key(w, r) ^ u64::from(port).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            f.end,
-            Series::default,
-        );
+        let key = network_pair_key(w, r) ^ u64::from(port).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if shared {
+            // Nothing to judge once the network is shared: the series' memory goes back.
+            self.state.series.remove(&key);
+            return;
+        }
+        let s = self.state.series.touch(key, f.end, Series::default);
         if s.starts.len() >= self.rule.history {
             s.starts.remove(0);
             s.sizes.remove(0);
         }
         s.starts
             .push(u32::try_from(f.start.saturating_sub(SERIES_EPOCH)).unwrap_or(u32::MAX));
-        s.sizes.push(u32::try_from(f.bytes).unwrap_or(u32::MAX));
-        if s.alerted || shared || s.starts.len() < self.rule.min_connections {
+        s.sizes.push(u16::try_from(f.bytes).unwrap_or(u16::MAX));
+        let first_flow = *self.state.first_flow.get_or_insert(f.start);
+        if f.start < first_flow {
+            self.state.first_flow = Some(f.start);
+        }
+        if s.alerted
+            || s.starts.len() < self.rule.min_connections
+            || f.end < first_flow.saturating_add(self.rule.learning_seconds)
+        {
             return;
         }
         let starts: Vec<u64> = s.starts.iter().map(|t| u64::from(*t)).collect();
-        let sizes: Vec<u64> = s.sizes.iter().map(|b| u64::from(*b)).collect();
-        let Some((score, period)) = beacon_score(&starts, &sizes) else {
+        let Some(p) = periodicity(&starts) else {
             return;
         };
-        if score < self.rule.score || period < self.rule.min_interval_seconds as f64 {
+        let contacts = p.gaps + 1;
+        let needed = if contacts < STRICT_BELOW_CONTACTS {
+            1.0
+        } else {
+            self.rule.score
+        };
+        if contacts < self.rule.min_connections
+            || p.period < self.rule.min_interval_seconds as f64
+            || p.in_band < needed
+        {
             return;
         }
         s.alerted = true;
+        let sizes: Vec<u64> = s.sizes.iter().map(|b| u64::from(*b)).collect();
+        let regular_sizes = size_regularity(&sizes);
         let median_size = {
-            let mut v = s.sizes.clone();
+            let mut v = sizes.clone();
             v.sort_unstable();
             v[v.len() / 2]
         };
         let first = starts.iter().min().map_or(f.start, |t| t + SERIES_EPOCH);
         let summary = format!(
-            "beacon-like connections to {r}:{port}: {} connections about every {:.0} s with about {} sent each; regularity score {:.2} (threshold {:.2})",
-            s.starts.len(),
-            period,
+            "beacon-like connections to {r} port {port} (network {}): {contacts} connections about every {}, {:.0} % of the gaps within half a period of it (needed {:.0} %), about {} sent each",
+            network_cidr(r),
+            period_text(p.period),
+            p.in_band * 100.0,
+            needed * 100.0,
             human_bytes(median_size as f64),
-            score,
-            self.rule.score
         );
-        let severity = if score >= 0.95 {
+        // A tight timer sending the same thing each time is unmistakable; a jittered one
+        // is as likely C2 but also what a home-made poller looks like.
+        let severity = if p.spread <= 0.1 && regular_sizes >= 0.8 {
             Severity::High
         } else {
             Severity::Medium
         };
         let mut finding = Finding::from_flow("beaconing", severity, summary, f);
         finding.first_seen = first;
-        finding.records = s.starts.len() as u64;
+        finding.records = contacts as u64;
         out.push(finding.with_evidence(Evidence {
-            observed: score,
-            baseline: Some(period),
-            threshold: self.rule.score,
-            unit: "beacon score (baseline: median period, s)".into(),
+            observed: p.in_band,
+            baseline: Some(p.period),
+            threshold: needed,
+            unit: "share of gaps within half a period of the median gap (baseline: the median gap, s)"
+                .into(),
         }));
     }
 
@@ -177,28 +227,149 @@ mod tests {
     use super::*;
     use crate::rules::testing::{flow, run};
 
+    fn no_learning() -> BeaconingRule {
+        BeaconingRule {
+            learning_seconds: 0,
+            ..BeaconingRule::default()
+        }
+    }
+
+    fn beacon(remote: &str, starts: impl Iterator<Item = u64>, size: u64) -> Vec<Flow<'static>> {
+        let remote: &'static str = Box::leak(remote.to_string().into_boxed_str());
+        starts
+            .map(|t| flow(Path::NatEgress, remote, 443, size, t))
+            .collect()
+    }
+
     #[test]
-    fn beacons_found_at_the_eighth_connection_and_only_on_new_connections() {
-        let mut d = Beaconing::new(BeaconingRule::default(), 1_000);
-        let flows: Vec<Flow> = (0..12)
-            .map(|i| {
-                flow(
-                    Path::NatEgress,
-                    "203.0.113.9",
-                    443,
-                    512,
-                    1_764_000_000 + i * 300 + (i * 7) % 11,
-                )
-            })
-            .collect();
+    fn a_tight_timer_is_found_at_the_eighth_connection_and_only_on_new_connections() {
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        let flows = beacon(
+            "203.0.113.9",
+            (0..12).map(|i| 1_764_000_000 + i * 300 + (i * 7) % 11),
+            512,
+        );
         let found = run(&mut d, &flows);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].records, 8, "found at the eighth connection");
         assert_eq!(found[0].severity, Severity::High);
+        assert!(
+            found[0]
+                .summary
+                .contains("(network 203.0.113.0/24): 8 connections about every 4 min"),
+            "{}",
+            found[0].summary
+        );
         // Records of a connection already open (no SYN) are not new beacons.
-        let mut d = Beaconing::new(BeaconingRule::default(), 1_000);
+        let mut d = Beaconing::new(no_learning(), 1_000);
         let mut flows = flows;
         flows.iter_mut().for_each(|f| f.opens_connection = false);
         assert!(run(&mut d, &flows).is_empty());
+    }
+
+    #[test]
+    fn jittered_long_period_beacons_arriving_out_of_order_are_found() {
+        // 20-minute sleeps shortened by up to 45 %, sizes from 300 B to 3 KB, delivered in
+        // batches whose order is shuffled.
+        let mut t = 1_764_000_000u64;
+        let mut starts = Vec::new();
+        for i in 0..16u64 {
+            starts.push(t);
+            t += 1_200 - (i * 7_919 % 540);
+        }
+        let mut flows: Vec<Flow> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                flow(
+                    Path::NatEgress,
+                    "198.51.100.77",
+                    443,
+                    300 + (i as u64 * 997) % 2_700,
+                    *s,
+                )
+            })
+            .collect();
+        for chunk in flows.chunks_mut(4) {
+            chunk.reverse();
+        }
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].severity, Severity::Medium);
+        let e = found[0].evidence.as_ref().unwrap();
+        assert!(
+            e.baseline.unwrap() > 600.0 && e.baseline.unwrap() < 1_200.0,
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn random_times_bursts_and_shared_networks_are_not_beacons() {
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        // Connections at pseudo-random times (exponential gaps, mean 5 minutes).
+        let mut t = 1_764_000_000.0f64;
+        let mut x = 12_345u64;
+        let mut random = Vec::new();
+        for _ in 0..60 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            t += -300.0 * (1.0 - u).ln();
+            random.push(t as u64);
+        }
+        assert!(run(&mut d, &beacon("203.0.113.20", random.into_iter(), 900)).is_empty());
+        // Bursts: 8 connections within seconds are one contact, not a timer.
+        let bursts = (0..6).flat_map(|b| (0..8).map(move |k| 1_764_100_000 + b * 5_000 + k * 2));
+        assert!(run(&mut d, &beacon("203.0.113.21", bursts, 900)).is_empty());
+        // A monitoring agent's timer to a network three workloads use is expected.
+        let mut flows = Vec::new();
+        for (n, w) in ["10.0.1.5", "10.0.1.6", "10.0.1.7"].iter().enumerate() {
+            for i in 0..12u64 {
+                let mut f = flow(
+                    Path::NatEgress,
+                    "192.0.2.10",
+                    443,
+                    2_000,
+                    1_764_200_000 + i * 180 + n as u64,
+                );
+                f.workload = Some(w.parse().unwrap());
+                flows.push(f);
+            }
+        }
+        // Another address of that network: shared too.
+        flows.extend(beacon(
+            "192.0.2.99",
+            (0..12).map(|i| 1_764_300_000 + i * 120),
+            800,
+        ));
+        let found = run(&mut d, &flows);
+        assert!(
+            found.iter().all(|f| f.first_seen < 1_764_200_000 + 3 * 180),
+            "only before the network was known to be shared: {found:?}"
+        );
+    }
+
+    #[test]
+    fn snapshot_keeps_a_series_across_a_restart() {
+        let flows = beacon("203.0.113.9", (0..10).map(|i| 1_764_000_000 + i * 600), 512);
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        assert!(run(&mut d, &flows[..5]).is_empty());
+        let mut restored = Beaconing::new(no_learning(), 1_000);
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(run(&mut restored, &flows[5..]).len(), 1);
+    }
+
+    #[test]
+    fn a_beacon_that_began_while_learning_is_found_once_learning_ends() {
+        let rule = BeaconingRule {
+            learning_seconds: 3_600,
+            ..BeaconingRule::default()
+        };
+        let mut d = Beaconing::new(rule, 1_000);
+        let flows = beacon("203.0.113.9", (0..10).map(|i| 1_764_000_000 + i * 400), 512);
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].last_seen >= 1_764_003_600, "{found:?}");
+        assert_eq!(found[0].first_seen, 1_764_000_000);
     }
 }

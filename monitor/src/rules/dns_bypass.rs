@@ -73,6 +73,7 @@ mod tests {
             start: 1_764_150_000,
             interface_id: Some("eni-nat"),
             instance_id: None,
+            outbound: true,
             opens_connection: true,
         }
     }

@@ -24,6 +24,7 @@ pub mod beaconing;
 pub mod new_remote_port;
 pub mod port_scan;
 pub mod rare_destination;
+pub mod s3_endpoint_upload;
 pub mod slow_drip;
 pub mod traffic_volume;
 
@@ -35,6 +36,7 @@ use non_https_egress::NonHttpsEgress;
 use port_scan::PortScan;
 use rare_destination::RareDestination;
 use rejected_egress::RejectedEgress;
+use s3_endpoint_upload::S3EndpointUpload;
 use slow_drip::SlowDrip;
 use traffic_volume::TrafficVolume;
 
@@ -97,6 +99,12 @@ pub fn build(rules: &config::Rules) -> Result<Vec<Box<dyn Rule>>, String> {
     if rules.rare_destination.enabled {
         v.push(Box::new(RareDestination::new(
             rules.rare_destination.clone(),
+            entries,
+        )));
+    }
+    if rules.s3_endpoint_upload.enabled {
+        v.push(Box::new(S3EndpointUpload::new(
+            rules.s3_endpoint_upload.clone(),
             entries,
         )));
     }
@@ -210,6 +218,7 @@ pub(crate) mod testing {
             start,
             interface_id: Some("eni-nat"),
             instance_id: None,
+            outbound: path != Path::NatReturn,
             opens_connection: true,
         }
     }

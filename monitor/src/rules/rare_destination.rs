@@ -8,7 +8,7 @@ use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bloom::Bloom;
 use crate::sketch::bounded::BoundedMap;
-use crate::sketch::network::{key_of, network_key, network_marker, network_of, Audience};
+use crate::sketch::network::{key_of, network_cidr, network_key, network_marker, Audience};
 
 /// Uploads to destinations no workload in the fleet had contacted before.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -22,9 +22,6 @@ pub struct RareDestinationRule {
     /// Bytes sent to a new destination that make a finding.
     pub upload_bytes: u64,
     pub upload_ratio: f64,
-    /// A new destination contacted by more workloads than this is fleet traffic, not one
-    /// workload's exfiltration.
-    pub max_workloads: usize,
     /// Destinations the seen-filter holds per generation (two generations are kept).
     pub filter_capacity: usize,
 }
@@ -37,7 +34,6 @@ impl Default for RareDestinationRule {
             new_for_seconds: 86_400,
             upload_bytes: 10_000_000,
             upload_ratio: 2.0,
-            max_workloads: 2,
             filter_capacity: 1_000_000,
         }
     }
@@ -152,20 +148,25 @@ impl Rule for RareDestination {
         }
         if !sending
             || d.alerted
-            || d.workloads.len() > self.rule.max_workloads
             || d.sent < self.rule.upload_bytes
             || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
         {
             return;
         }
         d.alerted = true;
+        // Bytes add up over every workload: an upload split between several workloads,
+        // each sending little, is one upload to the destination.
+        let senders = match d.workloads.len() {
+            1 => "this workload alone".to_string(),
+            n if n >= 4 => "4 or more workloads together".to_string(),
+            n => format!("{n} workloads together"),
+        };
         let summary = format!(
-            "uploaded {} to {r} (received {}), in network {} that no workload had contacted before it appeared {} ago; {} workload(s) have contacted it since; threshold {}",
+            "{senders} uploaded {} to {r} (received {}), in network {} that no workload had contacted before it appeared {} ago; threshold {}",
             human_bytes(d.sent as f64),
             human_bytes(d.received as f64),
-            network_of(r),
+            network_cidr(r),
             hours(f.end.saturating_sub(d.first_seen)),
-            d.workloads.len(),
             human_bytes(self.rule.upload_bytes as f64)
         );
         let mut finding = Finding::from_flow("rare_destination", Severity::High, summary, f);
@@ -233,16 +234,26 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].remote, Some("203.0.113.9".parse().unwrap()));
         assert_eq!(found[0].bytes, 12_000_000);
-        // A new destination three workloads use is shared, not one workload's drop point.
-        let mut shared = Vec::new();
+        // An upload split between three workloads, 4 MB each, is one upload to the new
+        // destination: flagged on the part that takes the total over 10 MB.
+        let mut split = Vec::new();
         for w in ["10.0.1.7", "10.0.1.8", "10.0.1.9"] {
-            let mut f = flow(Path::NatEgress, "203.0.115.60", 443, 100, t);
+            let mut f = flow(Path::NatEgress, "203.0.115.60", 443, 4_000_000, t);
             f.workload = Some(w.parse().unwrap());
-            shared.push(f);
+            split.push(f);
         }
-        shared.push(flow(Path::NatEgress, "203.0.115.60", 443, 50_000_000, t));
-        shared.push(other);
-        assert!(run(&mut d, &shared).is_empty());
+        split.push(other);
+        let found = run(&mut d, &split);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].workload, Some("10.0.1.9".parse().unwrap()));
+        assert_eq!(found[0].bytes, 12_000_000);
+        assert!(
+            found[0]
+                .summary
+                .starts_with("3 workloads together uploaded 12.0 MB"),
+            "{}",
+            found[0].summary
+        );
 
         // A snapshot carries what was learnt, but the table limits come from the new
         // configuration; a filter sized differently cannot be reused and says so.

@@ -7,7 +7,7 @@ use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
-use crate::sketch::network::{key_of, network_key, network_of, network_pair_key, Audience};
+use crate::sketch::network::{key_of, network_cidr, network_key, network_pair_key, Audience};
 
 /// Cumulative bytes to one remote over a long horizon, below any per-window threshold.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -156,7 +156,7 @@ impl Rule for SlowDrip {
         let summary = format!(
             "sent about {} to {r}'s network {} over the last {} (received {}) in {} flows since {}; no more than {} workload(s) talk to that network; threshold {} per {}",
             human_bytes(sent),
-            network_of(r),
+            network_cidr(r),
             hours(horizon),
             human_bytes(received),
             d.flows,

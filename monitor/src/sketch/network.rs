@@ -31,6 +31,14 @@ pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A remote's network as CIDR text for messages: 203.0.113.0/24, 2001:db8:1::/48.
+pub(crate) fn network_cidr(ip: IpAddr) -> String {
+    match network_of(ip) {
+        n @ IpAddr::V4(_) => format!("{n}/24"),
+        n @ IpAddr::V6(_) => format!("{n}/48"),
+    }
+}
+
 /// The key of a remote's network (see [`network_of`]).
 pub(crate) fn network_key(ip: IpAddr) -> u64 {
     address_hash(network_of(ip), 0x6e65_7477_6f72_6b31)
