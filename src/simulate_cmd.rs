@@ -541,7 +541,12 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
             .collect();
         let mut raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
         raised.resize(findings.len(), None);
-        let blame = |f: &Finding| sim.benign_profiles(f.workload, f.remote);
+        // A finding about the S3 endpoint path names no remote; only one profile's traffic
+        // takes that path.
+        let blame = |f: &Finding| match f.rule {
+            "s3_endpoint_upload" => vec![Profile::S3Endpoint],
+            _ => sim.benign_profiles(f.workload, f.remote),
+        };
         score_into(
             &mut report,
             seed,

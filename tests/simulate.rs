@@ -37,13 +37,15 @@ fn matching<'a>(label: &Value, findings: &'a [Value]) -> Vec<&'a Value> {
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
+    let accomplices = label["accomplices"].as_array().cloned().unwrap_or_default();
     findings
         .iter()
-        .filter(|f| f["workload"] == label["workload"])
+        .filter(|f| f["workload"] == label["workload"] || accomplices.contains(&f["workload"]))
         .filter(|f| match f["remote"].as_str() {
             Some(r) => remotes.contains(&r),
-            // A fold of many findings of the workload names no remote.
-            None if f["folded"].is_u64() => true,
+            // A fold of many findings of the workload names no remote, nor does a finding
+            // about the S3 endpoint path (flow logs cannot name the bucket).
+            None if f["folded"] == true || f["remote_port"].is_null() => true,
             None => remotes.len() > 1 && f["remote_port"] == label["remote_port"],
         })
         .collect()
@@ -56,8 +58,12 @@ fn expected_rule(scenario: &str) -> &'static [&'static str] {
         // From a workload that uploads hundreds of megabytes as its daily work, a gigabyte
         // upload is not unusual in volume, only in where it goes.
         "https-upload" => &["traffic_volume_unusual", "rare_destination"],
-        // No one address receives much; the new network receives it all.
-        "spray-upload" => &["rare_destination"],
+        // No one address receives much; the new network receives it all. No one workload
+        // sends much either: the new destination receives it all.
+        "spray-upload" | "split-upload" => &["rare_destination"],
+        "s3-exfil" => &["s3_endpoint_upload"],
+        "jittered-beacon" | "long-beacon" => &["beaconing"],
+        "blocked-tunnel" => &["rejected_egress"],
         // A drip the end of the simulation cuts short of the horizon's threshold is found
         // by where it goes.
         "slow-drip" => &["slow_drip", "rare_destination"],
@@ -65,7 +71,7 @@ fn expected_rule(scenario: &str) -> &'static [&'static str] {
         "port-scan" => &["port_scan"],
         "port-sweep" => &["port_sweep"],
         "denylisted" | "tor" => &["denylisted_destination"],
-        "dns-outside" | "dns-over-https" => &["dns_bypass"],
+        "dns-outside" | "dns-over-https" | "dns-over-tls" => &["dns_bypass"],
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -95,7 +101,7 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let outcomes = report["outcomes"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 60, "twelve attacks on five seeds");
+    assert_eq!(outcomes.len(), 90, "eighteen attacks on five seeds");
     for o in outcomes {
         assert_eq!(o["detected"], true, "{o}");
         let scenario = o["scenario"].as_str().unwrap();
@@ -172,7 +178,7 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let truth = labels(&dir.join("labels.jsonl"));
-    assert_eq!(truth.len(), 12);
+    assert_eq!(truth.len(), 18);
     let mut explained = 0;
     for label in &truth {
         let hits = matching(label, &findings);

@@ -428,6 +428,11 @@ fn fold_alert(rule: &'static str, t: &Tally, window: u64) -> Alert {
         first_seen: t.first_seen,
         last_seen: t.last_seen,
         records: t.records,
+        packets: 0,
+        action: None,
+        account_id: None,
+        vpc_id: None,
+        region: None,
         evidence: None,
     };
     Alert {
@@ -456,6 +461,11 @@ mod tests {
             first_seen: t,
             last_seen: t,
             records: 1,
+            packets: 0,
+            action: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
             evidence: None,
         }
     }

@@ -77,6 +77,10 @@ pub struct Flow<'a> {
     /// Borrowed from the record: classifying a record allocates nothing.
     pub interface_id: Option<&'a str>,
     pub instance_id: Option<&'a str>,
+    /// Where the record was written, for findings (when the format has these fields).
+    pub account_id: Option<&'a str>,
+    pub vpc_id: Option<&'a str>,
+    pub region: Option<&'a str>,
     /// The record's packets go from the workload to the remote (false for replies and
     /// inbound traffic).
     pub outbound: bool,
@@ -110,6 +114,9 @@ pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
         start: record.start().unwrap_or(0),
         interface_id: record.interface_id(),
         instance_id: record.instance_id(),
+        account_id: record.account_id(),
+        vpc_id: record.vpc_id(),
+        region: record.region(),
         outbound: false,
         opens_connection: record.protocol() != Some(6)
             || record.tcp_flags().is_none_or(|f| f.syn()),

@@ -113,6 +113,9 @@ pub struct Alerts {
     pub alertmanager_url: Option<String>,
     /// Generic webhook: each finding POSTed as JSON.
     pub webhook_url: Option<String>,
+    /// What the webhook receives: `egresswatch` (the finding document, schema v1) or `ocsf`
+    /// (OCSF 1.1 Detection Findings, for a SIEM or Security Lake).
+    pub webhook_format: crate::document::Format,
     /// Desktop notifications over D-Bus.
     pub desktop: bool,
 }
@@ -181,6 +184,7 @@ impl Default for Alerts {
             stdout: true,
             alertmanager_url: None,
             webhook_url: None,
+            webhook_format: crate::document::Format::Egresswatch,
             desktop: false,
         }
     }

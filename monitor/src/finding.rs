@@ -25,6 +25,16 @@ impl Severity {
             Severity::Critical => "critical",
         }
     }
+    /// The number that goes with the label, on GuardDuty's 1-10 scale (low 1-3.9, medium
+    /// 4-6.9, high 7-8.9, critical 9-10), which SIEMs and Security Hub rank by.
+    pub fn value(self) -> u8 {
+        match self {
+            Severity::Low => 2,
+            Severity::Medium => 5,
+            Severity::High => 8,
+            Severity::Critical => 9,
+        }
+    }
     pub const ALL: [Severity; 4] = [
         Severity::Low,
         Severity::Medium,
@@ -50,6 +60,19 @@ pub struct Finding {
     pub first_seen: u64,
     pub last_seen: u64,
     pub records: u64,
+    /// Packets in the record that raised it (or the rule's total, where it sums).
+    #[serde(default)]
+    pub packets: u64,
+    /// ACCEPT or REJECT, from the record that raised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Where the record was written, when the flow log's format carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// For rules that compare against a learnt baseline or a threshold: the numbers behind
     /// the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +123,56 @@ pub const RULES: [&str; 12] = [
     "port_sweep",
 ];
 
+/// A rule's finding type, GuardDuty-style `ThreatPurpose:ResourceType/Name` (GuardDuty's own
+/// name where it has a finding for the same behaviour), and a short title.
+pub fn taxonomy(rule: &str) -> (&'static str, &'static str) {
+    match rule {
+        "non_https_egress" => (
+            "Policy:EC2/NonHttpsEgress",
+            "Egress through the NAT on a port other than HTTPS",
+        ),
+        "rejected_egress" => (
+            "Policy:EC2/EgressRejected",
+            "Outbound attempt rejected by the security group or network ACL",
+        ),
+        "denylisted_destination" => (
+            "UnauthorizedAccess:EC2/DenylistedDestination",
+            "Traffic to a deny-listed address",
+        ),
+        "dns_bypass" => (
+            "DefenseEvasion:EC2/UnusualDNSResolver",
+            "DNS past the VPC resolver",
+        ),
+        "new_remote_port" => (
+            "Behavior:EC2/NetworkPortUnusual",
+            "A remote port the workload never used",
+        ),
+        "traffic_volume_unusual" => (
+            "Behavior:EC2/TrafficVolumeUnusual",
+            "Unusually large upload to one remote",
+        ),
+        "rare_destination" => (
+            "Exfiltration:EC2/UploadToNewDestination",
+            "Upload to a destination the fleet never contacted",
+        ),
+        "slow_drip" => (
+            "Exfiltration:EC2/SlowDrip",
+            "Steady upload to one destination over hours",
+        ),
+        "s3_endpoint_upload" => (
+            "Exfiltration:EC2/S3EndpointVolumeUnusual",
+            "Unusually large upload through the S3 gateway endpoint",
+        ),
+        "beaconing" => (
+            "Backdoor:EC2/C&CActivity.Beacon",
+            "Beacon-like connections to one remote network",
+        ),
+        "port_scan" => ("Recon:EC2/Portscan", "Outbound port scan"),
+        "port_sweep" => ("Impact:EC2/PortSweep", "Outbound port sweep"),
+        _ => ("Unknown:EC2/Unknown", "Finding"),
+    }
+}
+
 impl Finding {
     /// Reads back a finding a sink wrote as JSON (for scoring); the rule must be one of
     /// [`RULES`].
@@ -112,6 +185,15 @@ impl Finding {
             .ok_or_else(|| format!("unknown rule `{name}`"))?;
         let ip = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
         let num = |k: &str| v[k].as_u64().unwrap_or(0);
+        // Times are RFC 3339 in documents (numbers in the outbox and older output).
+        let time = |k: &str| {
+            v[k].as_u64().unwrap_or_else(|| {
+                v[k].as_str()
+                    .and_then(|s| humantime::parse_rfc3339(s).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs())
+            })
+        };
         let severity =
             serde_json::from_value(v["severity"].clone()).map_err(|e| format!("severity: {e}"))?;
         Ok(Finding {
@@ -127,9 +209,18 @@ impl Finding {
                 .and_then(|p| u16::try_from(p).ok()),
             protocol: v["protocol"].as_u64().and_then(|p| u8::try_from(p).ok()),
             bytes: num("bytes"),
-            first_seen: num("first_seen"),
-            last_seen: num("last_seen"),
+            first_seen: time("first_seen"),
+            last_seen: time("last_seen"),
             records: num("records"),
+            packets: num("packets"),
+            action: match v["action"].as_str() {
+                Some("allowed") => Some("ACCEPT".into()),
+                Some("blocked") => Some("REJECT".into()),
+                other => other.map(String::from),
+            },
+            account_id: v["account_id"].as_str().map(String::from),
+            vpc_id: v["vpc_id"].as_str().map(String::from),
+            region: v["region"].as_str().map(String::from),
             evidence: serde_json::from_value(v["evidence"].clone()).ok(),
         })
     }
@@ -149,6 +240,11 @@ impl Finding {
             first_seen: f.start,
             last_seen: f.end,
             records: 1,
+            packets: f.packets,
+            action: f.action.map(String::from),
+            account_id: f.account_id.map(String::from),
+            vpc_id: f.vpc_id.map(String::from),
+            region: f.region.map(String::from),
             evidence: None,
         }
     }

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod config;
 pub mod daemon;
 pub mod denylist;
+pub mod document;
 pub mod finding;
 pub mod http;
 pub mod metrics;

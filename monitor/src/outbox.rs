@@ -464,6 +464,11 @@ mod tests {
             first_seen: 1_000 + n,
             last_seen: 1_060 + n,
             records: 1,
+            packets: 0,
+            action: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
             evidence: None,
         }
     }

@@ -138,6 +138,11 @@ mod tests {
             first_seen: 0,
             last_seen: 0,
             records: 1,
+            packets: 0,
+            action: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
             evidence: None,
         }
     }

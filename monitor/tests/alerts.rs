@@ -108,14 +108,13 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
     assert_eq!(got[0]["severity"], "critical");
     assert_eq!(got[1]["rule"], "port_sweep");
     assert_eq!(got[1]["severity"], "high");
-    let folded: Vec<_> = got.iter().filter(|a| a["folded"].is_u64()).collect();
+    let folded: Vec<_> = got.iter().filter(|a| a["folded"] == true).collect();
     assert_eq!(folded.len(), 1);
     assert_eq!(folded[0]["rule"], "rejected_egress");
-    assert_eq!(folded[0]["folded"], 29_995);
     assert_eq!(folded[0]["workload"], "10.0.1.7");
     let singles = got
         .iter()
-        .filter(|a| a["rule"] == "rejected_egress" && a["folded"].is_null())
+        .filter(|a| a["rule"] == "rejected_egress" && a["folded"] == false)
         .count();
     assert_eq!(singles, 5);
     // Every alert carries its id, and ids are distinct.
@@ -124,6 +123,27 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
     ids.dedup();
     assert_eq!(ids.len(), 8);
     assert_eq!(metrics.alerts_sent.with_label_values(&["webhook"]).get(), 8);
+    // What the receiver got is the documented finding (an independent JSON Schema
+    // validator's verdict), with RFC 3339 times and the fold's count.
+    let violations =
+        egresswatch_testkit::schema_violations("monitor/schema/finding.v1.schema.json", &got);
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(folded[0]["count"], 29_995);
+    assert_eq!(folded[0]["folded"], true);
+    assert_eq!(
+        got[0]["type"],
+        "UnauthorizedAccess:EC2/DenylistedDestination"
+    );
+    assert_eq!(got[0]["severity_value"], 9);
+    assert_eq!(got[0]["action"], "allowed");
+    assert_eq!(got[0]["first_seen"], "2025-11-26T09:40:00Z");
+    // The schema is no rubber stamp: a raw Unix time or an unknown severity is refused.
+    let mut bad = got[0].clone();
+    bad["first_seen"] = 1_764_150_000.into();
+    bad["severity"] = "warning".into();
+    let refused =
+        egresswatch_testkit::schema_violations("monitor/schema/finding.v1.schema.json", &[bad]);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -745,8 +745,14 @@ pub(crate) fn attack(
                     accomplices.push(other);
                 }
             }
+            // Within two hours, or what is left of the run.
+            let within = end
+                .saturating_sub(start)
+                .min(7_200)
+                .saturating_sub(900)
+                .max(1);
             for part in std::iter::once(w).chain(accomplices.iter().copied()) {
-                let s0 = start + rng.random_range(0..7_200);
+                let s0 = start + rng.random_range(0..within);
                 for i in 0..rng.random_range(1..=3u64) {
                     let sent = rng.random_range(15_000_000..120_000_000) / (i + 1);
                     let s = s0 + i * rng.random_range(60..900);

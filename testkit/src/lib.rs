@@ -486,3 +486,48 @@ pub fn notification_bus() -> NotificationBus {
         server,
     }
 }
+
+/// Checks `documents` against the JSON Schema at `schema` (a path in the workspace) with the
+/// `jsonschema` Python package (Draft 2020-12), an implementation independent of ours.
+/// Returns each violation with the document's index.
+pub fn schema_violations(schema: &str, documents: &[serde_json::Value]) -> Vec<String> {
+    let python = venv().join("bin/python");
+    if !python.exists() {
+        let status = Command::new(workspace_root().join("scripts/install-test-services"))
+            .env("EGRESSWATCH_VENV", venv())
+            .status()
+            .expect("run scripts/install-test-services");
+        assert!(status.success(), "installing the test venv failed");
+    }
+    let dir = temp_dir("schema");
+    let docs = dir.join("documents.json");
+    std::fs::write(
+        &docs,
+        serde_json::Value::from(documents.to_vec()).to_string(),
+    )
+    .expect("write the documents");
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import json, sys, jsonschema\n\
+             schema = json.load(open(sys.argv[1]))\n\
+             jsonschema.Draft202012Validator.check_schema(schema)\n\
+             v = jsonschema.Draft202012Validator(schema)\n\
+             for i, d in enumerate(json.load(open(sys.argv[2]))):\n\
+             \x20   for e in v.iter_errors(d):\n\
+             \x20       print(f'document {i}: {list(e.absolute_path)}: {e.message}')\n",
+        )
+        .arg(workspace_root().join(schema))
+        .arg(&docs)
+        .output()
+        .expect("run python with jsonschema");
+    assert!(
+        out.status.success(),
+        "the schema check failed to run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}

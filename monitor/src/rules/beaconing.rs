@@ -88,6 +88,10 @@ struct Series {
     /// Bytes sent in each connection's first record, capped at 64 KiB: beacons are small,
     /// and the cap halves the memory.
     sizes: Vec<u16>,
+    /// Connections seen and records of connections already open, over the series' life:
+    /// more than one such record per connection on average means sessions, not check-ins.
+    opened: u32,
+    continued: u32,
     alerted: bool,
 }
 
@@ -125,19 +129,28 @@ impl Rule for Beaconing {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
-        if f.path != Path::NatEgress || !f.opens_connection {
+        if f.path != Path::NatEgress {
             return;
         }
         let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
             return;
         };
+        let key = network_pair_key(w, r) ^ u64::from(port).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if !f.opens_connection {
+            // A later window of a connection still open: check-ins are short, a session
+            // that stays open (experiment tracking, a tunnel) is re-established on a timer
+            // without being a beacon.
+            if let Some(s) = self.state.series.get_mut(&key) {
+                s.continued = s.continued.saturating_add(1);
+            }
+            return;
+        }
         let shared = self
             .state
             .audience
             .touch(network_key(r), f.end, Audience::default)
             .add(key_of(w))
             > self.rule.max_workloads;
-        let key = network_pair_key(w, r) ^ u64::from(port).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         if shared {
             // Nothing to judge once the network is shared: the series' memory goes back.
             self.state.series.remove(&key);
@@ -151,11 +164,13 @@ impl Rule for Beaconing {
         s.starts
             .push(u32::try_from(f.start.saturating_sub(SERIES_EPOCH)).unwrap_or(u32::MAX));
         s.sizes.push(u16::try_from(f.bytes).unwrap_or(u16::MAX));
+        s.opened = s.opened.saturating_add(1);
         let first_flow = *self.state.first_flow.get_or_insert(f.start);
         if f.start < first_flow {
             self.state.first_flow = Some(f.start);
         }
         if s.alerted
+            || s.continued > s.opened
             || s.starts.len() < self.rule.min_connections
             || f.end < first_flow.saturating_add(self.rule.learning_seconds)
         {
@@ -347,6 +362,33 @@ mod tests {
             found.iter().all(|f| f.first_seen < 1_764_200_000 + 3 * 180),
             "only before the network was known to be shared: {found:?}"
         );
+    }
+
+    #[test]
+    fn sessions_reopened_on_a_timer_are_not_check_ins() {
+        // An experiment tracker's connection, reopened every hour and open all hour long.
+        let mut flows = Vec::new();
+        for i in 0..24u64 {
+            let start = 1_764_000_000 + i * 3_600;
+            flows.push(flow(Path::NatEgress, "203.0.113.30", 443, 900, start));
+            for m in 1..50u64 {
+                let mut f = flow(Path::NatEgress, "203.0.113.30", 443, 5_000, start + m * 60);
+                f.opens_connection = false;
+                flows.push(f);
+            }
+        }
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        assert!(run(&mut d, &flows).is_empty());
+        // The same timer with short connections (one record now and then crossing a
+        // window boundary) is a beacon.
+        let short: Vec<Flow> = flows
+            .iter()
+            .filter(|f| f.opens_connection || (f.start - 1_764_000_000) % 3_600 == 60)
+            .filter(|f| f.opens_connection || (f.start / 3_600) % 3 == 0)
+            .cloned()
+            .collect();
+        let mut d = Beaconing::new(no_learning(), 1_000);
+        assert_eq!(run(&mut d, &short).len(), 1);
     }
 
     #[test]

@@ -73,6 +73,9 @@ mod tests {
             start: 1_764_150_000,
             interface_id: Some("eni-nat"),
             instance_id: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
             outbound: true,
             opens_connection: true,
         }

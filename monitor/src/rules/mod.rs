@@ -218,6 +218,9 @@ pub(crate) mod testing {
             start,
             interface_id: Some("eni-nat"),
             instance_id: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
             outbound: path != Path::NatReturn,
             opens_connection: true,
         }

@@ -41,9 +41,13 @@ pub fn payload(a: &Alert) -> serde_json::Value {
     let mut annotations = serde_json::json!({
         "summary": f.summary,
         "finding_id": a.id,
+        "type": crate::finding::taxonomy(f.rule).0,
+        "severity_value": f.severity.value().to_string(),
         "bytes": f.bytes.to_string(),
-        "first_seen": f.first_seen.to_string(),
-        "last_seen": f.last_seen.to_string(),
+        "first_seen": crate::alert::rfc3339(f.first_seen),
+        "last_seen": crate::alert::rfc3339(f.last_seen),
+        // The whole finding document (schema v1), for receivers that want every field.
+        "finding": crate::document::document(a).to_string(),
     });
     if let Some(n) = a.folded {
         annotations["folded_findings"] = n.to_string().into();

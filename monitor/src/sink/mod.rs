@@ -62,7 +62,12 @@ pub fn from_config(a: &Alerts) -> Result<Vec<Box<dyn Sink>>, String> {
         v.push(Box::new(alertmanager::Alertmanager::new(u, http.clone())));
     }
     if let Some(u) = &a.webhook_url {
-        v.push(Box::new(webhook::Webhook::new(u, http.clone(), spacing)));
+        v.push(Box::new(webhook::Webhook::new(
+            u,
+            http.clone(),
+            spacing,
+            a.webhook_format,
+        )));
     }
     if a.desktop {
         v.push(Box::new(desktop::Desktop { spacing }));
@@ -476,6 +481,11 @@ mod tests {
                 first_seen: seq,
                 last_seen: seq,
                 records: 1,
+                packets: 0,
+                action: None,
+                account_id: None,
+                vpc_id: None,
+                region: None,
                 evidence: None,
             })),
             tally: None,

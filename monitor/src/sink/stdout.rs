@@ -1,4 +1,4 @@
-//! The stdout sink: one JSON line per alert (the finding, its id and, for a fold, its count),
+//! The stdout sink: one JSON line per alert (the finding document, schema v1),
 //! for journald, `docker logs` or a pipe. Written from a blocking thread, so a reader that
 //! stops reading stalls this sink alone, never the daemon or its shutdown.
 
@@ -21,7 +21,7 @@ impl Sink for Stdout {
     fn deliver<'a>(&'a self, alerts: &'a [Alert]) -> Delivered<'a> {
         let mut text = Vec::new();
         for a in alerts {
-            if let Err(e) = serde_json::to_writer(&mut text, a) {
+            if let Err(e) = serde_json::to_writer(&mut text, &crate::document::document(a)) {
                 return Box::pin(async move { Err(e.to_string()) });
             }
             text.push(b'\n');

@@ -55,6 +55,11 @@ impl<K: Eq + Hash, V> BoundedMap<K, V> {
         self.entries.get(key).map(|(_, v)| v)
     }
 
+    /// The entry for `key` if present, without marking it touched.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(_, v)| v)
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|(_, v)| v)
     }
