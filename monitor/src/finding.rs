@@ -178,11 +178,7 @@ impl Finding {
     /// [`RULES`].
     pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
         let name = v["rule"].as_str().ok_or("no `rule`")?;
-        let rule = RULES
-            .iter()
-            .find(|r| **r == name)
-            .copied()
-            .ok_or_else(|| format!("unknown rule `{name}`"))?;
+        let rule = rule_name(name).ok_or_else(|| format!("unknown rule `{name}`"))?;
         let ip = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
         let num = |k: &str| v[k].as_u64().unwrap_or(0);
         // Times are RFC 3339 in documents (numbers in the outbox and older output).

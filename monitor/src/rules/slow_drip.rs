@@ -137,6 +137,11 @@ impl Rule for SlowDrip {
         }
         d.first_seen = d.first_seen.min(f.start);
         let first_flow = *self.state.first_flow.get_or_insert(f.start);
+        // Records arrive out of order: learning runs from the earliest one seen, as in the
+        // other rules.
+        if f.start < first_flow {
+            self.state.first_flow = Some(f.start);
+        }
         let learning = f.end < first_flow.saturating_add(self.rule.learning_seconds);
         if !sending
             || shared
