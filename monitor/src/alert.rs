@@ -406,34 +406,22 @@ fn fold_alert(rule: &'static str, t: &Tally, window: u64) -> Alert {
         .workload
         .map_or("several workloads".to_string(), |w| w.to_string());
     let sample: Vec<String> = t.remotes.iter().map(|r| r.to_string()).collect();
+    let summary = format!(
+        "{} more {rule} findings from {who} between {} and {}, over the alert budget of the {}-minute window from {}; for example {}",
+        t.count,
+        rfc3339(t.first_seen),
+        rfc3339(t.last_seen),
+        window.div_ceil(60),
+        rfc3339(t.window_start),
+        if sample.is_empty() { "-".into() } else { sample.join(", ") }
+    );
     let finding = Finding {
-        rule,
-        severity: t.severity,
-        summary: format!(
-            "{} more {rule} findings from {who} between {} and {}, over the alert budget of the {}-minute window from {}; for example {}",
-            t.count,
-            rfc3339(t.first_seen),
-            rfc3339(t.last_seen),
-            window.div_ceil(60),
-            rfc3339(t.window_start),
-            if sample.is_empty() { "-".into() } else { sample.join(", ") }
-        ),
         workload: t.workload,
-        interface_id: None,
-        instance_id: None,
-        remote: None,
-        remote_port: None,
-        protocol: None,
         bytes: t.bytes,
         first_seen: t.first_seen,
         last_seen: t.last_seen,
         records: t.records,
-        packets: 0,
-        action: None,
-        account_id: None,
-        vpc_id: None,
-        region: None,
-        evidence: None,
+        ..Finding::new(rule, t.severity, summary)
     };
     Alert {
         id: alert_id(&finding, true),
@@ -448,25 +436,14 @@ mod tests {
 
     fn finding(rule: &'static str, workload: u8, remote: u32, t: u64) -> Finding {
         Finding {
-            rule,
-            severity: Severity::Low,
-            summary: String::new(),
             workload: Some(IpAddr::from([10, 0, 1, workload])),
-            interface_id: None,
-            instance_id: None,
             remote: Some(IpAddr::from(remote.to_be_bytes())),
             remote_port: Some(443),
             protocol: Some(6),
             bytes: 60,
             first_seen: t,
             last_seen: t,
-            records: 1,
-            packets: 0,
-            action: None,
-            account_id: None,
-            vpc_id: None,
-            region: None,
-            evidence: None,
+            ..Finding::new(rule, Severity::Low, String::new())
         }
     }
 

@@ -126,6 +126,12 @@ pub fn ocsf(a: &Alert) -> Value {
     if let Some(v) = &f.vpc_id {
         cloud["vpc_uid"] = v.clone().into();
     }
+    // OCSF's action_id and disposition_id: 1 allowed, 2 blocked (denied), 0 unknown.
+    let action_id = match f.action.as_deref() {
+        Some("ACCEPT") => 1,
+        Some("REJECT") => 2,
+        _ => 0,
+    };
     json!({
         "class_uid": 2004,
         "class_name": "Detection Finding",
@@ -144,8 +150,8 @@ pub fn ocsf(a: &Alert) -> Value {
         "end_time": ms(f.last_seen),
         "count": a.folded.unwrap_or(1).max(1),
         "message": f.summary,
-        "action_id": match f.action.as_deref() { Some("ACCEPT") => 1, Some("REJECT") => 2, _ => 0 },
-        "disposition_id": match f.action.as_deref() { Some("ACCEPT") => 1, Some("REJECT") => 2, _ => 0 },
+        "action_id": action_id,
+        "disposition_id": action_id,
         "metadata": {
             "version": "1.1.0",
             "product": {"name": "egresswatch", "vendor_name": "egresswatch", "version": env!("CARGO_PKG_VERSION")},
@@ -171,13 +177,9 @@ mod tests {
     use crate::finding::{Evidence, Finding};
 
     fn alert() -> Alert {
-        let mut f = Finding {
-            rule: "beaconing",
-            severity: Severity::Medium,
-            summary: "beacon-like connections".into(),
+        Alert::single(Finding {
             workload: Some("10.0.1.5".parse().unwrap()),
             interface_id: Some("eni-1".into()),
-            instance_id: None,
             remote: Some("203.0.113.9".parse().unwrap()),
             remote_port: Some(443),
             protocol: Some(6),
@@ -190,15 +192,18 @@ mod tests {
             account_id: Some("123456789012".into()),
             vpc_id: Some("vpc-1".into()),
             region: Some("eu-west-1".into()),
-            evidence: None,
-        };
-        f.evidence = Some(Evidence {
-            observed: 0.93,
-            baseline: Some(300.0),
-            threshold: 0.85,
-            unit: "share".into(),
-        });
-        Alert::single(f)
+            evidence: Some(Evidence {
+                observed: 0.93,
+                baseline: Some(300.0),
+                threshold: 0.85,
+                unit: "share".into(),
+            }),
+            ..Finding::new(
+                "beaconing",
+                Severity::Medium,
+                "beacon-like connections".into(),
+            )
+        })
     }
 
     #[test]

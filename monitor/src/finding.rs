@@ -221,6 +221,31 @@ impl Finding {
         })
     }
 
+    /// A finding of one record that names nothing yet: fill in what the rule knows.
+    pub fn new(rule: &'static str, severity: Severity, summary: String) -> Self {
+        Finding {
+            rule,
+            severity,
+            summary,
+            workload: None,
+            interface_id: None,
+            instance_id: None,
+            remote: None,
+            remote_port: None,
+            protocol: None,
+            bytes: 0,
+            first_seen: 0,
+            last_seen: 0,
+            records: 1,
+            packets: 0,
+            action: None,
+            account_id: None,
+            vpc_id: None,
+            region: None,
+            evidence: None,
+        }
+    }
+
     pub fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
         Finding {
             rule,

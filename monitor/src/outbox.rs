@@ -451,25 +451,15 @@ mod tests {
 
     fn finding(n: u64) -> Finding {
         Finding {
-            rule: "non_https_egress",
-            severity: Severity::High,
-            summary: format!("flow {n}"),
             workload: Some("10.0.1.5".parse().unwrap()),
             interface_id: Some("eni-1".into()),
-            instance_id: None,
             remote: Some(format!("198.51.100.{}", n % 250).parse().unwrap()),
             remote_port: Some(22),
             protocol: Some(6),
             bytes: n,
             first_seen: 1_000 + n,
             last_seen: 1_060 + n,
-            records: 1,
-            packets: 0,
-            action: None,
-            account_id: None,
-            vpc_id: None,
-            region: None,
-            evidence: None,
+            ..Finding::new("non_https_egress", Severity::High, format!("flow {n}"))
         }
     }
 

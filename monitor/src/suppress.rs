@@ -125,25 +125,15 @@ mod tests {
 
     fn finding(rule: &'static str, remote: &str, port: u16) -> Finding {
         Finding {
-            rule,
-            severity: Severity::High,
-            summary: String::new(),
             workload: Some("10.0.1.5".parse().unwrap()),
             interface_id: Some("eni-0abc".into()),
-            instance_id: None,
             remote: Some(remote.parse().unwrap()),
             remote_port: Some(port),
             protocol: Some(6),
             bytes: 1,
             first_seen: 0,
             last_seen: 0,
-            records: 1,
-            packets: 0,
-            action: None,
-            account_id: None,
-            vpc_id: None,
-            region: None,
-            evidence: None,
+            ..Finding::new(rule, Severity::High, String::new())
         }
     }
 

@@ -51,6 +51,21 @@ fn venv() -> PathBuf {
     }
 }
 
+/// A program of the test virtual environment (moto server, its python with jsonschema),
+/// installed by scripts/install-test-services when missing.
+fn venv_program(name: &str) -> PathBuf {
+    let venv = venv();
+    let bin = venv.join("bin").join(name);
+    if !bin.exists() {
+        let status = Command::new(workspace_root().join("scripts/install-test-services"))
+            .env("EGRESSWATCH_VENV", &venv)
+            .status()
+            .expect("run scripts/install-test-services");
+        assert!(status.success(), "installing the test services failed");
+    }
+    bin
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -97,15 +112,7 @@ fn try_wait_http(
 
 /// Starts a moto server (the AWS emulator), installing it first if it is missing.
 pub fn moto() -> Service {
-    let venv = venv();
-    let bin = venv.join("bin/moto_server");
-    if !bin.exists() {
-        let status = Command::new(workspace_root().join("scripts/install-test-services"))
-            .env("EGRESSWATCH_VENV", &venv)
-            .status()
-            .expect("run scripts/install-test-services");
-        assert!(status.success(), "installing moto failed");
-    }
+    let bin = venv_program("moto_server");
     let port = free_port();
     let mut child = Command::new(&bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -491,14 +498,7 @@ pub fn notification_bus() -> NotificationBus {
 /// `jsonschema` Python package (Draft 2020-12), an implementation independent of ours.
 /// Returns each violation with the document's index.
 pub fn schema_violations(schema: &str, documents: &[serde_json::Value]) -> Vec<String> {
-    let python = venv().join("bin/python");
-    if !python.exists() {
-        let status = Command::new(workspace_root().join("scripts/install-test-services"))
-            .env("EGRESSWATCH_VENV", venv())
-            .status()
-            .expect("run scripts/install-test-services");
-        assert!(status.success(), "installing the test venv failed");
-    }
+    let python = venv_program("python");
     let dir = temp_dir("schema");
     let docs = dir.join("documents.json");
     std::fs::write(

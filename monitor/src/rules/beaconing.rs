@@ -9,6 +9,7 @@ use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::beacon::{periodicity, size_regularity};
 use crate::sketch::bounded::BoundedMap;
+use crate::sketch::learning::LearningClock;
 use crate::sketch::network::{key_of, network_cidr, network_key, network_pair_key, Audience};
 
 /// Connections from one workload to one remote network and port that start on a timer.
@@ -66,7 +67,7 @@ struct BeaconState {
     /// max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
     /// Event time of the first flow seen: the learning period runs from it.
-    first_flow: Option<u64>,
+    first_flow: LearningClock,
 }
 
 impl Snapshot for BeaconState {
@@ -102,7 +103,7 @@ impl Beaconing {
             state: BeaconState {
                 series: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
-                first_flow: None,
+                first_flow: LearningClock::default(),
             },
         }
     }
@@ -165,14 +166,14 @@ impl Rule for Beaconing {
             .push(u32::try_from(f.start.saturating_sub(SERIES_EPOCH)).unwrap_or(u32::MAX));
         s.sizes.push(u16::try_from(f.bytes).unwrap_or(u16::MAX));
         s.opened = s.opened.saturating_add(1);
-        let first_flow = *self.state.first_flow.get_or_insert(f.start);
-        if f.start < first_flow {
-            self.state.first_flow = Some(f.start);
-        }
+        let learning = self
+            .state
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
         if s.alerted
             || s.continued > s.opened
             || s.starts.len() < self.rule.min_connections
-            || f.end < first_flow.saturating_add(self.rule.learning_seconds)
+            || learning
         {
             return;
         }

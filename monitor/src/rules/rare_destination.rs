@@ -8,6 +8,7 @@ use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bloom::Bloom;
 use crate::sketch::bounded::BoundedMap;
+use crate::sketch::learning::LearningClock;
 use crate::sketch::network::{key_of, network_cidr, network_key, network_marker, Audience};
 
 /// Uploads to destinations no workload in the fleet had contacted before.
@@ -47,7 +48,7 @@ pub struct RareDestination {
 
 #[derive(Serialize, Deserialize)]
 struct RareState {
-    first_flow: Option<u64>,
+    first_flow: LearningClock,
     /// Destinations seen: the current generation and the one before it. When the current
     /// one is full it becomes the old one, so memory stays at two filters.
     current: Bloom,
@@ -82,7 +83,7 @@ impl RareDestination {
     pub fn new(rule: RareDestinationRule, entries: usize) -> Self {
         RareDestination {
             state: RareState {
-                first_flow: None,
+                first_flow: LearningClock::default(),
                 current: Bloom::new(rule.filter_capacity),
                 previous: Bloom::new(rule.filter_capacity),
                 new_destinations: BoundedMap::new(entries),
@@ -109,10 +110,9 @@ impl Rule for RareDestination {
         // New destinations are tracked by network: parts sent to many hosts of one new
         // network add up, and an address new in a network the fleet already uses is not new.
         let rk = network_key(r);
-        let first_flow = *s.first_flow.get_or_insert(f.start);
-        if f.start < first_flow {
-            s.first_flow = Some(f.start);
-        }
+        let learning = s
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
         if s.new_destinations.get(&rk).is_none() {
             let net = network_marker(r);
             if s.current.contains(net) || s.previous.contains(net) {
@@ -123,8 +123,7 @@ impl Rule for RareDestination {
                     std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
             }
             s.current.insert(net);
-            // Event times come from the input: a start near 2^64 must not overflow.
-            if f.end < first_flow.saturating_add(self.rule.learning_seconds) {
+            if learning {
                 return;
             }
         }

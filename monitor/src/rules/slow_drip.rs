@@ -7,6 +7,7 @@ use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
+use crate::sketch::learning::LearningClock;
 use crate::sketch::network::{key_of, network_cidr, network_key, network_pair_key, Audience};
 
 /// Cumulative bytes to one remote over a long horizon, below any per-window threshold.
@@ -55,7 +56,7 @@ struct DripState {
     /// Remote network -> the workloads that talked to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
     /// Event time of the first flow seen: the learning period runs from it.
-    first_flow: Option<u64>,
+    first_flow: LearningClock,
 }
 
 impl Snapshot for DripState {
@@ -83,7 +84,7 @@ impl SlowDrip {
             state: DripState {
                 pairs: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
-                first_flow: None,
+                first_flow: LearningClock::default(),
             },
         }
     }
@@ -136,13 +137,10 @@ impl Rule for SlowDrip {
             d.received[slot] = d.received[slot].saturating_add(f.bytes);
         }
         d.first_seen = d.first_seen.min(f.start);
-        let first_flow = *self.state.first_flow.get_or_insert(f.start);
-        // Records arrive out of order: learning runs from the earliest one seen, as in the
-        // other rules.
-        if f.start < first_flow {
-            self.state.first_flow = Some(f.start);
-        }
-        let learning = f.end < first_flow.saturating_add(self.rule.learning_seconds);
+        let learning = self
+            .state
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
         if !sending
             || shared
             || learning

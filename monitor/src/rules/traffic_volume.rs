@@ -8,6 +8,7 @@ use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
 use crate::sketch::ewma::Ewma;
+use crate::sketch::learning::LearningClock;
 use crate::sketch::network::{key_of, network_key, pair_key, Audience};
 
 /// Bytes sent to one remote in one window, against the workload's own history
@@ -62,7 +63,7 @@ struct VolumeState {
     /// Remote network -> the workloads that talked to it (up to max-workloads + 1).
     audience: BoundedMap<u64, Audience>,
     /// Event time of the first flow seen: the learning period runs from it.
-    first_flow: Option<u64>,
+    first_flow: LearningClock,
 }
 
 impl Snapshot for VolumeState {
@@ -98,7 +99,7 @@ impl TrafficVolume {
                 pairs: BoundedMap::new(entries),
                 workloads: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
-                first_flow: None,
+                first_flow: LearningClock::default(),
             },
         }
     }
@@ -176,14 +177,14 @@ impl Rule for TrafficVolume {
         if window == b.window {
             b.window_max = b.window_max.max(sent);
         }
-        let first_flow = *self.state.first_flow.get_or_insert(f.start);
-        if f.start < first_flow {
-            self.state.first_flow = Some(f.start);
-        }
+        let learning = self
+            .state
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
         if !sending
             || alerted
             || baseline.samples < self.rule.learning_windows
-            || f.end < first_flow.saturating_add(self.rule.learning_seconds)
+            || learning
             || popular
         {
             return;

@@ -5,5 +5,6 @@ pub mod beacon;
 pub mod bloom;
 pub mod bounded;
 pub mod ewma;
+pub mod learning;
 pub mod network;
 pub mod topk;
