@@ -48,6 +48,11 @@ pub struct MonitorArgs {
     /// Send AWS calls here (an emulator); default: AWS_ENDPOINT_URL.
     #[arg(long)]
     endpoint_url: Option<String>,
+    /// Print every suppressed finding to stdout, as a finding document with a `suppressed`
+    /// object naming the `[[suppress]]` entry (by number) and its reason. Nothing suppressed
+    /// reaches a sink either way.
+    #[arg(long)]
+    explain: bool,
 }
 
 pub fn run(args: MonitorArgs) -> ExitCode {
@@ -61,6 +66,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     if args.follow {
         config.follow = true;
     }
+    config.explain = args.explain;
     if let Some(v) = args.stack {
         config.stack = v;
     }

@@ -490,6 +490,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         nat_interfaces: vec![network.nat_interface_id.clone()],
         nat_private_ips: vec![IpAddr::V4(network.nat_private_ip)],
         s3_cidrs: vec!["52.216.0.0/15".parse().map_err(|e| format!("{e}"))?],
+        vpc_id: None,
     };
     let mut report = Report::default();
     let started = Instant::now();
@@ -531,16 +532,16 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         report.benign_records += stats.benign_records;
         // Folds still open at the end are what a daemon would send once their window closes.
         pipeline.router.flush();
-        let findings: Vec<_> = pipeline
-            .router
-            .kept
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| a.finding)
-            .collect();
+        let alerts = pipeline.router.kept.take().unwrap_or_default();
         let mut raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
-        raised.resize(findings.len(), None);
+        raised.resize(alerts.len(), None);
+        // An update of an alert whose finding repeated is the same finding, not a new one.
+        let (findings, raised): (Vec<Finding>, Vec<Option<u64>>) = alerts
+            .into_iter()
+            .zip(raised)
+            .filter(|(a, _)| a.repeated.is_none())
+            .map(|(a, at)| (a.finding, at))
+            .unzip();
         // A finding about the S3 endpoint path names no remote; only one profile's traffic
         // takes that path.
         let blame = |f: &Finding| match f.rule {

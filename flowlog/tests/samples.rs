@@ -2,7 +2,6 @@
 //! Sources and licenses: tests/fixtures/SOURCES.md.
 
 use std::net::IpAddr;
-use std::path::Path;
 
 use flowlog::{
     Action, Decoder, Field, FlowDirection, Format, IpType, Line, LogStatus, ParseError, TcpFlags,
@@ -18,10 +17,17 @@ struct Decoded {
     errors: Vec<(usize, ParseError)>,
 }
 
+/// The package directory, read at run time, so a build cache shared between checkouts reads
+/// this checkout's fixtures.
+fn fixtures_root() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    )
+}
+
 fn decode(name: &str) -> Decoded {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = fixtures_root().join("tests/fixtures").join(name);
     let data = std::fs::read(&path).unwrap();
     let mut decoder = Decoder::following_headers(Format::default_v2());
     let mut out = Decoded {
@@ -320,9 +326,7 @@ fn splunk_capture_totals() {
 fn every_fixture_round_trips() {
     // Each record, written back in its own format, parses to an equal record.
     for dir in ["aws-docs", "flowlogs-reader", "splunk-cloudfwd", "vrl"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(dir);
+        let path = fixtures_root().join("tests/fixtures").join(dir);
         for entry in std::fs::read_dir(path).unwrap() {
             let name = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
             let d = decode(&name);

@@ -1,6 +1,8 @@
-//! The alert router: turns the rules' findings into alerts. It drops a finding that repeats
-//! one already alerted for the same (rule, workload, remote, port) within the dedupe window, and
-//! folds floods: past a budget per rule and per (rule, workload) in a window of event time,
+//! The alert router: turns the rules' findings into alerts. A finding that repeats one already
+//! alerted for the same (rule, workload, remote, port) within the dedupe window is not sent
+//! again but counted: when the window ends, an update of the first alert (same id, as GuardDuty
+//! keeps a finding's id while its count grows) says how many times it was seen and until when.
+//! It folds floods: past a budget per rule and per (rule, workload) in a window of event time,
 //! findings are counted into one alert that says how many it stands for. Everything here is
 //! event time and bounded; what it decides goes to the outbox, which makes it durable before
 //! any sink sees it, and the router's memory is rebuilt from the outbox after a restart.
@@ -26,6 +28,27 @@ pub struct Alert {
     /// For a folded alert: how many findings it stands for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folded: Option<u64>,
+    /// For an update of an alert whose finding repeated within its dedupe window: how many
+    /// times it was seen in all (the first included). The id is the first alert's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
+}
+
+/// The running count of an alert's repeats within its dedupe window. Kept in the outbox with
+/// every commit that changed it, so a crash does not lose the count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// The id of the alert that opened the window.
+    pub id: String,
+    /// Times seen in all, the first included.
+    pub count: u64,
+    pub bytes: u64,
+    pub packets: u64,
+    pub records: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// Set once the update has been emitted.
+    pub closed: bool,
 }
 
 /// The running count of a fold: findings over budget for one rule (and workload) in one
@@ -105,6 +128,45 @@ impl Alert {
             id: alert_id(&finding, false),
             finding,
             folded: None,
+            repeated: None,
+        }
+    }
+
+    /// The findings this alert stands for: a fold's or a repeat's count, else one.
+    pub fn count(&self) -> u64 {
+        self.folded.or(self.repeated).unwrap_or(1).max(1)
+    }
+
+    /// Names this delivery among the alerts of one finding: an update shares the first
+    /// alert's id, so the outbox tells them apart by the count as well.
+    pub fn delivery_key(&self) -> String {
+        match self.repeated {
+            Some(n) => format!("{}+{n}", self.id),
+            None => self.id.clone(),
+        }
+    }
+
+    /// The update of `first` after its finding repeated: the totals of the window, the same
+    /// id, and a summary that says how often and until when.
+    fn update(first: &Alert, r: &Repeat) -> Alert {
+        let mut finding = first.finding.clone();
+        finding.bytes = r.bytes;
+        finding.packets = r.packets;
+        finding.records = r.records;
+        finding.first_seen = r.first_seen;
+        finding.last_seen = r.last_seen;
+        finding.summary = format!(
+            "{} (seen {} times between {} and {})",
+            first.finding.summary,
+            r.count,
+            rfc3339(r.first_seen),
+            rfc3339(r.last_seen)
+        );
+        Alert {
+            id: first.id.clone(),
+            finding,
+            folded: None,
+            repeated: Some(r.count),
         }
     }
 }
@@ -127,6 +189,13 @@ pub struct Router {
     rule_budget: u64,
     /// Key -> event time of the alert that opened its dedupe window.
     seen: HashMap<DedupeKey, u64>,
+    /// Alerts let through on their own whose dedupe window is open, with their repeats.
+    /// Bounded by the alert budgets, not by the traffic.
+    open: HashMap<DedupeKey, (Alert, Repeat)>,
+    /// Repeat counts changed since the last `take`, to be written to the outbox.
+    repeats_dirty: Vec<DedupeKey>,
+    /// Repeat counts whose update was emitted since the last `take`.
+    repeats_closed: Vec<Repeat>,
     /// Keys in the order their windows were opened, with that time: expiry pops from the
     /// front, so each finding costs O(1) amortised.
     expiry: VecDeque<(u64, DedupeKey)>,
@@ -152,6 +221,13 @@ pub struct Router {
 pub struct Decided {
     pub alerts: Vec<Alert>,
     pub tallies: Vec<Tally>,
+    pub repeats: Vec<Repeat>,
+}
+
+impl Decided {
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.tallies.is_empty() && self.repeats.is_empty()
+    }
 }
 
 impl Router {
@@ -165,6 +241,9 @@ impl Router {
             workload_budget: config.budget_per_workload,
             rule_budget: config.budget_per_rule,
             seen: HashMap::new(),
+            open: HashMap::new(),
+            repeats_dirty: Vec::new(),
+            repeats_closed: Vec::new(),
             expiry: VecDeque::new(),
             spent: HashMap::new(),
             spent_order: VecDeque::new(),
@@ -195,8 +274,49 @@ impl Router {
             // A key re-opened later has a newer time in `seen` and a later queue entry.
             if self.seen.get(&key) == Some(&opened) {
                 self.seen.remove(&key);
+                self.close_repeat(key);
             }
         }
+    }
+
+    /// Ends the dedupe window of `key`: if its finding repeated, the update is emitted.
+    fn close_repeat(&mut self, key: DedupeKey) {
+        if let Some((first, mut repeat)) = self.open.remove(&key) {
+            if repeat.count > 1 {
+                self.emit(Alert::update(&first, &repeat));
+                repeat.closed = true;
+                self.repeats_closed.push(repeat);
+            }
+        }
+    }
+
+    /// Counts a repeat of the alert that opened `key`'s window.
+    fn count_repeat(&mut self, key: DedupeKey, f: &Finding) {
+        if let Some((_, r)) = self.open.get_mut(&key) {
+            r.count = r.count.saturating_add(1);
+            r.bytes = r.bytes.saturating_add(f.bytes);
+            r.packets = r.packets.saturating_add(f.packets);
+            r.records = r.records.saturating_add(f.records);
+            r.first_seen = r.first_seen.min(f.first_seen);
+            r.last_seen = r.last_seen.max(f.last_seen);
+            self.repeats_dirty.push(key);
+        }
+    }
+
+    /// Keeps an alert let through on its own, to count its repeats.
+    fn open_window(&mut self, key: DedupeKey, alert: &Alert) {
+        let f = &alert.finding;
+        let repeat = Repeat {
+            id: alert.id.clone(),
+            count: 1,
+            bytes: f.bytes,
+            packets: f.packets,
+            records: f.records,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            closed: false,
+        };
+        self.open.insert(key, (alert.clone(), repeat));
     }
 
     /// Remembers that `key` alerted at `t` (also used to rebuild from the outbox).
@@ -223,8 +343,11 @@ impl Router {
             // Either side of the alert that opened the window: records arrive out of order.
             if t < opened.saturating_add(self.window) && t.saturating_add(self.window) > opened {
                 self.metrics.alerts_suppressed.inc();
+                self.count_repeat(key, &finding);
                 return;
             }
+            // The old window is over; its update goes before the new alert.
+            self.close_repeat(key);
         }
         self.remember(key, t);
         let bucket = t - t % self.fold_window;
@@ -244,7 +367,9 @@ impl Router {
         if finding.workload.is_some() {
             self.charge(workload_key);
         }
-        self.emit(Alert::single(finding));
+        let alert = Alert::single(finding);
+        self.open_window(key, &alert);
+        self.emit(alert);
     }
 
     fn spent(&self, key: FoldKey) -> u64 {
@@ -339,9 +464,19 @@ impl Router {
         }
     }
 
-    /// Closes every open fold now (end of input, shutdown).
+    /// Closes every open fold now and emits the update of every alert that repeated (end of
+    /// input, shutdown).
     pub fn flush(&mut self) {
         self.close_folds(true);
+        let mut keys: Vec<DedupeKey> = self.open.keys().copied().collect();
+        // In a fixed order, so that a replay emits the same alerts in the same order.
+        keys.sort_unstable_by(|a, b| {
+            let opened = |k: &DedupeKey| self.seen.get(k).copied().unwrap_or(0);
+            (opened(a), a).cmp(&(opened(b), b))
+        });
+        for key in keys {
+            self.close_repeat(key);
+        }
     }
 
     /// What was decided since the last call: new alerts and the folds that changed.
@@ -356,22 +491,49 @@ impl Router {
             }
         }
         tallies.append(&mut self.closed);
+        let mut repeats = Vec::new();
+        let mut keys = std::mem::take(&mut self.repeats_dirty);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            if let Some((_, r)) = self.open.get(&key) {
+                repeats.push(r.clone());
+            }
+        }
+        repeats.append(&mut self.repeats_closed);
         Decided {
             alerts: std::mem::take(&mut self.pending),
             tallies,
+            repeats,
         }
     }
 
     /// Rebuilds the dedupe memory and the open folds from what the outbox holds, oldest
     /// first, so that findings made again after a crash are recognised as repeats.
-    pub fn restore(&mut self, alerts: &[&Alert], tallies: &[&Tally]) {
+    pub fn restore(&mut self, alerts: &[&Alert], tallies: &[&Tally], repeats: &[&Repeat]) {
         for a in alerts {
             let f = &a.finding;
-            if a.folded.is_none() {
-                self.remember((f.rule, f.workload, f.remote, f.remote_port), f.last_seen);
+            if a.folded.is_none() && a.repeated.is_none() {
+                let key = (f.rule, f.workload, f.remote, f.remote_port);
+                self.remember(key, f.last_seen);
+                self.open_window(key, a);
             }
             self.watermark = self.watermark.max(f.last_seen);
         }
+        // The latest count of each window still open; a closed one has had its update.
+        let mut by_id: HashMap<&str, &Repeat> = HashMap::new();
+        for r in repeats {
+            by_id.insert(r.id.as_str(), r);
+        }
+        self.open
+            .retain(|_, (first, count)| match by_id.get(first.id.as_str()) {
+                Some(r) if r.closed => false,
+                Some(r) => {
+                    *count = (*r).clone();
+                    true
+                }
+                None => true,
+            });
         for t in tallies {
             let Some(rule) = crate::finding::rule_name(&t.rule) else {
                 continue;
@@ -427,6 +589,7 @@ fn fold_alert(rule: &'static str, t: &Tally, window: u64) -> Alert {
         id: alert_id(&finding, true),
         finding,
         folded: Some(t.count),
+        repeated: None,
     }
 }
 
@@ -472,14 +635,108 @@ mod tests {
         // A late record from before the alert, within the window, is a repeat too.
         r.route(finding("non_https_egress", 1, 7, 1_090));
         let got = r.take().alerts;
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[1].finding.last_seen, 1_100);
+        // The first alert, the update of its window (seen twice), the alert of the next.
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].repeated, Some(2));
+        assert_eq!(got[1].id, got[0].id);
+        assert_eq!(got[2].finding.last_seen, 1_100);
+        assert_eq!(got[2].repeated, None);
         // The same finding made again (after a crash) has the same id; another does not.
         assert_eq!(
             got[0].id,
             Alert::single(finding("non_https_egress", 1, 7, 1_000)).id
         );
-        assert_ne!(got[0].id, got[1].id);
+        assert_ne!(got[0].id, got[2].id);
+    }
+
+    #[test]
+    fn a_repeat_grows_the_count_of_one_update_sent_when_its_window_ends() {
+        let mut r = router(Alerts {
+            dedupe_window_seconds: 100,
+            ..Alerts::default()
+        });
+        r.route(finding("beaconing", 1, 7, 1_000));
+        for t in [1_010, 1_020, 995, 1_030] {
+            r.route(finding("beaconing", 1, 7, t));
+        }
+        let d = r.take();
+        assert_eq!(d.alerts.len(), 1, "repeats wait for the window's end");
+        assert_eq!(d.repeats.last().map(|x| x.count), Some(5));
+        // Nothing changed since: the outbox gets nothing new.
+        r.advance(1_050);
+        assert!(r.take().is_empty());
+        r.advance(1_100);
+        let d = r.take();
+        assert_eq!(d.alerts.len(), 1);
+        let update = &d.alerts[0];
+        assert_eq!(update.repeated, Some(5));
+        assert_eq!(update.count(), 5);
+        assert_eq!(
+            update.id,
+            Alert::single(finding("beaconing", 1, 7, 1_000)).id
+        );
+        assert_ne!(update.delivery_key(), update.id);
+        assert_eq!(
+            (
+                update.finding.first_seen,
+                update.finding.last_seen,
+                update.finding.bytes
+            ),
+            (995, 1_030, 300)
+        );
+        assert!(update
+            .finding
+            .summary
+            .ends_with("(seen 5 times between 1970-01-01T00:16:35Z and 1970-01-01T00:17:10Z)"));
+        assert!(d.repeats.iter().all(|x| x.closed));
+        // A finding that never repeated gets no update.
+        r.route(finding("beaconing", 2, 7, 2_000));
+        r.flush();
+        assert_eq!(r.take().alerts.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_keeps_counting_the_repeats_the_outbox_holds() {
+        let config = Alerts {
+            dedupe_window_seconds: 100,
+            ..Alerts::default()
+        };
+        let mut r = router(config.clone());
+        r.route(finding("beaconing", 1, 7, 1_000));
+        r.route(finding("beaconing", 1, 7, 1_010));
+        r.route(finding("beaconing", 1, 7, 1_020));
+        let d = r.take();
+        let mut again = router(config);
+        let alerts: Vec<&Alert> = d.alerts.iter().collect();
+        let repeats: Vec<&Repeat> = d.repeats.iter().collect();
+        again.restore(&alerts, &[], &repeats);
+        again.route(finding("beaconing", 1, 7, 1_030));
+        again.flush();
+        let got = again.take().alerts;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].repeated, Some(4));
+        // Once its update is out, a restart does not send it again.
+        let closed: Vec<Repeat> = again.take().repeats;
+        let mut third = router(Alerts {
+            dedupe_window_seconds: 100,
+            ..Alerts::default()
+        });
+        let mut all: Vec<&Repeat> = d.repeats.iter().collect();
+        let done = [
+            closed,
+            d.repeats
+                .iter()
+                .map(|x| Repeat {
+                    closed: true,
+                    ..x.clone()
+                })
+                .collect(),
+        ]
+        .concat();
+        all.extend(done.iter());
+        third.restore(&alerts, &[], &all);
+        third.flush();
+        assert!(third.take().alerts.is_empty());
     }
 
     #[test]
@@ -554,7 +811,7 @@ mod tests {
         let mut again = router(config);
         let alerts: Vec<&Alert> = d.alerts.iter().collect();
         let tallies: Vec<&Tally> = d.tallies.iter().collect();
-        again.restore(&alerts, &tallies);
+        again.restore(&alerts, &tallies, &[]);
         again.route(finding("rejected_egress", 1, 0, 1_000));
         again.route(finding("rejected_egress", 1, 99, 1_000));
         assert!(again.take().alerts.is_empty());

@@ -192,6 +192,7 @@ mod tests {
             nat_interfaces: vec!["eni-nat".into()],
             nat_private_ips: vec!["10.0.0.220".parse().unwrap()],
             s3_cidrs: vec!["52.216.0.0/15".parse().unwrap()],
+            vpc_id: None,
         }
     }
 

@@ -53,6 +53,16 @@ pub struct Config {
     pub alerts: Alerts,
     /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
     pub suppress: Vec<crate::suppress::Suppression>,
+    /// Tags for workload addresses or networks (`[[workloads]]`), for suppressions by tag
+    /// where EC2 does not describe the workload; reloaded with the suppressions.
+    pub workloads: Vec<crate::inventory::WorkloadEntry>,
+    /// Seconds between refreshes of the workload inventory from EC2 (the VPC's interfaces
+    /// and instances and their tags) when a suppression names a tag or an interface; 0: never.
+    pub inventory_refresh_seconds: u64,
+    /// Print each suppressed finding to stdout with the suppression that matched
+    /// (`monitor --explain`).
+    #[serde(skip)]
+    pub explain: bool,
     /// The file this was read from, watched for changes to the suppressions.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -140,6 +150,9 @@ impl Default for Config {
             rules: Rules::default(),
             alerts: Alerts::default(),
             suppress: Vec::new(),
+            workloads: Vec::new(),
+            inventory_refresh_seconds: 300,
+            explain: false,
             path: None,
         }
     }

@@ -198,8 +198,23 @@ pub async fn run(
         server_stopped,
     )
     .await?;
+    let vpc_id = topo.vpc_id.clone();
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
+    pipeline.explain = config.explain;
+    pipeline.inventory = Arc::new(std::sync::RwLock::new(
+        crate::inventory::Inventory::from_config(&config.workloads),
+    ));
+    if let (Some(c), true) = (&clients, config.inventory_refresh_seconds > 0) {
+        crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory).await;
+        tokio::spawn(crate::inventory::keep_fresh(
+            c.ec2.clone(),
+            vpc_id,
+            Duration::from_secs(config.inventory_refresh_seconds),
+            pipeline.inventory.clone(),
+            shutdown.clone(),
+        ));
+    }
     restore_rules(&store, cp.generation, &mut pipeline)?;
     let mut s = Stages {
         p: pipeline,
@@ -565,7 +580,7 @@ async fn flow_log_format(
 
 /// An SDK error with its cause chain (a missing credential says so), not just "dispatch
 /// failure".
-fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> String {
+pub(crate) fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> String {
     match e.message() {
         Some(m) => format!("{}: {m}", e.code().unwrap_or("error")),
         None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
@@ -927,6 +942,9 @@ fn reload_suppressions(path: &std::path::Path, running: &Config, p: &mut Pipelin
     match crate::suppress::Suppressions::new(&new.suppress) {
         Ok(s) => {
             p.suppressions = s;
+            if let Ok(mut inv) = p.inventory.write() {
+                inv.replace_configured(&new.workloads);
+            }
             tracing::info!(file = %path.display(), suppressions = new.suppress.len(), "reloaded the suppressions");
         }
         Err(e) => {
@@ -936,6 +954,7 @@ fn reload_suppressions(path: &std::path::Path, running: &Config, p: &mut Pipelin
     }
     let others_changed = Config {
         suppress: running.suppress.clone(),
+        workloads: running.workloads.clone(),
         ..new
     } != *running;
     if others_changed {

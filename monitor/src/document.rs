@@ -59,8 +59,9 @@ pub fn document(a: &Alert) -> Value {
         "first_seen": rfc3339(f.first_seen),
         "last_seen": rfc3339(f.last_seen),
         "records": f.records,
-        "count": a.folded.unwrap_or(1).max(1),
+        "count": a.count(),
         "folded": a.folded.is_some(),
+        "updated": a.repeated.is_some(),
     });
     if let Some(e) = &f.evidence {
         doc["evidence"] = json!({
@@ -132,15 +133,21 @@ pub fn ocsf(a: &Alert) -> Value {
         Some("REJECT") => 2,
         _ => 0,
     };
+    // An update of a finding that repeated is OCSF's Update activity of the same finding uid.
+    let (activity_id, activity_name) = if a.repeated.is_some() {
+        (2, "Update")
+    } else {
+        (1, "Create")
+    };
     json!({
         "class_uid": 2004,
         "class_name": "Detection Finding",
         "category_uid": 2,
         "category_name": "Findings",
-        "activity_id": 1,
-        "activity_name": "Create",
-        "type_uid": 200401,
-        "type_name": "Detection Finding: Create",
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": 200400 + activity_id,
+        "type_name": format!("Detection Finding: {activity_name}"),
         "severity_id": ocsf_severity(f.severity),
         "severity": f.severity.as_str(),
         "status_id": 1,
@@ -148,7 +155,7 @@ pub fn ocsf(a: &Alert) -> Value {
         "time": ms(f.last_seen),
         "start_time": ms(f.first_seen),
         "end_time": ms(f.last_seen),
-        "count": a.folded.unwrap_or(1).max(1),
+        "count": a.count(),
         "message": f.summary,
         "action_id": action_id,
         "disposition_id": action_id,

@@ -12,6 +12,7 @@ pub mod denylist;
 pub mod document;
 pub mod finding;
 pub mod http;
+pub mod inventory;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::{Alert, Decided, Tally};
+use crate::alert::{Alert, Decided, Repeat, Tally};
 
 /// One line of the outbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,8 @@ pub struct Entry {
     pub alert: Option<Alert>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tally: Option<Tally>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,29 +216,32 @@ impl Outbox {
     /// counts as written: the file is cut back to where it was, and the caller keeps the
     /// batch to try again. Returns the entries written, with their sequence numbers.
     pub fn append(&mut self, decided: &Decided) -> Result<Vec<Entry>, String> {
-        if decided.alerts.is_empty() && decided.tallies.is_empty() {
+        if decided.is_empty() {
             return Ok(Vec::new());
         }
         let written = now();
         let mut seq = self.next_seq;
-        let mut entries = Vec::with_capacity(decided.alerts.len() + decided.tallies.len());
-        for t in &decided.tallies {
+        let mut entries = Vec::with_capacity(
+            decided.alerts.len() + decided.tallies.len() + decided.repeats.len(),
+        );
+        let mut push = |alert: Option<Alert>, tally: Option<Tally>, repeat: Option<Repeat>| {
             entries.push(Entry {
                 seq,
                 written,
-                alert: None,
-                tally: Some(t.clone()),
+                alert,
+                tally,
+                repeat,
             });
             seq += 1;
+        };
+        for t in &decided.tallies {
+            push(None, Some(t.clone()), None);
+        }
+        for r in &decided.repeats {
+            push(None, None, Some(r.clone()));
         }
         for a in &decided.alerts {
-            entries.push(Entry {
-                seq,
-                written,
-                alert: Some(a.clone()),
-                tally: None,
-            });
-            seq += 1;
+            push(Some(a.clone()), None, None);
         }
         let mut bytes = Vec::new();
         for e in &entries {
@@ -373,10 +378,11 @@ impl AlertLog {
             .partition(|e| e.seq < committed_seq);
         let alerts: Vec<&Alert> = committed.iter().filter_map(|e| e.alert.as_ref()).collect();
         let tallies: Vec<&Tally> = committed.iter().filter_map(|e| e.tally.as_ref()).collect();
-        router.restore(&alerts, &tallies);
+        let repeats: Vec<&Repeat> = committed.iter().filter_map(|e| e.repeat.as_ref()).collect();
+        router.restore(&alerts, &tallies, &repeats);
         let written_after_checkpoint = tail
             .iter()
-            .filter_map(|e| e.alert.as_ref().map(|a| a.id.clone()))
+            .filter_map(|e| e.alert.as_ref().map(Alert::delivery_key))
             .collect();
         let delivery = crate::sink::Delivery::start(
             sinks,
@@ -404,10 +410,11 @@ impl AlertLog {
         if !self.written_after_checkpoint.is_empty() {
             decided
                 .alerts
-                .retain(|a| !self.written_after_checkpoint.remove(&a.id));
+                .retain(|a| !self.written_after_checkpoint.remove(&a.delivery_key()));
         }
         self.unwritten.alerts.append(&mut decided.alerts);
         self.unwritten.tallies.append(&mut decided.tallies);
+        self.unwritten.repeats.append(&mut decided.repeats);
         let entries = self.outbox.append(&self.unwritten)?;
         self.unwritten = Decided::default();
         self.delivery.push(&entries);
@@ -430,7 +437,7 @@ impl AlertLog {
 
     /// Whether decisions are waiting for a commit that failed.
     pub fn has_unwritten(&self) -> bool {
-        !self.unwritten.alerts.is_empty() || !self.unwritten.tallies.is_empty()
+        !self.unwritten.is_empty()
     }
 
     pub async fn shutdown(self, grace: std::time::Duration) {
@@ -467,6 +474,7 @@ mod tests {
         Decided {
             alerts: range.map(|n| Alert::single(finding(n))).collect(),
             tallies: vec![],
+            repeats: vec![],
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Pipeline {
     pub router: Router,
     /// What the team has said is fine; checked before a finding is counted or routed.
     pub suppressions: crate::suppress::Suppressions,
+    /// Who stands behind a workload address, for suppressions by tag or interface.
+    pub inventory: crate::inventory::SharedInventory,
+    /// Print each suppressed finding to stdout with the suppression that matched.
+    pub explain: bool,
     pub metrics: Arc<Metrics>,
     pub records: u64,
     /// Flows that reached the rules (every record but duplicate views and status records).
@@ -53,6 +57,34 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Prints a suppressed finding as the finding document with the suppression that matched,
+/// one JSON line on stdout (`monitor --explain`).
+fn explain(f: Finding, number: usize, reason: &str) {
+    use std::io::Write;
+    let mut doc = crate::document::document(&crate::alert::Alert::single(f));
+    doc["suppressed"] = serde_json::json!({"suppression": number, "reason": reason});
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop the daemon; the suppression is counted either way.
+    let _ = writeln!(out, "{doc}");
+}
+
+/// The number and reason of the suppression that matches `f`, if any.
+fn suppressed(
+    suppressions: &crate::suppress::Suppressions,
+    inventory: &crate::inventory::SharedInventory,
+    f: &Finding,
+    now: u64,
+) -> Option<(usize, String)> {
+    let inventory = inventory.read().ok();
+    let workload = match (&inventory, f.workload) {
+        (Some(inv), Some(w)) => inv.lookup(w),
+        _ => None,
+    };
+    suppressions
+        .matching(f, now, workload)
+        .map(|(n, s)| (n, s.reason.clone()))
+}
+
 impl Pipeline {
     pub fn new(
         topology: Topology,
@@ -68,6 +100,8 @@ impl Pipeline {
             detectors,
             router,
             suppressions: Default::default(),
+            inventory: Default::default(),
+            explain: false,
             metrics,
             records: 0,
             flows_judged: 0,
@@ -208,10 +242,17 @@ impl Pipeline {
             d.observe(&flow, &mut self.findings);
         }
         for f in self.findings.drain(..) {
-            if let Some((n, s)) = self.suppressions.matching(&f, self.clock) {
-                m.findings_suppressed.with_label_values(&[f.rule]).inc();
-                tracing::debug!(rule = f.rule, workload = ?f.workload, remote = ?f.remote, remote_port = ?f.remote_port, suppression = n, reason = %s.reason, "finding suppressed");
-                continue;
+            if !self.suppressions.is_empty() {
+                if let Some((n, reason)) =
+                    suppressed(&self.suppressions, &self.inventory, &f, self.clock)
+                {
+                    m.findings_suppressed.with_label_values(&[f.rule]).inc();
+                    tracing::debug!(rule = f.rule, workload = ?f.workload, remote = ?f.remote, remote_port = ?f.remote_port, suppression = n, reason = %reason, "finding suppressed");
+                    if self.explain {
+                        explain(f, n, &reason);
+                    }
+                    continue;
+                }
             }
             m.findings
                 .with_label_values(&[f.rule, f.severity.as_str()])

@@ -1,6 +1,6 @@
 //! Suppressions: what the team has said is fine. Each names a reason and any of rule, remote
-//! network, workload network, interface and remote port, with an optional expiry; a finding
-//! every given field matches is not alerted on. Suppressed findings are still counted (by
+//! network, workload network, interface, workload tag and remote port, with an optional
+//! expiry; a finding every given field matches is not alerted on. Suppressed findings are still counted (by
 //! rule) and logged with the suppression that matched, so "fine" is never silent.
 
 use std::net::IpAddr;
@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::finding::Finding;
+use crate::inventory::Workload;
 
 /// One `[[suppress]]` entry of the config.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -24,9 +25,12 @@ pub struct Suppression {
     /// The workload's address or network (CIDR).
     #[serde(default)]
     pub workload: Option<IpNet>,
-    /// The network interface the finding was seen on.
+    /// The workload's network interface, or the one the finding was seen on.
     #[serde(default)]
     pub interface: Option<String>,
+    /// A tag of the workload's interface or instance: `key=value`, or `key` for any value.
+    #[serde(default)]
+    pub tag: Option<String>,
     #[serde(default)]
     pub port: Option<u16>,
     /// RFC 3339 time after which the suppression no longer applies (wall clock, as people
@@ -62,10 +66,11 @@ impl Suppressions {
                 && s.remote.is_none()
                 && s.workload.is_none()
                 && s.interface.is_none()
+                && s.tag.is_none()
                 && s.port.is_none()
             {
                 return Err(format!(
-                    "{name} ({}): names nothing to match; give at least one of rule, remote, workload, interface, port",
+                    "{name} ({}): names nothing to match; give at least one of rule, remote, workload, interface, tag, port",
                     s.reason
                 ));
             }
@@ -76,6 +81,12 @@ impl Suppressions {
                         crate::finding::RULES.join(", ")
                     ));
                 }
+            }
+            if s.tag
+                .as_deref()
+                .is_some_and(|t| t.split('=').next().unwrap_or("").trim().is_empty())
+            {
+                return Err(format!("{name}: tag must be `key=value` or `key`"));
             }
             let expires = match &s.expires {
                 None => None,
@@ -98,9 +109,21 @@ impl Suppressions {
         self.list.is_empty()
     }
 
+    /// Whether any entry needs to know the workload (its tags or its own interface).
+    pub fn needs_inventory(&self) -> bool {
+        self.list
+            .iter()
+            .any(|(s, _)| s.tag.is_some() || s.interface.is_some())
+    }
+
     /// The first suppression in force at `now` (Unix seconds) that matches `f`, with its
-    /// 1-based number.
-    pub fn matching(&self, f: &Finding, now: u64) -> Option<(usize, &Suppression)> {
+    /// 1-based number. `workload` is what the inventory knows of the finding's workload.
+    pub fn matching(
+        &self,
+        f: &Finding,
+        now: u64,
+        workload: Option<&Workload>,
+    ) -> Option<(usize, &Suppression)> {
         self.list
             .iter()
             .enumerate()
@@ -110,11 +133,24 @@ impl Suppressions {
                     && covers(&s.remote, f.remote)
                     && covers(&s.workload, f.workload)
                     && s.port.is_none_or(|p| f.remote_port == Some(p))
-                    && s.interface
-                        .as_deref()
-                        .is_none_or(|i| f.interface_id.as_deref() == Some(i))
+                    && s.interface.as_deref().is_none_or(|i| {
+                        f.interface_id.as_deref() == Some(i)
+                            || workload.and_then(|w| w.interface_id.as_deref()) == Some(i)
+                    })
+                    && s.tag.as_deref().is_none_or(|t| has_tag(workload, t))
             })
             .map(|(i, (s, _))| (i + 1, s))
+    }
+}
+
+/// `key=value` or `key` against the workload's tags; a workload nobody described has none.
+fn has_tag(workload: Option<&Workload>, tag: &str) -> bool {
+    let Some(w) = workload else {
+        return false;
+    };
+    match tag.split_once('=') {
+        Some((k, v)) => w.tags.get(k.trim()).is_some_and(|have| have == v.trim()),
+        None => w.tags.contains_key(tag.trim()),
     }
 }
 
@@ -164,16 +200,53 @@ interface = "eni-0abc"
         .unwrap();
         let before_expiry = 1_764_000_000;
         let sftp = finding("non_https_egress", "203.0.113.9", 22);
-        assert_eq!(s.matching(&sftp, before_expiry).unwrap().0, 1);
+        assert_eq!(s.matching(&sftp, before_expiry, None).unwrap().0, 1);
         // Another port: not the first; the second (the workload) still matches.
         let other = finding("non_https_egress", "203.0.113.9", 2222);
-        assert_eq!(s.matching(&other, before_expiry).unwrap().0, 2);
+        assert_eq!(s.matching(&other, before_expiry, None).unwrap().0, 2);
         // After the expiry only the second applies.
-        assert_eq!(s.matching(&sftp, 1_800_000_000).unwrap().0, 2);
+        assert_eq!(s.matching(&sftp, 1_800_000_000, None).unwrap().0, 2);
         let mut elsewhere = finding("non_https_egress", "203.0.113.9", 22);
         elsewhere.workload = Some("10.0.1.6".parse().unwrap());
-        assert!(s.matching(&elsewhere, 1_800_000_000).is_none());
-        assert_eq!(s.matching(&elsewhere, before_expiry).unwrap().0, 1);
+        assert!(s.matching(&elsewhere, 1_800_000_000, None).is_none());
+        assert_eq!(s.matching(&elsewhere, before_expiry, None).unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_tag_or_the_workloads_own_interface_matches_what_the_inventory_knows() {
+        let s = Suppressions::new(&entries(
+            r#"
+[[suppress]]
+reason = "build boxes pull from everywhere"
+tag = "role=build"
+[[suppress]]
+reason = "anything tagged for the migration"
+tag = "migration"
+rule = "rare_destination"
+[[suppress]]
+reason = "the notebook of the on-call analyst"
+interface = "eni-0workload"
+"#,
+        ))
+        .unwrap();
+        assert!(s.needs_inventory());
+        let f = finding("non_https_egress", "203.0.113.9", 22);
+        let mut w = Workload::default();
+        assert!(s.matching(&f, 0, None).is_none());
+        assert!(s.matching(&f, 0, Some(&w)).is_none());
+        w.tags.insert("role".into(), "build".into());
+        assert_eq!(s.matching(&f, 0, Some(&w)).unwrap().0, 1);
+        w.tags.insert("role".into(), "notebook".into());
+        w.tags.insert("migration".into(), String::new());
+        assert!(
+            s.matching(&f, 0, Some(&w)).is_none(),
+            "the second is for another rule"
+        );
+        let rare = finding("rare_destination", "203.0.113.9", 443);
+        assert_eq!(s.matching(&rare, 0, Some(&w)).unwrap().0, 2);
+        // The record was logged on the NAT gateway's interface; the workload's own matches.
+        w.interface_id = Some("eni-0workload".into());
+        assert_eq!(s.matching(&f, 0, Some(&w)).unwrap().0, 3);
     }
 
     #[test]
@@ -188,6 +261,10 @@ interface = "eni-0abc"
         );
         assert!(err("[[suppress]]\nreason = \"all of it\"\n")
             .starts_with("suppress #1 (all of it): names nothing to match"));
+        assert_eq!(
+            err("[[suppress]]\nreason = \"x\"\ntag = \"=build\"\n"),
+            "suppress #1: tag must be `key=value` or `key`"
+        );
         assert!(err("[[suppress]]\nreason = \"\"\nport = 22\n")
             .starts_with("suppress #1: `reason` must say why"));
         assert!(err(

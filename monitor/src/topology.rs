@@ -18,6 +18,8 @@ pub struct Topology {
     pub nat_private_ips: Vec<IpAddr>,
     /// Ranges behind the S3 gateway endpoint (the `pl-…` prefix list's CIDRs).
     pub s3_cidrs: Vec<IpNet>,
+    /// The VPC's id, which scopes the workload inventory's EC2 calls.
+    pub vpc_id: Option<String>,
 }
 
 impl Topology {
@@ -31,6 +33,7 @@ impl Topology {
             .map_err(|e| format!("vpc_cidr `{}`: {e}", out.vpc_cidr))?;
         let mut t = Topology {
             vpc_cidrs: vec![vpc],
+            vpc_id: Some(out.vpc_id.clone()),
             ..Topology::default()
         };
         for n in &out.nat_gateways {

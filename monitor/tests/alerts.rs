@@ -61,8 +61,10 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
             i % 250 + 1
         ));
     }
-    // ...then one flow to a deny-listed address.
+    // ...then flows to a deny-listed address: one finding seen three times.
     text.push_str("eni-nat 10.0.1.8 10.0.0.220 40001 443 6 900 ACCEPT OK 10.0.1.8 192.0.2.50 1764150000 1764150060\n");
+    text.push_str("eni-nat 10.0.1.8 10.0.0.220 40002 443 6 700 ACCEPT OK 10.0.1.8 192.0.2.50 1764150060 1764150120\n");
+    text.push_str("eni-nat 10.0.1.8 10.0.0.220 40003 443 6 400 ACCEPT OK 10.0.1.8 192.0.2.50 1764150120 1764150180\n");
     std::fs::write(&flows, text).unwrap();
     let config = config(
         &dir,
@@ -81,7 +83,7 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
     let summary = egresswatch_monitor::run(config.clone(), metrics.clone(), rx, None)
         .await
         .unwrap();
-    assert_eq!(summary.records, 30_002);
+    assert_eq!(summary.records, 30_004);
     assert!(hook.received().is_empty());
     assert_eq!(
         metrics
@@ -101,13 +103,27 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
         .unwrap();
     assert_eq!(summary.records, 0, "the file was read to its end last time");
     let got = hook.received();
-    // The deny-listed flow, the sweep itself (one port on 30,000 hosts), five rejections and
-    // one fold of the other 29,995: highest severity first.
-    assert_eq!(got.len(), 8, "{got:#?}");
+    // The deny-listed flow and the update that counts its repeats, the sweep itself (one
+    // port on 30,000 hosts), five rejections and one fold of the other 29,995: highest
+    // severity first.
+    assert_eq!(got.len(), 9, "{got:#?}");
     assert_eq!(got[0]["rule"], "denylisted_destination");
     assert_eq!(got[0]["severity"], "critical");
-    assert_eq!(got[1]["rule"], "port_sweep");
-    assert_eq!(got[1]["severity"], "high");
+    assert_eq!(
+        (&got[0]["count"], &got[0]["updated"]),
+        (&1.into(), &false.into())
+    );
+    // The repeat did not vanish: the same finding (same id) now counts three sightings and
+    // their bytes, over the time they span.
+    assert_eq!(got[1]["id"], got[0]["id"]);
+    assert_eq!(
+        (&got[1]["count"], &got[1]["updated"]),
+        (&3.into(), &true.into())
+    );
+    assert_eq!(got[1]["bytes"], 2_000);
+    assert_eq!(got[1]["last_seen"], "2025-11-26T09:43:00Z");
+    assert_eq!(got[2]["rule"], "port_sweep");
+    assert_eq!(got[2]["severity"], "high");
     let folded: Vec<_> = got.iter().filter(|a| a["folded"] == true).collect();
     assert_eq!(folded.len(), 1);
     assert_eq!(folded[0]["rule"], "rejected_egress");
@@ -122,7 +138,7 @@ async fn a_scan_is_one_counted_alert_and_the_critical_one_goes_first() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 8);
-    assert_eq!(metrics.alerts_sent.with_label_values(&["webhook"]).get(), 8);
+    assert_eq!(metrics.alerts_sent.with_label_values(&["webhook"]).get(), 9);
     // What the receiver got is the documented finding (an independent JSON Schema
     // validator's verdict), with RFC 3339 times and the fold's count.
     let violations =

@@ -616,3 +616,147 @@ async fn three_shards_together_count_exactly_what_one_daemon_counts() {
     assert_eq!(single.records, total);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_read_from_ec2_suppress_the_workloads_they_name() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let moto = egresswatch_testkit::moto();
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+        .await
+        .unwrap();
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "tags", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let nat = &out.nat_gateways[0];
+    let (nat_eni, nat_ip) = (nat.network_interface_id.as_str(), nat.private_ip.as_str());
+    let subnet = &out.private_subnets[0];
+    let tags = |resource: ResourceType, k: &str, v: &str| {
+        TagSpecification::builder()
+            .resource_type(resource)
+            .tags(Tag::builder().key(k).value(v).build())
+            .build()
+    };
+    // A build box's own interface, tagged; a notebook instance, tagged on the instance only
+    // (as people tag); and a workload nobody tagged.
+    let build_ip = subnet.cidr.replace(".0/", ".50/");
+    let build_ip = build_ip.split('/').next().unwrap().to_string();
+    let eni = c
+        .ec2
+        .create_network_interface()
+        .subnet_id(&subnet.id)
+        .private_ip_address(&build_ip)
+        .tag_specifications(tags(ResourceType::NetworkInterface, "role", "build"))
+        .send()
+        .await
+        .unwrap();
+    assert!(eni.network_interface().is_some());
+    let run = c
+        .ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet.id)
+        .tag_specifications(tags(ResourceType::Instance, "team", "platform"))
+        .send()
+        .await
+        .unwrap();
+    let notebook_ip = run.instances()[0].private_ip_address().unwrap().to_string();
+    let untagged_ip = subnet.cidr.replace(".0/", ".77/");
+    let untagged_ip = untagged_ip.split('/').next().unwrap().to_string();
+
+    let ssh_out = |wl: &str, n: u32| {
+        leg(
+            nat_eni,
+            wl,
+            nat_ip,
+            &format!("{}", 40_000 + n),
+            "22",
+            "6",
+            "5000",
+            "ACCEPT",
+            wl,
+            "198.51.100.22",
+        )
+    };
+    put(
+        &c,
+        &out.log_group,
+        &format!("{nat_eni}-all"),
+        &[
+            ssh_out(&build_ip, 1),
+            ssh_out(&notebook_ip, 2),
+            ssh_out(&untagged_ip, 3),
+        ],
+    )
+    .await;
+
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let s = sink.clone();
+            async move {
+                s.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = std::env::temp_dir().join(format!("ew-tags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
+    let toml = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+state-dir = "{state}"
+stack = "tags"
+outputs-file = "{outputs}"
+poll-interval-seconds = 1
+[alerts]
+stdout = false
+webhook-url = "{hook}"
+[[suppress]]
+reason = "build boxes fetch sources over SSH"
+tag = "role=build"
+[[suppress]]
+reason = "the platform team's notebooks use the partner SFTP"
+tag = "team=platform"
+rule = "non_https_egress"
+"#,
+        port = egresswatch_testkit::free_port(),
+        state = dir.join("state").display(),
+        outputs = dir.join("outputs.json").display(),
+    );
+    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let (m, summary) = run_until(config, 3, &moto.endpoint()).await;
+    assert_eq!(summary.records, 3);
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    assert_eq!(
+        get(r#"egresswatch_findings_suppressed_total{rule="non_https_egress"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(r#"egresswatch_findings_total{rule="non_https_egress",severity="high"}"#),
+        1.0
+    );
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0]["workload"], untagged_ip.as_str());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

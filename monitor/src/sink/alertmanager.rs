@@ -52,6 +52,9 @@ pub fn payload(a: &Alert) -> serde_json::Value {
     if let Some(n) = a.folded {
         annotations["folded_findings"] = n.to_string().into();
     }
+    if let Some(n) = a.repeated {
+        annotations["times_seen"] = n.to_string().into();
+    }
     let mut alert = serde_json::json!({
         "labels": labels,
         "annotations": annotations,

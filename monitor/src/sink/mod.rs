@@ -473,6 +473,7 @@ mod tests {
                 ..Finding::new("rejected_egress", severity, format!("{seq}"))
             })),
             tally: None,
+            repeat: None,
         }
     }
 

@@ -41,7 +41,7 @@ impl Sink for Webhook {
                 let r = self
                     .http
                     .post(&self.url)
-                    .header("Idempotency-Key", &a.id)
+                    .header("Idempotency-Key", a.delivery_key())
                     .json(&match self.format {
                         Format::Egresswatch => document(a),
                         Format::Ocsf => ocsf(a),
