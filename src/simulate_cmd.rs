@@ -531,7 +531,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         report.records += stats.records;
         report.benign_records += stats.benign_records;
         // Folds still open at the end are what a daemon would send once their window closes.
-        pipeline.router.flush();
+        pipeline.finish();
         let alerts = pipeline.router.kept.take().unwrap_or_default();
         let mut raised: Vec<Option<u64>> = raised_at.into_iter().map(Some).collect();
         raised.resize(alerts.len(), None);

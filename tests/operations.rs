@@ -398,12 +398,12 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
     let read = |p: &str| -> Value {
         serde_json::from_str(&std::fs::read_to_string(root().join(p)).unwrap()).unwrap()
     };
-    // The daemon: only its three read calls, nothing else.
+    // The daemon: only its read calls, nothing else.
     let monitor = actions(&read("deploy/iam/monitor-policy.json"));
     let mut expected: Vec<String> = egresswatch_monitor::metrics::SOURCE_OPERATIONS
         .iter()
         .map(|op| {
-            let service = if *op == "DescribeFlowLogs" {
+            let service = if op.starts_with("Describe") && *op != "DescribeLogStreams" {
                 "ec2"
             } else {
                 "logs"
@@ -556,5 +556,71 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert!(third.try_wait().unwrap().is_none(), "the new daemon exited");
     third.kill().unwrap();
     third.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn explain_prints_each_suppressed_finding_with_the_suppression_that_matched() {
+    let dir = fresh_dir("explain");
+    std::fs::write(
+        dir.join("flows.log"),
+        "interface-id srcaddr dstaddr srcport dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr start end
+eni-nat 10.0.3.9 10.0.0.220 40000 22 6 5000 ACCEPT OK 10.0.3.9 198.51.100.22 1764150000 1764150060
+eni-nat 10.0.4.9 10.0.0.220 40001 22 6 5000 ACCEPT OK 10.0.4.9 198.51.100.22 1764150000 1764150060
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("monitor.toml"),
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+state-dir = "{state}"
+source = "file:{flows}"
+[topology]
+vpc-cidrs = ["10.0.0.0/16"]
+nat-interfaces = ["eni-nat"]
+nat-private-ips = ["10.0.0.220"]
+[[workloads]]
+address = "10.0.3.0/24"
+tags = {{ role = "build" }}
+[[suppress]]
+reason = "partner SFTP, ticket SEC-42"
+port = 2222
+[[suppress]]
+reason = "build boxes fetch sources over SSH"
+tag = "role=build"
+"#,
+            port = egresswatch_testkit::free_port(),
+            state = dir.join("state").display(),
+            flows = dir.join("flows.log").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--explain", "--config"])
+        .arg(dir.join("monitor.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let explained: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d.get("suppressed").is_some())
+        .collect();
+    assert_eq!(explained.len(), 1, "{docs:#?}");
+    assert_eq!(explained[0]["workload"], "10.0.3.9");
+    assert_eq!(explained[0]["suppressed"]["suppression"], 2);
+    assert_eq!(
+        explained[0]["suppressed"]["reason"],
+        "build boxes fetch sources over SSH"
+    );
+    // The other workload's finding is alerted as usual (the stdout sink prints it).
+    assert!(docs
+        .iter()
+        .any(|d| d["workload"] == "10.0.4.9" && d.get("suppressed").is_none()));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -206,12 +206,13 @@ pub async fn run(
         crate::inventory::Inventory::from_config(&config.workloads),
     ));
     if let (Some(c), true) = (&clients, config.inventory_refresh_seconds > 0) {
-        crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory).await;
+        crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory, &metrics).await;
         tokio::spawn(crate::inventory::keep_fresh(
             c.ec2.clone(),
             vpc_id,
             Duration::from_secs(config.inventory_refresh_seconds),
             pipeline.inventory.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ));
     }
@@ -505,13 +506,13 @@ async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String
         let chunk = match next {
             None => {
                 // End of a finite input: its floods are complete.
-                p.router.flush();
+                p.finish();
                 commit(p, alerts, store, cp, health, shutdown, progress).await?;
                 break;
             }
             Some(Err(e)) => {
                 // Complete lines before a broken gzip member were handed over already.
-                p.router.flush();
+                p.finish();
                 commit(p, alerts, store, cp, health, shutdown, progress).await?;
                 return Err(e.to_string());
             }
@@ -975,7 +976,7 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
-fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
+pub(crate) fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
     m.source_errors.with_label_values(&[op]).inc();
     if code.is_some_and(|c| c.contains("Throttl") || c.contains("LimitExceeded")) {
         m.source_throttles.with_label_values(&[op]).inc();

@@ -11,6 +11,8 @@ use std::sync::{Arc, RwLock};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::metrics::Metrics;
+
 /// One `[[workloads]]` entry: tags for an address or a network, for sources without EC2
 /// (files) and for addresses EC2 does not describe.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -91,11 +93,24 @@ fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Counts a call (and its error) in the daemon's AWS call metrics.
+fn counted<T, E>(m: &Metrics, op: &str, result: Result<T, E>) -> Result<T, String>
+where
+    E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+{
+    m.source_calls.with_label_values(&[op]).inc();
+    result.map_err(|e| {
+        crate::daemon::count_error(m, op, e.code());
+        format!("{op}: {}", crate::daemon::aws_error(&e))
+    })
+}
+
 /// Describes the VPC's interfaces and instances (every page). An instance's tags are laid over
 /// its interfaces' tags.
 pub async fn describe(
     ec2: &aws_sdk_ec2::Client,
     vpc_id: Option<&str>,
+    m: &Metrics,
 ) -> Result<HashMap<IpAddr, Workload>, String> {
     use aws_sdk_ec2::types::Filter;
     let vpc_filter = |v: &str| Filter::builder().name("vpc-id").values(v).build();
@@ -106,12 +121,7 @@ pub async fn describe(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            format!(
-                "DescribeNetworkInterfaces: {}",
-                crate::daemon::aws_error(&e)
-            )
-        })?;
+        let page = counted(m, "DescribeNetworkInterfaces", page)?;
         for eni in page.network_interfaces() {
             let w = Workload {
                 interface_id: eni.network_interface_id().map(String::from),
@@ -140,8 +150,7 @@ pub async fn describe(
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| format!("DescribeInstances: {}", crate::daemon::aws_error(&e)))?;
+        let page = counted(m, "DescribeInstances", page)?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
             if let Some(id) = i.instance_id() {
                 instance_tags.insert(id.to_string(), tag_map(i.tags()));
@@ -160,8 +169,13 @@ pub async fn describe(
 
 /// Describes the workloads once into `inventory`. A failure keeps what was known and says why
 /// (a missing permission is the usual reason, and matters only to tag suppressions).
-pub async fn refresh(ec2: &aws_sdk_ec2::Client, vpc_id: Option<&str>, inventory: &SharedInventory) {
-    match describe(ec2, vpc_id).await {
+pub async fn refresh(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_id: Option<&str>,
+    inventory: &SharedInventory,
+    m: &Metrics,
+) {
+    match describe(ec2, vpc_id, m).await {
         Ok(described) => {
             let n = described.len();
             if let Ok(mut inv) = inventory.write() {
@@ -182,6 +196,7 @@ pub async fn keep_fresh(
     vpc_id: Option<String>,
     every: std::time::Duration,
     inventory: SharedInventory,
+    m: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -189,7 +204,7 @@ pub async fn keep_fresh(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        refresh(&ec2, vpc_id.as_deref(), &inventory).await;
+        refresh(&ec2, vpc_id.as_deref(), &inventory, &m).await;
     }
 }
 

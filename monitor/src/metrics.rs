@@ -58,8 +58,14 @@ pub fn peak_resident_kib() -> u64 {
 /// The bad-line reason of a line longer than `max-line-bytes`, skipped by the source.
 pub const LINE_TOO_LONG: &str = "line_too_long";
 
-/// The calls the CloudWatch source makes.
-pub const SOURCE_OPERATIONS: [&str; 3] = ["DescribeFlowLogs", "DescribeLogStreams", "GetLogEvents"];
+/// The AWS calls the daemon makes: the CloudWatch source's, and the workload inventory's.
+pub const SOURCE_OPERATIONS: [&str; 5] = [
+    "DescribeFlowLogs",
+    "DescribeLogStreams",
+    "GetLogEvents",
+    "DescribeNetworkInterfaces",
+    "DescribeInstances",
+];
 
 /// Series the top-k gauges export.
 pub const TOP_K: usize = 10;

@@ -241,6 +241,22 @@ impl Pipeline {
         for d in &mut self.detectors {
             d.observe(&flow, &mut self.findings);
         }
+        self.route_findings();
+    }
+
+    /// End of a finite input: the rules judge what waited for more records, and every open
+    /// fold and repeat count is closed.
+    pub fn finish(&mut self) {
+        for d in &mut self.detectors {
+            d.finish(&mut self.findings);
+        }
+        self.route_findings();
+        self.router.flush();
+    }
+
+    /// Counts, suppresses or routes what the rules found.
+    fn route_findings(&mut self) {
+        let m = self.metrics.clone();
         for f in self.findings.drain(..) {
             if !self.suppressions.is_empty() {
                 if let Some((n, reason)) =

@@ -22,7 +22,7 @@ async fn notification_reaches_the_session_bus() {
     assert!(
         metrics
             .render()
-            .contains("egresswatch_alerts_sent_total{sink=\"desktop\"} 2"),
+            .contains("egresswatch_alerts_sent_total{sink=\"desktop\"} 3"),
         "{}",
         metrics.render()
     );
@@ -41,7 +41,8 @@ async fn notification_reaches_the_session_bus() {
         summaries,
         [
             "egresswatch: dns_bypass (high)",
-            "egresswatch: non_https_egress (high)"
+            "egresswatch: non_https_egress (high)",
+            "egresswatch: non_https_egress (high), seen 2 times"
         ]
     );
     for n in &notes {

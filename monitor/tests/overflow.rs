@@ -59,6 +59,8 @@ min-flows = 1
             p.line(&mut decoder, line.as_bytes(), &"test");
         }
     }
+    // The end of the input: windows that waited for late records are judged.
+    p.finish();
     p.publish_top_k();
 
     let bytes = |path: &str| {

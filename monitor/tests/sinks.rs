@@ -21,13 +21,14 @@ async fn findings_reach_a_real_alertmanager() {
         .unwrap();
     assert_eq!(summary.records, 5, "header plus four records");
     let text = metrics.render();
-    // The second SSH record is the same (rule, workload, remote) within the window: deduplicated.
+    // The second SSH record is the same (rule, workload, remote) within the window:
+    // deduplicated, and counted by an update of the first alert.
     assert!(
         text.contains("egresswatch_alerts_deduplicated_total 1"),
         "{text}"
     );
     assert!(
-        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 2"),
+        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 3"),
         "{text}"
     );
 
@@ -73,6 +74,15 @@ async fn findings_reach_a_real_alertmanager() {
         assert_eq!(a["labels"]["alertname"], "EgressWatchFinding");
         assert!(!a["annotations"]["summary"].as_str().unwrap().is_empty());
     }
+    // Alertmanager merged the update into the alert it had (same labels): two alerts, the
+    // SSH one now saying it was seen twice.
+    let ssh = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["rule"] == "non_https_egress")
+        .unwrap();
+    assert_eq!(ssh["annotations"]["times_seen"], "2");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -107,7 +117,7 @@ async fn a_failing_sink_is_retried_and_counted_and_does_not_block() {
         .unwrap_or(0.0);
     assert!(failures >= 2.0, "{text}");
     assert!(
-        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 2"),
+        text.contains("egresswatch_alerts_sent_total{sink=\"alertmanager\"} 3"),
         "{text}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -53,6 +53,8 @@ pub trait Rule: Send {
     fn state_evictions(&self) -> u64 {
         0
     }
+    /// At the end of a finite input: judges what was waiting for more records.
+    fn finish(&mut self, _out: &mut Vec<Finding>) {}
     /// Restores what `save_state` returned in an earlier run.
     fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
         Ok(())
@@ -231,6 +233,13 @@ pub(crate) mod testing {
         for f in flows {
             d.observe(f, &mut out);
         }
+        out
+    }
+
+    /// `run`, then the end of the input: what waited for late records is judged too.
+    pub(crate) fn run_to_end(d: &mut dyn Rule, flows: &[Flow]) -> Vec<Finding> {
+        let mut out = run(d, flows);
+        d.finish(&mut out);
         out
     }
 }

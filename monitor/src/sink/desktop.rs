@@ -24,7 +24,10 @@ impl Sink for Desktop {
         Box::pin(async move {
             for a in alerts {
                 let f = &a.finding;
-                let summary = format!("egresswatch: {} ({})", f.rule, f.severity.as_str());
+                let mut summary = format!("egresswatch: {} ({})", f.rule, f.severity.as_str());
+                if let Some(n) = a.repeated {
+                    summary.push_str(&format!(", seen {n} times"));
+                }
                 let body = f.summary.clone();
                 let urgency = match f.severity {
                     Severity::Critical | Severity::High => notify_rust::Urgency::Critical,

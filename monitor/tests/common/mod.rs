@@ -1,5 +1,5 @@
-//! Shared by the sink tests: a small flow-log file with two findings in it (and one repeat)
-//! and a file-source config for it.
+//! Shared by the sink tests: a small flow-log file with two findings in it (and one repeat,
+//! which makes a third alert: the update that counts it) and a file-source config for it.
 
 use egresswatch_monitor::config::Config;
 
