@@ -172,7 +172,7 @@ impl Pipeline {
 
     /// Processes one line; bad lines are counted by reason and logged with where they came from.
     pub fn line(&mut self, decoder: &mut Decoder, line: &[u8], origin: &dyn std::fmt::Display) {
-        let m = self.metrics.clone();
+        let m = &*self.metrics;
         let record = match decoder.decode(line) {
             Ok(Line::Record(r)) => r,
             Ok(_) => return,
@@ -256,7 +256,10 @@ impl Pipeline {
 
     /// Counts, suppresses or routes what the rules found.
     fn route_findings(&mut self) {
-        let m = self.metrics.clone();
+        if self.findings.is_empty() {
+            return;
+        }
+        let m = &self.metrics;
         for f in self.findings.drain(..) {
             if !self.suppressions.is_empty() {
                 if let Some((n, reason)) =

@@ -287,19 +287,6 @@ impl Rule for TrafficVolume {
         }
         let baseline = b.per_window;
         let pair = pair_key(w, r);
-        // A window already waiting for judgement takes its late records, of either direction.
-        if let Some(c) = self.state.pending.get_mut(&(pair, window)) {
-            // Byte counts come from the input and may each be near 2^64: sums saturate.
-            if sending {
-                c.sent = c.sent.saturating_add(f.bytes);
-            } else {
-                c.received = c.received.saturating_add(f.bytes);
-            }
-            c.records = c.records.saturating_add(1);
-            c.finding.first_seen = c.finding.first_seen.min(f.start);
-            c.finding.last_seen = c.finding.last_seen.max(f.end);
-            return;
-        }
         let p = self.state.pairs.touch(pair, f.end, || PairWindow {
             window,
             sent: 0,
@@ -322,6 +309,23 @@ impl Rule for TrafficVolume {
             p.received = 0;
             p.records = 0;
             p.judged = false;
+        }
+        // A window already waiting for judgement takes its late records, of either direction.
+        // Only a window that became a candidate, or an earlier one, can be waiting: the common
+        // record costs no lookup.
+        if window < p.window || (window == p.window && p.judged) {
+            if let Some(c) = self.state.pending.get_mut(&(pair, window)) {
+                // Byte counts come from the input and may each be near 2^64: sums saturate.
+                if sending {
+                    c.sent = c.sent.saturating_add(f.bytes);
+                } else {
+                    c.received = c.received.saturating_add(f.bytes);
+                }
+                c.records = c.records.saturating_add(1);
+                c.finding.first_seen = c.finding.first_seen.min(f.start);
+                c.finding.last_seen = c.finding.last_seen.max(f.end);
+                return;
+            }
         }
         let (sent, received, records) = if window < p.window {
             // A late record of a window that has moved on, alone: judged on its own bytes.
