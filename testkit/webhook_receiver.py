@@ -14,6 +14,9 @@ LOCK = threading.Lock()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; Nagle's algorithm would hold the second for the
+    # client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         self.send_response(200)

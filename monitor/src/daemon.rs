@@ -206,11 +206,24 @@ pub async fn run(
         crate::inventory::Inventory::from_config(&config.workloads),
     ));
     if let (Some(c), true) = (&clients, config.inventory_refresh_seconds > 0) {
-        crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory, &metrics).await;
+        // Suppressions that name a tag or an interface need the inventory before the first
+        // record is judged (a bounded wait); otherwise it fills in alongside the reading.
+        let waited = pipeline.suppressions.needs_inventory();
+        if waited {
+            let first =
+                crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory, &metrics);
+            if tokio::time::timeout(Duration::from_secs(20), first)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the workload inventory took over 20 s; reading starts without it");
+            }
+        }
         tokio::spawn(crate::inventory::keep_fresh(
             c.ec2.clone(),
             vpc_id,
             Duration::from_secs(config.inventory_refresh_seconds),
+            !waited,
             pipeline.inventory.clone(),
             metrics.clone(),
             shutdown.clone(),

@@ -189,16 +189,20 @@ pub async fn refresh(
     }
 }
 
-/// Refreshes the inventory every `every` until shutdown (the first refresh is the caller's,
-/// before any record is judged).
+/// Refreshes the inventory every `every` until shutdown, the first time at once unless the
+/// caller has just done it.
 pub async fn keep_fresh(
     ec2: aws_sdk_ec2::Client,
     vpc_id: Option<String>,
     every: std::time::Duration,
+    first_now: bool,
     inventory: SharedInventory,
     m: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    if first_now {
+        refresh(&ec2, vpc_id.as_deref(), &inventory, &m).await;
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 
 use crate::aws::{aws_error, Clients};
+use crate::retry::Passing;
 use crate::spec::StackSpec;
 use crate::stack::{Mode, Reconciler, STACK_TAG};
 use crate::ProvisionError;
@@ -32,37 +33,12 @@ pub async fn down(
     let tag = f(&format!("tag:{STACK_TAG}"), stack);
     let r = Reconciler::new(clients, StackSpec::default(), stack, Mode::Plan);
 
-    // The Studio domain first, with its home EFS volume; it must be gone before its ENIs.
-    if let Some((id, _)) = r.find_domain().await? {
-        use aws_sdk_sagemaker::types::{RetentionPolicy, RetentionType};
-        clients
-            .sagemaker
-            .delete_domain()
-            .domain_id(&id)
-            .retention_policy(
-                RetentionPolicy::builder()
-                    .home_efs_file_system(RetentionType::Delete)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| aws_error("studio-domain", "DeleteDomain", e))?;
-        let started = Instant::now();
-        while r.find_domain().await?.is_some() {
-            if started.elapsed() > Duration::from_secs(30 * 60) {
-                return Err(ProvisionError::Timeout {
-                    resource: format!("studio-domain {id}"),
-                    waited: started.elapsed(),
-                    state: "Deleting".into(),
-                });
-            }
-            progress(&format!(
-                "waiting for studio-domain {id} to be deleted ({}s)",
-                started.elapsed().as_secs()
-            ));
-            tokio::time::sleep(Duration::from_secs(10)).await;
+    // The Studio domain first, with what people made in it and its home EFS volume; it must
+    // be gone before its ENIs.
+    for id in domain_ids(clients, &r.domain_name()).await? {
+        for line in delete_domain(clients, &id, &mut progress).await? {
+            say!(line);
         }
-        say!(format!("studio-domain {id}"));
     }
 
     let vpcs = ec2
@@ -252,11 +228,14 @@ pub async fn down(
                 continue;
             }
             if let Some(id) = g.group_id() {
-                ec2.delete_security_group()
-                    .group_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("security-group", "DeleteSecurityGroup", e))?;
+                // Interfaces of a deleted domain take a while to let go of their groups.
+                crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+                    ec2.delete_security_group()
+                        .group_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("security-group", "DeleteSecurityGroup", e))
+                })?;
                 say!(format!("security-group {id}"));
             }
         }
@@ -284,11 +263,14 @@ pub async fn down(
             .map_err(|e| aws_error("subnet", "DescribeSubnets", e))?;
         for s in subnets.subnets() {
             if let Some(id) = s.subnet_id() {
-                ec2.delete_subnet()
-                    .subnet_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("subnet", "DeleteSubnet", e))?;
+                // Mount targets and interfaces SageMaker leaves take a while to go.
+                crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+                    ec2.delete_subnet()
+                        .subnet_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("subnet", "DeleteSubnet", e))
+                })?;
                 say!(format!("subnet {id}"));
             }
         }
@@ -328,22 +310,264 @@ pub async fn down(
         .map_err(|e| aws_error("elastic-ip", "DescribeAddresses", e))?;
     for a in eips.addresses() {
         if let Some(id) = a.allocation_id() {
-            ec2.release_address()
-                .allocation_id(id)
-                .send()
-                .await
-                .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))?;
+            // The address stays held for a while after its NAT gateway reports deleted.
+            crate::retry_passing!(Passing::AddressStillHeld, &mut progress, {
+                ec2.release_address()
+                    .allocation_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))
+            })?;
             say!(format!("elastic-ip {id}"));
         }
     }
     for vpc in &vpc_ids {
-        ec2.delete_vpc()
-            .vpc_id(vpc)
-            .send()
-            .await
-            .map_err(|e| aws_error("vpc", "DeleteVpc", e))?;
+        crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+            ec2.delete_vpc()
+                .vpc_id(vpc)
+                .send()
+                .await
+                .map_err(|e| aws_error("vpc", "DeleteVpc", e))
+        })?;
         say!(format!("vpc {vpc}"));
     }
+    Ok(deleted)
+}
+
+/// The ids of the domains named `name`, whatever their status (a `down` that was interrupted
+/// finds its domain Deleting or Delete_Failed), over every page of ListDomains.
+async fn domain_ids(clients: &Clients, name: &str) -> Result<Vec<String>, ProvisionError> {
+    let mut ids = Vec::new();
+    let mut pages = clients.sagemaker.list_domains().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws_error("studio-domain", "ListDomains", e))?;
+        for d in page.domains() {
+            if d.domain_name() == Some(name) {
+                ids.extend(d.domain_id().map(String::from));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Polls until `pending` says nothing is left, with progress, for at most `bound`.
+async fn wait_until_none<P, F, Fut>(
+    what: &str,
+    bound: Duration,
+    progress: &mut P,
+    mut pending: F,
+) -> Result<(), ProvisionError>
+where
+    P: FnMut(&str) + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, ProvisionError>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let left = pending().await?;
+        if left == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > bound {
+            return Err(ProvisionError::Timeout {
+                resource: what.to_string(),
+                waited: started.elapsed(),
+                state: format!("{left} still deleting"),
+            });
+        }
+        progress(&format!(
+            "waiting for {left} {what} to be deleted ({}s)",
+            started.elapsed().as_secs()
+        ));
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}
+
+/// Deletes a Studio domain as AWS allows it: its apps (which take minutes to go), then its
+/// spaces, then its user profiles, then the domain with its home EFS volume, waiting on each
+/// and on the domain by id until AWS no longer knows it.
+async fn delete_domain<P: FnMut(&str) + ?Sized>(
+    clients: &Clients,
+    id: &str,
+    progress: &mut P,
+) -> Result<Vec<String>, ProvisionError> {
+    use aws_sdk_sagemaker::types::{AppStatus, RetentionPolicy, RetentionType};
+    let sm = &clients.sagemaker;
+    let res = format!("studio-domain {id}");
+    let mut deleted = Vec::new();
+
+    let apps = || async {
+        let mut all = Vec::new();
+        let mut pages = sm.list_apps().domain_id_equals(id).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&res, "ListApps", e))?;
+            all.extend(page.apps().iter().cloned());
+        }
+        Ok::<_, ProvisionError>(all)
+    };
+    for app in apps().await? {
+        if matches!(
+            app.status(),
+            Some(AppStatus::Deleted) | Some(AppStatus::Deleting)
+        ) {
+            continue;
+        }
+        let (Some(kind), Some(name)) = (app.app_type(), app.app_name()) else {
+            continue;
+        };
+        sm.delete_app()
+            .domain_id(id)
+            .app_type(kind.clone())
+            .app_name(name)
+            .set_user_profile_name(app.user_profile_name().map(String::from))
+            .set_space_name(app.space_name().map(String::from))
+            .send()
+            .await
+            .map_err(|e| aws_error(&res, "DeleteApp", e))?;
+        deleted.push(format!("studio-app {id}/{}/{name}", kind.as_str()));
+        progress(&format!(
+            "deleting studio-app {id}/{}/{name}",
+            kind.as_str()
+        ));
+    }
+    // An app can take about 20 minutes to leave Deleting.
+    wait_until_none(
+        "studio apps",
+        Duration::from_secs(40 * 60),
+        progress,
+        || async {
+            Ok(apps()
+                .await?
+                .iter()
+                .filter(|a| a.status() != Some(&AppStatus::Deleted))
+                .count())
+        },
+    )
+    .await?;
+
+    let spaces = || async {
+        let mut all = Vec::new();
+        let mut pages = sm
+            .list_spaces()
+            .domain_id_equals(id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&res, "ListSpaces", e))?;
+            all.extend(page.spaces().iter().cloned());
+        }
+        Ok::<_, ProvisionError>(all)
+    };
+    for space in spaces().await? {
+        if space.status().map(|s| s.as_str()) == Some("Deleting") {
+            continue;
+        }
+        let Some(name) = space.space_name() else {
+            continue;
+        };
+        crate::retry_passing!(Passing::DependencyLeaving, progress, {
+            sm.delete_space()
+                .domain_id(id)
+                .space_name(name)
+                .send()
+                .await
+                .map_err(|e| aws_error(&res, "DeleteSpace", e))
+        })?;
+        deleted.push(format!("studio-space {id}/{name}"));
+    }
+    wait_until_none(
+        "studio spaces",
+        Duration::from_secs(20 * 60),
+        progress,
+        || async { Ok(spaces().await?.len()) },
+    )
+    .await?;
+
+    let profiles = || async {
+        let mut all = Vec::new();
+        let mut pages = sm
+            .list_user_profiles()
+            .domain_id_equals(id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&res, "ListUserProfiles", e))?;
+            all.extend(page.user_profiles().iter().cloned());
+        }
+        Ok::<_, ProvisionError>(all)
+    };
+    for profile in profiles().await? {
+        if profile.status().map(|s| s.as_str()) == Some("Deleting") {
+            continue;
+        }
+        let Some(name) = profile.user_profile_name() else {
+            continue;
+        };
+        crate::retry_passing!(Passing::DependencyLeaving, progress, {
+            sm.delete_user_profile()
+                .domain_id(id)
+                .user_profile_name(name)
+                .send()
+                .await
+                .map_err(|e| aws_error(&res, "DeleteUserProfile", e))
+        })?;
+        deleted.push(format!("studio-user-profile {id}/{name}"));
+    }
+    wait_until_none(
+        "studio user profiles",
+        Duration::from_secs(20 * 60),
+        progress,
+        || async { Ok(profiles().await?.len()) },
+    )
+    .await?;
+
+    crate::retry_passing!(Passing::DependencyLeaving, progress, {
+        sm.delete_domain()
+            .domain_id(id)
+            .retention_policy(
+                RetentionPolicy::builder()
+                    .home_efs_file_system(RetentionType::Delete)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws_error(&res, "DeleteDomain", e))
+    })?;
+    // The domain is gone when DescribeDomain no longer knows it (a Deleting domain is still
+    // there, and its ENIs with it); Delete_Failed is an answer, not something to wait out.
+    wait_until_none(
+        "studio domain",
+        Duration::from_secs(30 * 60),
+        progress,
+        || async {
+            match sm.describe_domain().domain_id(id).send().await {
+                Ok(d) => match d.status().map(|s| s.as_str()) {
+                    Some("Delete_Failed") => Err(ProvisionError::Conflict(format!(
+                        "{res} could not be deleted: {}; fix that and run down again",
+                        d.failure_reason().unwrap_or("no reason given")
+                    ))),
+                    _ => Ok(1),
+                },
+                Err(e) => {
+                    let e = aws_error(&res, "DescribeDomain", e);
+                    match &e {
+                        ProvisionError::Aws { code, message, .. }
+                            if code == "ResourceNotFound"
+                                || (code == "ValidationException"
+                                    && message.contains("Could not find")) =>
+                        {
+                            Ok(0)
+                        }
+                        _ => Err(e),
+                    }
+                }
+            }
+        },
+    )
+    .await?;
+    deleted.push(res);
     Ok(deleted)
 }
 

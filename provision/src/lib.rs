@@ -7,6 +7,7 @@
 pub mod aws;
 mod down;
 pub mod logs;
+pub mod retry;
 pub mod spec;
 pub mod stack;
 

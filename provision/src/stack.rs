@@ -14,6 +14,7 @@ use aws_sdk_ec2::types::{
 use serde::Serialize;
 
 use crate::aws::{aws_error, Clients};
+use crate::retry::Passing;
 use crate::spec::{flow_log_format, StackSpec};
 use crate::ProvisionError;
 
@@ -710,15 +711,16 @@ impl<'c> Reconciler<'c> {
     ) -> Result<aws_sdk_ec2::types::NatGateway, ProvisionError> {
         let started = Instant::now();
         let mut delay = Duration::from_secs(2);
+        let ec2 = self.clients.ec2.clone();
         loop {
-            let got = self
-                .clients
-                .ec2
-                .describe_nat_gateways()
-                .nat_gateway_ids(id)
-                .send()
-                .await
-                .map_err(|e| aws_error(resource, "DescribeNatGateways", e))?;
+            // Right after create, EC2 may not know the gateway yet.
+            let got = crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                ec2.describe_nat_gateways()
+                    .nat_gateway_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(resource, "DescribeNatGateways", e))
+            })?;
             let nat = got.nat_gateways().first().cloned().ok_or_else(|| {
                 ProvisionError::Unexpected(format!("{resource} {id} disappeared"))
             })?;
@@ -879,20 +881,69 @@ impl<'c> Reconciler<'c> {
                 let associated = assocs
                     .iter()
                     .any(|a| a.subnet_id() == Some(subnet.as_str()));
-                if !associated
-                    && self.change(
-                        &resource,
-                        ChangeKind::Update,
-                        format!("associate subnet {subnet}"),
-                        false,
-                    )
-                {
-                    ec2.associate_route_table()
-                        .route_table_id(&rt_id)
-                        .subnet_id(&subnet)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error(&resource, "AssociateRouteTable", e))?;
+                if associated || rt_id.is_empty() {
+                    continue;
+                }
+                // A subnet has at most one explicit association: one with another table must
+                // be moved (ReplaceRouteTableAssociation); AWS refuses AssociateRouteTable then.
+                let elsewhere = ec2
+                    .describe_route_tables()
+                    .filters(filter("association.subnet-id", &subnet))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(&resource, "DescribeRouteTables", e))?
+                    .route_tables()
+                    .iter()
+                    .find_map(|t| {
+                        let a = t
+                            .associations()
+                            .iter()
+                            .find(|a| a.subnet_id() == Some(subnet.as_str()))?;
+                        let to_internet = t
+                            .routes()
+                            .iter()
+                            .any(|r| r.gateway_id().is_some_and(|g| g.starts_with("igw-")));
+                        Some((
+                            t.route_table_id().unwrap_or_default().to_string(),
+                            a.route_table_association_id()?.to_string(),
+                            to_internet,
+                        ))
+                    });
+                match elsewhere {
+                    Some((other, association, to_internet)) => {
+                        // A private subnet routed anywhere but its NAT table leaves the
+                        // monitored path; through an internet gateway it is reachable too.
+                        let private = resource.starts_with("route-table/private");
+                        let detail = format!(
+                            "subnet {subnet} is associated with route table {other}{}; move it back",
+                            if to_internet { ", which routes to an internet gateway" } else { "" }
+                        );
+                        if self.change(&resource, ChangeKind::Update, detail, private) {
+                            ec2.replace_route_table_association()
+                                .association_id(&association)
+                                .route_table_id(&rt_id)
+                                .send()
+                                .await
+                                .map_err(|e| {
+                                    aws_error(&resource, "ReplaceRouteTableAssociation", e)
+                                })?;
+                        }
+                    }
+                    None => {
+                        if self.change(
+                            &resource,
+                            ChangeKind::Update,
+                            format!("associate subnet {subnet}"),
+                            false,
+                        ) {
+                            ec2.associate_route_table()
+                                .route_table_id(&rt_id)
+                                .subnet_id(&subnet)
+                                .send()
+                                .await
+                                .map_err(|e| aws_error(&resource, "AssociateRouteTable", e))?;
+                        }
+                    }
                 }
             }
         }
@@ -1057,12 +1108,14 @@ impl<'c> Reconciler<'c> {
                     .map_err(|e| aws_error("security-group", "CreateSecurityGroup", e))?;
                 let id = c.group_id().unwrap_or_default().to_string();
                 // A new group allows all egress; the rule comes back on describe and is revoked below.
-                let g = ec2
-                    .describe_security_groups()
-                    .group_ids(&id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("security-group", "DescribeSecurityGroups", e))?;
+                // Right after create, EC2 may not know the group yet.
+                let g = crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                    ec2.describe_security_groups()
+                        .group_ids(&id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("security-group", "DescribeSecurityGroups", e))
+                })?;
                 let mut rules = BTreeSet::new();
                 if let Some(g) = g.security_groups().first() {
                     rules = rules_of("egress", g.ip_permissions_egress());
@@ -1080,21 +1133,27 @@ impl<'c> Reconciler<'c> {
             );
             if self.change("security-group", ChangeKind::Update, detail, true) {
                 if extra.0 == "egress" {
-                    ec2.revoke_security_group_egress()
-                        .group_id(&id)
-                        .ip_permissions(permission(extra))
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("security-group", "RevokeSecurityGroupEgress", e))?;
+                    crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                        ec2.revoke_security_group_egress()
+                            .group_id(&id)
+                            .ip_permissions(permission(extra))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("security-group", "RevokeSecurityGroupEgress", e)
+                            })
+                    })?;
                 } else {
-                    ec2.revoke_security_group_ingress()
-                        .group_id(&id)
-                        .ip_permissions(permission(extra))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            aws_error("security-group", "RevokeSecurityGroupIngress", e)
-                        })?;
+                    crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                        ec2.revoke_security_group_ingress()
+                            .group_id(&id)
+                            .ip_permissions(permission(extra))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("security-group", "RevokeSecurityGroupIngress", e)
+                            })
+                    })?;
                 }
             }
         }
@@ -1105,23 +1164,27 @@ impl<'c> Reconciler<'c> {
             );
             if self.change("security-group", ChangeKind::Update, detail, false) {
                 if missing.0 == "egress" {
-                    ec2.authorize_security_group_egress()
-                        .group_id(&id)
-                        .ip_permissions(permission(missing))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            aws_error("security-group", "AuthorizeSecurityGroupEgress", e)
-                        })?;
+                    crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                        ec2.authorize_security_group_egress()
+                            .group_id(&id)
+                            .ip_permissions(permission(missing))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("security-group", "AuthorizeSecurityGroupEgress", e)
+                            })
+                    })?;
                 } else {
-                    ec2.authorize_security_group_ingress()
-                        .group_id(&id)
-                        .ip_permissions(permission(missing))
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            aws_error("security-group", "AuthorizeSecurityGroupIngress", e)
-                        })?;
+                    crate::retry_passing!(Passing::NotYetVisible, &mut *self.progress, {
+                        ec2.authorize_security_group_ingress()
+                            .group_id(&id)
+                            .ip_permissions(permission(missing))
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("security-group", "AuthorizeSecurityGroupIngress", e)
+                            })
+                    })?;
                 }
             }
         }
@@ -1448,20 +1511,25 @@ impl<'c> Reconciler<'c> {
                     self.out.flow_log_id = PLANNED.into();
                     return Ok(());
                 }
-                let c = ec2
-                    .create_flow_logs()
-                    .resource_ids(&self.out.vpc_id)
-                    .resource_type(FlowLogsResourceType::Vpc)
-                    .traffic_type(TrafficType::All)
-                    .log_destination_type(LogDestinationType::CloudWatchLogs)
-                    .log_group_name(self.log_group_name())
-                    .deliver_logs_permission_arn(&self.out.flow_log_role_arn)
-                    .log_format(&format)
-                    .max_aggregation_interval(60)
-                    .tag_specifications(self.tags(ResourceType::VpcFlowLog, "flow-log"))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("flow-log", "CreateFlowLogs", e))?;
+                let group = self.log_group_name();
+                let tags = self.tags(ResourceType::VpcFlowLog, "flow-log");
+                // A role made seconds ago cannot be assumed by the flow-log service yet.
+                let c =
+                    crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *self.progress, {
+                        ec2.create_flow_logs()
+                            .resource_ids(&self.out.vpc_id)
+                            .resource_type(FlowLogsResourceType::Vpc)
+                            .traffic_type(TrafficType::All)
+                            .log_destination_type(LogDestinationType::CloudWatchLogs)
+                            .log_group_name(&group)
+                            .deliver_logs_permission_arn(&self.out.flow_log_role_arn)
+                            .log_format(&format)
+                            .max_aggregation_interval(60)
+                            .tag_specifications(tags.clone())
+                            .send()
+                            .await
+                            .map_err(|e| aws_error("flow-log", "CreateFlowLogs", e))
+                    })?;
                 if let Some(u) = c.unsuccessful().first() {
                     let msg = u
                         .error()
@@ -1558,28 +1626,32 @@ impl<'c> Reconciler<'c> {
                     self.out.domain_id = PLANNED.into();
                     return Ok(());
                 }
-                let c = sm
-                    .create_domain()
-                    .domain_name(self.domain_name())
-                    .auth_mode(AuthMode::Iam)
-                    .default_user_settings(
-                        UserSettings::builder()
-                            .execution_role(&self.out.studio_role_arn)
-                            .security_groups(&self.out.security_group_id)
-                            .build(),
-                    )
-                    .set_subnet_ids(Some(private))
-                    .vpc_id(&self.out.vpc_id)
-                    .app_network_access_type(AppNetworkAccessType::VpcOnly)
-                    .tags(
-                        aws_sdk_sagemaker::types::Tag::builder()
-                            .key(STACK_TAG)
-                            .value(&self.stack)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("studio-domain", "CreateDomain", e))?;
+                let name = self.domain_name();
+                // A role made seconds ago cannot be assumed by SageMaker yet.
+                let c =
+                    crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *self.progress, {
+                        sm.create_domain()
+                            .domain_name(&name)
+                            .auth_mode(AuthMode::Iam)
+                            .default_user_settings(
+                                UserSettings::builder()
+                                    .execution_role(&self.out.studio_role_arn)
+                                    .security_groups(&self.out.security_group_id)
+                                    .build(),
+                            )
+                            .set_subnet_ids(Some(private.clone()))
+                            .vpc_id(&self.out.vpc_id)
+                            .app_network_access_type(AppNetworkAccessType::VpcOnly)
+                            .tags(
+                                aws_sdk_sagemaker::types::Tag::builder()
+                                    .key(STACK_TAG)
+                                    .value(&self.stack)
+                                    .build(),
+                            )
+                            .send()
+                            .await
+                            .map_err(|e| aws_error("studio-domain", "CreateDomain", e))
+                    })?;
                 // Some implementations return only the ARN; its last segment is the id.
                 self.out.domain_id = c
                     .domain_id()

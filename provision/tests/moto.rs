@@ -1,6 +1,8 @@
-//! The provisioner against a real moto server on 127.0.0.1: what `up` creates (checked by
-//! describing each resource), idempotence, convergence after a crash at every mutating call,
-//! drift repair, `plan` on a partial stack, and a `down` that leaves nothing behind.
+//! The provisioner against a real moto server on 127.0.0.1, behind testkit's AWS behaviour
+//! layer: what `up` creates (checked by describing each resource), idempotence, convergence
+//! after a crash at every mutating call and under AWS's eventual consistency, drift repair
+//! (a subnet moved to another route table included), `plan` on a partial stack, and a `down`
+//! that empties a used Studio domain and leaves nothing behind.
 
 use aws_sdk_ec2::types::Filter;
 use egresswatch_provision::{self as provision, ChangeKind, Clients, Mode, StackSpec, STACK_TAG};
@@ -12,6 +14,21 @@ async fn clients(endpoint: &str) -> Clients {
     Clients::from_env(Some("us-east-1".into()), Some(endpoint.into()))
         .await
         .unwrap()
+}
+
+/// moto behind the AWS behaviour layer: with `{}`, moto plus the SageMaker listings it lacks;
+/// with behaviours switched on, AWS's refusals and delays as well.
+async fn emulator(
+    behaviours: serde_json::Value,
+) -> (
+    egresswatch_testkit::Service,
+    egresswatch_testkit::AwsBehaviour,
+    Clients,
+) {
+    let moto = egresswatch_testkit::moto();
+    let layer = egresswatch_testkit::aws_behaviour(&moto, &behaviours);
+    let c = clients(&layer.endpoint()).await;
+    (moto, layer, c)
 }
 
 /// (protocol, from port, to port, CIDRs, security groups) of one egress permission.
@@ -145,8 +162,7 @@ async fn tagged(c: &Clients, stack: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_creates_the_decision_records_network() {
-    let moto = egresswatch_testkit::moto();
-    let c = clients(&moto.endpoint()).await;
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
     let spec = StackSpec::default();
     let changes = up(&c, &spec, "research").await;
     assert!(changes
@@ -397,8 +413,7 @@ async fn up_creates_the_decision_records_network() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_interrupted_at_every_mutating_call_converges() {
-    let moto = egresswatch_testkit::moto();
-    let c = clients(&moto.endpoint()).await;
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
     let spec = StackSpec::default();
     // How many mutating calls a clean `up` makes, in a throwaway stack.
     let before = c.calls.mutating();
@@ -429,8 +444,7 @@ async fn up_interrupted_at_every_mutating_call_converges() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
-    let moto = egresswatch_testkit::moto();
-    let c = clients(&moto.endpoint()).await;
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
     let spec = StackSpec::default();
     let (_, out) = provision::reconcile(&c, &spec, "lab", Mode::Apply, |_| {})
         .await
@@ -575,8 +589,7 @@ async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_nat_gateway_per_zone_when_asked() {
-    let moto = egresswatch_testkit::moto();
-    let c = clients(&moto.endpoint()).await;
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
     let spec = StackSpec {
         nat_gateway_per_az: true,
         studio_domain: false,
@@ -634,4 +647,196 @@ async fn one_nat_gateway_per_zone_when_asked() {
     assert_eq!(plan(&c, &spec, "multi").await, vec![]);
     provision::down(&c, "multi", |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "multi").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_converges_in_one_run_while_aws_is_eventually_consistent() {
+    let (_moto, aws, c) = emulator(serde_json::json!({
+        "eventual-consistency": {"misses": 2},
+        "role-propagation": {"refusals": 2},
+    }))
+    .await;
+    let spec = StackSpec::default();
+    let mut said = Vec::new();
+    let (_, out) =
+        provision::reconcile(&c, &spec, "slow", Mode::Apply, |s| said.push(s.to_string()))
+            .await
+            .unwrap();
+    // The layer did refuse, as AWS does right after create, and each refusal was waited out.
+    assert_eq!(
+        aws.injected("eventual-consistency", "DescribeSecurityGroups"),
+        2
+    );
+    assert_eq!(
+        aws.injected("eventual-consistency", "DescribeNatGateways"),
+        2
+    );
+    assert_eq!(aws.injected("role-propagation", "CreateFlowLogs"), 2);
+    assert_eq!(aws.injected("role-propagation", "CreateDomain"), 2);
+    assert!(
+        said.iter().any(|s| s.starts_with("retrying in")),
+        "{said:?}"
+    );
+    // One run was enough: the stack is complete and in spec.
+    assert_eq!(plan(&c, &spec, "slow").await, vec![]);
+    assert!(out.flow_log_id.starts_with("fl-"), "{out:?}");
+    assert!(!out.domain_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_subnet_moved_to_the_public_table_is_security_drift_moved_back() {
+    let (_moto, aws, c) = emulator(serde_json::json!({"already-associated": {}})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "moved", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let private = out.private_subnets[0].id.clone();
+    let tables = |subnet: &str| {
+        let ec2 = c.ec2.clone();
+        let subnet = subnet.to_string();
+        async move {
+            ec2.describe_route_tables()
+                .filters(
+                    Filter::builder()
+                        .name("association.subnet-id")
+                        .values(&subnet)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap()
+                .route_tables()
+                .to_vec()
+        }
+    };
+    let own = tables(&private).await[0].clone();
+    let own_id = own.route_table_id().unwrap().to_string();
+    let association = own
+        .associations()
+        .iter()
+        .find(|a| a.subnet_id() == Some(private.as_str()))
+        .and_then(|a| a.route_table_association_id())
+        .unwrap()
+        .to_string();
+    let public = tables(&out.public_subnets[0].id).await[0]
+        .route_table_id()
+        .unwrap()
+        .to_string();
+    // Someone moves the private subnet onto the public table: its traffic now goes straight
+    // to the internet gateway, past the NAT and its flow-log attribution.
+    c.ec2
+        .replace_route_table_association()
+        .association_id(&association)
+        .route_table_id(&public)
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "moved").await;
+    let moved: Vec<_> = drift
+        .iter()
+        .filter(|d| d.detail.contains(&private))
+        .collect();
+    assert_eq!(moved.len(), 1, "{drift:?}");
+    assert!(moved[0].security, "{drift:?}");
+    assert!(
+        moved[0].detail.contains("routes to an internet gateway"),
+        "{drift:?}"
+    );
+    // `up` moves it back with the call AWS accepts; the layer refuses AssociateRouteTable on
+    // an associated subnet, as AWS does.
+    up(&c, &spec, "moved").await;
+    assert_eq!(aws.injected("already-associated", "AssociateRouteTable"), 0);
+    let now = tables(&private).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].route_table_id(), Some(own_id.as_str()));
+    assert_eq!(plan(&c, &spec, "moved").await, vec![]);
+    // The layer is no rubber stamp: the call moto would have accepted is refused.
+    let refused = c
+        .ec2
+        .associate_route_table()
+        .route_table_id(&public)
+        .subnet_id(&private)
+        .send()
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(aws.injected("already-associated", "AssociateRouteTable"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_empties_a_used_domain_and_cleans_up_what_sagemaker_leaves() {
+    let (_moto, aws, c) = emulator(serde_json::json!({
+        "domain-in-use": {"deleting_polls": 2, "dependency_refusals": 2},
+        "release-after-nat": {"refusals": 2},
+    }))
+    .await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "used", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    let deleted = provision::down(&c, "used", |s| said.push(s.to_string()))
+        .await
+        .unwrap();
+    // Apps, then the space, then the user profile, then the domain: never refused in use.
+    let position = |prefix: &str| {
+        deleted
+            .iter()
+            .position(|d| d.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} not deleted: {deleted:?}"))
+    };
+    assert_eq!(
+        deleted
+            .iter()
+            .filter(|d| d.starts_with("studio-app "))
+            .count(),
+        3,
+        "{deleted:?}"
+    );
+    assert!(position("studio-app ") < position("studio-space "));
+    assert!(position("studio-space ") < position("studio-user-profile "));
+    assert!(position("studio-user-profile ") < position("studio-domain "));
+    assert_eq!(
+        aws.injected("domain-in-use", "DeleteDomain"),
+        1,
+        "the lingering resources were made"
+    );
+    let refused_in_use = aws
+        .journal()
+        .iter()
+        .filter(|j| j["refused"] == "ResourceInUse")
+        .count();
+    assert_eq!(refused_in_use, 0, "{:#?}", aws.journal());
+    // It waited on the domain by id while AWS said Deleting, and out the dependencies and
+    // the address that were still leaving.
+    assert_eq!(aws.injected("domain-in-use", "DescribeDomain"), 2);
+    assert_eq!(aws.injected("domain-in-use", "DeleteSubnet"), 2 * 2);
+    assert_eq!(aws.injected("domain-in-use", "DeleteVpc"), 2);
+    assert_eq!(aws.injected("release-after-nat", "ReleaseAddress"), 2);
+    assert!(said.iter().any(|s| s.contains("studio domain")), "{said:?}");
+    // Nothing of the stack is left, SageMaker's NFS groups and interface included.
+    assert_eq!(tagged(&c, "used").await, 0);
+    let vpcs = c
+        .ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("vpc-id").values(&out.vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(vpcs.vpcs().is_empty());
+    let left = c
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("vpc-id").values(&out.vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        left.security_groups()
+            .iter()
+            .all(|g| !g.group_name().unwrap_or("").contains("nfs")),
+        "{left:?}"
+    );
 }

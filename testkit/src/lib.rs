@@ -341,6 +341,70 @@ pub fn prometheus(
     }
 }
 
+/// A layer in front of moto that behaves as real AWS does where moto does not (see
+/// testkit/aws_behaviour.py for each behaviour and the AWS document or report it models).
+pub struct AwsBehaviour {
+    pub service: Service,
+    dir: PathBuf,
+}
+
+impl AwsBehaviour {
+    /// Point AWS clients here instead of at moto.
+    pub fn endpoint(&self) -> String {
+        self.service.endpoint()
+    }
+
+    /// What the layer injected so far, one JSON object per refusal or emulated answer.
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// How many times `behaviour` was injected for `action`.
+    pub fn injected(&self, behaviour: &str, action: &str) -> usize {
+        self.journal()
+            .iter()
+            .filter(|j| j["behaviour"] == behaviour && j["action"] == action)
+            .count()
+    }
+}
+
+/// Starts the AWS behaviour layer in front of `moto` with `behaviours` switched on, e.g.
+/// `{"eventual-consistency": {"misses": 2}, "already-associated": {}}`.
+pub fn aws_behaviour(moto: &Service, behaviours: &serde_json::Value) -> AwsBehaviour {
+    let dir = temp_dir("aws-behaviour");
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(workspace_root().join("testkit/aws_behaviour.py"))
+        .arg(port.to_string())
+        .arg(moto.endpoint())
+        .arg(&dir)
+        .arg(behaviours.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("layer.log")).expect("create the layer's log"))
+        .spawn()
+        .expect("start python3 aws_behaviour.py");
+    wait_http(
+        port,
+        "/moto-api/",
+        Duration::from_secs(30),
+        &mut child,
+        "AWS behaviour layer",
+    );
+    AwsBehaviour {
+        service: Service {
+            name: "aws-behaviour",
+            child,
+            port,
+        },
+        dir,
+    }
+}
+
 /// Starts the `fault` proxy (fault-cli, installed if missing) on a free port in front of
 /// `upstream` (host:port) with `faults` (a JSON array of fault-cli fault specs) active from
 /// the start. Each connection's fate is journalled as JSON lines to `Service::journal`.

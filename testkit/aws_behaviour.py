@@ -1,0 +1,370 @@
+"""A layer in front of moto that adds what real AWS does and moto does not, for egresswatch's
+provisioner tests. Each behaviour models a documented AWS behaviour (its source is named below
+and written into every journal line) and is switched on by name in the JSON given on the
+command line. Everything else is passed to moto unchanged.
+
+Usage: aws_behaviour.py PORT UPSTREAM DIR BEHAVIOURS_JSON
+Journal: DIR/journal.jsonl, one line per injected response: {"behaviour", "action", "source", ...}
+
+Behaviours:
+  eventual-consistency  {"misses": N}   Describe/Authorize/Revoke of a security group, and
+                                        Describe of a NAT gateway, right after it was created
+                                        answer NotFound N times.
+  role-propagation      {"refusals": N} CreateFlowLogs and CreateDomain with a role created
+                                        by this run are refused N times each ("unable to
+                                        assume").
+  already-associated    {}              AssociateRouteTable on a subnet that already has an
+                                        explicit association is refused (moto accepts it).
+  release-after-nat     {"refusals": N} ReleaseAddress after a DeleteNatGateway fails with
+                                        AuthFailure N times.
+  (always)                              ListApps, ListSpaces and ListUserProfiles, which moto does
+                                        not implement, answer an empty list for moto's domains.
+  domain-in-use         {"deleting_polls": N, "dependency_refusals": M}
+                                        A created Studio domain has apps, a space and a user
+                                        profile (moto has none of them); DeleteDomain is
+                                        refused with ResourceInUse while any exists, apps and
+                                        spaces take N polls to go, the domain is reported
+                                        Deleting N times after DeleteDomain, SageMaker's NFS
+                                        security groups and an ENI linger in the VPC, and the
+                                        subnets and VPC refuse deletion M times with
+                                        DependencyViolation (mount targets leaving).
+"""
+import http.client
+import http.server
+import json
+import re
+import sys
+import threading
+import urllib.parse
+import uuid
+
+PORT = int(sys.argv[1])
+UPSTREAM = urllib.parse.urlparse(sys.argv[2])
+DIR = sys.argv[3]
+ON = json.loads(sys.argv[4])
+LOCK = threading.Lock()
+
+SOURCES = {
+    "eventual-consistency": "ec2/latest/devguide/eventual-consistency.html; boto/boto3#779",
+    "role-propagation": "hashicorp/terraform-provider-aws#29323 (CreateFlowLogs InvalidParameter: Unable to assume given IAM role); hashicorp/terraform-provider-aws#26429; hashicorp/terraform#2869",
+    "already-associated": "hashicorp/terraform-provider-aws#73 and PR #6999 (Resource.AlreadyAssociated; ReplaceRouteTableAssociation is the call)",
+    "release-after-nat": "hashicorp/terraform-provider-aws#49299 (ReleaseAddress AuthFailure after the NAT gateway is deleted)",
+    "domain-in-use": "aws-cloudformation/cloudformation-coverage-roadmap#1754; aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py; aws-samples/amazon-sagemaker-studio-vpc-networkfirewall:functions/test/sagemakerdomain.py",
+}
+
+# The SageMaker listings moto lacks, with the key of their reply.
+LISTS = {"ListApps": "Apps", "ListSpaces": "Spaces", "ListUserProfiles": "UserProfiles"}
+
+# State the behaviours keep.
+misses = {}  # resource id -> NotFound answers still to give
+roles = set()  # role ARNs created through this layer
+role_refusals = {}  # (action, role arn) -> refusals still to give
+release_refusals = [0]
+domains = {}  # domain id -> {"vpc", "subnets", "apps", "spaces", "profiles", "deleting", ...}
+dependency_refusals = {}  # resource id -> DependencyViolation answers still to give
+
+
+def journal(behaviour, action, **more):
+    line = {"behaviour": behaviour, "action": action, "source": SOURCES[behaviour]}
+    line.update(more)
+    with open(f"{DIR}/journal.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def ec2_error(code, message):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+    return 400, {"Content-Type": "text/xml"}, body
+
+
+def json_error(kind, message):
+    body = json.dumps({"__type": kind, "message": message}).encode()
+    return 400, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": kind}, body
+
+
+def json_ok(value):
+    return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(value).encode()
+
+
+def upstream(method, path, headers, body):
+    conn = http.client.HTTPConnection(UPSTREAM.hostname, UPSTREAM.port, timeout=120)
+    conn.request(method, path, body=body, headers=headers)
+    r = conn.getresponse()
+    data = r.read()
+    out = {k: v for k, v in r.getheaders() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+    conn.close()
+    return r.status, out, data
+
+
+def ec2_call(params):
+    """An EC2 call of this layer's own, straight to moto (which does not check signatures)."""
+    params = dict(params, Version="2016-11-15")
+    body = urllib.parse.urlencode(params).encode()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+    }
+    return upstream("POST", "/", headers, body)[2].decode()
+
+
+def apps_of(d, profile=None, space=None):
+    return [
+        a
+        for a in d["apps"]
+        if a["Status"] != "Deleted"
+        and (profile is None or a.get("UserProfileName") == profile)
+        and (space is None or a.get("SpaceName") == space)
+    ]
+
+
+def age(d):
+    """One poll passes: apps and spaces that are being deleted get closer to gone."""
+    for a in d["apps"]:
+        if a["Status"] == "Deleting":
+            a["polls"] -= 1
+            if a["polls"] <= 0:
+                a["Status"] = "Deleted"
+    for s in list(d["spaces"]):
+        if s["Status"] == "Deleting":
+            s["polls"] -= 1
+            if s["polls"] <= 0:
+                d["spaces"].remove(s)
+
+
+def sagemaker(action, req):
+    """Handles the SageMaker calls of a domain in use; None passes the call to moto."""
+    did = req.get("DomainId") or req.get("DomainIdEquals")
+    if action in LISTS and did not in domains:
+        # moto answers these with HTTP 500 (not implemented) and cannot hold apps, spaces or
+        # user profiles: for its domains the truthful answer is an empty list.
+        return json_ok({LISTS[action]: []})
+    if "domain-in-use" not in ON:
+        return None
+    polls = ON["domain-in-use"].get("deleting_polls", 2)
+    d = domains.get(did)
+    if action == "ListApps" and d is not None:
+        age(d)
+        return json_ok({"Apps": [{k: v for k, v in a.items() if k != "polls"} for a in d["apps"]]})
+    if action == "DeleteApp" and d is not None:
+        for a in d["apps"]:
+            if a["AppName"] == req.get("AppName") and a["AppType"] == req.get("AppType") and a["Status"] == "InService":
+                a["Status"] = "Deleting"
+                a["polls"] = polls
+                return json_ok({})
+        return json_error("ResourceNotFound", f"App {req.get('AppName')} does not exist or is being deleted")
+    if action == "ListSpaces" and d is not None:
+        age(d)
+        return json_ok({"Spaces": [{"DomainId": did, "SpaceName": s["SpaceName"], "Status": s["Status"]} for s in d["spaces"]]})
+    if action == "DeleteSpace" and d is not None:
+        name = req.get("SpaceName")
+        if apps_of(d, space=name):
+            journal("domain-in-use", action, refused="ResourceInUse")
+            return json_error("ResourceInUse", f"Space {name} has apps that are not deleted")
+        for s in d["spaces"]:
+            if s["SpaceName"] == name and s["Status"] == "InService":
+                s["Status"] = "Deleting"
+                s["polls"] = polls
+                return json_ok({})
+        return json_error("ResourceNotFound", f"Space {name} does not exist")
+    if action == "ListUserProfiles" and d is not None:
+        return json_ok({"UserProfiles": [{"DomainId": did, "UserProfileName": p, "Status": "InService"} for p in d["profiles"]]})
+    if action == "DeleteUserProfile" and d is not None:
+        name = req.get("UserProfileName")
+        if apps_of(d, profile=name):
+            journal("domain-in-use", action, refused="ResourceInUse")
+            return json_error("ResourceInUse", f"User profile {name} has apps that are not deleted")
+        if name in d["profiles"]:
+            d["profiles"].remove(name)
+            return json_ok({})
+        return json_error("ResourceNotFound", f"User profile {name} does not exist")
+    if action == "DeleteDomain" and d is not None and not d["deleted"]:
+        if apps_of(d) or d["spaces"] or d["profiles"]:
+            journal("domain-in-use", action, refused="ResourceInUse", apps=len(apps_of(d)), spaces=len(d["spaces"]), profiles=len(d["profiles"]))
+            return json_error("ResourceInUse", f"Domain {did} has apps, spaces or user profiles that are not deleted")
+        return None
+    if action == "DescribeDomain" and d is not None and d["deleted"] and d["deleting"] > 0:
+        d["deleting"] -= 1
+        journal("domain-in-use", action, status="Deleting")
+        return json_ok({"DomainId": did, "DomainName": d["name"], "Status": "Deleting", "VpcId": d["vpc"], "AppNetworkAccessType": "VpcOnly"})
+    if action == "ListDomains":
+        return None
+    return None
+
+
+def after_sagemaker(action, req, status, data):
+    if "domain-in-use" not in ON or status != 200:
+        return
+    cfg = ON["domain-in-use"]
+    if action == "CreateDomain":
+        reply = json.loads(data or b"{}")
+        did = reply.get("DomainId") or reply.get("DomainArn", "").rsplit("/", 1)[-1]
+        domains[did] = {
+            "name": req.get("DomainName"),
+            "vpc": req.get("VpcId"),
+            "subnets": req.get("SubnetIds", []),
+            "apps": [
+                {"DomainId": did, "UserProfileName": "analyst", "AppType": "JupyterServer", "AppName": "default", "Status": "InService"},
+                {"DomainId": did, "UserProfileName": "analyst", "AppType": "KernelGateway", "AppName": "datascience-1-0-ml-t3-medium", "Status": "InService"},
+                {"DomainId": did, "SpaceName": "team-space", "AppType": "JupyterLab", "AppName": "default", "Status": "InService"},
+            ],
+            "spaces": [{"SpaceName": "team-space", "Status": "InService"}],
+            "profiles": ["analyst"],
+            "deleted": False,
+            "deleting": cfg.get("deleting_polls", 2),
+        }
+    if action == "DeleteDomain":
+        did = req.get("DomainId")
+        d = domains.get(did)
+        if d is None:
+            return
+        d["deleted"] = True
+        # What SageMaker leaves behind: its NFS security groups, referencing each other, and
+        # an interface in a domain subnet.
+        made = []
+        ids = []
+        for direction in ("inbound", "outbound"):
+            text = ec2_call({"Action": "CreateSecurityGroup", "GroupName": f"security-group-for-{direction}-nfs-{did}", "GroupDescription": "[DO NOT DELETE] Security Group that allows " + direction + " NFS traffic for SageMaker Notebooks Domain", "VpcId": d["vpc"]})
+            m = re.search(r"<groupId>([^<]+)</groupId>", text)
+            if m:
+                ids.append(m.group(1))
+                made.append(m.group(1))
+        if len(ids) == 2:
+            ec2_call({"Action": "AuthorizeSecurityGroupIngress", "GroupId": ids[0], "IpPermissions.1.IpProtocol": "tcp", "IpPermissions.1.FromPort": "2049", "IpPermissions.1.ToPort": "2049", "IpPermissions.1.Groups.1.GroupId": ids[1]})
+            ec2_call({"Action": "AuthorizeSecurityGroupEgress", "GroupId": ids[1], "IpPermissions.1.IpProtocol": "tcp", "IpPermissions.1.FromPort": "2049", "IpPermissions.1.ToPort": "2049", "IpPermissions.1.Groups.1.GroupId": ids[0]})
+        if d["subnets"]:
+            text = ec2_call({"Action": "CreateNetworkInterface", "SubnetId": d["subnets"][0], "Description": f"[DO NOT DELETE] ENI managed by SageMaker Studio domain {did}"})
+            m = re.search(r"<networkInterfaceId>([^<]+)</networkInterfaceId>", text)
+            if m:
+                made.append(m.group(1))
+        refusals = cfg.get("dependency_refusals", 2)
+        for sid in d["subnets"]:
+            dependency_refusals[sid] = refusals
+        dependency_refusals[d["vpc"]] = refusals
+        journal("domain-in-use", action, lingering=made)
+
+
+def ec2(action, params):
+    """Refuses an EC2 call as AWS would; None passes it to moto."""
+    values = set(params.values())
+    if "eventual-consistency" in ON:
+        reads_group = action in ("DescribeSecurityGroups", "AuthorizeSecurityGroupEgress", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupEgress", "RevokeSecurityGroupIngress", "DescribeSecurityGroupRules")
+        for rid in list(misses):
+            if rid in values and misses[rid] > 0:
+                if rid.startswith("sg-") and reads_group:
+                    misses[rid] -= 1
+                    journal("eventual-consistency", action, resource=rid)
+                    return ec2_error("InvalidGroup.NotFound", f"The security group '{rid}' does not exist")
+                if rid.startswith("nat-") and action == "DescribeNatGateways":
+                    misses[rid] -= 1
+                    journal("eventual-consistency", action, resource=rid)
+                    return ec2_error("NatGatewayNotFound", f"The Nat Gateway {rid} was not found")
+    if "role-propagation" in ON and action == "CreateFlowLogs":
+        arn = params.get("DeliverLogsPermissionArn")
+        key = (action, arn)
+        if arn in roles and role_refusals.get(key, ON["role-propagation"].get("refusals", 2)) > 0:
+            role_refusals[key] = role_refusals.get(key, ON["role-propagation"].get("refusals", 2)) - 1
+            journal("role-propagation", action, role=arn)
+            return ec2_error("InvalidParameter", f"Unable to assume given IAM role: '{arn}'")
+    if "already-associated" in ON and action == "AssociateRouteTable" and params.get("SubnetId"):
+        subnet = params["SubnetId"]
+        text = ec2_call({"Action": "DescribeRouteTables", "Filter.1.Name": "association.subnet-id", "Filter.1.Value.1": subnet})
+        m = re.search(r"<routeTableId>([^<]+)</routeTableId>", text)
+        if m:
+            journal("already-associated", action, subnet=subnet, associated_with=m.group(1))
+            return ec2_error("Resource.AlreadyAssociated", f"the specified association for route table {m.group(1)} conflicts with an existing association")
+    if "release-after-nat" in ON and action == "ReleaseAddress" and release_refusals[0] > 0:
+        release_refusals[0] -= 1
+        journal("release-after-nat", action, allocation=params.get("AllocationId"))
+        return ec2_error("AuthFailure", "You do not have permission to access the specified resource.")
+    if action in ("DeleteSubnet", "DeleteVpc"):
+        rid = params.get("SubnetId") or params.get("VpcId")
+        if dependency_refusals.get(rid, 0) > 0:
+            dependency_refusals[rid] -= 1
+            journal("domain-in-use", action, resource=rid, refused="DependencyViolation")
+            return ec2_error("DependencyViolation", f"The {'subnet' if action == 'DeleteSubnet' else 'vpc'} '{rid}' has dependencies and cannot be deleted.")
+    return None
+
+
+def after_ec2(action, params, status, data):
+    if status != 200:
+        return
+    text = data.decode(errors="replace")
+    if "eventual-consistency" in ON:
+        n = ON["eventual-consistency"].get("misses", 2)
+        if action == "CreateSecurityGroup":
+            for gid in re.findall(r"<groupId>([^<]+)</groupId>", text):
+                misses[gid] = n
+        if action == "CreateNatGateway":
+            for nid in re.findall(r"<natGatewayId>([^<]+)</natGatewayId>", text):
+                misses[nid] = n
+    if "release-after-nat" in ON and action == "DeleteNatGateway":
+        release_refusals[0] = ON["release-after-nat"].get("refusals", 2)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm on, the second waits for
+    # the client's delayed ACK (40 ms a call).
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, headers, body):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.answer(*upstream("GET", self.path, dict(self.headers), None))
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        target = self.headers.get("X-Amz-Target", "")
+        with LOCK:
+            if target.startswith("SageMaker."):
+                action = target.split(".", 1)[1]
+                req = json.loads(body or b"{}")
+                if "role-propagation" in ON and action == "CreateDomain":
+                    arn = (req.get("DefaultUserSettings") or {}).get("ExecutionRole")
+                    key = (action, arn)
+                    left = role_refusals.get(key, ON["role-propagation"].get("refusals", 2))
+                    if arn in roles and left > 0:
+                        role_refusals[key] = left - 1
+                        journal("role-propagation", action, role=arn)
+                        self.answer(*json_error("ValidationException", f'The execution role ARN "{arn}" is invalid. Please ensure that the role exists and that its trust relationship policy allows the action "sts:AssumeRole" for the service principal "sagemaker.amazonaws.com".'))
+                        return
+                injected = sagemaker(action, req)
+                if injected is not None:
+                    self.answer(*injected)
+                    return
+                status, out, data = upstream("POST", self.path, headers, body)
+                after_sagemaker(action, req, status, data)
+                self.answer(status, out, data)
+                return
+            params = {}
+            if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                params = {k: v[-1] for k, v in urllib.parse.parse_qs(body.decode(), keep_blank_values=True).items()}
+            action = params.get("Action", "")
+            injected = ec2(action, params) if params.get("Version") == "2016-11-15" else None
+            if injected is not None:
+                self.answer(*injected)
+                return
+            status, out, data = upstream("POST", self.path, headers, body)
+            if params.get("Version") == "2016-11-15":
+                after_ec2(action, params, status, data)
+            if action == "CreateRole" and status == 200:
+                m = re.search(r"<Arn>([^<]+)</Arn>", data.decode(errors="replace"))
+                if m:
+                    roles.add(m.group(1))
+            self.answer(status, out, data)
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
