@@ -153,7 +153,13 @@ fn query(prometheus: &str, q: &str) -> Value {
         .arg(format!("query={q}"))
         .output()
         .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    // A Prometheus still starting (or busy) answers nothing: null, and the caller's wait goes
+    // on; what it answers must be JSON.
+    if out.stdout.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{q}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {

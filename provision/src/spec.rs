@@ -59,6 +59,23 @@ pub fn flow_log_format() -> String {
         .join(" ")
 }
 
+/// What the S3 gateway endpoint lets through. The endpoint is the decision record's largest
+/// residual path: traffic on it bypasses the NAT, so a policy that allows every bucket lets
+/// data leave to an attacker's bucket unseen by NAT-based monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum S3EndpointAccess {
+    /// Buckets the account owns (`aws:ResourceAccount`), the listed accounts' and buckets, and
+    /// the AWS-owned buckets Studio reads (ECR image layers, Amazon Linux repositories,
+    /// JumpStart).
+    #[default]
+    Account,
+    /// Only the listed buckets and those AWS-owned buckets: the strictest.
+    Listed,
+    /// Every bucket of every account: what AWS creates by default.
+    Any,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct StackSpec {
@@ -72,8 +89,12 @@ pub struct StackSpec {
     pub availability_zones: Vec<String>,
     /// One NAT gateway per zone (resilient, costs more) instead of one for all.
     pub nat_gateway_per_az: bool,
-    /// Buckets the S3 gateway endpoint allows; empty allows all of S3.
+    /// Which buckets the S3 gateway endpoint lets the VPC reach (see [`S3EndpointAccess`]).
+    pub s3_endpoint_access: S3EndpointAccess,
+    /// Buckets of other accounts the endpoint allows as well (a partner's, a public dataset's).
     pub s3_endpoint_buckets: Vec<String>,
+    /// Other accounts whose buckets the endpoint allows, with `s3-endpoint-access = "account"`.
+    pub s3_endpoint_accounts: Vec<String>,
     /// Days CloudWatch Logs keeps flow logs (one of the values AWS accepts).
     pub log_retention_days: i32,
     /// KMS key ARN to encrypt the log group with; its key policy must allow CloudWatch Logs.
@@ -93,7 +114,9 @@ impl Default for StackSpec {
             private_subnets: vec![net("10.42.16.0/20"), net("10.42.32.0/20")],
             availability_zones: vec![],
             nat_gateway_per_az: false,
+            s3_endpoint_access: S3EndpointAccess::Account,
             s3_endpoint_buckets: vec![],
+            s3_endpoint_accounts: vec![],
             log_retention_days: 90,
             log_kms_key_arn: None,
             studio_managed_policy: false,
@@ -122,8 +145,19 @@ availability-zones = []
 # data) instead of one shared NAT gateway.
 nat-gateway-per-az = false
 
-# Buckets the S3 gateway endpoint allows (plus what Studio itself needs). Empty: all of S3.
+# What the S3 gateway endpoint lets the VPC reach. Traffic on it bypasses the NAT, so an
+# endpoint that allows every bucket lets data leave to anyone's bucket unseen.
+#   "account": buckets this account owns, the accounts and buckets listed below, and
+#              read-only the AWS-owned buckets Studio needs (ECR image layers, Amazon Linux
+#              repositories, JumpStart models). The default.
+#   "listed":  only the buckets listed below and those AWS-owned buckets. Strictest: the
+#              account's own buckets (SageMaker's default bucket included) need listing.
+#   "any":     every bucket of every account (AWS's default endpoint policy).
+s3-endpoint-access = "account"
+# Other accounts' buckets to allow (a partner's drop, a public dataset).
 s3-endpoint-buckets = []
+# Other accounts whose buckets "account" allows too.
+s3-endpoint-accounts = []
 
 # Days CloudWatch Logs keeps the flow logs. One of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180,
 # 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653.
@@ -204,6 +238,13 @@ impl StackSpec {
                         "{key}: \"{net}\" overlaps {other_key}: \"{other}\""
                     ));
                 }
+            }
+        }
+        for a in &self.s3_endpoint_accounts {
+            if a.len() != 12 || !a.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "s3-endpoint-accounts: \"{a}\" is not a 12-digit AWS account id"
+                ));
             }
         }
         for b in &self.s3_endpoint_buckets {

@@ -951,20 +951,38 @@ impl<'c> Reconciler<'c> {
     }
 
     fn endpoint_policy(&self) -> String {
-        if self.spec.s3_endpoint_buckets.is_empty() {
+        use crate::spec::S3EndpointAccess;
+        let region = &self.clients.region;
+        if self.spec.s3_endpoint_access == S3EndpointAccess::Any {
             return serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}).to_string();
         }
-        let mut resources: Vec<String> = Vec::new();
-        for b in &self.spec.s3_endpoint_buckets {
-            resources.push(format!("arn:aws:s3:::{b}"));
-            resources.push(format!("arn:aws:s3:::{b}/*"));
+        let mut statements = Vec::new();
+        if self.spec.s3_endpoint_access == S3EndpointAccess::Account {
+            let mut accounts = vec![self.out.account_id.clone()];
+            accounts.extend(self.spec.s3_endpoint_accounts.iter().cloned());
+            accounts.retain(|a| !a.is_empty());
+            statements.push(serde_json::json!({"Sid": "OwnAccountsBuckets", "Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*",
+                "Condition": {"StringEquals": {"aws:ResourceAccount": accounts}}}));
         }
-        // Studio pulls its images from ECR, whose layers come from this bucket.
-        resources.push(format!(
-            "arn:aws:s3:::prod-{}-starport-layer-bucket/*",
-            self.clients.region
-        ));
-        serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": resources}]}).to_string()
+        // Read-only, the AWS-owned buckets Studio needs: ECR serves image layers from the
+        // first, the Amazon Linux repositories the next two, JumpStart its models the last.
+        statements.push(serde_json::json!({"Sid": "AwsOwnedBucketsStudioReads", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": [
+            format!("arn:aws:s3:::prod-{region}-starport-layer-bucket/*"),
+            format!("arn:aws:s3:::packages.{region}.amazonaws.com/*"),
+            format!("arn:aws:s3:::repo.{region}.amazonaws.com/*"),
+            format!("arn:aws:s3:::jumpstart-cache-prod-{region}"),
+            format!("arn:aws:s3:::jumpstart-cache-prod-{region}/*"),
+        ]}));
+        if !self.spec.s3_endpoint_buckets.is_empty() {
+            let resources: Vec<String> = self
+                .spec
+                .s3_endpoint_buckets
+                .iter()
+                .flat_map(|b| [format!("arn:aws:s3:::{b}"), format!("arn:aws:s3:::{b}/*")])
+                .collect();
+            statements.push(serde_json::json!({"Sid": "ListedBuckets", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": resources}));
+        }
+        serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
     }
 
     async fn s3_endpoint(&mut self) -> Result<(), ProvisionError> {
@@ -1332,6 +1350,22 @@ impl<'c> Reconciler<'c> {
             serde_json::json!({"Sid": "StudioLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"], "Resource": format!("arn:aws:logs:{region}:{account}:log-group:/aws/sagemaker/*")}),
             serde_json::json!({"Sid": "StudioImages", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"], "Resource": "*"}),
             serde_json::json!({"Sid": "StudioNetworkInterfaces", "Effect": "Allow", "Action": ["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeDhcpOptions"], "Resource": "*"}),
+            // What launching and using Studio apps needs (SageMaker Role Manager's "Run Studio
+            // Applications"), on this account's Studio resources only.
+            serde_json::json!({"Sid": "StudioApps", "Effect": "Allow", "Action": ["sagemaker:CreateApp", "sagemaker:DeleteApp", "sagemaker:DescribeApp", "sagemaker:ListApps", "sagemaker:DescribeDomain", "sagemaker:ListDomains", "sagemaker:DescribeUserProfile", "sagemaker:ListUserProfiles", "sagemaker:DescribeSpace", "sagemaker:ListSpaces", "sagemaker:ListTags", "sagemaker:AddTags"], "Resource": [
+                format!("arn:aws:sagemaker:{region}:{account}:domain/*"),
+                format!("arn:aws:sagemaker:{region}:{account}:user-profile/*"),
+                format!("arn:aws:sagemaker:{region}:{account}:space/*"),
+                format!("arn:aws:sagemaker:{region}:{account}:app/*"),
+            ]}),
+            // What would leave the network design, denied even when a broader policy (the
+            // managed one) allows it: work started outside the VPC, a notebook instance with
+            // direct internet access, and changes to the domain itself (VpcOnly, its groups).
+            serde_json::json!({"Sid": "DenyWorkOutsideTheVpc", "Effect": "Deny", "Action": ["sagemaker:CreateTrainingJob", "sagemaker:CreateProcessingJob", "sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateModel", "sagemaker:CreateNotebookInstance", "sagemaker:CreateAutoMLJob", "sagemaker:CreateAutoMLJobV2", "sagemaker:CreateMonitoringSchedule", "sagemaker:CreateDataQualityJobDefinition", "sagemaker:CreateModelQualityJobDefinition", "sagemaker:CreateModelBiasJobDefinition", "sagemaker:CreateModelExplainabilityJobDefinition"], "Resource": "*",
+                "Condition": {"Null": {"sagemaker:VpcSubnets": "true"}}}),
+            serde_json::json!({"Sid": "DenyDirectInternetAccess", "Effect": "Deny", "Action": ["sagemaker:CreateNotebookInstance"], "Resource": "*",
+                "Condition": {"StringEquals": {"sagemaker:DirectInternetAccess": "Enabled"}}}),
+            serde_json::json!({"Sid": "DenyChangingTheDomain", "Effect": "Deny", "Action": ["sagemaker:CreateDomain", "sagemaker:UpdateDomain", "sagemaker:DeleteDomain"], "Resource": "*"}),
         ];
         if !self.spec.s3_endpoint_buckets.is_empty() {
             let res: Vec<String> = self
@@ -1555,13 +1589,15 @@ impl<'c> Reconciler<'c> {
         ProvisionError,
     > {
         let sm = &self.clients.sagemaker;
-        let list = sm
-            .list_domains()
-            .send()
-            .await
-            .map_err(|e| aws_error("studio-domain", "ListDomains", e))?;
+        // ListDomains answers 10 to a page unless asked: every page.
+        let mut domains = Vec::new();
+        let mut pages = sm.list_domains().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("studio-domain", "ListDomains", e))?;
+            domains.extend(page.domains().iter().cloned());
+        }
         let name = self.domain_name();
-        for d in list.domains() {
+        for d in &domains {
             if d.domain_name() == Some(name.as_str())
                 && !matches!(
                     d.status().map(|s| s.as_str()),
@@ -1635,6 +1671,13 @@ impl<'c> Reconciler<'c> {
                             .auth_mode(AuthMode::Iam)
                             .default_user_settings(
                                 UserSettings::builder()
+                                    .execution_role(&self.out.studio_role_arn)
+                                    .security_groups(&self.out.security_group_id)
+                                    .build(),
+                            )
+                            // Shared spaces get the domain's groups and role only when named here.
+                            .default_space_settings(
+                                aws_sdk_sagemaker::types::DefaultSpaceSettings::builder()
                                     .execution_role(&self.out.studio_role_arn)
                                     .security_groups(&self.out.security_group_id)
                                     .build(),

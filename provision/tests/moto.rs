@@ -375,6 +375,41 @@ async fn up_creates_the_decision_records_network() {
         attached.attached_policies().is_empty(),
         "no managed policy unless the spec asks"
     );
+    // The Studio role can run Studio apps, and is denied what leaves the network design.
+    let inline = c
+        .iam
+        .get_role_policy()
+        .role_name("research-studio-execution")
+        .policy_name("egresswatch")
+        .send()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(
+        &percent_encoding::percent_decode_str(inline.policy_document()).decode_utf8_lossy(),
+    )
+    .unwrap();
+    let sid = |name: &str| {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+    };
+    assert!(sid("StudioApps")["Action"]
+        .as_array()
+        .unwrap()
+        .contains(&"sagemaker:CreateApp".into()));
+    assert_eq!(sid("DenyWorkOutsideTheVpc")["Effect"], "Deny");
+    assert_eq!(
+        sid("DenyWorkOutsideTheVpc")["Condition"]["Null"]["sagemaker:VpcSubnets"],
+        "true"
+    );
+    assert!(sid("DenyChangingTheDomain")["Action"]
+        .as_array()
+        .unwrap()
+        .contains(&"sagemaker:UpdateDomain".into()));
     // Studio domain: VpcOnly, IAM auth, private subnets, our SG and role.
     let d = c
         .sagemaker
@@ -624,7 +659,8 @@ async fn one_nat_gateway_per_zone_when_asked() {
             _ => assert_eq!(nat, None),
         }
     }
-    // The endpoint policy allows only the listed bucket and ECR's layer bucket.
+    // The endpoint policy allows the account's own buckets, the listed one, and read-only the
+    // AWS-owned buckets Studio needs; no other bucket.
     let ep = c
         .ec2
         .describe_vpc_endpoints()
@@ -636,14 +672,37 @@ async fn one_nat_gateway_per_zone_when_asked() {
     let policy: serde_json::Value =
         serde_json::from_str(&percent_encoding::percent_decode_str(doc).decode_utf8_lossy())
             .unwrap();
+    let statement = |sid: &str| {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Sid"] == sid)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {sid} in {policy}"))
+    };
     assert_eq!(
-        policy["Statement"][0]["Resource"],
-        serde_json::json!([
-            "arn:aws:s3:::research-data",
-            "arn:aws:s3:::research-data/*",
-            "arn:aws:s3:::prod-us-east-1-starport-layer-bucket/*"
-        ])
+        statement("OwnAccountsBuckets")["Condition"]["StringEquals"]["aws:ResourceAccount"],
+        serde_json::json!([out.account_id])
     );
+    assert_eq!(
+        statement("ListedBuckets")["Resource"],
+        serde_json::json!(["arn:aws:s3:::research-data", "arn:aws:s3:::research-data/*"])
+    );
+    assert!(statement("AwsOwnedBucketsStudioReads")["Resource"]
+        .as_array()
+        .unwrap()
+        .contains(&"arn:aws:s3:::prod-us-east-1-starport-layer-bucket/*".into()));
+    assert_eq!(
+        statement("AwsOwnedBucketsStudioReads")["Action"],
+        serde_json::json!(["s3:GetObject", "s3:ListBucket"])
+    );
+    // No statement allows every bucket unconditionally.
+    assert!(policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["Resource"] != "*" || s.get("Condition").is_some()));
     assert_eq!(plan(&c, &spec, "multi").await, vec![]);
     provision::down(&c, "multi", |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "multi").await, 0);
