@@ -47,8 +47,27 @@ enum Sub {
     Status,
     /// Print, as JSON, everything the monitor needs to know about the stack.
     Outputs,
-    /// Delete everything the stack created, including what Studio left behind.
-    Down,
+    /// Delete everything the stack created, including what Studio left behind. Shows what it
+    /// will delete and asks for the stack's name unless --yes. The flow-log group (the
+    /// evidence) is kept unless --delete-logs; a Studio domain's home directories are deleted
+    /// only with --delete-home-data, and without it `down` refuses before deleting anything.
+    Down(DownArgs),
+}
+
+#[derive(clap::Args)]
+struct DownArgs {
+    /// Do not ask: delete at once (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete the flow-log group too (by default it is kept: it is the evidence).
+    #[arg(long)]
+    delete_logs: bool,
+    /// Delete the Studio domain's home EFS volume, the users' home directories.
+    #[arg(long)]
+    delete_home_data: bool,
 }
 
 fn print_changes(changes: &[Change]) {
@@ -142,14 +161,57 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                     }
                 }
             }),
-            Sub::Down => provision::down(&clients, &args.stack, progress).await.map(|deleted| {
-                if deleted.is_empty() {
-                    println!("stack {}: nothing to delete", args.stack);
-                } else {
-                    println!("stack {}: deleted {} resource(s); nothing tagged for it remains", args.stack, deleted.len());
+            Sub::Down(d) => {
+                let mut opts = provision::DownOptions {
+                    delete_logs: d.delete_logs,
+                    delete_home_data: d.delete_home_data,
+                    dry_run: true,
+                };
+                if !d.dry_run && !d.yes {
+                    // The plan of destruction first, then the stack's name typed back.
+                    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("egresswatch provision: down deletes stack {}; pass --yes to confirm when stdin is not a terminal (or --dry-run to see what it would delete)", args.stack);
+                        return ExitCode::from(2);
+                    }
+                    match provision::down(&clients, &args.stack, opts, |_| {}).await {
+                        Ok(would) if would.is_empty() => {
+                            println!("stack {}: nothing to delete", args.stack);
+                            return ExitCode::SUCCESS;
+                        }
+                        Ok(would) => {
+                            println!("stack {}: `down` will delete {} resource(s):", args.stack, would.len());
+                            for w in &would {
+                                println!("  - {w}");
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("egresswatch provision: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    eprint!("type the stack's name ({}) to delete it: ", args.stack);
+                    let mut answer = String::new();
+                    if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != args.stack {
+                        eprintln!("egresswatch provision: not confirmed; nothing was deleted");
+                        return ExitCode::from(2);
+                    }
                 }
-                ExitCode::SUCCESS
-            }),
+                opts.dry_run = d.dry_run;
+                provision::down(&clients, &args.stack, opts, progress).await.map(|deleted| {
+                    let kept = if d.delete_logs { String::new() } else { "; the flow-log group is kept (--delete-logs deletes it)".to_string() };
+                    if deleted.is_empty() {
+                        println!("stack {}: nothing to delete{kept}", args.stack);
+                    } else if d.dry_run {
+                        println!("stack {}: `down` would delete {} resource(s):", args.stack, deleted.len());
+                        for w in &deleted {
+                            println!("  - {w}");
+                        }
+                    } else {
+                        println!("stack {}: deleted {} resource(s){kept}", args.stack, deleted.len());
+                    }
+                    ExitCode::SUCCESS
+                })
+            }
         };
         result.unwrap_or_else(|e| {
             eprintln!("egresswatch provision: {e}");

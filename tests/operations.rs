@@ -630,3 +630,50 @@ tag = "role=build"
         .any(|d| d["workload"] == "10.0.4.9" && d.get("suppressed").is_none()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn down_shows_what_it_would_delete_and_asks_before_deleting() {
+    let moto = egresswatch_testkit::moto();
+    let aws = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
+    let dir = fresh_dir("down-cli");
+    provision_stack(&aws.endpoint(), "asked", &dir);
+    // Not on a terminal and no --yes: refused, nothing deleted.
+    let refused = egresswatch(&aws.endpoint())
+        .args(["provision", "down", "--stack", "asked"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    // The plan of destruction.
+    let plan = run(egresswatch(&aws.endpoint()).args([
+        "provision",
+        "down",
+        "--stack",
+        "asked",
+        "--dry-run",
+    ]));
+    assert!(plan.contains("would delete"), "{plan}");
+    assert!(plan.contains("studio-domain"), "{plan}");
+    let status = egresswatch(&aws.endpoint())
+        .args(["provision", "status", "--stack", "asked"])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0), "the dry run deleted nothing");
+    // Confirmed, with the users' home data: gone, the flow-log group kept.
+    let done = run(egresswatch(&aws.endpoint()).args([
+        "provision",
+        "down",
+        "--stack",
+        "asked",
+        "--yes",
+        "--delete-home-data",
+    ]));
+    assert!(done.contains("the flow-log group is kept"), "{done}");
+    let status = egresswatch(&aws.endpoint())
+        .args(["provision", "status", "--stack", "asked"])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

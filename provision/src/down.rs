@@ -15,17 +15,36 @@ fn f(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
-/// Deletes the stack; returns what was deleted, one line each.
+/// What `down` may delete beyond the network, and whether it deletes at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DownOptions {
+    /// Delete the flow-log group as well. It is the evidence, so it is kept unless asked
+    /// (as CDK retains log groups and Terraform offers skip_destroy).
+    pub delete_logs: bool,
+    /// Delete the Studio domain's home EFS volume, the users' home directories. Without it a
+    /// stack with a domain is refused before anything is deleted.
+    pub delete_home_data: bool,
+    /// Only find and list what would be deleted.
+    pub dry_run: bool,
+}
+
+/// Deletes the stack; returns what was deleted (with `dry_run`, what would be), one line each.
 pub async fn down(
     clients: &Clients,
     stack: &str,
+    opts: DownOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<String>, ProvisionError> {
     let mut deleted = Vec::new();
+    let verb = if opts.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
     macro_rules! say {
         ($line:expr) => {{
             let line: String = $line;
-            progress(&format!("deleted {line}"));
+            progress(&format!("{verb} {line}"));
             deleted.push(line);
         }};
     }
@@ -35,8 +54,27 @@ pub async fn down(
 
     // The Studio domain first, with what people made in it and its home EFS volume; it must
     // be gone before its ENIs.
-    for id in domain_ids(clients, &r.domain_name()).await? {
-        for line in delete_domain(clients, &id, &mut progress).await? {
+    let domains = domain_ids(clients, &r.domain_name()).await?;
+    for id in &domains {
+        // Users' home directories are not the stack's to delete unasked: refused before
+        // anything is deleted.
+        if !opts.delete_home_data && !opts.dry_run {
+            let efs = clients
+                .sagemaker
+                .describe_domain()
+                .domain_id(id)
+                .send()
+                .await
+                .ok()
+                .and_then(|d| d.home_efs_file_system_id().map(String::from))
+                .unwrap_or_else(|| "its home EFS volume".into());
+            return Err(ProvisionError::Conflict(format!(
+                "studio-domain {id} keeps its users' home directories on {efs}; `down` deletes them with the domain only when asked (--delete-home-data). Copy what must be kept first; nothing was deleted"
+            )));
+        }
+    }
+    for id in &domains {
+        for line in delete_domain(clients, id, opts.dry_run, &mut progress).await? {
             say!(line);
         }
     }
@@ -62,31 +100,56 @@ pub async fn down(
         .map_err(|e| aws_error("flow-log", "DescribeFlowLogs", e))?;
     for fl in fls.flow_logs() {
         if let Some(id) = fl.flow_log_id() {
-            ec2.delete_flow_logs()
-                .flow_log_ids(id)
-                .send()
-                .await
-                .map_err(|e| aws_error("flow-log", "DeleteFlowLogs", e))?;
+            if !opts.dry_run {
+                ec2.delete_flow_logs()
+                    .flow_log_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("flow-log", "DeleteFlowLogs", e))?;
+            }
             say!(format!("flow-log {id}"));
         }
     }
     let group = r.log_group_name();
-    match clients
+    let group_exists = clients
         .logs
-        .delete_log_group()
-        .log_group_name(&group)
+        .describe_log_groups()
+        .log_group_name_prefix(&group)
         .send()
         .await
-    {
-        Ok(_) => say!(format!("log-group {group}")),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception()) => {}
-        Err(e) => return Err(aws_error("log-group", "DeleteLogGroup", e)),
+        .map_err(|e| aws_error("log-group", "DescribeLogGroups", e))?
+        .log_groups()
+        .iter()
+        .any(|g| g.log_group_name() == Some(group.as_str()));
+    if group_exists && !opts.delete_logs {
+        progress(&format!(
+            "kept log-group {group}: the flow logs are the evidence (--delete-logs deletes them)"
+        ));
+    } else if group_exists && opts.dry_run {
+        say!(format!("log-group {group}"));
+    } else if group_exists {
+        match clients
+            .logs
+            .delete_log_group()
+            .log_group_name(&group)
+            .send()
+            .await
+        {
+            Ok(_) => say!(format!("log-group {group}")),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) => {}
+            Err(e) => return Err(aws_error("log-group", "DeleteLogGroup", e)),
+        }
     }
     for which in ["studio-execution", "flow-logs"] {
         let name = r.role_name(which);
-        if delete_role(clients, &name).await? {
+        let gone = if opts.dry_run {
+            clients.iam.get_role().role_name(&name).send().await.is_ok()
+        } else {
+            delete_role(clients, &name).await?
+        };
+        if gone {
             say!(format!("iam-role {name}"));
         }
     }
@@ -106,11 +169,13 @@ pub async fn down(
             .filter_map(|e| e.vpc_endpoint_id().map(String::from))
             .collect();
         if !ids.is_empty() {
-            ec2.delete_vpc_endpoints()
-                .set_vpc_endpoint_ids(Some(ids.clone()))
-                .send()
-                .await
-                .map_err(|e| aws_error("s3-endpoint", "DeleteVpcEndpoints", e))?;
+            if !opts.dry_run {
+                ec2.delete_vpc_endpoints()
+                    .set_vpc_endpoint_ids(Some(ids.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("s3-endpoint", "DeleteVpcEndpoints", e))?;
+            }
             for id in ids {
                 say!(format!("vpc-endpoint {id}"));
             }
@@ -132,14 +197,16 @@ pub async fn down(
             let Some(id) = n.nat_gateway_id() else {
                 continue;
             };
-            if state != "deleting" {
+            if state != "deleting" && !opts.dry_run {
                 ec2.delete_nat_gateway()
                     .nat_gateway_id(id)
                     .send()
                     .await
                     .map_err(|e| aws_error("nat-gateway", "DeleteNatGateway", e))?;
             }
-            wait_nat_deleted(clients, id, &mut progress).await?;
+            if !opts.dry_run {
+                wait_nat_deleted(clients, id, &mut progress).await?;
+            }
             say!(format!("nat-gateway {id}"));
         }
         // Route tables: disassociate, then delete (never the VPC's main table).
@@ -155,19 +222,23 @@ pub async fn down(
             }
             for a in rt.associations() {
                 if let Some(aid) = a.route_table_association_id() {
-                    ec2.disassociate_route_table()
-                        .association_id(aid)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("route-table", "DisassociateRouteTable", e))?;
+                    if !opts.dry_run {
+                        ec2.disassociate_route_table()
+                            .association_id(aid)
+                            .send()
+                            .await
+                            .map_err(|e| aws_error("route-table", "DisassociateRouteTable", e))?;
+                    }
                 }
             }
             if let Some(id) = rt.route_table_id() {
-                ec2.delete_route_table()
-                    .route_table_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("route-table", "DeleteRouteTable", e))?;
+                if !opts.dry_run {
+                    ec2.delete_route_table()
+                        .route_table_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("route-table", "DeleteRouteTable", e))?;
+                }
                 say!(format!("route-table {id}"));
             }
         }
@@ -181,11 +252,15 @@ pub async fn down(
         for eni in enis.network_interfaces() {
             if eni.status().map(|s| s.as_str()) == Some("available") {
                 if let Some(id) = eni.network_interface_id() {
-                    ec2.delete_network_interface()
-                        .network_interface_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("network-interface", "DeleteNetworkInterface", e))?;
+                    if !opts.dry_run {
+                        ec2.delete_network_interface()
+                            .network_interface_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("network-interface", "DeleteNetworkInterface", e)
+                            })?;
+                    }
                     say!(format!("network-interface {id}"));
                 }
             }
@@ -203,7 +278,7 @@ pub async fn down(
             }
             if let Some(id) = g.group_id() {
                 // Rules that reference another group block its deletion: clear them first.
-                if !g.ip_permissions().is_empty() {
+                if !g.ip_permissions().is_empty() && !opts.dry_run {
                     ec2.revoke_security_group_ingress()
                         .group_id(id)
                         .set_ip_permissions(Some(g.ip_permissions().to_vec()))
@@ -213,7 +288,7 @@ pub async fn down(
                             aws_error("security-group", "RevokeSecurityGroupIngress", e)
                         })?;
                 }
-                if !g.ip_permissions_egress().is_empty() {
+                if !g.ip_permissions_egress().is_empty() && !opts.dry_run {
                     ec2.revoke_security_group_egress()
                         .group_id(id)
                         .set_ip_permissions(Some(g.ip_permissions_egress().to_vec()))
@@ -229,13 +304,15 @@ pub async fn down(
             }
             if let Some(id) = g.group_id() {
                 // Interfaces of a deleted domain take a while to let go of their groups.
-                crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
-                    ec2.delete_security_group()
-                        .group_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("security-group", "DeleteSecurityGroup", e))
-                })?;
+                if !opts.dry_run {
+                    crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+                        ec2.delete_security_group()
+                            .group_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| aws_error("security-group", "DeleteSecurityGroup", e))
+                    })?;
+                }
                 say!(format!("security-group {id}"));
             }
         }
@@ -247,12 +324,14 @@ pub async fn down(
             .map_err(|e| aws_error("internet-gateway", "DescribeInternetGateways", e))?;
         for g in igws.internet_gateways() {
             if let Some(id) = g.internet_gateway_id() {
-                ec2.detach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+                if !opts.dry_run {
+                    ec2.detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+                }
             }
         }
         let subnets = ec2
@@ -264,13 +343,15 @@ pub async fn down(
         for s in subnets.subnets() {
             if let Some(id) = s.subnet_id() {
                 // Mount targets and interfaces SageMaker leaves take a while to go.
-                crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
-                    ec2.delete_subnet()
-                        .subnet_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("subnet", "DeleteSubnet", e))
-                })?;
+                if !opts.dry_run {
+                    crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+                        ec2.delete_subnet()
+                            .subnet_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| aws_error("subnet", "DeleteSubnet", e))
+                    })?;
+                }
                 say!(format!("subnet {id}"));
             }
         }
@@ -286,19 +367,25 @@ pub async fn down(
         if let Some(id) = g.internet_gateway_id() {
             for a in g.attachments() {
                 if let Some(v) = a.vpc_id() {
-                    ec2.detach_internet_gateway()
-                        .internet_gateway_id(id)
-                        .vpc_id(v)
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+                    if !opts.dry_run {
+                        ec2.detach_internet_gateway()
+                            .internet_gateway_id(id)
+                            .vpc_id(v)
+                            .send()
+                            .await
+                            .map_err(|e| {
+                                aws_error("internet-gateway", "DetachInternetGateway", e)
+                            })?;
+                    }
                 }
             }
-            ec2.delete_internet_gateway()
-                .internet_gateway_id(id)
-                .send()
-                .await
-                .map_err(|e| aws_error("internet-gateway", "DeleteInternetGateway", e))?;
+            if !opts.dry_run {
+                ec2.delete_internet_gateway()
+                    .internet_gateway_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("internet-gateway", "DeleteInternetGateway", e))?;
+            }
             say!(format!("internet-gateway {id}"));
         }
     }
@@ -311,24 +398,28 @@ pub async fn down(
     for a in eips.addresses() {
         if let Some(id) = a.allocation_id() {
             // The address stays held for a while after its NAT gateway reports deleted.
-            crate::retry_passing!(Passing::AddressStillHeld, &mut progress, {
-                ec2.release_address()
-                    .allocation_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))
-            })?;
+            if !opts.dry_run {
+                crate::retry_passing!(Passing::AddressStillHeld, &mut progress, {
+                    ec2.release_address()
+                        .allocation_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))
+                })?;
+            }
             say!(format!("elastic-ip {id}"));
         }
     }
     for vpc in &vpc_ids {
-        crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
-            ec2.delete_vpc()
-                .vpc_id(vpc)
-                .send()
-                .await
-                .map_err(|e| aws_error("vpc", "DeleteVpc", e))
-        })?;
+        if !opts.dry_run {
+            crate::retry_passing!(Passing::DependencyLeaving, &mut progress, {
+                ec2.delete_vpc()
+                    .vpc_id(vpc)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("vpc", "DeleteVpc", e))
+            })?;
+        }
         say!(format!("vpc {vpc}"));
     }
     Ok(deleted)
@@ -391,6 +482,7 @@ where
 async fn delete_domain<P: FnMut(&str) + ?Sized>(
     clients: &Clients,
     id: &str,
+    dry_run: bool,
     progress: &mut P,
 ) -> Result<Vec<String>, ProvisionError> {
     use aws_sdk_sagemaker::types::{AppStatus, RetentionPolicy, RetentionType};
@@ -407,6 +499,32 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
         }
         Ok::<_, ProvisionError>(all)
     };
+    let spaces = || async {
+        let mut all = Vec::new();
+        let mut pages = sm
+            .list_spaces()
+            .domain_id_equals(id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&res, "ListSpaces", e))?;
+            all.extend(page.spaces().iter().cloned());
+        }
+        Ok::<_, ProvisionError>(all)
+    };
+    let profiles = || async {
+        let mut all = Vec::new();
+        let mut pages = sm
+            .list_user_profiles()
+            .domain_id_equals(id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&res, "ListUserProfiles", e))?;
+            all.extend(page.user_profiles().iter().cloned());
+        }
+        Ok::<_, ProvisionError>(all)
+    };
     for app in apps().await? {
         if matches!(
             app.status(),
@@ -417,6 +535,10 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
         let (Some(kind), Some(name)) = (app.app_type(), app.app_name()) else {
             continue;
         };
+        if dry_run {
+            deleted.push(format!("studio-app {id}/{}/{name}", kind.as_str()));
+            continue;
+        }
         sm.delete_app()
             .domain_id(id)
             .app_type(kind.clone())
@@ -431,6 +553,20 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
             "deleting studio-app {id}/{}/{name}",
             kind.as_str()
         ));
+    }
+    if dry_run {
+        for space in spaces().await? {
+            deleted.extend(space.space_name().map(|n| format!("studio-space {id}/{n}")));
+        }
+        for profile in profiles().await? {
+            deleted.extend(
+                profile
+                    .user_profile_name()
+                    .map(|n| format!("studio-user-profile {id}/{n}")),
+            );
+        }
+        deleted.push(res);
+        return Ok(deleted);
     }
     // An app can take about 20 minutes to leave Deleting.
     wait_until_none(
@@ -447,19 +583,6 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
     )
     .await?;
 
-    let spaces = || async {
-        let mut all = Vec::new();
-        let mut pages = sm
-            .list_spaces()
-            .domain_id_equals(id)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(&res, "ListSpaces", e))?;
-            all.extend(page.spaces().iter().cloned());
-        }
-        Ok::<_, ProvisionError>(all)
-    };
     for space in spaces().await? {
         if space.status().map(|s| s.as_str()) == Some("Deleting") {
             continue;
@@ -485,19 +608,6 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
     )
     .await?;
 
-    let profiles = || async {
-        let mut all = Vec::new();
-        let mut pages = sm
-            .list_user_profiles()
-            .domain_id_equals(id)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(&res, "ListUserProfiles", e))?;
-            all.extend(page.user_profiles().iter().cloned());
-        }
-        Ok::<_, ProvisionError>(all)
-    };
     for profile in profiles().await? {
         if profile.status().map(|s| s.as_str()) == Some("Deleting") {
             continue;

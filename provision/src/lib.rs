@@ -14,7 +14,7 @@ pub mod stack;
 use std::time::Duration;
 
 pub use aws::{CallLog, Clients};
-pub use down::down;
+pub use down::{down, DownOptions};
 pub use spec::{flow_log_format, StackSpec, FLOW_LOG_FIELDS, SPEC_TEMPLATE};
 pub use stack::{stack_exists, Change, ChangeKind, Mode, Outputs, Reconciler, STACK_TAG};
 

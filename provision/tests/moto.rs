@@ -5,7 +5,16 @@
 //! that empties a used Studio domain and leaves nothing behind.
 
 use aws_sdk_ec2::types::Filter;
-use egresswatch_provision::{self as provision, ChangeKind, Clients, Mode, StackSpec, STACK_TAG};
+use egresswatch_provision::{
+    self as provision, ChangeKind, Clients, DownOptions, Mode, StackSpec, STACK_TAG,
+};
+
+/// `down` told to delete everything, the log group and the users' home data included.
+const ALL: DownOptions = DownOptions {
+    delete_logs: true,
+    delete_home_data: true,
+    dry_run: false,
+};
 
 async fn clients(endpoint: &str) -> Clients {
     // Credentials for the emulator; every test sets the same values.
@@ -455,7 +464,7 @@ async fn up_interrupted_at_every_mutating_call_converges() {
     up(&c, &spec, "probe").await;
     let total = c.calls.mutating() - before;
     assert!(total > 20, "{total}");
-    provision::down(&c, "probe", |_| {}).await.unwrap();
+    provision::down(&c, "probe", ALL, |_| {}).await.unwrap();
     for k in 1..=total {
         let stack = format!("crash{k}");
         c.calls.fail_mutating_call(k);
@@ -472,7 +481,7 @@ async fn up_interrupted_at_every_mutating_call_converges() {
             .await
             .unwrap();
         assert_eq!(vpcs.vpcs().len(), 1, "k={k}: exactly one VPC");
-        provision::down(&c, &stack, |_| {}).await.unwrap();
+        provision::down(&c, &stack, ALL, |_| {}).await.unwrap();
         assert_eq!(tagged(&c, &stack).await, 0, "k={k}: down leaves nothing");
     }
 }
@@ -613,11 +622,11 @@ async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
         vec![("s3-endpoint", ChangeKind::Create)]
     );
     // Down, twice: everything goes, and the second finds nothing.
-    let deleted = provision::down(&c, "lab", |_| {}).await.unwrap();
+    let deleted = provision::down(&c, "lab", ALL, |_| {}).await.unwrap();
     assert!(deleted.len() >= 15, "{deleted:?}");
     assert_eq!(tagged(&c, "lab").await, 0);
     assert_eq!(
-        provision::down(&c, "lab", |_| {}).await.unwrap(),
+        provision::down(&c, "lab", ALL, |_| {}).await.unwrap(),
         Vec::<String>::new()
     );
 }
@@ -704,7 +713,7 @@ async fn one_nat_gateway_per_zone_when_asked() {
         .iter()
         .all(|s| s["Resource"] != "*" || s.get("Condition").is_some()));
     assert_eq!(plan(&c, &spec, "multi").await, vec![]);
-    provision::down(&c, "multi", |_| {}).await.unwrap();
+    provision::down(&c, "multi", ALL, |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "multi").await, 0);
 }
 
@@ -836,7 +845,7 @@ async fn down_empties_a_used_domain_and_cleans_up_what_sagemaker_leaves() {
         .await
         .unwrap();
     let mut said = Vec::new();
-    let deleted = provision::down(&c, "used", |s| said.push(s.to_string()))
+    let deleted = provision::down(&c, "used", ALL, |s| said.push(s.to_string()))
         .await
         .unwrap();
     // Apps, then the space, then the user profile, then the domain: never refused in use.
@@ -898,4 +907,66 @@ async fn down_empties_a_used_domain_and_cleans_up_what_sagemaker_leaves() {
             .all(|g| !g.group_name().unwrap_or("").contains("nfs")),
         "{left:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn down_lists_first_keeps_the_evidence_and_deletes_home_data_only_when_asked() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "careful", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let before = tagged(&c, "careful").await;
+    // The plan of destruction deletes nothing.
+    let would = provision::down(
+        &c,
+        "careful",
+        DownOptions {
+            dry_run: true,
+            ..DownOptions::default()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        would.iter().any(|w| w.starts_with("studio-domain ")),
+        "{would:?}"
+    );
+    assert!(would.contains(&format!("vpc {}", out.vpc_id)), "{would:?}");
+    assert!(
+        !would.iter().any(|w| w.starts_with("log-group")),
+        "{would:?}"
+    );
+    assert_eq!(tagged(&c, "careful").await, before);
+    // Without --delete-home-data, a stack with a domain is refused before anything goes.
+    let refused = provision::down(&c, "careful", DownOptions::default(), |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("--delete-home-data"), "{refused}");
+    assert!(refused.contains("nothing was deleted"), "{refused}");
+    assert_eq!(tagged(&c, "careful").await, before);
+    // Asked to, it deletes the stack and keeps the flow logs.
+    let deleted = provision::down(
+        &c,
+        "careful",
+        DownOptions {
+            delete_home_data: true,
+            ..DownOptions::default()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(deleted.iter().any(|d| d.starts_with("studio-domain ")));
+    let groups = c
+        .logs
+        .describe_log_groups()
+        .log_group_name_prefix(&out.log_group)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(groups.log_groups().len(), 1, "the evidence is kept");
+    assert_eq!(tagged(&c, "careful").await, 1, "only the log group remains");
 }
