@@ -52,6 +52,9 @@ enum Sub {
     /// evidence) is kept unless --delete-logs; a Studio domain's home directories are deleted
     /// only with --delete-home-data, and without it `down` refuses before deleting anything.
     Down(DownArgs),
+    /// Remove the stack's lock left by a run that crashed (a run holds it while it changes
+    /// the stack, so two runs never create twice). Only when no run is going on.
+    Unlock,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +163,14 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                         ExitCode::FAILURE
                     }
                 }
+            }),
+            Sub::Unlock => provision::lock::unlock(&clients, &args.stack).await.map(|removed| {
+                if removed {
+                    println!("stack {}: lock removed", args.stack);
+                } else {
+                    println!("stack {}: not locked", args.stack);
+                }
+                ExitCode::SUCCESS
             }),
             Sub::Down(d) => {
                 let mut opts = provision::DownOptions {

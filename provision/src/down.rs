@@ -29,7 +29,24 @@ pub struct DownOptions {
 }
 
 /// Deletes the stack; returns what was deleted (with `dry_run`, what would be), one line each.
+/// Holds the stack's lock unless it only lists.
 pub async fn down(
+    clients: &Clients,
+    stack: &str,
+    opts: DownOptions,
+    progress: impl FnMut(&str),
+) -> Result<Vec<String>, ProvisionError> {
+    crate::spec::validate_stack_name(stack).map_err(ProvisionError::Spec)?;
+    if opts.dry_run {
+        return delete_stack(clients, stack, opts, progress).await;
+    }
+    let lock = crate::lock::StackLock::acquire(clients, stack).await?;
+    let result = delete_stack(clients, stack, opts, progress).await;
+    lock.release().await;
+    result
+}
+
+async fn delete_stack(
     clients: &Clients,
     stack: &str,
     opts: DownOptions,

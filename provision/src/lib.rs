@@ -6,6 +6,7 @@
 
 pub mod aws;
 mod down;
+pub mod lock;
 pub mod logs;
 pub mod retry;
 pub mod spec;
@@ -53,7 +54,17 @@ pub async fn reconcile(
     mode: Mode,
     progress: impl FnMut(&str) + Send,
 ) -> Result<(Vec<Change>, Outputs), ProvisionError> {
+    spec::validate_stack_name(stack).map_err(ProvisionError::Spec)?;
+    // Only a run that changes things needs the stack to itself.
+    let lock = match mode {
+        Mode::Apply => Some(lock::StackLock::acquire(clients, stack).await?),
+        Mode::Plan => None,
+    };
     let mut r = Reconciler::new(clients, spec.clone(), stack, mode).on_progress(progress);
-    r.run().await?;
+    let result = r.run().await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    result?;
     Ok((r.changes, r.out))
 }

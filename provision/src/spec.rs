@@ -260,9 +260,55 @@ impl StackSpec {
     }
 }
 
+/// Longest suffix the stack's name is given in an IAM role name (`NAME-studio-execution`).
+const LONGEST_ROLE_SUFFIX: usize = "-studio-execution".len();
+
+/// Checks a stack name against every name it becomes part of: IAM role names (64 characters
+/// at most), the Studio domain's name (letters, digits and hyphens, starting and ending with a
+/// letter or digit), the log group's name and the tags.
+pub fn validate_stack_name(name: &str) -> Result<(), String> {
+    let longest = 64 - LONGEST_ROLE_SUFFIX;
+    if name.is_empty() {
+        return Err("the stack name is empty".into());
+    }
+    if name.len() > longest {
+        return Err(format!(
+            "stack name \"{name}\" has {} characters; at most {longest} fit in the IAM role name \"{name}-studio-execution\" (64 at most)",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+    {
+        return Err(format!(
+            "stack name \"{name}\" contains {c:?}; the Studio domain's name allows only letters, digits and hyphens"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "stack name \"{name}\" must start and end with a letter or digit (the Studio domain's name must)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_names_that_would_break_a_name_aws_checks_are_refused() {
+        assert!(validate_stack_name("research-2").is_ok());
+        assert!(validate_stack_name(&"a".repeat(47)).is_ok());
+        let long = validate_stack_name(&"a".repeat(48)).unwrap_err();
+        assert!(long.contains("at most 47"), "{long}");
+        assert!(validate_stack_name("team_a").unwrap_err().contains("'_'"));
+        assert!(validate_stack_name("-x")
+            .unwrap_err()
+            .contains("start and end"));
+        assert!(validate_stack_name("").is_err());
+    }
 
     #[test]
     fn template_is_the_default() {

@@ -329,11 +329,40 @@ impl<'c> Reconciler<'c> {
             .send()
             .await
             .map_err(|e| aws_error("vpc", "DescribeVpcs", e))?;
-        let existing = found
+        let mut live: Vec<_> = found
             .vpcs()
             .iter()
-            .find(|v| v.state().map(|s| s.as_str()) != Some("deleted"))
-            .cloned();
+            .filter(|v| v.state().map(|s| s.as_str()) != Some("deleted"))
+            .cloned()
+            .collect();
+        // The one with the spec's range first, then by id: the same choice every run.
+        let spec_cidr = self.spec.vpc_cidr.to_string();
+        live.sort_by_key(|v| {
+            (
+                v.cidr_block() != Some(spec_cidr.as_str()),
+                v.vpc_id().map(String::from),
+            )
+        });
+        // Two VPCs carrying the stack's tag: two runs created at once (before the stack had a
+        // lock) or someone copied the tag. Which one holds what is for a person to check.
+        for extra in live.iter().skip(1) {
+            let id = extra.vpc_id().unwrap_or("?");
+            let detail = format!(
+                "duplicate VPC {id} also carries this stack's tag; the stack uses {}. Not deleted automatically: check what it holds, then delete it (or `down` and `up`)",
+                live[0].vpc_id().unwrap_or("?")
+            );
+            if self.mode == Mode::Plan {
+                self.changes.push(Change {
+                    resource: "vpc".into(),
+                    kind: ChangeKind::Delete,
+                    detail,
+                    security: false,
+                });
+            } else {
+                (self.progress)(&format!("warning: {detail}"));
+            }
+        }
+        let existing = live.first().cloned();
         let vpc_id = match existing {
             Some(v) => {
                 self.out.account_id = v.owner_id().unwrap_or_default().to_string();

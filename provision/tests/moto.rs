@@ -443,15 +443,19 @@ async fn up_creates_the_decision_records_network() {
         Some(out.studio_role_arn.as_str())
     );
 
-    // A second `up` makes no mutating call.
+    // A second `up` makes no mutating call but taking and giving back the stack's lock.
     let before = c.calls.mutating();
     let again = up(&c, &spec, "research").await;
     assert_eq!(again, vec![]);
+    let names = c.calls.mutating_names();
     assert_eq!(
-        c.calls.mutating(),
-        before,
-        "mutating calls on a no-op up: {:?}",
-        c.calls.mutating_names()
+        c.calls.mutating() - before,
+        2,
+        "mutating calls on a no-op up: {names:?}"
+    );
+    assert_eq!(
+        names[names.len() - 2..],
+        ["CreateLogGroup".to_string(), "DeleteLogGroup".to_string()]
     );
 }
 
@@ -469,8 +473,17 @@ async fn up_interrupted_at_every_mutating_call_converges() {
         let stack = format!("crash{k}");
         c.calls.fail_mutating_call(k);
         let first = provision::reconcile(&c, &spec, &stack, Mode::Apply, |_| {}).await;
-        assert!(first.is_err(), "k={k}: the injected fault should stop up");
         c.calls.fail_mutating_call(0);
+        if k == total {
+            // The last call gives the lock back: the stack is complete, and the lock left
+            // behind stops the next run until it is removed (or goes stale).
+            assert!(first.is_ok(), "k={k}: {first:?}");
+            let held = provision::reconcile(&c, &spec, &stack, Mode::Apply, |_| {}).await;
+            assert!(held.unwrap_err().to_string().contains("provision unlock"));
+            assert!(provision::lock::unlock(&c, &stack).await.unwrap());
+        } else {
+            assert!(first.is_err(), "k={k}: the injected fault should stop up");
+        }
         up(&c, &spec, &stack).await;
         assert_eq!(plan(&c, &spec, &stack).await, vec![], "k={k}: converged");
         let vpcs = c
@@ -969,4 +982,56 @@ async fn down_lists_first_keeps_the_evidence_and_deletes_home_data_only_when_ask
         .unwrap();
     assert_eq!(groups.log_groups().len(), 1, "the evidence is kept");
     assert_eq!(tagged(&c, "careful").await, 1, "only the log group remains");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runs_at_once_cannot_both_create_and_a_duplicate_is_reported() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (a, b) = tokio::join!(
+        provision::reconcile(&c, &spec, "race", Mode::Apply, |_| {}),
+        provision::reconcile(&c, &spec, "race", Mode::Apply, |_| {}),
+    );
+    let refused: Vec<String> = [&a, &b]
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(refused.len(), 1, "exactly one run goes ahead: {refused:?}");
+    assert!(refused[0].contains("holds its lock"), "{refused:?}");
+    let vpcs = c
+        .ec2
+        .describe_vpcs()
+        .filters(tag_filter("race"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1);
+    // The lock is given back: the next run goes ahead.
+    assert_eq!(up(&c, &spec, "race").await, vec![]);
+    // A second VPC with the stack's tag (as two unlocked runs left) is reported.
+    c.ec2
+        .create_vpc()
+        .cidr_block("10.43.0.0/16")
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Vpc)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(STACK_TAG)
+                        .value("race")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "race").await;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].kind, ChangeKind::Delete);
+    assert!(drift[0].detail.starts_with("duplicate VPC"), "{drift:?}");
+    provision::down(&c, "race", ALL, |_| {}).await.unwrap();
 }
