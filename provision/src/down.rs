@@ -128,7 +128,7 @@ async fn delete_stack(
         }
     }
     let group = r.log_group_name();
-    let group_exists = clients
+    let found = clients
         .logs
         .describe_log_groups()
         .log_group_name_prefix(&group)
@@ -137,7 +137,18 @@ async fn delete_stack(
         .map_err(|e| aws_error("log-group", "DescribeLogGroups", e))?
         .log_groups()
         .iter()
-        .any(|g| g.log_group_name() == Some(group.as_str()));
+        .find(|g| g.log_group_name() == Some(group.as_str()))
+        .cloned();
+    let group_exists = match &found {
+        Some(g) if crate::stack::log_group_is_stacks(&clients.logs, g, stack).await? => true,
+        Some(_) => {
+            progress(&format!(
+                "left log-group {group}: it is not this stack's (no {STACK_TAG}={stack} tag)"
+            ));
+            false
+        }
+        None => false,
+    };
     if group_exists && !opts.delete_logs {
         progress(&format!(
             "kept log-group {group}: the flow logs are the evidence (--delete-logs deletes them)"
@@ -161,11 +172,31 @@ async fn delete_stack(
     }
     for which in ["studio-execution", "flow-logs"] {
         let name = r.role_name(which);
-        let gone = if opts.dry_run {
-            clients.iam.get_role().role_name(&name).send().await.is_ok()
-        } else {
-            delete_role(clients, &name).await?
+        // Only the stack's own role: one of the same name without its tag is someone else's.
+        let role = match clients.iam.get_role().role_name(&name).send().await {
+            Ok(got) => got.role().cloned(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
+            {
+                None
+            }
+            Err(e) => return Err(aws_error(&format!("iam-role/{name}"), "GetRole", e)),
         };
+        let Some(role) = role else {
+            continue;
+        };
+        if !role
+            .tags()
+            .iter()
+            .any(|t| t.key() == STACK_TAG && t.value() == stack)
+        {
+            progress(&format!(
+                "left iam-role {name}: it is not this stack's (no {STACK_TAG}={stack} tag)"
+            ));
+            continue;
+        }
+        let gone = opts.dry_run || delete_role(clients, &name).await?;
         if gone {
             say!(format!("iam-role {name}"));
         }

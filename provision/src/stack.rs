@@ -1254,6 +1254,17 @@ impl<'c> Reconciler<'c> {
                     .role()
                     .cloned()
                     .ok_or_else(|| ProvisionError::Unexpected("GetRole returned no role".into()))?;
+                // A role of that name that is not the stack's is someone else's: never changed.
+                if !role
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == STACK_TAG && t.value() == self.stack)
+                {
+                    return Err(ProvisionError::Conflict(format!(
+                        "IAM role {name} exists but is not stack {}'s (it has no {STACK_TAG}={} tag); it is left alone: choose another stack name, or remove or tag that role",
+                        self.stack, self.stack
+                    )));
+                }
                 if decode_policy(role.assume_role_policy_document().unwrap_or("")) != trust
                     && self.change(
                         &resource,
@@ -1447,6 +1458,14 @@ impl<'c> Reconciler<'c> {
             .iter()
             .find(|g| g.log_group_name() == Some(name.as_str()))
             .cloned();
+        if let Some(g) = &existing {
+            if !log_group_is_stacks(&logs, g, &self.stack).await? {
+                return Err(ProvisionError::Conflict(format!(
+                    "log group {name} exists but is not stack {}'s (it has no {STACK_TAG}={} tag); it is left alone: choose another stack name, or remove or tag that log group",
+                    self.stack, self.stack
+                )));
+            }
+        }
         let retention = match existing {
             Some(g) => {
                 if g.kms_key_id() != self.spec.log_kms_key_arn.as_deref()
@@ -1801,4 +1820,26 @@ impl Target {
             Target::Other => "something else".into(),
         }
     }
+}
+
+/// Whether a log group carries the stack's tag (an untagged one of the same name is
+/// someone else's).
+pub(crate) async fn log_group_is_stacks(
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    group: &aws_sdk_cloudwatchlogs::types::LogGroup,
+    stack: &str,
+) -> Result<bool, ProvisionError> {
+    // DescribeLogGroups gives the ARN with a trailing `:*`; the tagging API wants it without.
+    let Some(arn) = group.arn().map(|a| a.trim_end_matches(":*").to_string()) else {
+        return Ok(false);
+    };
+    let tags = logs
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .map_err(|e| aws_error("log-group", "ListTagsForResource", e))?;
+    Ok(tags
+        .tags()
+        .is_some_and(|t| t.get(STACK_TAG).map(String::as_str) == Some(stack)))
 }

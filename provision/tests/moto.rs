@@ -1035,3 +1035,59 @@ async fn two_runs_at_once_cannot_both_create_and_a_duplicate_is_reported() {
     assert!(drift[0].detail.starts_with("duplicate VPC"), "{drift:?}");
     provision::down(&c, "race", ALL, |_| {}).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_carries_the_stacks_name_but_not_its_tag_is_left_alone() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    // Someone else's role happens to have the name the stack would give its own.
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    c.iam
+        .create_role()
+        .role_name("theirs-flow-logs")
+        .assume_role_policy_document(trust)
+        .send()
+        .await
+        .unwrap();
+    let refused = provision::reconcile(&c, &spec, "theirs", Mode::Apply, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("IAM role theirs-flow-logs exists but is not stack theirs's"),
+        "{refused}"
+    );
+    // `down` removes what the stack made and leaves that role as it was.
+    let mut said = Vec::new();
+    provision::down(&c, "theirs", ALL, |s| said.push(s.to_string()))
+        .await
+        .unwrap();
+    assert!(
+        said.iter()
+            .any(|s| s.starts_with("left iam-role theirs-flow-logs")),
+        "{said:?}"
+    );
+    let kept = c
+        .iam
+        .get_role()
+        .role_name("theirs-flow-logs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.role().unwrap().assume_role_policy_document().map(|d| {
+            percent_encoding::percent_decode_str(d)
+                .decode_utf8_lossy()
+                .contains("ec2.amazonaws.com")
+        }),
+        Some(true)
+    );
+    assert_eq!(
+        tagged(&c, "theirs").await,
+        1,
+        "only their role, by its name"
+    );
+}
