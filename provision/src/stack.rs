@@ -906,6 +906,40 @@ impl<'c> Reconciler<'c> {
                     }
                 }
             }
+            // Routes to the internet the spec does not have: one to an internet gateway in a
+            // private table, or any IPv6 route to a gateway, opens a path past the NAT (and
+            // past the flow log's attribution). Routes to peerings, transit gateways or VPNs
+            // are the owner's own integration and are left alone.
+            for r in &routes {
+                let gateway = r.gateway_id().unwrap_or("");
+                let egress_only = r.egress_only_internet_gateway_id().unwrap_or("");
+                let to_internet = gateway.starts_with("igw-") || egress_only.starts_with("eigw-");
+                let v4 = r.destination_cidr_block();
+                let v6 = r.destination_ipv6_cidr_block();
+                let expected = v4 == Some("0.0.0.0/0");
+                let private = resource.starts_with("route-table/private");
+                if expected || !to_internet || (!private && v6.is_none()) {
+                    continue;
+                }
+                let destination = v4.or(v6).unwrap_or("?");
+                let detail = format!(
+                    "remove route {destination} -> {}: a way to the internet past the NAT",
+                    if gateway.is_empty() {
+                        egress_only
+                    } else {
+                        gateway
+                    }
+                );
+                if self.change(&resource, ChangeKind::Update, detail, true) {
+                    ec2.delete_route()
+                        .route_table_id(&rt_id)
+                        .set_destination_cidr_block(v4.map(String::from))
+                        .set_destination_ipv6_cidr_block(v6.map(String::from))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(&resource, "DeleteRoute", e))?;
+                }
+            }
             for subnet in subnets {
                 let associated = assocs
                     .iter()
@@ -1118,6 +1152,59 @@ impl<'c> Reconciler<'c> {
         Ok(())
     }
 
+    /// The VPC's default security group allows all egress and all traffic within itself;
+    /// anything attached to it by default (an ENI made without naming a group) would get that.
+    /// It is kept empty (CIS AWS Foundations Benchmark: the default group restricts all
+    /// traffic).
+    async fn default_security_group(&mut self) -> Result<(), ProvisionError> {
+        let ec2 = self.clients.ec2.clone();
+        let found = ec2
+            .describe_security_groups()
+            .filters(filter("vpc-id", &self.out.vpc_id))
+            .filters(filter("group-name", "default"))
+            .send()
+            .await
+            .map_err(|e| aws_error("default-security-group", "DescribeSecurityGroups", e))?;
+        let Some(g) = found.security_groups().first() else {
+            return Ok(());
+        };
+        let id = g.group_id().unwrap_or_default().to_string();
+        let (ingress, egress) = (
+            g.ip_permissions().to_vec(),
+            g.ip_permissions_egress().to_vec(),
+        );
+        if ingress.is_empty() && egress.is_empty() {
+            return Ok(());
+        }
+        let detail = format!(
+            "remove the {} rule(s) of the VPC's default security group {id}: it must allow nothing",
+            ingress.len() + egress.len()
+        );
+        if self.change("default-security-group", ChangeKind::Update, detail, true) {
+            if !ingress.is_empty() {
+                ec2.revoke_security_group_ingress()
+                    .group_id(&id)
+                    .set_ip_permissions(Some(ingress))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        aws_error("default-security-group", "RevokeSecurityGroupIngress", e)
+                    })?;
+            }
+            if !egress.is_empty() {
+                ec2.revoke_security_group_egress()
+                    .group_id(&id)
+                    .set_ip_permissions(Some(egress))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        aws_error("default-security-group", "RevokeSecurityGroupEgress", e)
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     async fn security_group(&mut self) -> Result<(), ProvisionError> {
         let ec2 = self.clients.ec2.clone();
         let existing = if self.out.vpc_id == PLANNED {
@@ -1172,6 +1259,7 @@ impl<'c> Reconciler<'c> {
             }
         };
         self.out.security_group_id = id.clone();
+        self.default_security_group().await?;
         let desired = desired_sg_rules(&id);
         for extra in current.difference(&desired) {
             let detail = format!(

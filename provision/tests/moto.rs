@@ -1091,3 +1091,117 @@ async fn what_carries_the_stacks_name_but_not_its_tag_is_left_alone() {
         "only their role, by its name"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ways_past_the_nat_are_security_drift_that_up_removes() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (first, out) = provision::reconcile(&c, &spec, "paths", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // A new VPC's default group allows everything within itself and all egress: emptied.
+    assert!(
+        first
+            .iter()
+            .any(|c| c.resource == "default-security-group" && c.security),
+        "{first:?}"
+    );
+    let private_table = c
+        .ec2
+        .describe_route_tables()
+        .filters(
+            Filter::builder()
+                .name("association.subnet-id")
+                .values(&out.private_subnets[0].id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .route_tables()[0]
+        .route_table_id()
+        .unwrap()
+        .to_string();
+    let default_group = c
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("vpc-id").values(&out.vpc_id).build())
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .security_groups()[0]
+        .group_id()
+        .unwrap()
+        .to_string();
+    // Each tampering: status names it as security drift, up removes it, status is clean.
+    type Tamper = fn(&Clients, &str, &str, &str) -> tampering::Done;
+    let tamperings: Vec<(&str, Tamper)> = vec![
+        ("route 198.51.100.0/24 -> igw", |c, rt, _, igw| {
+            let (ec2, rt, igw) = (c.ec2.clone(), rt.to_string(), igw.to_string());
+            Box::pin(async move {
+                ec2.create_route()
+                    .route_table_id(rt)
+                    .destination_cidr_block("198.51.100.0/24")
+                    .gateway_id(igw)
+                    .send()
+                    .await
+                    .unwrap();
+            })
+        }),
+        ("route ::/0 -> igw", |c, rt, _, igw| {
+            let (ec2, rt, igw) = (c.ec2.clone(), rt.to_string(), igw.to_string());
+            Box::pin(async move {
+                ec2.create_route()
+                    .route_table_id(rt)
+                    .destination_ipv6_cidr_block("::/0")
+                    .gateway_id(igw)
+                    .send()
+                    .await
+                    .unwrap();
+            })
+        }),
+        ("default group allows all egress", |c, _, sg, _| {
+            let (ec2, sg) = (c.ec2.clone(), sg.to_string());
+            Box::pin(async move {
+                ec2.authorize_security_group_egress()
+                    .group_id(sg)
+                    .ip_permissions(
+                        aws_sdk_ec2::types::IpPermission::builder()
+                            .ip_protocol("-1")
+                            .ip_ranges(
+                                aws_sdk_ec2::types::IpRange::builder()
+                                    .cidr_ip("0.0.0.0/0")
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            })
+        }),
+    ];
+    for (what, tamper) in tamperings {
+        tamper(&c, &private_table, &default_group, &out.internet_gateway_id).await;
+        let drift = plan(&c, &spec, "paths").await;
+        assert_eq!(drift.len(), 1, "{what}: {drift:?}");
+        assert!(drift[0].security, "{what}: {drift:?}");
+        up(&c, &spec, "paths").await;
+        assert_eq!(plan(&c, &spec, "paths").await, vec![], "{what}: repaired");
+    }
+    provision::down(&c, "paths", ALL, |_| {}).await.unwrap();
+}
+
+/// A tampering with the account, run to completion before the check.
+mod tampering {
+    pub type Done = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
