@@ -173,6 +173,23 @@ impl Clients {
 }
 
 /// Turns an SDK error into one that names the resource and the call, with advice.
+/// The partition a region belongs to, for ARNs: `arn:aws-cn:` in China, `arn:aws-us-gov:` in
+/// GovCloud, the isolated partitions by their prefixes, `arn:aws:` elsewhere.
+pub fn partition(region: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 6] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-iso-", "aws-iso"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, p)| p)
+}
+
 pub fn aws_error<E>(resource: &str, call: &'static str, err: E) -> ProvisionError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -212,5 +229,25 @@ fn hint_for(code: &str, message: &str) -> &'static str {
         "AWS is throttling the account: run again in a minute"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition;
+
+    #[test]
+    fn each_region_is_in_its_partition() {
+        for (region, want) in [
+            ("us-east-1", "aws"),
+            ("eu-central-1", "aws"),
+            ("cn-north-1", "aws-cn"),
+            ("cn-northwest-1", "aws-cn"),
+            ("us-gov-west-1", "aws-us-gov"),
+            ("us-iso-east-1", "aws-iso"),
+            ("us-isob-east-1", "aws-iso-b"),
+        ] {
+            assert_eq!(partition(region), want, "{region}");
+        }
     }
 }

@@ -1016,6 +1016,7 @@ impl<'c> Reconciler<'c> {
     fn endpoint_policy(&self) -> String {
         use crate::spec::S3EndpointAccess;
         let region = &self.clients.region;
+        let partition = crate::aws::partition(region);
         if self.spec.s3_endpoint_access == S3EndpointAccess::Any {
             return serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}).to_string();
         }
@@ -1030,18 +1031,23 @@ impl<'c> Reconciler<'c> {
         // Read-only, the AWS-owned buckets Studio needs: ECR serves image layers from the
         // first, the Amazon Linux repositories the next two, JumpStart its models the last.
         statements.push(serde_json::json!({"Sid": "AwsOwnedBucketsStudioReads", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": [
-            format!("arn:aws:s3:::prod-{region}-starport-layer-bucket/*"),
-            format!("arn:aws:s3:::packages.{region}.amazonaws.com/*"),
-            format!("arn:aws:s3:::repo.{region}.amazonaws.com/*"),
-            format!("arn:aws:s3:::jumpstart-cache-prod-{region}"),
-            format!("arn:aws:s3:::jumpstart-cache-prod-{region}/*"),
+            format!("arn:{partition}:s3:::prod-{region}-starport-layer-bucket/*"),
+            format!("arn:{partition}:s3:::packages.{region}.amazonaws.com/*"),
+            format!("arn:{partition}:s3:::repo.{region}.amazonaws.com/*"),
+            format!("arn:{partition}:s3:::jumpstart-cache-prod-{region}"),
+            format!("arn:{partition}:s3:::jumpstart-cache-prod-{region}/*"),
         ]}));
         if !self.spec.s3_endpoint_buckets.is_empty() {
             let resources: Vec<String> = self
                 .spec
                 .s3_endpoint_buckets
                 .iter()
-                .flat_map(|b| [format!("arn:aws:s3:::{b}"), format!("arn:aws:s3:::{b}/*")])
+                .flat_map(|b| {
+                    [
+                        format!("arn:{partition}:s3:::{b}"),
+                        format!("arn:{partition}:s3:::{b}/*"),
+                    ]
+                })
                 .collect();
             statements.push(serde_json::json!({"Sid": "ListedBuckets", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": resources}));
         }
@@ -1441,13 +1447,63 @@ impl<'c> Reconciler<'c> {
                 .await
                 .map_err(|e| aws_error(&resource, "PutRolePolicy", e))?;
         }
+        if arn == PLANNED {
+            return Ok(arn);
+        }
+        // Whatever else was put on or attached to the role widens what a notebook (or the
+        // flow-log service) may do: removed.
+        let inline_names = iam
+            .list_role_policies()
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws_error(&resource, "ListRolePolicies", e))?;
+        for extra in inline_names
+            .policy_names()
+            .iter()
+            .filter(|p| p.as_str() != "egresswatch")
+        {
+            if self.change(
+                &resource,
+                ChangeKind::Update,
+                format!("remove inline policy {extra}, which the spec does not give"),
+                true,
+            ) {
+                iam.delete_role_policy()
+                    .role_name(&name)
+                    .policy_name(extra)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(&resource, "DeleteRolePolicy", e))?;
+            }
+        }
+        let attached = iam
+            .list_attached_role_policies()
+            .role_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws_error(&resource, "ListAttachedRolePolicies", e))?;
+        for extra in attached
+            .attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_arn())
+            .filter(|a| Some(*a) != managed)
+        {
+            if self.change(
+                &resource,
+                ChangeKind::Update,
+                format!("detach {extra}, which the spec does not give"),
+                true,
+            ) {
+                iam.detach_role_policy()
+                    .role_name(&name)
+                    .policy_arn(extra)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(&resource, "DetachRolePolicy", e))?;
+            }
+        }
         if let Some(policy_arn) = managed {
-            let attached = iam
-                .list_attached_role_policies()
-                .role_name(&name)
-                .send()
-                .await
-                .map_err(|e| aws_error(&resource, "ListAttachedRolePolicies", e))?;
             if !attached
                 .attached_policies()
                 .iter()
@@ -1473,18 +1529,19 @@ impl<'c> Reconciler<'c> {
     async fn studio_role(&mut self) -> Result<(), ProvisionError> {
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
         let region = &self.clients.region;
+        let partition = crate::aws::partition(region);
         let account = &self.out.account_id;
         let mut statements = vec![
-            serde_json::json!({"Sid": "StudioLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"], "Resource": format!("arn:aws:logs:{region}:{account}:log-group:/aws/sagemaker/*")}),
+            serde_json::json!({"Sid": "StudioLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"], "Resource": format!("arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*")}),
             serde_json::json!({"Sid": "StudioImages", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"], "Resource": "*"}),
             serde_json::json!({"Sid": "StudioNetworkInterfaces", "Effect": "Allow", "Action": ["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeDhcpOptions"], "Resource": "*"}),
             // What launching and using Studio apps needs (SageMaker Role Manager's "Run Studio
             // Applications"), on this account's Studio resources only.
             serde_json::json!({"Sid": "StudioApps", "Effect": "Allow", "Action": ["sagemaker:CreateApp", "sagemaker:DeleteApp", "sagemaker:DescribeApp", "sagemaker:ListApps", "sagemaker:DescribeDomain", "sagemaker:ListDomains", "sagemaker:DescribeUserProfile", "sagemaker:ListUserProfiles", "sagemaker:DescribeSpace", "sagemaker:ListSpaces", "sagemaker:ListTags", "sagemaker:AddTags"], "Resource": [
-                format!("arn:aws:sagemaker:{region}:{account}:domain/*"),
-                format!("arn:aws:sagemaker:{region}:{account}:user-profile/*"),
-                format!("arn:aws:sagemaker:{region}:{account}:space/*"),
-                format!("arn:aws:sagemaker:{region}:{account}:app/*"),
+                format!("arn:{partition}:sagemaker:{region}:{account}:domain/*"),
+                format!("arn:{partition}:sagemaker:{region}:{account}:user-profile/*"),
+                format!("arn:{partition}:sagemaker:{region}:{account}:space/*"),
+                format!("arn:{partition}:sagemaker:{region}:{account}:app/*"),
             ]}),
             // What would leave the network design, denied even when a broader policy (the
             // managed one) allows it: work started outside the VPC, a notebook instance with
@@ -1500,7 +1557,12 @@ impl<'c> Reconciler<'c> {
                 .spec
                 .s3_endpoint_buckets
                 .iter()
-                .flat_map(|b| [format!("arn:aws:s3:::{b}"), format!("arn:aws:s3:::{b}/*")])
+                .flat_map(|b| {
+                    [
+                        format!("arn:{partition}:s3:::{b}"),
+                        format!("arn:{partition}:s3:::{b}/*"),
+                    ]
+                })
                 .collect();
             statements.push(serde_json::json!({"Sid": "StudioData", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"], "Resource": res}));
         }
@@ -1508,20 +1570,21 @@ impl<'c> Reconciler<'c> {
         let managed = self
             .spec
             .studio_managed_policy
-            .then_some("arn:aws:iam::aws:policy/AmazonSageMakerFullAccess");
+            .then(|| format!("arn:{partition}:iam::aws:policy/AmazonSageMakerFullAccess"));
         self.out.studio_role_arn = self
-            .role("studio-execution", trust, inline, managed)
+            .role("studio-execution", trust, inline, managed.as_deref())
             .await?;
         Ok(())
     }
 
     async fn flow_log_role(&mut self) -> Result<(), ProvisionError> {
         let region = self.clients.region.clone();
+        let partition = crate::aws::partition(&region);
         let account = self.out.account_id.clone();
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}, "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"aws:SourceAccount": account}, "ArnLike": {"aws:SourceArn": format!("arn:aws:ec2:{region}:{account}:vpc-flow-log/*")}}}]});
+            "Condition": {"StringEquals": {"aws:SourceAccount": account}, "ArnLike": {"aws:SourceArn": format!("arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*")}}}]});
         let group_arn = format!(
-            "arn:aws:logs:{region}:{account}:log-group:{}",
+            "arn:{partition}:logs:{region}:{account}:log-group:{}",
             self.log_group_name()
         );
         let inline = serde_json::json!({"Version": "2012-10-17", "Statement": [

@@ -1169,6 +1169,32 @@ async fn ways_past_the_nat_are_security_drift_that_up_removes() {
                     .unwrap();
             })
         }),
+        ("an inline policy put on the Studio role", |c, _, _, _| {
+            let iam = c.iam.clone();
+            Box::pin(async move {
+                iam.put_role_policy()
+                    .role_name("paths-studio-execution")
+                    .policy_name("extra")
+                    .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#)
+                    .send()
+                    .await
+                    .unwrap();
+            })
+        }),
+        (
+            "a managed policy attached to the Studio role",
+            |c, _, _, _| {
+                let iam = c.iam.clone();
+                Box::pin(async move {
+                    iam.attach_role_policy()
+                        .role_name("paths-studio-execution")
+                        .policy_arn("arn:aws:iam::aws:policy/AmazonS3FullAccess")
+                        .send()
+                        .await
+                        .unwrap();
+                })
+            },
+        ),
         ("default group allows all egress", |c, _, sg, _| {
             let (ec2, sg) = (c.ec2.clone(), sg.to_string());
             Box::pin(async move {
