@@ -729,10 +729,10 @@ async fn delete_domain<P: FnMut(&str) + ?Sized>(
     Ok(deleted)
 }
 
-async fn wait_nat_deleted(
+pub(crate) async fn wait_nat_deleted<P: FnMut(&str) + ?Sized>(
     clients: &Clients,
     id: &str,
-    progress: &mut impl FnMut(&str),
+    progress: &mut P,
 ) -> Result<(), ProvisionError> {
     let started = Instant::now();
     loop {

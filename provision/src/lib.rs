@@ -5,7 +5,7 @@
 //! are the state: there is no state file to lose.
 
 pub mod aws;
-mod down;
+pub(crate) mod down;
 pub mod lock;
 pub mod logs;
 pub mod retry;

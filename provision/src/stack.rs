@@ -309,6 +309,8 @@ impl<'c> Reconciler<'c> {
         self.internet_gateway().await?;
         self.nat_gateways().await?;
         self.route_tables().await?;
+        // Only once no route points at them any more.
+        self.leftover_nat_gateways().await?;
         self.s3_endpoint().await?;
         self.security_group().await?;
         self.studio_role().await?;
@@ -729,6 +731,81 @@ impl<'c> Reconciler<'c> {
                 public_ip: addr.and_then(|a| a.public_ip()).unwrap_or_default().into(),
                 allocation_id,
             });
+        }
+        Ok(())
+    }
+
+    /// NAT gateways and Elastic IPs of zones the spec no longer gives one (after
+    /// `nat-gateway-per-az` was switched off): each costs money for nothing, and a NAT gateway
+    /// nobody routes to is an egress path nobody watches for.
+    async fn leftover_nat_gateways(&mut self) -> Result<(), ProvisionError> {
+        if self.out.vpc_id == PLANNED {
+            return Ok(());
+        }
+        let ec2 = self.clients.ec2.clone();
+        let wanted: Vec<String> = self.out.nat_gateways.iter().map(|n| n.id.clone()).collect();
+        let nats = ec2
+            .describe_nat_gateways()
+            .filter(filter("vpc-id", &self.out.vpc_id))
+            .send()
+            .await
+            .map_err(|e| aws_error("NAT gateway", "DescribeNatGateways", e))?;
+        for n in nats.nat_gateways() {
+            let id = n.nat_gateway_id().unwrap_or_default().to_string();
+            let live = !matches!(
+                n.state().map(|s| s.as_str()),
+                Some("deleted") | Some("deleting") | Some("failed")
+            );
+            if !live || wanted.contains(&id) || !has_tag(n.tags(), STACK_TAG, &self.stack) {
+                continue;
+            }
+            if self.change(
+                "nat-gateway",
+                ChangeKind::Delete,
+                format!("NAT gateway {id}, which the spec no longer has"),
+                false,
+            ) {
+                ec2.delete_nat_gateway()
+                    .nat_gateway_id(&id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("nat-gateway", "DeleteNatGateway", e))?;
+                crate::down::wait_nat_deleted(self.clients, &id, &mut *self.progress).await?;
+            }
+        }
+        let wanted_eips: Vec<String> = self
+            .out
+            .nat_gateways
+            .iter()
+            .map(|n| n.allocation_id.clone())
+            .collect();
+        let eips = ec2
+            .describe_addresses()
+            .filters(self.stack_filter())
+            .send()
+            .await
+            .map_err(|e| aws_error("elastic IP", "DescribeAddresses", e))?;
+        for a in eips.addresses() {
+            let Some(id) = a.allocation_id() else {
+                continue;
+            };
+            if wanted_eips.iter().any(|w| w == id) {
+                continue;
+            }
+            if self.change(
+                "elastic-ip",
+                ChangeKind::Delete,
+                format!("Elastic IP {id}, which no NAT gateway of the spec uses"),
+                false,
+            ) {
+                crate::retry_passing!(Passing::AddressStillHeld, &mut *self.progress, {
+                    ec2.release_address()
+                        .allocation_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("elastic-ip", "ReleaseAddress", e))
+                })?;
+            }
         }
         Ok(())
     }

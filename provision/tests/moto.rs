@@ -726,6 +726,41 @@ async fn one_nat_gateway_per_zone_when_asked() {
         .iter()
         .all(|s| s["Resource"] != "*" || s.get("Condition").is_some()));
     assert_eq!(plan(&c, &spec, "multi").await, vec![]);
+    // Back to one NAT gateway: the second zone's gateway and address go, once no route
+    // points at them.
+    let one = StackSpec {
+        nat_gateway_per_az: false,
+        ..spec.clone()
+    };
+    let changes = plan(&c, &one, "multi").await;
+    let deletions: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Delete)
+        .map(|c| c.resource.as_str())
+        .collect();
+    assert_eq!(deletions, ["nat-gateway", "elastic-ip"], "{changes:?}");
+    up(&c, &one, "multi").await;
+    assert_eq!(plan(&c, &one, "multi").await, vec![]);
+    let live = c
+        .ec2
+        .describe_nat_gateways()
+        .send()
+        .await
+        .unwrap()
+        .nat_gateways()
+        .iter()
+        .filter(|n| n.state().map(|s| s.as_str()) == Some("available"))
+        .filter(|n| n.vpc_id() == Some(out.vpc_id.as_str()))
+        .count();
+    assert_eq!(live, 1);
+    let eips = c
+        .ec2
+        .describe_addresses()
+        .filters(tag_filter("multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(eips.addresses().len(), 1);
     provision::down(&c, "multi", ALL, |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "multi").await, 0);
 }
