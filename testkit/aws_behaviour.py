@@ -18,7 +18,9 @@ Behaviours:
   release-after-nat     {"refusals": N} ReleaseAddress after a DeleteNatGateway fails with
                                         AuthFailure N times.
   (always)                              ListApps, ListSpaces and ListUserProfiles, which moto does
-                                        not implement, answer an empty list for moto's domains.
+                                        not implement, answer an empty list for moto's domains;
+                                        UpdateDomain (HTTP 500 in moto) is kept here and laid
+                                        over what moto's DescribeDomain answers.
   domain-in-use         {"deleting_polls": N, "dependency_refusals": M}
                                         A created Studio domain has apps, a space and a user
                                         profile (moto has none of them); DeleteDomain is
@@ -54,6 +56,19 @@ SOURCES = {
 
 # The SageMaker listings moto lacks, with the key of their reply.
 LISTS = {"ListApps": "Apps", "ListSpaces": "Spaces", "ListUserProfiles": "UserProfiles"}
+
+# UpdateDomain's changes by domain id, laid over moto's DescribeDomain.
+domain_updates = {}
+
+
+def merge(base, over):
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
 
 # State the behaviours keep.
 misses = {}  # resource id -> NotFound answers still to give
@@ -137,6 +152,9 @@ def age(d):
 def sagemaker(action, req):
     """Handles the SageMaker calls of a domain in use; None passes the call to moto."""
     did = req.get("DomainId") or req.get("DomainIdEquals")
+    if action == "UpdateDomain":
+        merge(domain_updates.setdefault(did, {}), {k: v for k, v in req.items() if k not in ("DomainId", "DomainSettingsForUpdate")})
+        return json_ok({"DomainArn": f"arn:aws:sagemaker:us-east-1:123456789012:domain/{did}"})
     if action in LISTS and did not in domains:
         # moto answers these with HTTP 500 (not implemented) and cannot hold apps, spaces or
         # user profiles: for its domains the truthful answer is an empty list.
@@ -347,6 +365,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return
                 status, out, data = upstream("POST", self.path, headers, body)
                 after_sagemaker(action, req, status, data)
+                if action == "DescribeDomain" and status == 200 and req.get("DomainId") in domain_updates:
+                    data = json.dumps(merge(json.loads(data), domain_updates[req["DomainId"]])).encode()
                 self.answer(status, out, data)
                 return
             params = {}

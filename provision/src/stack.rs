@@ -1905,27 +1905,95 @@ impl<'c> Reconciler<'c> {
         match self.find_domain().await? {
             Some((id, d)) => {
                 self.out.domain_id = id.clone();
+                if d.vpc_id() != Some(self.out.vpc_id.as_str()) {
+                    return Err(ProvisionError::Conflict(format!("Studio domain {id} is in VPC {} , not the stack's {}: delete it or rename the stack", d.vpc_id().unwrap_or("?"), self.out.vpc_id)));
+                }
+                let status = d
+                    .status()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                if status.ends_with("Failed") {
+                    // Nothing `up` can repair: said, and left for a person.
+                    let detail = format!(
+                        "the domain is {status}: {}",
+                        d.failure_reason().unwrap_or("no reason given")
+                    );
+                    if self.mode == Mode::Plan {
+                        self.changes.push(Change {
+                            resource: "studio-domain".into(),
+                            kind: ChangeKind::Update,
+                            detail,
+                            security: false,
+                        });
+                    } else {
+                        (self.progress)(&format!("warning: studio-domain {id}: {detail}"));
+                    }
+                }
+                // Every setting that decides where Studio's traffic goes, in one repair.
+                let mut drift = Vec::new();
                 let mode = d
                     .app_network_access_type()
                     .map(|m| m.as_str().to_string())
                     .unwrap_or_default();
-                if mode != "VpcOnly"
-                    && self.change(
-                        "studio-domain",
-                        ChangeKind::Update,
-                        format!("network access is {mode}, set VpcOnly"),
-                        true,
-                    )
+                if mode != "VpcOnly" {
+                    drift.push(format!("network access is {mode}, set VpcOnly"));
+                }
+                let sg = [self.out.security_group_id.clone()];
+                let user = d.default_user_settings();
+                if user.map(|u| u.security_groups()) != Some(&sg[..]) {
+                    drift.push(format!(
+                        "users' security groups are {:?}, set [{}]",
+                        user.map(|u| u.security_groups()).unwrap_or_default(),
+                        sg[0]
+                    ));
+                }
+                if user.and_then(|u| u.execution_role()) != Some(self.out.studio_role_arn.as_str())
                 {
+                    drift.push(format!(
+                        "users' execution role is {}, set {}",
+                        user.and_then(|u| u.execution_role()).unwrap_or("none"),
+                        self.out.studio_role_arn
+                    ));
+                }
+                let space = d.default_space_settings();
+                if space.map(|s| s.security_groups()) != Some(&sg[..])
+                    || space.and_then(|s| s.execution_role())
+                        != Some(self.out.studio_role_arn.as_str())
+                {
+                    drift.push(
+                        "shared spaces' security groups or role differ, set the stack's".into(),
+                    );
+                }
+                let mut subnets = d.subnet_ids().to_vec();
+                subnets.sort();
+                let mut wanted = private.clone();
+                wanted.sort();
+                if subnets != wanted {
+                    drift.push(format!("subnets are {subnets:?}, set {wanted:?}"));
+                }
+                if !drift.is_empty()
+                    && self.change("studio-domain", ChangeKind::Update, drift.join("; "), true)
+                {
+                    use aws_sdk_sagemaker::types::{DefaultSpaceSettings, UserSettings};
                     sm.update_domain()
                         .domain_id(&id)
                         .app_network_access_type(AppNetworkAccessType::VpcOnly)
+                        .default_user_settings(
+                            UserSettings::builder()
+                                .execution_role(&self.out.studio_role_arn)
+                                .security_groups(&sg[0])
+                                .build(),
+                        )
+                        .default_space_settings(
+                            DefaultSpaceSettings::builder()
+                                .execution_role(&self.out.studio_role_arn)
+                                .security_groups(&sg[0])
+                                .build(),
+                        )
+                        .set_subnet_ids(Some(wanted))
                         .send()
                         .await
                         .map_err(|e| aws_error("studio-domain", "UpdateDomain", e))?;
-                }
-                if d.vpc_id() != Some(self.out.vpc_id.as_str()) {
-                    return Err(ProvisionError::Conflict(format!("Studio domain {id} is in VPC {} , not the stack's {}: delete it or rename the stack", d.vpc_id().unwrap_or("?"), self.out.vpc_id)));
                 }
             }
             None => {

@@ -1266,3 +1266,53 @@ async fn ways_past_the_nat_are_security_drift_that_up_removes() {
 mod tampering {
     pub type Done = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_turned_away_from_the_network_design_is_drift_up_turns_back() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "dom", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // Someone opens the domain to the internet and gives users another group.
+    c.sagemaker
+        .update_domain()
+        .domain_id(&out.domain_id)
+        .app_network_access_type(aws_sdk_sagemaker::types::AppNetworkAccessType::PublicInternetOnly)
+        .default_user_settings(
+            aws_sdk_sagemaker::types::UserSettings::builder()
+                .execution_role(&out.studio_role_arn)
+                .security_groups("sg-0123456789abcdef0")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "dom").await;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].security);
+    assert!(drift[0].detail.contains("set VpcOnly"), "{drift:?}");
+    assert!(
+        drift[0].detail.contains("sg-0123456789abcdef0"),
+        "{drift:?}"
+    );
+    up(&c, &spec, "dom").await;
+    assert_eq!(plan(&c, &spec, "dom").await, vec![]);
+    let d = c
+        .sagemaker
+        .describe_domain()
+        .domain_id(&out.domain_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.app_network_access_type().map(|m| m.as_str()),
+        Some("VpcOnly")
+    );
+    assert_eq!(
+        d.default_user_settings()
+            .map(|u| u.security_groups().to_vec()),
+        Some(vec![out.security_group_id.clone()])
+    );
+    provision::down(&c, "dom", ALL, |_| {}).await.unwrap();
+}
