@@ -21,6 +21,9 @@ Behaviours:
                                         not implement, answer an empty list for moto's domains;
                                         UpdateDomain (HTTP 500 in moto) is kept here and laid
                                         over what moto's DescribeDomain answers.
+  flow-log-delivery-failed {"answers": N}
+                                        The next N DescribeFlowLogs say delivery FAILED with
+                                        "Access error" (moto always delivers).
   domain-in-use         {"deleting_polls": N, "dependency_refusals": M}
                                         A created Studio domain has apps, a space and a user
                                         profile (moto has none of them); DeleteDomain is
@@ -51,6 +54,7 @@ SOURCES = {
     "role-propagation": "hashicorp/terraform-provider-aws#29323 (CreateFlowLogs InvalidParameter: Unable to assume given IAM role); hashicorp/terraform-provider-aws#26429; hashicorp/terraform#2869",
     "already-associated": "hashicorp/terraform-provider-aws#73 and PR #6999 (Resource.AlreadyAssociated; ReplaceRouteTableAssociation is the call)",
     "release-after-nat": "hashicorp/terraform-provider-aws#49299 (ReleaseAddress AuthFailure after the NAT gateway is deleted)",
+    "flow-log-delivery-failed": "ec2 API reference, FlowLog: DeliverLogsStatus SUCCESS | FAILED, DeliverLogsErrorMessage Rate limited | Access error | Unknown error",
     "domain-in-use": "aws-cloudformation/cloudformation-coverage-roadmap#1754; aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py; aws-samples/amazon-sagemaker-studio-vpc-networkfirewall:functions/test/sagemakerdomain.py",
 }
 
@@ -306,6 +310,20 @@ def ec2(action, params):
     return None
 
 
+def patch_ec2(action, status, data):
+    """Rewrites an EC2 answer as a behaviour needs; returns the body to send."""
+    if "flow-log-delivery-failed" in ON and action == "DescribeFlowLogs" and status == 200:
+        left = ON["flow-log-delivery-failed"].setdefault("answers", 2)
+        if left > 0 and b"<flowLogId>" in data:
+            ON["flow-log-delivery-failed"]["answers"] = left - 1
+            text = data.decode()
+            text = re.sub(r"<deliverLogsStatus>[^<]*</deliverLogsStatus>", "", text)
+            text = re.sub(r"(<flowLogId>[^<]+</flowLogId>)", r"\1<deliverLogsStatus>FAILED</deliverLogsStatus><deliverLogsErrorMessage>Access error</deliverLogsErrorMessage>", text)
+            journal("flow-log-delivery-failed", action)
+            return text.encode()
+    return data
+
+
 def after_ec2(action, params, status, data):
     if status != 200:
         return
@@ -380,6 +398,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status, out, data = upstream("POST", self.path, headers, body)
             if params.get("Version") == "2016-11-15":
                 after_ec2(action, params, status, data)
+                data = patch_ec2(action, status, data)
             if action == "CreateRole" and status == 200:
                 m = re.search(r"<Arn>([^<]+)</Arn>", data.decode(errors="replace"))
                 if m:

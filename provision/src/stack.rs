@@ -365,6 +365,30 @@ impl<'c> Reconciler<'c> {
             }
         }
         let existing = live.first().cloned();
+        // NAT gateways carry IPv4 only: an IPv6 range on the VPC is a way out past the NAT.
+        if let Some(v) = &existing {
+            for a in v.ipv6_cidr_block_association_set() {
+                let state = a
+                    .ipv6_cidr_block_state()
+                    .and_then(|s| s.state())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                if !matches!(state.as_str(), "associated" | "associating") {
+                    continue;
+                }
+                let detail = format!(
+                    "remove the IPv6 range {}: traffic over IPv6 leaves without the NAT",
+                    a.ipv6_cidr_block().unwrap_or("?")
+                );
+                if self.change("vpc", ChangeKind::Update, detail, true) {
+                    ec2.disassociate_vpc_cidr_block()
+                        .association_id(a.association_id().unwrap_or_default())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("vpc", "DisassociateVpcCidrBlock", e))?;
+                }
+            }
+        }
         let vpc_id = match existing {
             Some(v) => {
                 self.out.account_id = v.owner_id().unwrap_or_default().to_string();
@@ -1788,6 +1812,16 @@ impl<'c> Reconciler<'c> {
             }
             if f.deliver_logs_permission_arn() != Some(self.out.flow_log_role_arn.as_str()) {
                 why.push("delivery role differs");
+            }
+            // A flow log that cannot deliver leaves the monitor blind; made again once the
+            // role and log group before it are in spec.
+            let failing;
+            if f.deliver_logs_status() == Some("FAILED") {
+                failing = format!(
+                    "its delivery fails ({})",
+                    f.deliver_logs_error_message().unwrap_or("no reason given")
+                );
+                why.push(&failing);
             }
             if why.is_empty() && keep.is_none() {
                 keep = Some(id);

@@ -1230,6 +1230,27 @@ async fn ways_past_the_nat_are_security_drift_that_up_removes() {
                 })
             },
         ),
+        ("an IPv6 range on the VPC", |c, _, _, _| {
+            let ec2 = c.ec2.clone();
+            Box::pin(async move {
+                let vpc = ec2
+                    .describe_vpcs()
+                    .filters(tag_filter("paths"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .vpcs()[0]
+                    .vpc_id()
+                    .unwrap()
+                    .to_string();
+                ec2.associate_vpc_cidr_block()
+                    .vpc_id(vpc)
+                    .amazon_provided_ipv6_cidr_block(true)
+                    .send()
+                    .await
+                    .unwrap();
+            })
+        }),
         ("default group allows all egress", |c, _, sg, _| {
             let (ec2, sg) = (c.ec2.clone(), sg.to_string());
             Box::pin(async move {
@@ -1315,4 +1336,56 @@ async fn a_domain_turned_away_from_the_network_design_is_drift_up_turns_back() {
         Some(vec![out.security_group_id.clone()])
     );
     provision::down(&c, "dom", ALL, |_| {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flow_log_that_cannot_deliver_is_security_drift_and_made_again() {
+    let (moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "blind", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // From now on AWS reports the flow log's delivery failing, twice.
+    let failing = egresswatch_testkit::aws_behaviour(
+        &moto,
+        &serde_json::json!({"flow-log-delivery-failed": {"answers": 2}}),
+    );
+    let c = clients(&failing.endpoint()).await;
+    // Replaced: the failing one goes, a new one comes (once the role and group before it
+    // are in spec).
+    let drift = plan(&c, &spec, "blind").await;
+    let kinds: Vec<_> = drift.iter().map(|d| (d.kind.clone(), d.security)).collect();
+    assert_eq!(
+        kinds,
+        [(ChangeKind::Replace, true), (ChangeKind::Create, true)],
+        "{drift:?}"
+    );
+    assert!(
+        drift[0]
+            .detail
+            .contains("its delivery fails (Access error)"),
+        "{drift:?}"
+    );
+    up(&c, &spec, "blind").await;
+    assert_eq!(plan(&c, &spec, "blind").await, vec![]);
+    assert_eq!(
+        failing.injected("flow-log-delivery-failed", "DescribeFlowLogs"),
+        2
+    );
+    let now = c
+        .ec2
+        .describe_flow_logs()
+        .filter(tag_filter("blind"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(now.flow_logs().len(), 1);
+    assert_ne!(
+        now.flow_logs()[0].flow_log_id(),
+        Some(out.flow_log_id.as_str())
+    );
+    provision::down(&c, "blind", ALL, |_| {}).await.unwrap();
 }
