@@ -19,6 +19,7 @@ Behaviours:
                                         AuthFailure N times.
   (always)                              ListApps, ListSpaces and ListUserProfiles, which moto does
                                         not implement, answer an empty list for moto's domains;
+                                        ListTags of a domain answers the tags it was created with;
                                         UpdateDomain (HTTP 500 in moto) is kept here and laid
                                         over what moto's DescribeDomain answers.
   flow-log-delivery-failed {"answers": N}
@@ -63,6 +64,8 @@ LISTS = {"ListApps": "Apps", "ListSpaces": "Spaces", "ListUserProfiles": "UserPr
 
 # UpdateDomain's changes by domain id, laid over moto's DescribeDomain.
 domain_updates = {}
+# The tags each domain was created with, by ARN (moto's ListTags fails for domains).
+domain_tags = {}
 
 
 def merge(base, over):
@@ -156,6 +159,8 @@ def age(d):
 def sagemaker(action, req):
     """Handles the SageMaker calls of a domain in use; None passes the call to moto."""
     did = req.get("DomainId") or req.get("DomainIdEquals")
+    if action == "ListTags" and ":domain/" in req.get("ResourceArn", ""):
+        return json_ok({"Tags": domain_tags.get(req["ResourceArn"], [])})
     if action == "UpdateDomain":
         merge(domain_updates.setdefault(did, {}), {k: v for k, v in req.items() if k not in ("DomainId", "DomainSettingsForUpdate")})
         return json_ok({"DomainArn": f"arn:aws:sagemaker:us-east-1:123456789012:domain/{did}"})
@@ -217,6 +222,10 @@ def sagemaker(action, req):
 
 
 def after_sagemaker(action, req, status, data):
+    if action == "CreateDomain" and status == 200:
+        arn = json.loads(data or b"{}").get("DomainArn")
+        if arn:
+            domain_tags[arn] = req.get("Tags", [])
     if "domain-in-use" not in ON or status != 200:
         return
     cfg = ON["domain-in-use"]

@@ -69,9 +69,53 @@ async fn delete_stack(
     let tag = f(&format!("tag:{STACK_TAG}"), stack);
     let r = Reconciler::new(clients, StackSpec::default(), stack, Mode::Plan);
 
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(tag.clone())
+        .send()
+        .await
+        .map_err(|e| aws_error("vpc", "DescribeVpcs", e))?;
+    let vpc_ids: Vec<String> = vpcs
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(String::from))
+        .collect();
+
     // The Studio domain first, with what people made in it and its home EFS volume; it must
-    // be gone before its ENIs.
-    let domains = domain_ids(clients, &r.domain_name()).await?;
+    // be gone before its ENIs. Only a domain that is the stack's: in its VPC, or carrying
+    // its tag; another of the same name is someone else's.
+    let mut domains = Vec::new();
+    for id in domain_ids(clients, &r.domain_name()).await? {
+        let d = clients
+            .sagemaker
+            .describe_domain()
+            .domain_id(&id)
+            .send()
+            .await
+            .map_err(|e| aws_error("studio-domain", "DescribeDomain", e))?;
+        let in_our_vpc = d.vpc_id().is_some_and(|v| vpc_ids.iter().any(|o| o == v));
+        let tagged = match d.domain_arn() {
+            Some(arn) if !in_our_vpc => clients
+                .sagemaker
+                .list_tags()
+                .resource_arn(arn)
+                .send()
+                .await
+                .map_err(|e| aws_error("studio-domain", "ListTags", e))?
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some(STACK_TAG) && t.value() == Some(stack)),
+            _ => false,
+        };
+        if in_our_vpc || tagged {
+            domains.push(id);
+        } else {
+            progress(&format!(
+                "left studio-domain {id}: it is not this stack's (in VPC {}, without the {STACK_TAG}={stack} tag)",
+                d.vpc_id().unwrap_or("?")
+            ));
+        }
+    }
     for id in &domains {
         // Users' home directories are not the stack's to delete unasked: refused before
         // anything is deleted.
@@ -95,18 +139,6 @@ async fn delete_stack(
             say!(line);
         }
     }
-
-    let vpcs = ec2
-        .describe_vpcs()
-        .filters(tag.clone())
-        .send()
-        .await
-        .map_err(|e| aws_error("vpc", "DescribeVpcs", e))?;
-    let vpc_ids: Vec<String> = vpcs
-        .vpcs()
-        .iter()
-        .filter_map(|v| v.vpc_id().map(String::from))
-        .collect();
 
     // Flow logs (tagged), then the log group and roles, which nothing else depends on.
     let fls = ec2

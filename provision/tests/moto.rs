@@ -1087,6 +1087,27 @@ async fn what_carries_the_stacks_name_but_not_its_tag_is_left_alone() {
         .send()
         .await
         .unwrap();
+    // And a Studio domain of the same name lives in another VPC.
+    let foreign = c
+        .sagemaker
+        .create_domain()
+        .domain_name("theirs")
+        .auth_mode(aws_sdk_sagemaker::types::AuthMode::Iam)
+        .default_user_settings(
+            aws_sdk_sagemaker::types::UserSettings::builder()
+                .execution_role("arn:aws:iam::123456789012:role/someone-else")
+                .build(),
+        )
+        .subnet_ids("subnet-0f0f0f0f0f0f0f0f0")
+        .vpc_id("vpc-0f0f0f0f0f0f0f0f0")
+        .send()
+        .await
+        .unwrap();
+    let foreign_id = foreign
+        .domain_arn()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap()
+        .to_string();
     let refused = provision::reconcile(&c, &spec, "theirs", Mode::Apply, |_| {})
         .await
         .unwrap_err()
@@ -1105,6 +1126,17 @@ async fn what_carries_the_stacks_name_but_not_its_tag_is_left_alone() {
             .any(|s| s.starts_with("left iam-role theirs-flow-logs")),
         "{said:?}"
     );
+    assert!(
+        said.iter()
+            .any(|s| s.starts_with(&format!("left studio-domain {foreign_id}"))),
+        "{said:?}"
+    );
+    c.sagemaker
+        .describe_domain()
+        .domain_id(&foreign_id)
+        .send()
+        .await
+        .unwrap();
     let kept = c
         .iam
         .get_role()
@@ -1122,8 +1154,8 @@ async fn what_carries_the_stacks_name_but_not_its_tag_is_left_alone() {
     );
     assert_eq!(
         tagged(&c, "theirs").await,
-        1,
-        "only their role, by its name"
+        2,
+        "only their role and their domain, by their names"
     );
 }
 
