@@ -69,14 +69,17 @@ async fn delete_stack(
     let tag = f(&format!("tag:{STACK_TAG}"), stack);
     let r = Reconciler::new(clients, StackSpec::default(), stack, Mode::Plan);
 
-    let vpcs = ec2
+    // Every page of each Describe below: a VPC with many interfaces or groups fills several.
+    let vpcs: Vec<_> = ec2
         .describe_vpcs()
         .filters(tag.clone())
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(|e| aws_error("vpc", "DescribeVpcs", e))?;
     let vpc_ids: Vec<String> = vpcs
-        .vpcs()
         .iter()
         .filter_map(|v| v.vpc_id().map(String::from))
         .collect();
@@ -141,13 +144,16 @@ async fn delete_stack(
     }
 
     // Flow logs (tagged), then the log group and roles, which nothing else depends on.
-    let fls = ec2
+    let fls: Vec<_> = ec2
         .describe_flow_logs()
         .filter(tag.clone())
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(|e| aws_error("flow-log", "DescribeFlowLogs", e))?;
-    for fl in fls.flow_logs() {
+    for fl in &fls {
         if let Some(id) = fl.flow_log_id() {
             if !opts.dry_run {
                 ec2.delete_flow_logs()
@@ -236,14 +242,16 @@ async fn delete_stack(
 
     for vpc in &vpc_ids {
         // The S3 endpoint, then NAT gateways (they hold the Elastic IPs and public subnets).
-        let eps = ec2
+        let eps: Vec<_> = ec2
             .describe_vpc_endpoints()
             .filters(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("s3-endpoint", "DescribeVpcEndpoints", e))?;
         let ids: Vec<String> = eps
-            .vpc_endpoints()
             .iter()
             .filter(|e| !matches!(e.state().map(|s| s.as_str()), Some("deleted")))
             .filter_map(|e| e.vpc_endpoint_id().map(String::from))
@@ -260,13 +268,16 @@ async fn delete_stack(
                 say!(format!("vpc-endpoint {id}"));
             }
         }
-        let nats = ec2
+        let nats: Vec<_> = ec2
             .describe_nat_gateways()
             .filter(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("nat-gateway", "DescribeNatGateways", e))?;
-        for n in nats.nat_gateways() {
+        for n in &nats {
             let state = n
                 .state()
                 .map(|s| s.as_str().to_string())
@@ -290,13 +301,16 @@ async fn delete_stack(
             say!(format!("nat-gateway {id}"));
         }
         // Route tables: disassociate, then delete (never the VPC's main table).
-        let rts = ec2
+        let rts: Vec<_> = ec2
             .describe_route_tables()
             .filters(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("route-table", "DescribeRouteTables", e))?;
-        for rt in rts.route_tables() {
+        for rt in &rts {
             if rt.associations().iter().any(|a| a.main() == Some(true)) {
                 continue;
             }
@@ -323,13 +337,16 @@ async fn delete_stack(
             }
         }
         // Interfaces Studio leaves behind block subnet and group deletion.
-        let enis = ec2
+        let enis: Vec<_> = ec2
             .describe_network_interfaces()
             .filters(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("network-interface", "DescribeNetworkInterfaces", e))?;
-        for eni in enis.network_interfaces() {
+        for eni in &enis {
             if eni.status().map(|s| s.as_str()) == Some("available") {
                 if let Some(id) = eni.network_interface_id() {
                     if !opts.dry_run {
@@ -346,13 +363,16 @@ async fn delete_stack(
             }
         }
         // Security groups: ours and those Studio created in the VPC, all but the default.
-        let sgs = ec2
+        let sgs: Vec<_> = ec2
             .describe_security_groups()
             .filters(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("security-group", "DescribeSecurityGroups", e))?;
-        for g in sgs.security_groups() {
+        for g in &sgs {
             if g.group_name() == Some("default") {
                 continue;
             }
@@ -378,7 +398,7 @@ async fn delete_stack(
                 }
             }
         }
-        for g in sgs.security_groups() {
+        for g in &sgs {
             if g.group_name() == Some("default") {
                 continue;
             }
@@ -396,13 +416,16 @@ async fn delete_stack(
                 say!(format!("security-group {id}"));
             }
         }
-        let igws = ec2
+        let igws: Vec<_> = ec2
             .describe_internet_gateways()
             .filters(f("attachment.vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("internet-gateway", "DescribeInternetGateways", e))?;
-        for g in igws.internet_gateways() {
+        for g in &igws {
             if let Some(id) = g.internet_gateway_id() {
                 if !opts.dry_run {
                     ec2.detach_internet_gateway()
@@ -414,13 +437,16 @@ async fn delete_stack(
                 }
             }
         }
-        let subnets = ec2
+        let subnets: Vec<_> = ec2
             .describe_subnets()
             .filters(f("vpc-id", vpc))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .map_err(|e| aws_error("subnet", "DescribeSubnets", e))?;
-        for s in subnets.subnets() {
+        for s in &subnets {
             if let Some(id) = s.subnet_id() {
                 // Mount targets and interfaces SageMaker leaves take a while to go.
                 if !opts.dry_run {
@@ -437,13 +463,16 @@ async fn delete_stack(
         }
     }
     // Internet gateways and Elastic IPs by tag: also those a crashed `up` left unattached.
-    let igws = ec2
+    let igws: Vec<_> = ec2
         .describe_internet_gateways()
         .filters(tag.clone())
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(|e| aws_error("internet-gateway", "DescribeInternetGateways", e))?;
-    for g in igws.internet_gateways() {
+    for g in &igws {
         if let Some(id) = g.internet_gateway_id() {
             for a in g.attachments() {
                 if let Some(v) = a.vpc_id() {
