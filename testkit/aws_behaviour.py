@@ -29,7 +29,8 @@ Behaviours:
                                         A created Studio domain has apps, a space and a user
                                         profile (moto has none of them); DeleteDomain is
                                         refused with ResourceInUse while any exists, apps and
-                                        spaces take N polls to go, the domain is reported
+                                        spaces take N polls to go (the user profile can be
+                                        described and updated), the domain is reported
                                         Deleting N times after DeleteDomain, SageMaker's NFS
                                         security groups and an ENI linger in the VPC, and the
                                         subnets and VPC refuse deletion M times with
@@ -196,6 +197,17 @@ def sagemaker(action, req):
                 s["polls"] = polls
                 return json_ok({})
         return json_error("ResourceNotFound", f"Space {name} does not exist")
+    if action == "DescribeUserProfile" and d is not None:
+        name = req.get("UserProfileName")
+        if name not in d["profiles"]:
+            return json_error("ResourceNotFound", f"User profile {name} does not exist")
+        return json_ok({"DomainId": did, "UserProfileName": name, "Status": "InService", "UserSettings": d["settings"].get(name, {})})
+    if action == "UpdateUserProfile" and d is not None:
+        name = req.get("UserProfileName")
+        if name not in d["profiles"]:
+            return json_error("ResourceNotFound", f"User profile {name} does not exist")
+        merge(d["settings"].setdefault(name, {}), req.get("UserSettings", {}))
+        return json_ok({"UserProfileArn": f"arn:aws:sagemaker:us-east-1:123456789012:user-profile/{did}/{name}"})
     if action == "ListUserProfiles" and d is not None:
         return json_ok({"UserProfiles": [{"DomainId": did, "UserProfileName": p, "Status": "InService"} for p in d["profiles"]]})
     if action == "DeleteUserProfile" and d is not None:
@@ -243,6 +255,7 @@ def after_sagemaker(action, req, status, data):
             ],
             "spaces": [{"SpaceName": "team-space", "Status": "InService"}],
             "profiles": ["analyst"],
+            "settings": {},
             "deleted": False,
             "deleting": cfg.get("deleting_polls", 2),
         }

@@ -2005,6 +2005,7 @@ impl<'c> Reconciler<'c> {
                 if subnets != wanted {
                     drift.push(format!("subnets are {subnets:?}, set {wanted:?}"));
                 }
+                self.user_profile_overrides(&id).await?;
                 if !drift.is_empty()
                     && self.change("studio-domain", ChangeKind::Update, drift.join("; "), true)
                 {
@@ -2091,6 +2092,61 @@ impl<'c> Reconciler<'c> {
 }
 
 impl Reconciler<'_> {
+    /// A user profile can name its own security groups, overriding the domain's: its apps then
+    /// leave through groups the stack does not control. Set back to the stack's group.
+    async fn user_profile_overrides(&mut self, domain: &str) -> Result<(), ProvisionError> {
+        let sm = self.clients.sagemaker.clone();
+        let mut names = Vec::new();
+        let mut pages = sm
+            .list_user_profiles()
+            .domain_id_equals(domain)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("studio-user-profile", "ListUserProfiles", e))?;
+            names.extend(
+                page.user_profiles()
+                    .iter()
+                    .filter_map(|p| p.user_profile_name().map(String::from)),
+            );
+        }
+        let ours = [self.out.security_group_id.clone()];
+        for name in names {
+            let p = sm
+                .describe_user_profile()
+                .domain_id(domain)
+                .user_profile_name(&name)
+                .send()
+                .await
+                .map_err(|e| aws_error("studio-user-profile", "DescribeUserProfile", e))?;
+            let groups = p
+                .user_settings()
+                .map(|u| u.security_groups().to_vec())
+                .unwrap_or_default();
+            if groups.is_empty() || groups == ours {
+                continue;
+            }
+            let detail = format!(
+                "user profile {name} overrides the security groups with {groups:?}; set [{}]",
+                ours[0]
+            );
+            if self.change("studio-user-profile", ChangeKind::Update, detail, true) {
+                sm.update_user_profile()
+                    .domain_id(domain)
+                    .user_profile_name(&name)
+                    .user_settings(
+                        aws_sdk_sagemaker::types::UserSettings::builder()
+                            .security_groups(&ours[0])
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("studio-user-profile", "UpdateUserProfile", e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until the new domain is InService; creation takes several minutes on AWS.
     async fn wait_domain(&mut self) -> Result<(), ProvisionError> {
         let id = self.out.domain_id.clone();

@@ -1421,3 +1421,48 @@ async fn a_flow_log_that_cannot_deliver_is_security_drift_and_made_again() {
     );
     provision::down(&c, "blind", ALL, |_| {}).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_profile_with_its_own_security_groups_is_drift_up_sets_back() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({"domain-in-use": {}})).await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "prof", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(plan(&c, &spec, "prof").await, vec![]);
+    // The analyst's profile gets a group of its own: its apps leave through it.
+    c.sagemaker
+        .update_user_profile()
+        .domain_id(&out.domain_id)
+        .user_profile_name("analyst")
+        .user_settings(
+            aws_sdk_sagemaker::types::UserSettings::builder()
+                .security_groups("sg-0bad0bad0bad0bad0")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "prof").await;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].security);
+    assert!(
+        drift[0].detail.contains("sg-0bad0bad0bad0bad0"),
+        "{drift:?}"
+    );
+    up(&c, &spec, "prof").await;
+    assert_eq!(plan(&c, &spec, "prof").await, vec![]);
+    let p = c
+        .sagemaker
+        .describe_user_profile()
+        .domain_id(&out.domain_id)
+        .user_profile_name("analyst")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        p.user_settings().map(|u| u.security_groups().to_vec()),
+        Some(vec![out.security_group_id.clone()])
+    );
+    provision::down(&c, "prof", ALL, |_| {}).await.unwrap();
+}
