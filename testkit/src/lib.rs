@@ -375,12 +375,17 @@ impl AwsBehaviour {
 /// Starts the AWS behaviour layer in front of `moto` with `behaviours` switched on, e.g.
 /// `{"eventual-consistency": {"misses": 2}, "already-associated": {}}`.
 pub fn aws_behaviour(moto: &Service, behaviours: &serde_json::Value) -> AwsBehaviour {
+    aws_behaviour_at(&moto.endpoint(), behaviours)
+}
+
+/// [`aws_behaviour`] in front of an emulator known by its endpoint (`http://127.0.0.1:PORT`).
+pub fn aws_behaviour_at(upstream: &str, behaviours: &serde_json::Value) -> AwsBehaviour {
     let dir = temp_dir("aws-behaviour");
     let port = free_port();
     let mut child = Command::new("python3")
         .arg(workspace_root().join("testkit/aws_behaviour.py"))
         .arg(port.to_string())
-        .arg(moto.endpoint())
+        .arg(upstream)
         .arg(&dir)
         .arg(behaviours.to_string())
         .stdin(Stdio::null())

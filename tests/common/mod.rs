@@ -33,9 +33,11 @@ pub fn egresswatch(endpoint: &str) -> Command {
 }
 
 /// `provision up` then `provision outputs` into `dir/outputs.json`, whose path it returns.
+/// Through testkit's AWS layer, which answers the SageMaker calls moto lacks.
 pub fn provision_stack(endpoint: &str, stack: &str, dir: &Path) -> PathBuf {
+    let aws = egresswatch_testkit::aws_behaviour_at(endpoint, &serde_json::json!({}));
     for (step, file) in [("up", None), ("outputs", Some(dir.join("outputs.json")))] {
-        let out = egresswatch(endpoint)
+        let out = egresswatch(&aws.endpoint())
             .args(["provision", step, "--stack", stack])
             .output()
             .unwrap();
