@@ -106,6 +106,7 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub sagemaker: aws_sdk_sagemaker::Client,
+    pub sts: aws_sdk_sts::Client,
     pub region: String,
     pub calls: Arc<CallLog>,
 }
@@ -158,6 +159,11 @@ impl Clients {
         );
         let sagemaker = aws_sdk_sagemaker::Client::from_conf(
             aws_sdk_sagemaker::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(&shared)
                 .interceptor(counter)
                 .build(),
         );
@@ -166,13 +172,32 @@ impl Clients {
             iam,
             logs,
             sagemaker,
+            sts,
             region,
             calls,
         })
     }
+
+    /// The account and partition the credentials belong to (STS GetCallerIdentity, which
+    /// needs no permission): ARNs are right in aws-cn and aws-us-gov, and a plan for a new
+    /// stack knows its account.
+    pub async fn caller(&self) -> Result<(String, String), ProvisionError> {
+        let me = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| aws_error("caller", "GetCallerIdentity", e))?;
+        let account = me.account().unwrap_or_default().to_string();
+        let partition = me
+            .arn()
+            .and_then(|a| a.split(':').nth(1))
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| partition(&self.region).to_string(), String::from);
+        Ok((account, partition))
+    }
 }
 
-/// Turns an SDK error into one that names the resource and the call, with advice.
 /// The partition a region belongs to, for ARNs: `arn:aws-cn:` in China, `arn:aws-us-gov:` in
 /// GovCloud, the isolated partitions by their prefixes, `arn:aws:` elsewhere.
 pub fn partition(region: &str) -> &'static str {
@@ -190,6 +215,7 @@ pub fn partition(region: &str) -> &'static str {
         .map_or("aws", |(_, p)| p)
 }
 
+/// Turns an SDK error into one that names the resource and the call, with advice.
 pub fn aws_error<E>(resource: &str, call: &'static str, err: E) -> ProvisionError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -105,6 +105,8 @@ pub struct Reconciler<'c> {
     pub out: Outputs,
     /// How long to wait for a NAT gateway or domain to become available.
     pub wait_timeout: Duration,
+    /// `aws`, `aws-cn`, `aws-us-gov`…: from the caller's identity once `run` starts.
+    partition: String,
     private_route_tables: Vec<String>,
     progress: Box<dyn FnMut(&str) + Send + 'c>,
 }
@@ -240,6 +242,7 @@ impl<'c> Reconciler<'c> {
                 ..Outputs::default()
             },
             wait_timeout: Duration::from_secs(15 * 60),
+            partition: crate::aws::partition(&clients.region).to_string(),
             private_route_tables: Vec::new(),
             progress: Box::new(|_| {}),
         }
@@ -303,6 +306,9 @@ impl<'c> Reconciler<'c> {
 
     /// Reconciles every resource in dependency order.
     pub async fn run(&mut self) -> Result<(), ProvisionError> {
+        let (account, partition) = self.clients.caller().await?;
+        self.out.account_id = account;
+        self.partition = partition;
         self.vpc().await?;
         let zones = self.zones().await?;
         self.subnets(&zones).await?;
@@ -1117,7 +1123,7 @@ impl<'c> Reconciler<'c> {
     fn endpoint_policy(&self) -> String {
         use crate::spec::S3EndpointAccess;
         let region = &self.clients.region;
-        let partition = crate::aws::partition(region);
+        let partition = self.partition.clone();
         if self.spec.s3_endpoint_access == S3EndpointAccess::Any {
             return serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]}).to_string();
         }
@@ -1630,7 +1636,7 @@ impl<'c> Reconciler<'c> {
     async fn studio_role(&mut self) -> Result<(), ProvisionError> {
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]});
         let region = &self.clients.region;
-        let partition = crate::aws::partition(region);
+        let partition = self.partition.clone();
         let account = &self.out.account_id;
         let mut statements = vec![
             serde_json::json!({"Sid": "StudioLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"], "Resource": format!("arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*")}),
@@ -1680,7 +1686,7 @@ impl<'c> Reconciler<'c> {
 
     async fn flow_log_role(&mut self) -> Result<(), ProvisionError> {
         let region = self.clients.region.clone();
-        let partition = crate::aws::partition(&region);
+        let partition = self.partition.clone();
         let account = self.out.account_id.clone();
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}, "Action": "sts:AssumeRole",
             "Condition": {"StringEquals": {"aws:SourceAccount": account}, "ArnLike": {"aws:SourceArn": format!("arn:{partition}:ec2:{region}:{account}:vpc-flow-log/*")}}}]});

@@ -793,6 +793,11 @@ async fn up_converges_in_one_run_while_aws_is_eventually_consistent() {
         said.iter().any(|s| s.starts_with("retrying in")),
         "{said:?}"
     );
+    // A plan for a stack that does not exist yet knows the account (from STS).
+    let (_, planned) = provision::reconcile(&c, &spec, "fresh", Mode::Plan, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(planned.account_id, "123456789012");
     // One run was enough: the stack is complete and in spec.
     assert_eq!(plan(&c, &spec, "slow").await, vec![]);
     assert!(out.flow_log_id.starts_with("fl-"), "{out:?}");
