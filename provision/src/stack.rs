@@ -121,6 +121,19 @@ fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
+/// Each bucket and everything in it, as policy resources.
+fn bucket_arns(partition: &str, buckets: &[String]) -> Vec<String> {
+    buckets
+        .iter()
+        .flat_map(|b| {
+            [
+                format!("arn:{partition}:s3:::{b}"),
+                format!("arn:{partition}:s3:::{b}/*"),
+            ]
+        })
+        .collect()
+}
+
 fn has_tag(tags: &[Tag], key: &str, value: &str) -> bool {
     tags.iter()
         .any(|t| t.key() == Some(key) && t.value() == Some(value))
@@ -1145,17 +1158,7 @@ impl<'c> Reconciler<'c> {
             format!("arn:{partition}:s3:::jumpstart-cache-prod-{region}/*"),
         ]}));
         if !self.spec.s3_endpoint_buckets.is_empty() {
-            let resources: Vec<String> = self
-                .spec
-                .s3_endpoint_buckets
-                .iter()
-                .flat_map(|b| {
-                    [
-                        format!("arn:{partition}:s3:::{b}"),
-                        format!("arn:{partition}:s3:::{b}/*"),
-                    ]
-                })
-                .collect();
+            let resources = bucket_arns(&partition, &self.spec.s3_endpoint_buckets);
             statements.push(serde_json::json!({"Sid": "ListedBuckets", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": resources}));
         }
         serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
@@ -1660,17 +1663,7 @@ impl<'c> Reconciler<'c> {
             serde_json::json!({"Sid": "DenyChangingTheDomain", "Effect": "Deny", "Action": ["sagemaker:CreateDomain", "sagemaker:UpdateDomain", "sagemaker:DeleteDomain"], "Resource": "*"}),
         ];
         if !self.spec.s3_endpoint_buckets.is_empty() {
-            let res: Vec<String> = self
-                .spec
-                .s3_endpoint_buckets
-                .iter()
-                .flat_map(|b| {
-                    [
-                        format!("arn:{partition}:s3:::{b}"),
-                        format!("arn:{partition}:s3:::{b}/*"),
-                    ]
-                })
-                .collect();
+            let res = bucket_arns(&partition, &self.spec.s3_endpoint_buckets);
             statements.push(serde_json::json!({"Sid": "StudioData", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"], "Resource": res}));
         }
         let inline = serde_json::json!({"Version": "2012-10-17", "Statement": statements});
