@@ -367,17 +367,51 @@ fn systemd_unit_verifies_and_scores_ok_on_hardening() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Operation names (`CreateVpc`…) the provisioner's code calls, as its errors name them.
+/// Operation names (`CreateVpc`…) the provisioner's code calls, as its errors name them:
+/// the name after `aws_error(resource, ` and the last string of an `every_page!(…)`.
 fn provisioner_operations() -> std::collections::BTreeSet<String> {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let is_name = |op: &str| !op.is_empty() && op.chars().all(|c| c.is_ascii_alphabetic());
+    let mut files = Vec::new();
+    sources(&root().join("provision/src"), &mut files);
     let mut ops = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(root().join("provision/src")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    for path in files {
+        let text = std::fs::read_to_string(path).unwrap();
         for part in text.split("aws_error(").skip(1) {
             if let Some(op) = part
                 .split('"')
                 .nth(if part.starts_with('"') { 3 } else { 1 })
             {
-                if op.chars().all(|c| c.is_ascii_alphabetic()) && !op.is_empty() {
+                if is_name(op) {
+                    ops.insert(op.to_string());
+                }
+            }
+        }
+        for part in text.split("every_page!(").skip(1) {
+            // The macro's arguments: up to the parenthesis that closes it.
+            let mut depth = 1;
+            let end = part
+                .char_indices()
+                .find_map(|(i, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    (depth == 0).then_some(i)
+                })
+                .unwrap_or(part.len());
+            if let Some(op) = part[..end].rsplit('"').nth(1) {
+                if is_name(op) {
                     ops.insert(op.to_string());
                 }
             }

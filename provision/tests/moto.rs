@@ -117,6 +117,14 @@ async fn tagged(c: &Clients, stack: &str) -> usize {
         .security_groups()
         .len();
     n += ec2
+        .describe_network_acls()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .network_acls()
+        .len();
+    n += ec2
         .describe_flow_logs()
         .filter(tag_filter(stack))
         .send()
@@ -373,6 +381,54 @@ async fn up_creates_the_decision_records_network() {
         trust["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
         "arn:aws:ec2:us-east-1:123456789012:vpc-flow-log/*"
     );
+    // Roles live under the project's IAM path, which the provisioner's policy is limited to.
+    assert_eq!(role.role().unwrap().path(), "/egresswatch/");
+    // The private subnets' network ACL: HTTPS out, replies in, anything within the VPC; both
+    // private subnets use it, the public ones keep the VPC's default.
+    let (acl, default_acl) = network_acls(ec2, "research").await;
+    let mut entries: Vec<AclEntry> = acl
+        .entries()
+        .iter()
+        .filter(|e| e.rule_number() < Some(32767))
+        .map(|e| {
+            (
+                e.egress().unwrap(),
+                e.rule_number().unwrap(),
+                e.protocol().unwrap().to_string(),
+                e.cidr_block().unwrap().to_string(),
+                e.port_range().map(|p| (p.from().unwrap(), p.to().unwrap())),
+            )
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            (false, 100, "-1".into(), "10.42.0.0/16".into(), None),
+            (
+                false,
+                110,
+                "6".into(),
+                "0.0.0.0/0".into(),
+                Some((1024, 65535))
+            ),
+            (true, 100, "-1".into(), "10.42.0.0/16".into(), None),
+            (true, 110, "6".into(), "0.0.0.0/0".into(), Some((443, 443))),
+        ]
+    );
+    let mut on_acl: Vec<&str> = acl
+        .associations()
+        .iter()
+        .filter_map(|a| a.subnet_id())
+        .collect();
+    on_acl.sort();
+    let mut private: Vec<&str> = out.private_subnets.iter().map(|s| s.id.as_str()).collect();
+    private.sort();
+    assert_eq!(on_acl, private);
+    assert!(out.public_subnets.iter().all(|p| default_acl
+        .associations()
+        .iter()
+        .any(|a| a.subnet_id() == Some(p.id.as_str()))));
     let attached = c
         .iam
         .list_attached_role_policies()
@@ -1288,6 +1344,46 @@ async fn ways_past_the_nat_are_security_drift_that_up_removes() {
                     .unwrap();
             })
         }),
+        (
+            "a private subnet back on the VPC's default network ACL",
+            |c, _, _, _| {
+                let ec2 = c.ec2.clone();
+                Box::pin(async move {
+                    let (ours, default) = network_acls(&ec2, "paths").await;
+                    let association = ours
+                        .associations()
+                        .first()
+                        .and_then(|a| a.network_acl_association_id())
+                        .unwrap()
+                        .to_string();
+                    ec2.replace_network_acl_association()
+                        .association_id(association)
+                        .network_acl_id(default.network_acl_id().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                })
+            },
+        ),
+        (
+            "a network ACL entry letting everything out",
+            |c, _, _, _| {
+                let ec2 = c.ec2.clone();
+                Box::pin(async move {
+                    let (ours, _) = network_acls(&ec2, "paths").await;
+                    ec2.create_network_acl_entry()
+                        .network_acl_id(ours.network_acl_id().unwrap())
+                        .egress(true)
+                        .rule_number(90)
+                        .protocol("-1")
+                        .rule_action(aws_sdk_ec2::types::RuleAction::Allow)
+                        .cidr_block("0.0.0.0/0")
+                        .send()
+                        .await
+                        .unwrap();
+                })
+            },
+        ),
         ("default group allows all egress", |c, _, sg, _| {
             let (ec2, sg) = (c.ec2.clone(), sg.to_string());
             Box::pin(async move {
@@ -1318,6 +1414,42 @@ async fn ways_past_the_nat_are_security_drift_that_up_removes() {
         assert_eq!(plan(&c, &spec, "paths").await, vec![], "{what}: repaired");
     }
     provision::down(&c, "paths", ALL, |_| {}).await.unwrap();
+}
+
+/// A network ACL entry as read back: (egress, rule number, protocol, range, ports).
+type AclEntry = (bool, i32, String, String, Option<(i32, i32)>);
+
+/// The stack's network ACL of the private subnets and the VPC's default one, read back.
+async fn network_acls(
+    ec2: &aws_sdk_ec2::Client,
+    stack: &str,
+) -> (
+    aws_sdk_ec2::types::NetworkAcl,
+    aws_sdk_ec2::types::NetworkAcl,
+) {
+    let ours = ec2
+        .describe_network_acls()
+        .filters(tag_filter(stack))
+        .send()
+        .await
+        .unwrap()
+        .network_acls()[0]
+        .clone();
+    let default = ec2
+        .describe_network_acls()
+        .filters(
+            Filter::builder()
+                .name("vpc-id")
+                .values(ours.vpc_id().unwrap())
+                .build(),
+        )
+        .filters(Filter::builder().name("default").values("true").build())
+        .send()
+        .await
+        .unwrap()
+        .network_acls()[0]
+        .clone();
+    (ours, default)
 }
 
 /// A tampering with the account, run to completion before the check.
@@ -1470,4 +1602,73 @@ async fn a_user_profile_with_its_own_security_groups_is_drift_up_sets_back() {
         Some(vec![out.security_group_id.clone()])
     );
     provision::down(&c, "prof", ALL, |_| {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_outside_the_projects_iam_path_is_made_again_inside_it() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    up(&c, &spec, "legacy").await;
+    // The role as an earlier version made it: same name and tag, at the root path.
+    let iam = &c.iam;
+    iam.delete_role_policy()
+        .role_name("legacy-flow-logs")
+        .policy_name("egresswatch")
+        .send()
+        .await
+        .unwrap();
+    iam.delete_role()
+        .role_name("legacy-flow-logs")
+        .send()
+        .await
+        .unwrap();
+    iam.create_role()
+        .role_name("legacy-flow-logs")
+        .path("/")
+        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"vpc-flow-logs.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+        .tags(
+            aws_sdk_iam::types::Tag::builder()
+                .key(STACK_TAG)
+                .value("legacy")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "legacy").await;
+    assert!(
+        drift
+            .iter()
+            .any(|ch| ch.resource == "iam-role/flow-logs" && ch.kind == ChangeKind::Replace),
+        "{drift:?}"
+    );
+    up(&c, &spec, "legacy").await;
+    assert_eq!(plan(&c, &spec, "legacy").await, vec![]);
+    let role = iam
+        .get_role()
+        .role_name("legacy-flow-logs")
+        .send()
+        .await
+        .unwrap();
+    let role = role.role().unwrap();
+    assert_eq!(role.path(), "/egresswatch/");
+    // The flow log delivers with the role made again, not the one that was deleted.
+    let fl = c
+        .ec2
+        .describe_flow_logs()
+        .filter(tag_filter("legacy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fl.flow_logs().len(), 1);
+    assert_eq!(
+        fl.flow_logs()[0].deliver_logs_permission_arn(),
+        Some(role.arn())
+    );
+    provision::down(&c, "legacy", ALL, |_| {}).await.unwrap();
+    assert_eq!(tagged(&c, "legacy").await, 0);
 }
