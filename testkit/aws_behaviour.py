@@ -22,6 +22,18 @@ Behaviours:
                                         ListTags of a domain answers the tags it was created with;
                                         UpdateDomain (HTTP 500 in moto) is kept here and laid
                                         over what moto's DescribeDomain answers.
+                                        A flow log to an S3 folder (arn:aws:s3:::bucket/folder/,
+                                        which AWS accepts: VPC user guide, flow-logs-s3-create)
+                                        reaches moto as the bucket alone (moto takes the folder
+                                        for part of the bucket's name and refuses it) and is
+                                        described with its folder. An S3 bucket without
+                                        notifications is answered <NotificationConfiguration/>
+                                        as S3 does (moto: <GetBucketNotificationResponse/>).
+                                        A bucket policy's Deny conditioned on
+                                        aws:SecureTransport is kept here and not given to
+                                        moto, whose policy check ignores conditions and would
+                                        refuse every request over its plain HTTP; GetBucketPolicy
+                                        answers the policy as written.
   flow-log-delivery-failed {"answers": N}
                                         The next N DescribeFlowLogs say delivery FAILED with
                                         "Access error" (moto always delivers).
@@ -346,6 +358,47 @@ def patch_ec2(action, status, data):
     return data
 
 
+# Bucket path -> the policy as written, when moto was given it without its TLS deny.
+bucket_policies = {}
+
+# Flow-log id -> the S3 destination with its folder, which moto was not given.
+s3_folders = {}
+
+
+def s3_folder_out(action, params, headers, body):
+    """CreateFlowLogs to an S3 folder: the request moto accepts, and the folder to restore."""
+    dest = params.get("LogDestination", "")
+    if action != "CreateFlowLogs" or params.get("LogDestinationType") != "s3" or "/" not in dest.split(":::", 1)[-1]:
+        return headers, body, None
+    bucket = dest.split(":::", 1)[0] + ":::" + dest.split(":::", 1)[1].split("/", 1)[0]
+    body = urllib.parse.urlencode(dict(params, LogDestination=bucket)).encode()
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+    headers["Content-Length"] = str(len(body))
+    return headers, body, dest
+
+
+def s3_folder_back(action, status, data, folder):
+    if status != 200:
+        return data
+    text = data.decode(errors="replace")
+    if action == "CreateFlowLogs" and folder:
+        for fid in re.findall(r"<item>(fl-[^<]+)</item>", text):
+            s3_folders[fid] = folder
+    if action == "DescribeFlowLogs" and s3_folders:
+        # Within a flow log's element its id comes before its destination.
+        current = [None]
+
+        def restore(m):
+            if m.group(1) is not None:
+                current[0] = m.group(1)
+                return m.group(0)
+            folder = s3_folders.get(current[0])
+            return f"<logDestination>{folder}</logDestination>" if folder else m.group(0)
+        text = re.sub(r"<flowLogId>([^<]+)</flowLogId>|<logDestination>[^<]*</logDestination>", restore, text)
+        return text.encode()
+    return data
+
+
 def after_ec2(action, params, status, data):
     if status != 200:
         return
@@ -380,7 +433,56 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        self.answer(*upstream("GET", self.path, dict(self.headers), None))
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.query == "policy" and parts.path in bucket_policies:
+            self.answer(200, {"Content-Type": "application/json"}, bucket_policies[parts.path])
+            return
+        status, out, data = upstream("GET", self.path, dict(self.headers), None)
+        # moto answers a bucket without notifications with <GetBucketNotificationResponse/>;
+        # S3 answers <NotificationConfiguration/> (S3 API reference,
+        # GetBucketNotificationConfiguration), the only root the SDKs parse.
+        if "notification" in urllib.parse.urlsplit(self.path).query and b"<GetBucketNotificationResponse" in data:
+            data = b'<?xml version="1.0" encoding="UTF-8"?>\n<NotificationConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+        self.answer(status, out, data)
+
+    def forward(self, method):
+        """S3's other verbs, passed through as they are."""
+        n = int(self.headers.get("Content-Length", "0") or 0)
+        body = self.rfile.read(n) if n else None
+        headers = dict(self.headers)
+        parts = urllib.parse.urlsplit(self.path)
+        if parts.query == "policy" and method == "DELETE":
+            bucket_policies.pop(parts.path, None)
+        if parts.query == "policy" and method == "PUT" and body:
+            policy = json.loads(body)
+            kept = [st for st in policy.get("Statement", []) if not (st.get("Effect") == "Deny" and "aws:SecureTransport" in json.dumps(st.get("Condition", {})))]
+            if len(kept) != len(policy.get("Statement", [])):
+                bucket_policies[parts.path] = body
+                body = json.dumps(dict(policy, Statement=kept)).encode()
+                headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-md5") and not k.lower().startswith("x-amz-checksum")}
+                headers["Content-Length"] = str(len(body))
+            else:
+                bucket_policies.pop(parts.path, None)
+        with LOCK:
+            status, out, data = upstream(method, self.path, headers, body)
+        if method == "HEAD":
+            # No body, but the length the GET would have.
+            self.send_response(status)
+            for k, v in out.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.answer(status, out, data)
+
+    def do_PUT(self):
+        self.forward("PUT")
+
+    def do_DELETE(self):
+        self.forward("DELETE")
+
+    def do_HEAD(self):
+        self.forward("HEAD")
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -417,10 +519,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if injected is not None:
                 self.answer(*injected)
                 return
+            headers, body, folder = s3_folder_out(action, params, headers, body)
             status, out, data = upstream("POST", self.path, headers, body)
             if params.get("Version") == "2016-11-15":
                 after_ec2(action, params, status, data)
                 data = patch_ec2(action, status, data)
+                data = s3_folder_back(action, status, data, folder)
             if action == "CreateRole" and status == 200:
                 m = re.search(r"<Arn>([^<]+)</Arn>", data.decode(errors="replace"))
                 if m:

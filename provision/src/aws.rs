@@ -16,11 +16,12 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::ProvisionError;
 
-/// Whether an operation changes anything: AWS read calls are named Describe*, List*, Get*.
+/// Whether an operation changes anything: AWS read calls are named Describe*, List*, Get*,
+/// Head* (S3).
 pub fn is_mutating(operation: &str) -> bool {
-    !(operation.starts_with("Describe")
-        || operation.starts_with("List")
-        || operation.starts_with("Get"))
+    !["Describe", "List", "Get", "Head"]
+        .iter()
+        .any(|read| operation.starts_with(read))
 }
 
 /// Counts every call the clients make, and the mutating ones by name.
@@ -99,7 +100,7 @@ impl Intercept for CountCalls {
     }
 }
 
-/// The four service clients the stack needs, sharing one configuration and one call log.
+/// The service clients the stack needs, sharing one configuration and one call log.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
@@ -107,6 +108,10 @@ pub struct Clients {
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub sagemaker: aws_sdk_sagemaker::Client,
     pub sts: aws_sdk_sts::Client,
+    /// For flow logs delivered to S3: the bucket and its notification.
+    pub s3: aws_sdk_s3::Client,
+    /// For flow logs delivered to S3: the queue that announces the objects.
+    pub sqs: aws_sdk_sqs::Client,
     pub region: String,
     pub calls: Arc<CallLog>,
 }
@@ -122,6 +127,9 @@ impl Clients {
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r));
         }
+        // A custom endpoint (an emulator, a VPC endpoint) has no per-bucket DNS names: S3 is
+        // addressed by path there.
+        let path_style = endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -164,6 +172,17 @@ impl Clients {
         );
         let sts = aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(path_style)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&shared)
                 .interceptor(counter)
                 .build(),
         );
@@ -173,6 +192,8 @@ impl Clients {
             logs,
             sagemaker,
             sts,
+            s3,
+            sqs,
             region,
             calls,
         })

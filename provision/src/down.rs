@@ -56,9 +56,11 @@ async fn delete_stack(
     .iter()
     .filter_map(|v| v.vpc_id().map(String::from))
     .collect();
+    let (account, _) = clients.caller().await?;
     let mut teardown = Teardown {
         clients,
         stack: stack.to_string(),
+        account,
         opts,
         vpc_ids,
         deleted: Vec::new(),

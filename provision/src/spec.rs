@@ -76,6 +76,39 @@ pub enum S3EndpointAccess {
     Any,
 }
 
+/// Where the flow log delivers its records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowLogDestination {
+    /// A CloudWatch Logs group: read within GetLogEvents' per-account quota.
+    #[default]
+    Cloudwatch,
+    /// Objects in S3, announced on an SQS queue: about half the price per GB, no read quota,
+    /// and how organisations centralise logs.
+    S3,
+}
+
+/// The file format of flow-log objects in S3.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowLogFileFormat {
+    /// Gzip-compressed text with a header line.
+    #[default]
+    Text,
+    /// Gzip-compressed Parquet: smaller, and faster for Athena.
+    Parquet,
+}
+
+impl FlowLogFileFormat {
+    /// The value of CreateFlowLogs' `DestinationOptions.FileFormat`.
+    pub fn as_aws(self) -> &'static str {
+        match self {
+            FlowLogFileFormat::Text => "plain-text",
+            FlowLogFileFormat::Parquet => "parquet",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct StackSpec {
@@ -103,6 +136,17 @@ pub struct StackSpec {
     pub studio_managed_policy: bool,
     /// Create the SageMaker Studio domain.
     pub studio_domain: bool,
+    /// Where the flow log delivers (see [`FlowLogDestination`]).
+    pub flow_log_destination: FlowLogDestination,
+    /// With S3: an existing bucket to deliver to (an organisation's log archive), whose
+    /// policy must admit the delivery already. None: the stack makes and owns its own bucket.
+    pub flow_log_bucket: Option<String>,
+    /// With S3: text or Parquet objects.
+    pub flow_log_file_format: FlowLogFileFormat,
+    /// With S3: Hive-compatible prefixes (`aws-account-id=…/aws-region=…/year=…`).
+    pub flow_log_hive_prefixes: bool,
+    /// With S3: a prefix per hour rather than per day.
+    pub flow_log_hourly_partitions: bool,
 }
 
 impl Default for StackSpec {
@@ -121,6 +165,11 @@ impl Default for StackSpec {
             log_kms_key_arn: None,
             studio_managed_policy: false,
             studio_domain: true,
+            flow_log_destination: FlowLogDestination::Cloudwatch,
+            flow_log_bucket: None,
+            flow_log_file_format: FlowLogFileFormat::Text,
+            flow_log_hive_prefixes: false,
+            flow_log_hourly_partitions: true,
         }
     }
 }
@@ -172,6 +221,22 @@ studio-managed-policy = false
 
 # Create the SageMaker Studio domain (VpcOnly, IAM auth) in the private subnets.
 studio-domain = true
+
+# Where the flow log delivers.
+#   "cloudwatch": a log group, /egresswatch/NAME/flow-logs. The daemon reads it within
+#                 GetLogEvents' quota (25 calls/s per account and region, 10 in some).
+#   "s3":         gzip objects in S3 every ~5 minutes, announced on an SQS queue the stack
+#                 makes (with a dead-letter queue). About half the price per GB, no read quota.
+flow-log-destination = "cloudwatch"
+# With "s3": an existing bucket (an organisation's log archive) instead of one the stack makes.
+# Its policy must already let delivery.logs.amazonaws.com write; only the queue and the bucket
+# notification for this stack's prefix are the stack's then.
+# flow-log-bucket = "org-log-archive"
+# With "s3": "text" (gzip, a header line) or "parquet".
+flow-log-file-format = "text"
+# With "s3": Hive-compatible prefixes (aws-account-id=.../year=...), and one prefix per hour.
+flow-log-hive-prefixes = false
+flow-log-hourly-partitions = true
 "#;
 
 impl StackSpec {
@@ -247,6 +312,14 @@ impl StackSpec {
                 ));
             }
         }
+        if let Some(b) = &self.flow_log_bucket {
+            if self.flow_log_destination != FlowLogDestination::S3 {
+                return Err(format!(
+                    "flow-log-bucket = \"{b}\" needs flow-log-destination = \"s3\""
+                ));
+            }
+            validate_bucket_name(b).map_err(|e| format!("flow-log-bucket: {e}"))?;
+        }
         for b in &self.s3_endpoint_buckets {
             if b.is_empty() || b.contains('/') || b.contains('*') && b.len() < 2 {
                 return Err(format!("s3-endpoint-buckets: \"{b}\" is not a bucket name"));
@@ -258,6 +331,28 @@ impl StackSpec {
     pub fn zones(&self) -> usize {
         self.private_subnets.len()
     }
+}
+
+/// Checks a bucket name against S3's rules for new buckets (general purpose buckets naming
+/// rules): 3 to 63 characters of lowercase letters, digits, dots and hyphens, beginning and
+/// ending with a letter or digit, not an IP address.
+pub fn validate_bucket_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+    let ends_ok = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || !ends_ok(name.bytes().next())
+        || !ends_ok(name.bytes().last())
+        || name.contains("..")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+    {
+        return Err(format!(
+            "\"{name}\" is not a bucket name S3 accepts (3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
 }
 
 /// Longest suffix the stack's name is given in an IAM role name (`NAME-studio-execution`).

@@ -29,6 +29,8 @@ pub const STACK: &[&dyn Resource] = &[
     &resources::role::StudioRole,
     &resources::role::FlowLogRole,
     &resources::log_group::FlowLogGroup,
+    &resources::flow_log_bucket::FlowLogBucket,
+    &resources::flow_log_queue::FlowLogQueue,
     &resources::flow_log::FlowLog,
     &resources::domain::StudioDomain,
 ];
@@ -91,6 +93,21 @@ pub struct Outputs {
     pub flow_log_id: String,
     pub flow_log_format: String,
     pub domain_id: String,
+    /// `cloudwatch` or `s3`.
+    #[serde(default)]
+    pub flow_log_destination: String,
+    /// With S3: the bucket, the key prefix the stack's objects are under (ending in `/`), the
+    /// file format (`text` or `parquet`), and the queues that announce them.
+    #[serde(default)]
+    pub flow_log_bucket: String,
+    #[serde(default)]
+    pub flow_log_prefix: String,
+    #[serde(default)]
+    pub flow_log_file_format: String,
+    #[serde(default)]
+    pub flow_log_queue_url: String,
+    #[serde(default)]
+    pub flow_log_dead_letter_queue_url: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]

@@ -1672,3 +1672,302 @@ async fn a_role_outside_the_projects_iam_path_is_made_again_inside_it() {
     provision::down(&c, "legacy", ALL, |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "legacy").await, 0);
 }
+
+/// A spec delivering to S3 without a Studio domain.
+fn s3_spec(bucket: Option<&str>) -> StackSpec {
+    StackSpec {
+        studio_domain: false,
+        flow_log_destination: provision::spec::FlowLogDestination::S3,
+        flow_log_file_format: provision::spec::FlowLogFileFormat::Parquet,
+        flow_log_bucket: bucket.map(String::from),
+        ..StackSpec::default()
+    }
+}
+
+/// Object keys announced on the queue now (each message deleted once read).
+async fn announced(c: &Clients, queue_url: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    loop {
+        let got = c
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            return keys;
+        }
+        for m in got.messages() {
+            let event: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            // S3 writes keys URL-encoded in its notifications, spaces as `+`.
+            for r in event["Records"].as_array().into_iter().flatten() {
+                let key = r["s3"]["object"]["key"].as_str().unwrap().replace('+', " ");
+                let key = percent_encoding::percent_decode_str(&key).decode_utf8_lossy();
+                keys.push(key.to_string());
+            }
+            c.sqs
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn put(c: &Clients, bucket: &str, key: &str) {
+    c.s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(b"version\n".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_logs_to_s3_are_announced_on_the_stacks_queue() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = s3_spec(None);
+    let (_, out) = provision::reconcile(&c, &spec, "lake", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let bucket = "lake-flow-logs-123456789012-us-east-1";
+    assert_eq!(out.flow_log_destination, "s3");
+    assert_eq!(out.flow_log_bucket, bucket);
+    assert_eq!(out.flow_log_prefix, "egresswatch/lake/");
+    assert_eq!(out.flow_log_file_format, "parquet");
+    assert_eq!(out.log_group, "", "no log group with S3 delivery");
+    // The bucket, read back: the stack's tag, no public access, encrypted, expiring, and a
+    // policy that lets only this account's log delivery write.
+    let s3 = &c.s3;
+    let tags = s3.get_bucket_tagging().bucket(bucket).send().await.unwrap();
+    assert!(tags
+        .tag_set()
+        .iter()
+        .any(|t| t.key() == STACK_TAG && t.value() == "lake"));
+    let block = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let block = block.public_access_block_configuration().unwrap();
+    assert_eq!(
+        (
+            block.block_public_acls(),
+            block.ignore_public_acls(),
+            block.block_public_policy(),
+            block.restrict_public_buckets()
+        ),
+        (Some(true), Some(true), Some(true), Some(true))
+    );
+    let enc = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &enc.server_side_encryption_configuration().unwrap().rules()[0];
+    assert_eq!(
+        rule.apply_server_side_encryption_by_default()
+            .unwrap()
+            .sse_algorithm()
+            .as_str(),
+        "AES256"
+    );
+    let life = s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(life.rules()[0].expiration().unwrap().days(), Some(90));
+    let policy: serde_json::Value = serde_json::from_str(
+        s3.get_bucket_policy()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap()
+            .policy()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        policy["Statement"][0]["Condition"]["StringEquals"]["aws:SourceAccount"],
+        "123456789012"
+    );
+    // The flow log delivers there. (moto keeps no DestinationOptions, so the Parquet and
+    // partition options are checked by the unit tests of `faults` only.)
+    let fl = c
+        .ec2
+        .describe_flow_logs()
+        .filter(tag_filter("lake"))
+        .send()
+        .await
+        .unwrap();
+    let fl = &fl.flow_logs()[0];
+    assert_eq!(fl.log_destination_type().map(|t| t.as_str()), Some("s3"));
+    assert_eq!(
+        fl.log_destination().map(|d| d.trim_end_matches('/')),
+        Some(format!("arn:aws:s3:::{bucket}/egresswatch/lake").as_str())
+    );
+    // The queue redrives to its dead-letter queue and admits only the bucket.
+    let attrs = c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&out.flow_log_queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let attrs = attrs.attributes().unwrap();
+    let redrive: serde_json::Value =
+        serde_json::from_str(&attrs[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy])
+            .unwrap();
+    assert!(redrive["deadLetterTargetArn"]
+        .as_str()
+        .unwrap()
+        .ends_with(":lake-flow-logs-dead-letter"));
+    let qpolicy: serde_json::Value =
+        serde_json::from_str(&attrs[&aws_sdk_sqs::types::QueueAttributeName::Policy]).unwrap();
+    assert_eq!(
+        qpolicy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+        format!("arn:aws:s3:::{bucket}")
+    );
+    // An object delivered under the stack's prefix is announced; one elsewhere is not.
+    let key = "egresswatch/lake/AWSLogs/123456789012/vpcflowlogs/us-east-1/2026/11/29/08/x.log.gz";
+    put(&c, bucket, key).await;
+    put(&c, bucket, "elsewhere/x.log.gz").await;
+    assert_eq!(announced(&c, &out.flow_log_queue_url).await, [key]);
+    assert_eq!(plan(&c, &spec, "lake").await, vec![], "idempotent");
+    // A bucket that stops announcing leaves the daemon blind: security drift, repaired.
+    s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "lake").await;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(
+        drift[0].security && drift[0].resource == "flow-log-notification",
+        "{drift:?}"
+    );
+    up(&c, &spec, "lake").await;
+    assert_eq!(plan(&c, &spec, "lake").await, vec![]);
+    put(&c, bucket, key).await;
+    assert_eq!(announced(&c, &out.flow_log_queue_url).await, [key]);
+    // The objects are the evidence: kept unless asked.
+    let keep = DownOptions {
+        delete_logs: false,
+        ..ALL
+    };
+    provision::down(&c, "lake", keep, |_| {}).await.unwrap();
+    assert!(s3.head_bucket().bucket(bucket).send().await.is_ok());
+    assert!(c
+        .sqs
+        .get_queue_url()
+        .queue_name("lake-flow-logs")
+        .send()
+        .await
+        .is_err());
+    provision::down(&c, "lake", ALL, |_| {}).await.unwrap();
+    assert!(s3.head_bucket().bucket(bucket).send().await.is_err());
+    assert_eq!(tagged(&c, "lake").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_archive_bucket_keeps_its_other_notifications_and_stays() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let archive = "org-log-archive";
+    c.s3.create_bucket().bucket(archive).send().await.unwrap();
+    // Another team's queue already hears of its own prefix.
+    let theirs = c
+        .sqs
+        .create_queue()
+        .queue_name("security-lake")
+        .send()
+        .await
+        .unwrap();
+    let theirs_url = theirs.queue_url().unwrap().to_string();
+    let rule = |prefix: &str| {
+        aws_sdk_s3::types::NotificationConfigurationFilter::builder()
+            .key(
+                aws_sdk_s3::types::S3KeyFilter::builder()
+                    .filter_rules(
+                        aws_sdk_s3::types::FilterRule::builder()
+                            .name(aws_sdk_s3::types::FilterRuleName::Prefix)
+                            .value(prefix)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build()
+    };
+    c.s3.put_bucket_notification_configuration()
+        .bucket(archive)
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .queue_configurations(
+                    aws_sdk_s3::types::QueueConfiguration::builder()
+                        .id("security-lake")
+                        .queue_arn("arn:aws:sqs:us-east-1:123456789012:security-lake")
+                        .events(aws_sdk_s3::types::Event::from("s3:ObjectCreated:*"))
+                        .filter(rule("lake/"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let spec = s3_spec(Some(archive));
+    let (_, out) = provision::reconcile(&c, &spec, "shared", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(out.flow_log_bucket, archive);
+    let config =
+        c.s3.get_bucket_notification_configuration()
+            .bucket(archive)
+            .send()
+            .await
+            .unwrap();
+    let mut ids: Vec<_> = config
+        .queue_configurations()
+        .iter()
+        .filter_map(|q| q.id())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["egresswatch-shared", "security-lake"]);
+    // Each queue hears of its own prefix only.
+    put(&c, archive, "egresswatch/shared/AWSLogs/x.log.gz").await;
+    put(&c, archive, "lake/y.parquet").await;
+    assert_eq!(
+        announced(&c, &out.flow_log_queue_url).await,
+        ["egresswatch/shared/AWSLogs/x.log.gz"]
+    );
+    assert_eq!(announced(&c, &theirs_url).await, ["lake/y.parquet"]);
+    assert_eq!(plan(&c, &spec, "shared").await, vec![]);
+    // `down` takes away only what the stack made: its queues and its notification.
+    provision::down(&c, "shared", ALL, |_| {}).await.unwrap();
+    assert!(c.s3.head_bucket().bucket(archive).send().await.is_ok());
+    let config =
+        c.s3.get_bucket_notification_configuration()
+            .bucket(archive)
+            .send()
+            .await
+            .unwrap();
+    let ids: Vec<_> = config
+        .queue_configurations()
+        .iter()
+        .filter_map(|q| q.id())
+        .collect();
+    assert_eq!(ids, ["security-lake"]);
+    assert_eq!(tagged(&c, "shared").await, 0);
+}

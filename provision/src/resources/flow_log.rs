@@ -4,13 +4,14 @@
 //! fails (the monitor is blind then), is made again.
 
 use aws_sdk_ec2::types::{
-    FlowLog as AwsFlowLog, FlowLogsResourceType, LogDestinationType, ResourceType, TrafficType,
+    DestinationFileFormat, DestinationOptionsRequest, FlowLog as AwsFlowLog, FlowLogsResourceType,
+    LogDestinationType, ResourceType, TrafficType,
 };
 
 use super::{every_page, filter, has_tag, log_group_name, resource, Teardown, PLANNED};
 use crate::aws::aws_error;
 use crate::retry::Passing;
-use crate::spec::flow_log_format;
+use crate::spec::{flow_log_format, FlowLogDestination};
 use crate::stack::{ChangeKind, Reconciler, STACK_TAG};
 use crate::ProvisionError;
 
@@ -19,8 +20,20 @@ resource!(FlowLog, "flow-log");
 /// What the stack's flow log must be.
 pub struct Wanted<'a> {
     pub format: &'a str,
-    pub log_group: &'a str,
-    pub role_arn: &'a str,
+    pub destination: Destination<'a>,
+}
+
+/// Where it delivers.
+pub enum Destination<'a> {
+    /// A log group, written with a role.
+    Logs { group: &'a str, role_arn: &'a str },
+    /// A bucket and prefix (`arn:…:s3:::bucket/prefix/`), with the object options.
+    S3 {
+        arn: String,
+        file_format: &'static str,
+        hive_prefixes: bool,
+        hourly: bool,
+    },
 }
 
 /// Each way the flow log differs from what is wanted; empty when it is in spec.
@@ -29,17 +42,49 @@ pub fn faults(f: &AwsFlowLog, want: &Wanted<'_>) -> Vec<String> {
     if f.log_format() != Some(want.format) {
         why.push("record format differs".to_string());
     }
-    if f.log_group_name() != Some(want.log_group) {
-        why.push("log group differs".into());
+    match &want.destination {
+        Destination::Logs { group, role_arn } => {
+            if f.log_destination_type().map(|t| t.as_str()) != Some("cloud-watch-logs") {
+                why.push("it does not deliver to CloudWatch Logs".into());
+            }
+            if f.log_group_name() != Some(*group) {
+                why.push("log group differs".into());
+            }
+            if f.deliver_logs_permission_arn() != Some(*role_arn) {
+                why.push("delivery role differs".into());
+            }
+        }
+        Destination::S3 {
+            arn,
+            file_format,
+            hive_prefixes,
+            hourly,
+        } => {
+            if f.log_destination_type().map(|t| t.as_str()) != Some("s3") {
+                why.push("it does not deliver to S3".into());
+            }
+            let trim = |a: &str| a.trim_end_matches('/').to_string();
+            if f.log_destination().map(trim) != Some(trim(arn)) {
+                why.push("bucket or prefix differs".into());
+            }
+            // AWS returns the options it keeps (an emulator may keep none).
+            if let Some(o) = f.destination_options() {
+                if o.file_format().map(|f| f.as_str()) != Some(*file_format) {
+                    why.push("file format differs".into());
+                }
+                if o.hive_compatible_partitions() != Some(*hive_prefixes)
+                    || o.per_hour_partition() != Some(*hourly)
+                {
+                    why.push("partitioning differs".into());
+                }
+            }
+        }
     }
     if f.traffic_type().map(|t| t.as_str()) != Some("ALL") {
         why.push("traffic type is not ALL".into());
     }
     if f.max_aggregation_interval() != Some(60) {
         why.push("aggregation interval is not 60 s".into());
-    }
-    if f.deliver_logs_permission_arn() != Some(want.role_arn) {
-        why.push("delivery role differs".into());
     }
     if f.deliver_logs_status() == Some("FAILED") {
         why.push(format!(
@@ -66,10 +111,26 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         )?
     };
     let role_arn = r.out.flow_log_role_arn.clone();
+    let s3 = r.spec.flow_log_destination == FlowLogDestination::S3;
+    let destination = if s3 {
+        Destination::S3 {
+            arn: format!(
+                "arn:{}:s3:::{}/{}",
+                r.partition, r.out.flow_log_bucket, r.out.flow_log_prefix
+            ),
+            file_format: r.spec.flow_log_file_format.as_aws(),
+            hive_prefixes: r.spec.flow_log_hive_prefixes,
+            hourly: r.spec.flow_log_hourly_partitions,
+        }
+    } else {
+        Destination::Logs {
+            group: &group,
+            role_arn: &role_arn,
+        }
+    };
     let want = Wanted {
         format: &format,
-        log_group: &group,
-        role_arn: &role_arn,
+        destination,
     };
     let mut keep = None;
     let ours: Vec<_> = existing
@@ -115,17 +176,39 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
     }
     let tags = r.tags(ResourceType::VpcFlowLog, "flow-log");
     // A role made seconds ago cannot be assumed by the flow-log service yet.
-    let c = crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *r.progress, {
-        ec2.create_flow_logs()
-            .resource_ids(&r.out.vpc_id)
-            .resource_type(FlowLogsResourceType::Vpc)
-            .traffic_type(TrafficType::All)
+    let request = ec2
+        .create_flow_logs()
+        .resource_ids(&r.out.vpc_id)
+        .resource_type(FlowLogsResourceType::Vpc)
+        .traffic_type(TrafficType::All)
+        .log_format(&format)
+        .max_aggregation_interval(60)
+        .tag_specifications(tags);
+    let request = match &want.destination {
+        Destination::Logs { group, role_arn } => request
             .log_destination_type(LogDestinationType::CloudWatchLogs)
-            .log_group_name(&group)
-            .deliver_logs_permission_arn(&role_arn)
-            .log_format(&format)
-            .max_aggregation_interval(60)
-            .tag_specifications(tags.clone())
+            .log_group_name(*group)
+            .deliver_logs_permission_arn(*role_arn),
+        Destination::S3 {
+            arn,
+            file_format,
+            hive_prefixes,
+            hourly,
+        } => request
+            .log_destination_type(LogDestinationType::S3)
+            .log_destination(arn)
+            .destination_options(
+                DestinationOptionsRequest::builder()
+                    .file_format(DestinationFileFormat::from(*file_format))
+                    .hive_compatible_partitions(*hive_prefixes)
+                    .per_hour_partition(*hourly)
+                    .build(),
+            ),
+    };
+    // A role made seconds ago cannot be assumed by the flow-log service yet.
+    let c = crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *r.progress, {
+        request
+            .clone()
             .send()
             .await
             .map_err(|e| aws_error("flow-log", "CreateFlowLogs", e))
@@ -173,6 +256,7 @@ mod tests {
             .log_format("${version} ${pkt-srcaddr}")
             .log_group_name("/egresswatch/s/flow-logs")
             .traffic_type(TrafficType::All)
+            .log_destination_type(LogDestinationType::CloudWatchLogs)
             .max_aggregation_interval(60)
             .deliver_logs_permission_arn("arn:aws:iam::1:role/egresswatch/s-flow-logs")
             .deliver_logs_status("SUCCESS")
@@ -180,8 +264,10 @@ mod tests {
 
     const WANT: Wanted<'static> = Wanted {
         format: "${version} ${pkt-srcaddr}",
-        log_group: "/egresswatch/s/flow-logs",
-        role_arn: "arn:aws:iam::1:role/egresswatch/s-flow-logs",
+        destination: Destination::Logs {
+            group: "/egresswatch/s/flow-logs",
+            role_arn: "arn:aws:iam::1:role/egresswatch/s-flow-logs",
+        },
     };
 
     #[test]
@@ -207,5 +293,42 @@ mod tests {
         );
         let f = in_spec().log_format("${version}").build();
         assert_eq!(faults(&f, &WANT), ["record format differs"]);
+    }
+
+    #[test]
+    fn an_s3_flow_log_is_checked_for_its_bucket_prefix_and_options() {
+        let want = Wanted {
+            format: "${version} ${pkt-srcaddr}",
+            destination: Destination::S3 {
+                arn: "arn:aws:s3:::b/egresswatch/s/".into(),
+                file_format: "parquet",
+                hive_prefixes: false,
+                hourly: true,
+            },
+        };
+        let s3 = |options: aws_sdk_ec2::types::DestinationOptionsResponse| {
+            in_spec()
+                .log_destination_type(LogDestinationType::S3)
+                .log_destination("arn:aws:s3:::b/egresswatch/s")
+                .destination_options(options)
+                .build()
+        };
+        let kept = aws_sdk_ec2::types::DestinationOptionsResponse::builder()
+            .file_format(DestinationFileFormat::Parquet)
+            .hive_compatible_partitions(false)
+            .per_hour_partition(true);
+        assert!(faults(&s3(kept.clone().build()), &want).is_empty());
+        assert_eq!(
+            faults(
+                &s3(kept.file_format(DestinationFileFormat::PlainText).build()),
+                &want
+            ),
+            ["file format differs"]
+        );
+        // The CloudWatch flow log of before is not what an S3 spec wants.
+        assert_eq!(
+            faults(&in_spec().build(), &want),
+            ["it does not deliver to S3", "bucket or prefix differs"]
+        );
     }
 }

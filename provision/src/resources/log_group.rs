@@ -53,6 +53,11 @@ pub async fn is_stacks(
 }
 
 async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
+    if r.spec.flow_log_destination == crate::spec::FlowLogDestination::S3 {
+        // A group left from before a switch to S3 is kept: it holds the evidence until then.
+        return Ok(());
+    }
+    r.out.flow_log_destination = "cloudwatch".into();
     let logs = r.clients.logs.clone();
     let name = log_group_name(&r.stack);
     r.out.log_group = name.clone();

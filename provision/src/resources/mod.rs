@@ -10,6 +10,8 @@
 pub mod default_security_group;
 pub mod domain;
 pub mod flow_log;
+pub mod flow_log_bucket;
+pub mod flow_log_queue;
 pub mod internet_gateway;
 pub mod log_group;
 pub mod nat_gateway;
@@ -74,6 +76,8 @@ pub(crate) use resource;
 pub struct Teardown<'p> {
     pub clients: &'p Clients,
     pub stack: String,
+    /// The account the credentials belong to: part of names that are global (the bucket).
+    pub account: String,
     pub opts: DownOptions,
     /// The VPCs carrying the stack's tag: what lives in them is the stack's network.
     pub vpc_ids: Vec<String>,
@@ -155,6 +159,29 @@ pub fn log_group_name(stack: &str) -> String {
 
 pub fn domain_name(stack: &str) -> String {
     stack.to_string()
+}
+
+/// The key prefix of the stack's flow-log objects, in its own bucket or a shared one.
+pub fn flow_log_prefix(stack: &str) -> String {
+    format!("egresswatch/{stack}/")
+}
+
+/// The bucket the stack makes for its flow logs: bucket names are global, so the account and
+/// region are part of it; S3 wants them lowercase.
+pub fn flow_log_bucket_name(stack: &str, account: &str, region: &str) -> String {
+    format!(
+        "{}-flow-logs-{account}-{region}",
+        stack.to_ascii_lowercase()
+    )
+}
+
+/// The queue that announces new flow-log objects, and its dead-letter queue.
+pub fn flow_log_queue_name(stack: &str, dead_letter: bool) -> String {
+    if dead_letter {
+        format!("{stack}-flow-logs-dead-letter")
+    } else {
+        format!("{stack}-flow-logs")
+    }
 }
 
 /// Every page of an EC2 Describe call's items, as one Vec, or the call's error for `resource`.

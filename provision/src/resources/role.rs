@@ -109,6 +109,10 @@ impl Resource for FlowLogRole {
     }
     fn reconcile<'a>(&'a self, r: &'a mut Reconciler<'_>) -> Step<'a> {
         Box::pin(async move {
+            // Delivery to S3 goes through the bucket's policy, without a role.
+            if r.spec.flow_log_destination == crate::spec::FlowLogDestination::S3 {
+                return Ok(());
+            }
             let want = flow_logs(&r.stack, &r.partition, &r.clients.region, &r.out.account_id);
             r.out.flow_log_role_arn = reconcile(r, want).await?;
             Ok(())
