@@ -12,8 +12,7 @@ use egresswatch_monitor::{Config, Metrics};
 #[command(after_help = "Examples:\n  \
     egresswatch provision outputs > /etc/egresswatch/outputs.json\n  \
     egresswatch monitor --config /etc/egresswatch/monitor.toml\n  \
-    egresswatch monitor --source file:flows.log.gz --outputs outputs.json --state-dir /tmp/ew\n  \
-    egresswatch monitor --shard 0/3     # one of three daemons splitting the log streams")]
+    egresswatch monitor --source file:flows.log.gz --outputs outputs.json --state-dir /tmp/ew")]
 pub struct MonitorArgs {
     /// Config file (TOML); every key is optional.
     #[arg(long, short = 'c', env = "EGRESSWATCH_CONFIG")]
@@ -39,8 +38,8 @@ pub struct MonitorArgs {
     /// `egresswatch provision outputs` JSON describing the network.
     #[arg(long)]
     outputs: Option<PathBuf>,
-    /// Read only the log streams of shard INDEX of COUNT, e.g. 0/3.
-    #[arg(long)]
+    /// Removed (one daemon per stack); refused with the reason.
+    #[arg(long, hide = true)]
     shard: Option<String>,
     /// AWS region (default: the standard chain).
     #[arg(long)]
@@ -85,8 +84,12 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     if let Some(v) = args.outputs {
         config.outputs_file = Some(v);
     }
-    if let Some(v) = args.shard {
-        config.shard = Some(v);
+    if args.shard.is_some() {
+        eprintln!(
+            "egresswatch monitor: {}",
+            egresswatch_monitor::config::SHARD_REMOVED
+        );
+        return ExitCode::from(2);
     }
     if let Err(e) = config.validate() {
         eprintln!("egresswatch monitor: {e}");

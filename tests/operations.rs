@@ -443,7 +443,7 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
     let mut expected: Vec<String> = egresswatch_monitor::metrics::SOURCE_OPERATIONS
         .iter()
         .map(|op| {
-            let service = if op.starts_with("Describe") && *op != "DescribeLogStreams" {
+            let service = if op.starts_with("Describe") && !op.starts_with("DescribeLog") {
                 "ec2"
             } else {
                 "logs"
@@ -599,7 +599,7 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert!(
         said.contains(&format!(
             "egresswatch monitor: state dir {} is in use for `cloudwatch`: another egresswatch \
-             process (pid {}) holds its lock {}; run each daemon (each shard) once",
+             process (pid {}) holds its lock {}; run each daemon once",
             state.display(),
             first.id(),
             lock.display()

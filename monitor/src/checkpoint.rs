@@ -26,6 +26,10 @@ pub struct Checkpoint {
     /// the old token means nothing in it.
     #[serde(default)]
     pub stream_created: BTreeMap<String, i64>,
+    /// Log stream -> what was read from it and when: its listing is compared with this to
+    /// tell whether it holds something new, so quiet streams are not read every poll.
+    #[serde(default)]
+    pub stream_seen: BTreeMap<String, crate::source::cloudwatch::Seen>,
     /// File path (or "stdin") -> where it was read up to.
     #[serde(default)]
     pub files: BTreeMap<String, crate::source::file::FilePosition>,
@@ -207,7 +211,8 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, String> {
 }
 
 /// A store's lock file in the state dir; its content is the holder's process id, for the
-/// refusal. Per store, so that shards may share a state dir while each runs only once.
+/// refusal. Per store, so that a file source and a CloudWatch source may share a state dir
+/// while each runs only once.
 pub fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(format!("{name}.lock"))
 }
@@ -265,7 +270,7 @@ fn lock_store(state_dir: &Path, name: &str) -> Result<File, String> {
                 .unwrap_or_default();
             return Err(format!(
                 "state dir {} is in use for `{name}`: another egresswatch process{holder} holds \
-                 its lock {}; run each daemon (each shard) once, or stop the other one first",
+                 its lock {}; run each daemon once, or stop the other one first",
                 state_dir.display(),
                 path.display()
             ));
@@ -437,20 +442,19 @@ mod tests {
             err,
             format!(
                 "state dir {} is in use for `cloudwatch`: another egresswatch process (pid {}) \
-                 holds its lock {}; run each daemon (each shard) once, or stop the other one \
-                 first",
+                 holds its lock {}; run each daemon once, or stop the other one first",
                 dir.display(),
                 std::process::id(),
                 lock_path(&dir, "cloudwatch").display()
             )
         );
-        // Another store (a shard) may share the dir.
-        let shard = CheckpointStore::new(&dir, "cloudwatch-1-of-3").unwrap();
+        // Another store (the file source's) may share the dir.
+        let other = CheckpointStore::new(&dir, "file").unwrap();
         drop(first);
         // Released with the store (as with the process, however it ends).
         let again = CheckpointStore::new(&dir, "cloudwatch").unwrap();
         assert_eq!(again.load().unwrap(), Checkpoint::default());
-        drop((again, shard));
+        drop((again, other));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

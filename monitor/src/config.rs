@@ -47,8 +47,11 @@ pub struct Config {
     /// Longest line read from a file or stdin; a longer one is skipped unread and counted as
     /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
     pub max_line_bytes: usize,
-    /// Read only log streams hashing to this shard: "INDEX/COUNT".
-    pub shard: Option<String>,
+    /// Removed: refused with the reason (see [`SHARD_REMOVED`]).
+    #[serde(rename = "shard")]
+    pub removed_shard: Option<toml::Value>,
+    /// How the CloudWatch source spends the account's API quotas.
+    pub cloudwatch: CloudWatch,
     pub rules: Rules,
     pub alerts: Alerts,
     /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
@@ -66,6 +69,102 @@ pub struct Config {
     /// The file this was read from, watched for changes to the suppressions.
     #[serde(skip)]
     pub path: Option<PathBuf>,
+}
+
+/// Why `shard` is refused, and what to do instead.
+pub const SHARD_REMOVED: &str = "shard was removed: it split one flow log's streams between \
+    daemons, so a NAT gateway's streams and the workload streams its flows are judged with \
+    (de-duplication, per-network novelty, traffic volume) ended up on different daemons. Run \
+    one daemon per stack instead; it stays within the account's CloudWatch Logs quotas on its \
+    own ([cloudwatch] get-log-events-per-second) however many streams the group holds. Remove \
+    `shard` from the config (and --shard from the command line)";
+
+/// The CloudWatch source's share of the account's CloudWatch Logs quotas, and how often it
+/// looks at streams that show nothing new. The defaults stay within the quotas of every
+/// region (GetLogEvents 10/s in the strictest) with room for another reader.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct CloudWatch {
+    /// GetLogEvents calls per second, for every stream together (AWS: 25/s per account and
+    /// region, 10/s in us-west-2, eu-west-1, eu-central-1 and others; not adjustable).
+    pub get_log_events_per_second: f64,
+    /// DescribeLogStreams (and DescribeLogGroups) calls per second (AWS: 25/s, adjustable).
+    pub describe_log_streams_per_second: f64,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// How late a stream's `lastEventTimestamp` and `lastIngestionTime` may show its newest
+    /// events (AWS: "typically less than an hour"): each poll lists streams this far back.
+    pub timestamp_lag_seconds: u64,
+    /// A stream within the lag whose listing shows nothing new is read anyway this often.
+    pub quiet_recheck_seconds: u64,
+    /// A stream older than the lag is read anyway this often, with spare budget only.
+    pub dormant_recheck_seconds: u64,
+    /// Every stream the retention keeps is listed this often (streams gone or aged out are
+    /// dropped from the checkpoint then).
+    pub full_listing_seconds: u64,
+}
+
+impl Default for CloudWatch {
+    fn default() -> Self {
+        CloudWatch {
+            get_log_events_per_second: 8.0,
+            describe_log_streams_per_second: 5.0,
+            concurrency: 4,
+            timestamp_lag_seconds: 3_600,
+            quiet_recheck_seconds: 300,
+            dormant_recheck_seconds: 6 * 3_600,
+            full_listing_seconds: 900,
+        }
+    }
+}
+
+impl CloudWatch {
+    fn validate(&self) -> Result<(), String> {
+        for (name, v, most) in [
+            // 30/s is the highest GetLogEvents quota of any region (eu-west-3).
+            (
+                "cloudwatch.get-log-events-per-second",
+                self.get_log_events_per_second,
+                30.0,
+            ),
+            // The adjustable DescribeLogStreams quota can be raised; 100/s is past any use.
+            (
+                "cloudwatch.describe-log-streams-per-second",
+                self.describe_log_streams_per_second,
+                100.0,
+            ),
+        ] {
+            if !(v.is_finite() && (0.1..=most).contains(&v)) {
+                return Err(format!("{name} = {v}: must be between 0.1 and {most}"));
+            }
+        }
+        within("cloudwatch.concurrency", self.concurrency as u64, 1, 64)?;
+        // A day: past that a stream's timestamps say nothing useful about it.
+        within(
+            "cloudwatch.timestamp-lag-seconds",
+            self.timestamp_lag_seconds,
+            0,
+            86_400,
+        )?;
+        within(
+            "cloudwatch.quiet-recheck-seconds",
+            self.quiet_recheck_seconds,
+            1,
+            86_400,
+        )?;
+        within(
+            "cloudwatch.dormant-recheck-seconds",
+            self.dormant_recheck_seconds,
+            1,
+            30 * 86_400,
+        )?;
+        within(
+            "cloudwatch.full-listing-seconds",
+            self.full_listing_seconds,
+            1,
+            86_400,
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -146,7 +245,8 @@ impl Default for Config {
             checkpoint_interval_seconds: 1,
             // A flow-log record is well under 1 KiB; CloudWatch caps an event at 256 KiB.
             max_line_bytes: 256 * 1024,
-            shard: None,
+            removed_shard: None,
+            cloudwatch: CloudWatch::default(),
             rules: Rules::default(),
             alerts: Alerts::default(),
             suppress: Vec::new(),
@@ -233,9 +333,10 @@ impl Config {
         if self.follow && !self.source.starts_with("file:") {
             return Err("follow = true needs source = \"file:PATH\"".into());
         }
-        if let Some(s) = &self.shard {
-            parse_shard(s)?;
+        if self.removed_shard.is_some() {
+            return Err(SHARD_REMOVED.into());
         }
+        self.cloudwatch.validate()?;
         // Flow logs publish at most every 600 s (the longest aggregation interval): polling
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;
@@ -513,18 +614,6 @@ fn within(key: &str, value: u64, least: u64, most: u64) -> Result<(), String> {
     }
 }
 
-/// "INDEX/COUNT" with 0 <= INDEX < COUNT.
-pub fn parse_shard(s: &str) -> Result<(u32, u32), String> {
-    let err = || format!("shard = \"{s}\": expected INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/3");
-    let (i, n) = s.split_once('/').ok_or_else(err)?;
-    let i: u32 = i.trim().parse().map_err(|_| err())?;
-    let n: u32 = n.trim().parse().map_err(|_| err())?;
-    if n == 0 || i >= n {
-        return Err(err());
-    }
-    Ok((i, n))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,11 +627,19 @@ mod tests {
         assert!(e.contains("c.toml") && e.contains("allowed-port"), "{e}");
         let e = Config::from_toml("source = \"kafka\"", "c.toml").unwrap_err();
         assert!(e.contains("source = \"kafka\""), "{e}");
-        let e = Config::from_toml("shard = \"3/3\"", "c.toml").unwrap_err();
-        assert!(e.contains("INDEX/COUNT"), "{e}");
+        let e = Config::from_toml("shard = \"0/3\"", "c.toml").unwrap_err();
+        assert!(
+            e.starts_with("c.toml: shard was removed:") && e.contains("one daemon per stack"),
+            "{e}"
+        );
+        let e = Config::from_toml("[cloudwatch]\nget-log-events-per-second = 40", "c.toml")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "c.toml: cloudwatch.get-log-events-per-second = 40: must be between 0.1 and 30"
+        );
         let e = Config::from_toml("listen = \"nowhere\"", "c.toml").unwrap_err();
         assert!(e.contains("listen"), "{e}");
-        assert_eq!(parse_shard("1/3"), Ok((1, 3)));
     }
 
     #[test]

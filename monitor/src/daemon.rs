@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use flowlog::{Decoder, Format, Line};
+use flowlog::Decoder;
 use tokio::sync::watch;
 
 use crate::alert::Router;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
-use crate::config::{parse_shard, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::AlertLog;
 use crate::pipeline::Pipeline;
 use crate::rules;
-use crate::source::file::{FileSource, FileSourceOptions};
+use crate::source::{Decoding, Lines, Next, Source};
 use crate::topology::Topology;
 
 /// Unix seconds of the main loop's last sign of progress; the systemd watchdog is fed only
@@ -82,26 +82,6 @@ pub struct RunSummary {
     pub batches: u64,
 }
 
-/// The shard a log stream belongs to: rendezvous (highest random weight) hashing, so adding a
-/// shard moves only the streams it wins.
-pub fn shard_of(stream: &str, count: u32) -> u32 {
-    (0..count)
-        .max_by_key(|i| fnv1a(stream.as_bytes(), *i))
-        .unwrap_or(0)
-}
-
-fn fnv1a(data: &[u8], seed: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    for &b in data.iter().chain(seed.to_le_bytes().iter()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // A final mix so that seeds differing in one bit spread over the whole range.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
-}
-
 // The metrics and health server lives in its own module; callers keep this path.
 pub use crate::http::serve;
 
@@ -159,20 +139,15 @@ pub async fn run(
 ) -> Result<RunSummary, String> {
     let topo = topology(&config)?;
     let dets = rules::build(&config.rules)?;
-    let shard = config.shard.as_deref().map(parse_shard).transpose()?;
-    let store_name = match (config.source.as_str(), shard) {
-        ("cloudwatch", Some((i, n))) => format!("cloudwatch-{i}-of-{n}"),
-        ("cloudwatch", None) => "cloudwatch".into(),
-        _ => "file".into(),
-    };
+    let store_name = crate::source::store_name(&config);
     // Read positions and undelivered alerts live here for every source: without it a restart
     // would read a file twice or lose the alerts in flight.
-    let store = CheckpointStore::new(&config.state_dir, &store_name)?;
+    let store = CheckpointStore::new(&config.state_dir, store_name)?;
     let cp = store.load()?;
     let mut router = Router::new(&config.alerts, metrics.clone());
     let alerts = AlertLog::open(
         &config.state_dir,
-        &store_name,
+        store_name,
         &config.alerts,
         crate::sink::from_config(&config.alerts)?,
         &mut router,
@@ -248,38 +223,24 @@ pub async fn run(
             cost: Duration::ZERO,
         },
     };
-    let result = if config.source == "cloudwatch" {
-        match clients {
-            Some(clients) => {
-                let mut reader = CloudWatch {
-                    config: &config,
-                    clients: &clients,
-                    shard,
-                };
-                reader.run(&mut s).await
-            }
-            None => Err("the cloudwatch source needs AWS clients".to_string()),
-        }
-    } else {
-        read_file(&config, &mut s).await
+    let mut source = crate::source::open(&config, &s.cp, clients, metrics.clone());
+    let result = match &mut source {
+        Ok(source) => drive(&config, source, &mut s).await,
+        Err(e) => Err(e.clone()),
     };
     // Whatever ended the run, errors included: a last checkpoint (unless alerts could not be
     // written, when the positions must stay behind them), and the sinks get their grace.
     // Open folds are closed only at the end of a finite input; a daemon that stops keeps
     // them open, to go on counting at the next start.
     s.p.publish_top_k();
-    let last = checkpoint(
-        &mut s.p,
-        &s.alerts,
-        &s.store,
-        &mut s.cp,
-        &mut s.health,
-        &s.shutdown,
-        &mut s.progress,
-    )
-    .await;
-    if let Err(e) = &last {
-        tracing::error!(error = %e, "no checkpoint at the end of the run");
+    match s.checkpoint().await {
+        Ok(true) => {
+            if let Ok(source) = &mut source {
+                source.committed().await;
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "no checkpoint at the end of the run"),
     }
     s.alerts
         .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
@@ -340,74 +301,78 @@ async fn retry(
     }
 }
 
-/// A batch is through every stage: its alerts are made durable and handed to the sinks, and
-/// when one is due, a checkpoint moves the positions past it.
-async fn commit(
-    p: &mut Pipeline,
-    alerts: &mut AlertLog,
-    store: &CheckpointStore,
-    cp: &mut Checkpoint,
-    health: &mut Health,
-    shutdown: &watch::Receiver<bool>,
-    progress: &mut Progress,
-) -> Result<(), String> {
-    p.router.advance(p.newest_event);
-    let router = &mut p.router;
-    retry(health, shutdown, "write alerts to the outbox", || {
-        alerts.write(router)
-    })
-    .await?;
-    progress.dirty = true;
-    if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(100)) {
-        checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
+impl Stages {
+    /// A batch is through every stage: its alerts are made durable and handed to the sinks,
+    /// and when one is due, a checkpoint moves the positions past it. True when a checkpoint
+    /// was saved.
+    async fn commit(&mut self) -> Result<bool, String> {
+        self.p.router.advance(self.p.newest_event);
+        let Stages {
+            p,
+            alerts,
+            health,
+            shutdown,
+            progress,
+            ..
+        } = self;
+        let router = &mut p.router;
+        retry(health, shutdown, "write alerts to the outbox", || {
+            alerts.write(router)
+        })
+        .await?;
+        progress.dirty = true;
+        if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(100)) {
+            return self.checkpoint().await;
+        }
+        Ok(false)
     }
-    Ok(())
-}
 
-/// Commits the read positions together with what the rules have learnt from the records
-/// before them and the outbox's position: a restart resumes all three from the same point,
-/// so the rules see every record once and the alerts decided since are recognised when made
-/// again. The snapshot goes to the slot the committed checkpoint does not name, then the
-/// checkpoint names it: a crash in between leaves the previous pair whole.
-async fn checkpoint(
-    // Mutable only so that the future stays Send: the rules are Send but not Sync.
-    p: &mut Pipeline,
-    alerts: &AlertLog,
-    store: &CheckpointStore,
-    cp: &mut Checkpoint,
-    health: &mut Health,
-    shutdown: &watch::Receiver<bool>,
-    progress: &mut Progress,
-) -> Result<(), String> {
-    if !progress.dirty {
-        return Ok(());
+    /// Commits the read positions together with what the rules have learnt from the records
+    /// before them and the outbox's position: a restart resumes all three from the same
+    /// point, so the rules see every record once and the alerts decided since are recognised
+    /// when made again. The snapshot goes to the slot the committed checkpoint does not name,
+    /// then the checkpoint names it: a crash in between leaves the previous pair whole. True
+    /// when a checkpoint was saved (false: nothing new since the last one).
+    async fn checkpoint(&mut self) -> Result<bool, String> {
+        let Stages {
+            p,
+            alerts,
+            store,
+            cp,
+            health,
+            shutdown,
+            progress,
+        } = self;
+        if !progress.dirty {
+            return Ok(false);
+        }
+        if alerts.has_unwritten() {
+            return Err(
+                "alerts of a batch are not in the outbox yet; the positions stay before it".into(),
+            );
+        }
+        let started = std::time::Instant::now();
+        let generation = cp.generation.saturating_add(1);
+        let snapshot = p.save_state();
+        retry(health, shutdown, "save the rules' state", || {
+            store.save_rules(generation, &snapshot)
+        })
+        .await?;
+        cp.generation = generation;
+        cp.outbox_seq = alerts.next_seq();
+        retry(health, shutdown, "save the checkpoint", || store.save(cp)).await?;
+        let took = started.elapsed();
+        p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
+        p.metrics.checkpoint_timestamp.set(unix_now() as i64);
+        tracing::debug!(file = %store.rules_path(generation).display(), bytes = snapshot.len(), millis = took.as_millis() as u64, generation, "checkpoint committed with the rules' state");
+        *progress = Progress {
+            dirty: false,
+            last: std::time::Instant::now(),
+            every: progress.every,
+            cost: took,
+        };
+        Ok(true)
     }
-    if alerts.has_unwritten() {
-        return Err(
-            "alerts of a batch are not in the outbox yet; the positions stay before it".into(),
-        );
-    }
-    let started = std::time::Instant::now();
-    let generation = cp.generation.saturating_add(1);
-    let snapshot = p.save_state();
-    retry(health, shutdown, "save the rules' state", || {
-        store.save_rules(generation, &snapshot)
-    })
-    .await?;
-    cp.generation = generation;
-    cp.outbox_seq = alerts.next_seq();
-    retry(health, shutdown, "save the checkpoint", || store.save(cp)).await?;
-    let took = started.elapsed();
-    p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
-    p.metrics.checkpoint_timestamp.set(unix_now() as i64);
-    tracing::debug!(file = %store.rules_path(generation).display(), bytes = snapshot.len(), millis = took.as_millis() as u64, generation, "checkpoint committed with the rules' state");
-    *progress = Progress {
-        dirty: false,
-        last: std::time::Instant::now(),
-        every: progress.every,
-        cost: took,
-    };
-    Ok(())
 }
 
 fn restore_rules(store: &CheckpointStore, generation: u64, p: &mut Pipeline) -> Result<(), String> {
@@ -441,155 +406,130 @@ pub fn open_input(path: Option<&std::path::Path>) -> std::io::Result<Box<dyn Rea
     })
 }
 
-/// The first line of a file, when it is a header naming the fields: a run that resumes past
-/// it still has to read the records in its format.
-fn header_of(path: &std::path::Path, decoder: &mut Decoder) {
-    use std::io::BufRead;
-    let Ok(file) = open_input(Some(path)) else {
-        return;
-    };
-    let mut first = Vec::new();
-    let mut reader = std::io::BufReader::new(file.take(64 * 1024));
-    if reader.read_until(b'\n', &mut first).is_ok() {
-        if let Ok(Line::Header) = decoder.decode(&first) {
-            tracing::debug!(file = %path.display(), "format taken from the file's header line");
-        }
-    }
-}
-
-/// Reads a file (plain or .gz) or stdin on a reader thread; with `follow`, keeps reading what
-/// is appended, across truncation and rotation, until shutdown. The position after each chunk
-/// goes into the next checkpoint, so a restart resumes where the last one ended.
-async fn read_file(config: &Config, s: &mut Stages) -> Result<RunSummary, String> {
-    let Stages {
-        p,
-        alerts,
-        store,
-        cp,
-        health,
-        shutdown,
-        progress,
-    } = s;
-    let format = match &config.format {
-        Some(f) => Format::parse(f).map_err(|e| e.to_string())?,
-        // Without a header line, a file from this stack is in the provisioner's format.
-        None => {
-            Format::parse(&egresswatch_provision::flow_log_format()).map_err(|e| e.to_string())?
-        }
-    };
-    let path = config.source.strip_prefix("file:").map(PathBuf::from);
-    let key = path
-        .as_ref()
-        .map_or("stdin".to_string(), |p| p.display().to_string());
-    let resume = cp.files.get(&key).cloned();
-    let mut decoder = Decoder::following_headers(format);
-    if let (Some(path), Some(pos)) = (&path, &resume) {
-        if pos.offset > 0 {
-            header_of(path, &mut decoder);
-        }
-    }
-    let opts = FileSourceOptions {
-        follow: config.follow,
-        max_line_bytes: config.max_line_bytes,
-        ..FileSourceOptions::default()
-    };
-    let mut source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
+/// Runs the source's batches through every stage and commits their positions, until the
+/// input ends, the source fails or shutdown is signalled. Whatever the source, the same
+/// order: lines through the pipeline, alerts into the outbox, then the position.
+async fn drive<S: Source>(
+    config: &Config,
+    source: &mut S,
+    s: &mut Stages,
+) -> Result<RunSummary, String> {
     let mut reloader = Reloader::new(config);
-    let too_long = p
-        .metrics
-        .bad_lines
-        .with_label_values(&[crate::metrics::LINE_TOO_LONG]);
+    let too_long =
+        s.p.metrics
+            .bad_lines
+            .with_label_values(&[crate::metrics::LINE_TOO_LONG]);
     let mut summary = RunSummary::default();
-    let mut stop = shutdown.clone();
-    health.reading();
+    let mut stop = s.shutdown.clone();
+    // The decoder of the last origin whose lines may carry header lines: a header switches
+    // the format for the rest of that origin, across batches.
+    let mut headed: Option<(String, Decoder)> = None;
     loop {
+        if *stop.borrow() {
+            break;
+        }
         let next = tokio::select! {
-            next = source.next() => Some(next),
+            next = source.next(s.progress.every) => next,
             _ = stop.wait_for(|s| *s) => break,
-            _ = tokio::time::sleep(progress.every) => None,
         };
-        let Some(next) = next else {
-            // A followed file can be quiet for hours: waiting on it is progress too, and what
-            // was read before the quiet is committed.
-            beat();
-            reloader.reload_if_changed(config, p);
-            checkpoint(p, alerts, store, cp, health, shutdown, progress).await?;
-            continue;
-        };
-        let chunk = match next {
-            None => {
+        let batch = match next {
+            Next::Idle | Next::Reading | Next::Unavailable(_) => {
+                match next {
+                    Next::Unavailable(reason) => s.health.failing(reason),
+                    Next::Reading => s.health.reading(),
+                    _ => {}
+                }
+                // A quiet source can be quiet for hours: waiting on it is progress too, and
+                // what was read before the quiet is committed.
+                beat();
+                s.p.publish_top_k();
+                reloader.reload_if_changed(config, &mut s.p);
+                if s.checkpoint().await? {
+                    source.committed().await;
+                }
+                continue;
+            }
+            Next::End => {
                 // End of a finite input: its floods are complete.
-                p.finish();
-                commit(p, alerts, store, cp, health, shutdown, progress).await?;
+                s.p.finish();
+                s.commit().await?;
                 break;
             }
-            Some(Err(e)) => {
-                // Complete lines before a broken gzip member were handed over already.
-                p.finish();
-                commit(p, alerts, store, cp, health, shutdown, progress).await?;
-                return Err(e.to_string());
+            Next::Failed(e) => {
+                s.p.finish();
+                s.commit().await?;
+                return Err(e);
             }
-            Some(Ok(chunk)) => chunk,
+            Next::Batch(b) => b,
         };
-        for note in &chunk.notes {
-            tracing::warn!(file = %chunk.name, "{note}");
+        for note in &batch.notes {
+            tracing::warn!(origin = %batch.origin, "{note}");
         }
-        if chunk.oversize_lines > 0 {
-            too_long.inc_by(chunk.oversize_lines);
-            tracing::warn!(file = %chunk.name, lines = chunk.oversize_lines, max_line_bytes = config.max_line_bytes, "lines longer than max-line-bytes skipped");
+        if batch.oversize_lines > 0 {
+            too_long.inc_by(batch.oversize_lines);
+            tracing::warn!(origin = %batch.origin, lines = batch.oversize_lines, max_line_bytes = config.max_line_bytes, "lines longer than max-line-bytes skipped");
         }
-        let mut n = chunk.first_line;
+        let mut pinned;
+        let decoder = match &batch.format {
+            Decoding::Pinned(f) => {
+                pinned = Decoder::pinned(f.clone());
+                &mut pinned
+            }
+            Decoding::Headers(f) => {
+                if headed.as_ref().is_none_or(|(o, _)| *o != batch.origin) {
+                    headed = Some((batch.origin.clone(), Decoder::following_headers(f.clone())));
+                }
+                match &mut headed {
+                    Some((_, d)) => d,
+                    None => {
+                        pinned = Decoder::following_headers(f.clone());
+                        &mut pinned
+                    }
+                }
+            }
+        };
         let mut lines = 0u64;
-        let mut at = 0;
-        // Every line of a chunk ends in a newline; memchr finds them a word at a time.
-        for end in memchr::memchr_iter(b'\n', &chunk.text) {
-            p.line(&mut decoder, &chunk.text[at..=end], &Origin(&chunk.name, n));
-            n = n.saturating_add(1);
-            lines += 1;
-            at = end + 1;
+        match &batch.lines {
+            Lines::Numbered { text, first_line } => {
+                let mut n = *first_line;
+                let mut at = 0;
+                // Every line ends in a newline; memchr finds them a word at a time.
+                for end in memchr::memchr_iter(b'\n', text) {
+                    s.p.line(decoder, &text[at..=end], &Origin(&batch.origin, n));
+                    n = n.saturating_add(1);
+                    lines += 1;
+                    at = end + 1;
+                }
+            }
+            Lines::Events(events) => {
+                let label = format!("{}@", batch.origin);
+                for (timestamp, message) in events {
+                    let origin = Origin(&label, u64::try_from(*timestamp).unwrap_or(0));
+                    // An event may hold several records, one per line.
+                    for line in message.as_bytes().split(|&b| b == b'\n') {
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        s.p.line(decoder, line, &origin);
+                        lines += 1;
+                    }
+                }
+            }
         }
         summary.records = summary.records.saturating_add(lines);
-        summary.batches += 1;
-        cp.records_committed = cp.records_committed.saturating_add(lines);
-        if let Some(pos) = chunk.position {
-            cp.files.insert(key.clone(), pos);
-        }
+        summary.batches = summary.batches.saturating_add(1);
         beat();
-        commit(p, alerts, store, cp, health, shutdown, progress).await?;
-        health.reading();
-        reloader.reload_if_changed(config, p);
+        // Only now, with the batch through every stage, does the position move; the commit
+        // makes its alerts durable before a checkpoint can carry the position.
+        s.cp.records_committed = s.cp.records_committed.saturating_add(lines);
+        batch.position.apply(&mut s.cp);
+        if s.commit().await? {
+            source.committed().await;
+        }
+        s.health.reading();
+        reloader.reload_if_changed(config, &mut s.p);
     }
     Ok(summary)
-}
-
-async fn flow_log_format(
-    config: &Config,
-    clients: &egresswatch_provision::Clients,
-    group: &str,
-) -> Result<Format, String> {
-    if let Some(f) = &config.format {
-        return Format::parse(f).map_err(|e| format!("format: {e}"));
-    }
-    let got = clients
-        .ec2
-        .describe_flow_logs()
-        .filter(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("log-group-name")
-                .values(group)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("DescribeFlowLogs for log group {group}: {}", aws_error(&e)))?;
-    let f = got
-        .flow_logs()
-        .first()
-        .and_then(|f| f.log_format())
-        .ok_or_else(|| {
-            format!("no flow log delivers to log group {group}; set `format` in the config")
-        })?;
-    Format::parse(f).map_err(|e| format!("flow log format `{f}`: {e}"))
 }
 
 /// An SDK error with its cause chain (a missing credential says so), not just "dispatch
@@ -598,278 +538,6 @@ pub(crate) fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> S
     match e.message() {
         Some(m) => format!("{}: {m}", e.code().unwrap_or("error")),
         None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
-    }
-}
-
-/// The CloudWatch Logs source: every stream of the group (or of this shard), each read from
-/// its saved forward token.
-struct CloudWatch<'a> {
-    config: &'a Config,
-    clients: &'a egresswatch_provision::Clients,
-    shard: Option<(u32, u32)>,
-}
-
-/// What one page of a stream did.
-enum Page {
-    /// Records were read; more may follow.
-    More,
-    /// The stream has nothing new.
-    Done,
-    /// The call failed; try the stream again next poll.
-    Failed,
-}
-
-impl CloudWatch<'_> {
-    fn group(&self) -> String {
-        self.config
-            .log_group
-            .clone()
-            .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", self.config.stack))
-    }
-
-    /// Every stream of the group with its creation time, or why they cannot be listed.
-    async fn streams(&self, m: &Metrics, group: &str) -> Result<Vec<(String, i64)>, String> {
-        let mut streams = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            m.source_calls
-                .with_label_values(&["DescribeLogStreams"])
-                .inc();
-            let page = self
-                .clients
-                .logs
-                .describe_log_streams()
-                .log_group_name(group)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| {
-                    count_error(m, "DescribeLogStreams", e.code());
-                    format!(
-                        "DescribeLogStreams for log group {group}: {}",
-                        aws_error(&e)
-                    )
-                })?;
-            streams.extend(page.log_streams().iter().filter_map(|s| {
-                s.log_stream_name()
-                    .map(|n| (n.to_string(), s.creation_time().unwrap_or(0)))
-            }));
-            token = page.next_token().map(String::from);
-            if token.is_none() {
-                break;
-            }
-        }
-        if let Some((i, n)) = self.shard {
-            streams.retain(|(s, _)| shard_of(s, n) == i);
-        }
-        Ok(streams)
-    }
-
-    async fn run(&mut self, s: &mut Stages) -> Result<RunSummary, String> {
-        let group = self.group();
-        let mut format: Option<Format> = None;
-        let mut reloader = Reloader::new(self.config);
-        let mut summary = RunSummary::default();
-        let mut shutdown = s.shutdown.clone();
-        loop {
-            if *shutdown.borrow() {
-                return Ok(summary);
-            }
-            if let Err(e) = self.poll(s, &group, &mut format, &mut summary).await {
-                s.health.failing(e);
-            }
-            reloader.reload_if_changed(self.config, &mut s.p);
-            // A quiet group still gets its last records committed.
-            checkpoint(
-                &mut s.p,
-                &s.alerts,
-                &s.store,
-                &mut s.cp,
-                &mut s.health,
-                &s.shutdown,
-                &mut s.progress,
-            )
-            .await?;
-            // Asleep between polls is not wedged: the watchdog is fed through long intervals.
-            let until =
-                std::time::Instant::now() + Duration::from_secs(self.config.poll_interval_seconds);
-            loop {
-                beat();
-                let left = until.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(left.min(Duration::from_secs(30))) => {}
-                }
-            }
-        }
-    }
-
-    /// One pass over every stream. Err: the source cannot read at all (the reason).
-    async fn poll(
-        &mut self,
-        s: &mut Stages,
-        group: &str,
-        format: &mut Option<Format>,
-        summary: &mut RunSummary,
-    ) -> Result<(), String> {
-        let m = s.p.metrics.clone();
-        if format.is_none() {
-            if self.config.format.is_none() {
-                m.source_calls
-                    .with_label_values(&["DescribeFlowLogs"])
-                    .inc();
-            }
-            match flow_log_format(self.config, self.clients, group).await {
-                Ok(f) => *format = Some(f),
-                Err(e) => {
-                    m.source_errors
-                        .with_label_values(&["DescribeFlowLogs"])
-                        .inc();
-                    return Err(e);
-                }
-            }
-        }
-        let format = format.clone().ok_or("no flow-log format")?;
-        let streams = self.streams(&m, group).await?;
-        s.health.reading();
-        // Streams deleted from the group leave the checkpoint.
-        let listed: std::collections::HashSet<&str> =
-            streams.iter().map(|(name, _)| name.as_str()).collect();
-        let cp = &mut s.cp;
-        let before = cp.streams.len();
-        cp.streams.retain(|name, _| listed.contains(name.as_str()));
-        cp.stream_created
-            .retain(|name, _| listed.contains(name.as_str()));
-        if cp.streams.len() < before {
-            s.progress.dirty = true;
-            tracing::info!(
-                streams = before - cp.streams.len(),
-                "log streams gone from the group; dropped from the checkpoint"
-            );
-        }
-        let mut failed = 0usize;
-        for (stream, created) in &streams {
-            // A stream made again under the same name: its old token points into the old one.
-            let cp = &mut s.cp;
-            if cp
-                .stream_created
-                .get(stream)
-                .is_some_and(|c| *c != *created)
-            {
-                tracing::warn!(stream = %stream, "log stream was re-created; reading it from its start");
-                cp.streams.remove(stream);
-            }
-            cp.stream_created.insert(stream.clone(), *created);
-            loop {
-                if *s.shutdown.borrow() {
-                    return Ok(());
-                }
-                match self.page(s, group, stream, &format, summary).await? {
-                    Page::More => continue,
-                    Page::Done => break,
-                    Page::Failed => {
-                        failed += 1;
-                        break;
-                    }
-                }
-            }
-        }
-        if failed > 0 && failed == streams.len() {
-            return Err(format!("GetLogEvents failed for every stream of {group}"));
-        }
-        Ok(())
-    }
-
-    async fn page(
-        &mut self,
-        s: &mut Stages,
-        group: &str,
-        stream: &str,
-        format: &Format,
-        summary: &mut RunSummary,
-    ) -> Result<Page, String> {
-        let Stages {
-            p,
-            alerts,
-            store,
-            cp,
-            health,
-            shutdown,
-            progress,
-        } = s;
-        let m = p.metrics.clone();
-        let start = cp.streams.get(stream).cloned();
-        m.source_calls.with_label_values(&["GetLogEvents"]).inc();
-        let r = self
-            .clients
-            .logs
-            .get_log_events()
-            .log_group_name(group)
-            .log_stream_name(stream)
-            .start_from_head(true)
-            .limit(10_000)
-            .set_next_token(start.clone())
-            .send()
-            .await;
-        let page = match r {
-            Ok(page) => page,
-            Err(e) => {
-                count_error(&m, "GetLogEvents", e.code());
-                let code = e.code().unwrap_or("");
-                if start.is_some() && code == "InvalidParameterException" {
-                    // A token this stream does not know: read it from its start rather than
-                    // never again.
-                    tracing::warn!(stream = %stream, error = %aws_error(&e), "saved token refused; reading the stream from its start");
-                    cp.streams.remove(stream);
-                    return Ok(Page::More);
-                }
-                if code == "ResourceNotFoundException" {
-                    cp.streams.remove(stream);
-                    cp.stream_created.remove(stream);
-                    return Ok(Page::Done);
-                }
-                tracing::warn!(stream = %stream, error = %aws_error(&e), "GetLogEvents failed; retrying next poll");
-                return Ok(Page::Failed);
-            }
-        };
-        let next = page.next_forward_token().map(String::from);
-        let events = page.events();
-        let mut decoder = Decoder::pinned(format.clone());
-        let label = format!("{group}/{stream}@");
-        let mut records = 0u64;
-        for ev in events {
-            let origin = Origin(&label, ev.timestamp().unwrap_or(0) as u64);
-            // An event may hold several records, one per line.
-            for line in ev.message().unwrap_or("").as_bytes().split(|&b| b == b'\n') {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                p.line(&mut decoder, line, &origin);
-                records += 1;
-            }
-        }
-        summary.records = summary.records.saturating_add(records);
-        summary.batches += 1;
-        beat();
-        p.publish_top_k();
-        // Only now, with the batch through every stage and its alerts durable, does the
-        // position move.
-        let unchanged = next.is_none() || next == start;
-        if let Some(n) = next {
-            cp.streams.insert(stream.to_string(), n);
-        }
-        cp.records_committed = cp.records_committed.saturating_add(records);
-        if !events.is_empty() || !unchanged {
-            commit(p, alerts, store, cp, health, shutdown, progress).await?;
-        }
-        Ok(if events.is_empty() || unchanged {
-            Page::Done
-        } else {
-            Page::More
-        })
     }
 }
 
@@ -999,6 +667,7 @@ pub(crate) fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowlog::Format;
 
     #[tokio::test]
     async fn changed_deny_lists_are_reloaded_and_bad_ones_refused() {
@@ -1124,24 +793,5 @@ mod tests {
         assert_eq!(counts(), (2, 1));
         assert_eq!(p.router.take().alerts.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn shards_split_streams_without_overlap_or_gap() {
-        let streams: Vec<String> = (0..300).map(|i| format!("eni-{i:08x}-all")).collect();
-        let mut counts = [0usize; 3];
-        for s in &streams {
-            let owner = shard_of(s, 3);
-            counts[owner as usize] += 1;
-            // Exactly one shard owns each stream.
-            assert_eq!((0..3).filter(|i| shard_of(s, 3) == *i).count(), 1);
-        }
-        assert_eq!(counts.iter().sum::<usize>(), 300);
-        assert!(counts.iter().all(|&c| c > 60), "{counts:?}");
-        // Adding a fourth shard moves only streams to the new shard.
-        for s in &streams {
-            let after = shard_of(s, 4);
-            assert!(after == 3 || after == shard_of(s, 3), "{s}");
-        }
     }
 }

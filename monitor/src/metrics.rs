@@ -2,8 +2,8 @@
 //! low-cardinality (path, port class, action, rule, severity, reason, sink): never an address.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +18,13 @@ pub struct Metrics {
     pub source_calls: IntCounterVec,
     pub source_errors: IntCounterVec,
     pub source_throttles: IntCounterVec,
+    /// Seconds calls waited for the account's call budget, by operation.
+    pub source_wait_seconds: CounterVec,
+    /// Seconds from a CloudWatch event's ingestion to its read.
+    pub cloudwatch_read_delay: Histogram,
+    /// Log streams the CloudWatch source tracks, read in the last poll, or left for a later
+    /// poll's spare budget.
+    pub cloudwatch_streams: IntGaugeVec,
     pub checkpoint_timestamp: IntGauge,
     pub last_record_timestamp: IntGauge,
     pub alerts_sent: IntCounterVec,
@@ -59,8 +66,9 @@ pub fn peak_resident_kib() -> u64 {
 pub const LINE_TOO_LONG: &str = "line_too_long";
 
 /// The AWS calls the daemon makes: the CloudWatch source's, and the workload inventory's.
-pub const SOURCE_OPERATIONS: [&str; 5] = [
+pub const SOURCE_OPERATIONS: [&str; 6] = [
     "DescribeFlowLogs",
+    "DescribeLogGroups",
     "DescribeLogStreams",
     "GetLogEvents",
     "DescribeNetworkInterfaces",
@@ -168,6 +176,34 @@ impl Metrics {
             "Source API calls that were throttled, by operation.",
             &["operation"],
         );
+        let source_wait_seconds = register(
+            &r,
+            CounterVec::new(
+                Opts::new(
+                    "egresswatch_source_budget_wait_seconds_total",
+                    "Seconds source API calls waited for the account's call budget, by operation.",
+                ),
+                &["operation"],
+            )
+            .expect("valid metric"),
+        );
+        let cloudwatch_read_delay = histogram(
+            &r,
+            "egresswatch_cloudwatch_read_delay_seconds",
+            "Time from a CloudWatch Logs event's ingestion to its read by the source.",
+            vec![
+                1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ],
+        );
+        let cloudwatch_streams = gauge_vec(
+            &r,
+            "egresswatch_cloudwatch_streams",
+            "Log streams of the CloudWatch source: tracked (a position is kept), read_last_poll, deferred (due, left for a later poll's spare budget).",
+            &["state"],
+        );
+        for state in ["tracked", "read_last_poll", "deferred"] {
+            cloudwatch_streams.with_label_values(&[state]);
+        }
         let checkpoint_timestamp = register(
             &r,
             IntGauge::new(
@@ -286,6 +322,7 @@ impl Metrics {
             for c in [&source_calls, &source_errors, &source_throttles] {
                 c.with_label_values(&[op]);
             }
+            source_wait_seconds.with_label_values(&[op]);
         }
         for status in ["NODATA", "SKIPDATA"] {
             skipped_records.with_label_values(&[status]);
@@ -311,6 +348,9 @@ impl Metrics {
             source_calls,
             source_errors,
             source_throttles,
+            source_wait_seconds,
+            cloudwatch_read_delay,
+            cloudwatch_streams,
             checkpoint_timestamp,
             last_record_timestamp,
             alerts_sent,

@@ -345,8 +345,8 @@ pub struct AlertLog {
 }
 
 impl AlertLog {
-    /// Opens the outbox under `state_dir` (one per checkpoint name, as shards each have their
-    /// own), rebuilds the router's memory from it and starts the sinks.
+    /// Opens the outbox under `state_dir` (one per checkpoint name: a file source and a CloudWatch
+    /// source keep their own), rebuilds the router's memory from it and starts the sinks.
     pub fn open(
         state_dir: &Path,
         name: &str,

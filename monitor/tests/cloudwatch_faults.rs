@@ -112,16 +112,18 @@ async fn readiness_follows_the_log_group_and_a_recreated_group_is_read_whole() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(readyz(&config).await, 503);
-    assert_eq!(metrics.source_up.get(), 0);
-    assert!(
-        metrics
-            .source_errors
+    // Several failed listings (one a second), however slowly the emulator answers its first
+    // calls while other tests start theirs.
+    let m = metrics.clone();
+    wait("three failed listings", || {
+        m.source_errors
             .with_label_values(&["DescribeLogStreams"])
             .get()
-            >= 1
-    );
+            >= 3
+    })
+    .await;
+    assert_eq!(readyz(&config).await, 503);
+    assert_eq!(metrics.source_up.get(), 0);
 
     // The group appears with 50 records, two of them in one event.
     c.logs

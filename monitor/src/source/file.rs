@@ -880,6 +880,123 @@ impl Worker {
     }
 }
 
+/// The file and stdin source behind [`super::Source`]: the reader thread's chunks as batches,
+/// each with the file's position after it.
+pub struct FileLines {
+    source: FileSource,
+    /// The checkpoint's key: the path, or "stdin".
+    key: String,
+    format: flowlog::Format,
+    /// The first call says the input is open (the daemon is ready) before any line arrives:
+    /// stdin may stay silent for long.
+    started: bool,
+    ended: bool,
+}
+
+impl FileLines {
+    /// Opens `file:PATH` or stdin from the config, resuming a file from its position in `cp`.
+    pub fn open(
+        config: &crate::config::Config,
+        cp: &crate::checkpoint::Checkpoint,
+    ) -> Result<FileLines, String> {
+        let mut format = match &config.format {
+            Some(f) => flowlog::Format::parse(f).map_err(|e| e.to_string())?,
+            // Without a header line, a file from this stack is in the provisioner's format.
+            None => flowlog::Format::parse(&egresswatch_provision::flow_log_format())
+                .map_err(|e| e.to_string())?,
+        };
+        let path = config.source.strip_prefix("file:").map(PathBuf::from);
+        let key = path
+            .as_ref()
+            .map_or("stdin".to_string(), |p| p.display().to_string());
+        let resume = cp.files.get(&key).cloned();
+        if let (Some(path), Some(pos)) = (&path, &resume) {
+            if pos.offset > 0 {
+                // A run that resumes past the header line still reads the records in its format.
+                if let Some(f) = header_of(path) {
+                    format = f;
+                }
+            }
+        }
+        let opts = FileSourceOptions {
+            follow: config.follow,
+            max_line_bytes: config.max_line_bytes,
+            ..FileSourceOptions::default()
+        };
+        let source = FileSource::start(path, resume, opts).map_err(|e| e.to_string())?;
+        Ok(FileLines {
+            source,
+            key,
+            format,
+            started: false,
+            ended: false,
+        })
+    }
+}
+
+/// The format a file's first line names, when it is a header line.
+fn header_of(path: &std::path::Path) -> Option<flowlog::Format> {
+    use std::io::BufRead;
+    let file = File::open(path).ok()?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut first = Vec::new();
+    let mut reader = io::BufReader::new(reader.take(64 * 1024));
+    reader.read_until(b'\n', &mut first).ok()?;
+    let format = flowlog::Format::from_header_line(&first)?;
+    tracing::debug!(file = %path.display(), "format taken from the file's header line");
+    Some(format)
+}
+
+impl super::Source for FileLines {
+    async fn next(&mut self, wait: Duration) -> super::Next {
+        if self.ended {
+            return super::Next::End;
+        }
+        if !self.started {
+            self.started = true;
+            return super::Next::Reading;
+        }
+        let got = tokio::select! {
+            got = self.source.next() => got,
+            _ = tokio::time::sleep(wait) => return super::Next::Idle,
+        };
+        let chunk = match got {
+            None => {
+                self.ended = true;
+                return super::Next::End;
+            }
+            Some(Err(e)) => {
+                // Complete lines before a broken gzip member were handed over already.
+                self.ended = true;
+                return super::Next::Failed(e.to_string());
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        let position = match chunk.position {
+            Some(at) => super::Position::File {
+                key: self.key.clone(),
+                at,
+            },
+            None => super::Position::None,
+        };
+        super::Next::Batch(Box::new(super::Batch {
+            origin: chunk.name,
+            lines: super::Lines::Numbered {
+                text: chunk.text,
+                first_line: chunk.first_line,
+            },
+            format: super::Decoding::Headers(self.format.clone()),
+            position,
+            oversize_lines: chunk.oversize_lines,
+            notes: chunk.notes,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

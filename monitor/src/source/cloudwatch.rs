@@ -1,0 +1,801 @@
+//! The CloudWatch Logs source: a flow log's log group, one stream per network interface, read
+//! within the account's API quotas however many streams the group holds.
+//!
+//! GetLogEvents is limited to 25 calls/s per account and region (10/s in several regions, not
+//! adjustable), and a used Studio domain leaves hundreds of streams behind, most of them dead.
+//! So a stream is read only when there is reason to think it holds something new:
+//!
+//! - Each poll lists the group's streams most recently written first
+//!   (`orderBy=LastEventTime`, descending) and stops paging once streams are older than the
+//!   timestamps' documented lag (`lastEventTimestamp` and `lastIngestionTime` are eventually
+//!   consistent, "typically less than an hour"); every `full-listing-seconds` it pages down to
+//!   the oldest event the group's retention keeps.
+//! - A listed stream whose `lastIngestionTime`/`lastEventTimestamp` is past what was read from
+//!   it is read now. One whose listing shows nothing new is still read every
+//!   `quiet-recheck-seconds` while it is within the lag, and every `dormant-recheck-seconds`
+//!   once it is older, because the listing may not show its newest events yet.
+//! - A stream whose newest event has aged out of the group's retention, or that is gone, is
+//!   forgotten: its position leaves the checkpoint. Should it be written again, it is read
+//!   from the oldest event the retention keeps.
+//! - Reads of streams with news come first; catching up new streams and re-checks share what
+//!   is left of a poll's budget (at least a quarter of it), so a backlog of thousands of
+//!   streams never delays the active ones by more than that.
+//!
+//! Every call goes through the account's and region's [`Budget`]: calls per second per
+//! operation, calls in flight, and a shared pause when AWS throttles. The SDK's own retries
+//! are off for this client, so every call the budget allows is one call AWS counts.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use flowlog::Format;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::budget::{Budget, Operation, Rates};
+use super::{Batch, Decoding, Lines, Next, Position, Source};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::daemon::{aws_error, count_error};
+use crate::metrics::Metrics;
+
+/// Most events GetLogEvents returns in one call, and most bytes: a page with fewer of both
+/// reached the stream's end when it was read.
+const PAGE_EVENTS: i32 = 10_000;
+const PAGE_BYTES: usize = 1 << 20;
+/// Bytes AWS counts for each event on top of its message.
+const EVENT_OVERHEAD: usize = 26;
+/// DescribeLogStreams's largest page.
+const LIST_PAGE: i32 = 50;
+/// Throttled listing pages retried before the poll gives up.
+const LIST_RETRIES: u32 = 5;
+
+/// What was read from a stream, kept in the checkpoint beside its forward token: the
+/// listing's timestamps are compared with it to tell whether the stream holds anything new.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Newest event timestamp (ms) read, or listed before a read that reached the end.
+    pub event: i64,
+    /// Newest ingestion time (ms) read, or listed before a read that reached the end.
+    pub ingestion: i64,
+    /// When the stream was last read (Unix ms): spaces the re-reads of quiet streams.
+    pub checked: i64,
+}
+
+/// A stream's position as the checkpoint keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The forward token to go on from; None: from the oldest retained event.
+    pub token: Option<String>,
+    /// The stream's creation time (ms) the token belongs to.
+    pub created: i64,
+    pub seen: Seen,
+}
+
+/// Positions of streams moved by one batch, and streams forgotten.
+#[derive(Clone, Debug, Default)]
+pub struct StreamChange {
+    pub moved: Vec<(String, StreamPosition)>,
+    pub forgotten: Vec<String>,
+}
+
+impl StreamChange {
+    pub fn apply(self, cp: &mut Checkpoint) {
+        for (name, p) in self.moved {
+            match p.token {
+                Some(t) => cp.streams.insert(name.clone(), t),
+                None => cp.streams.remove(&name),
+            };
+            cp.stream_created.insert(name.clone(), p.created);
+            cp.stream_seen.insert(name, p.seen);
+        }
+        for name in self.forgotten {
+            cp.streams.remove(&name);
+            cp.stream_created.remove(&name);
+            cp.stream_seen.remove(&name);
+        }
+    }
+}
+
+/// A stream as the last listing showed it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Listed {
+    created: i64,
+    last_event: i64,
+    last_ingestion: i64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    position: StreamPosition,
+    /// What the listing that scheduled its current read showed.
+    listed: Option<Listed>,
+    in_flight: bool,
+}
+
+/// Where a read starts.
+#[derive(Clone, Debug)]
+enum From {
+    Token(String),
+    /// The oldest event the group's retention keeps (ms), or the stream's head.
+    Time(Option<i64>),
+}
+
+struct Page {
+    events: Vec<(i64, String, i64)>,
+    next: Option<String>,
+    bytes: usize,
+}
+
+struct CallError {
+    code: String,
+    text: String,
+}
+
+impl CallError {
+    fn throttled(&self) -> bool {
+        self.code.contains("Throttl") || self.code.contains("LimitExceeded")
+    }
+}
+
+struct Fetched {
+    stream: String,
+    from: From,
+    outcome: Result<Page, CallError>,
+}
+
+/// What one poll's round reads, for the log and the gauges.
+#[derive(Default)]
+struct Round {
+    read: usize,
+    failed: usize,
+    deferred: usize,
+}
+
+pub struct CloudWatchSource {
+    group: String,
+    configured_format: Option<String>,
+    poll_interval: Duration,
+    settings: crate::config::CloudWatch,
+    clients: egresswatch_provision::Clients,
+    /// The logs client without SDK retries: the budget decides every call.
+    logs: aws_sdk_cloudwatchlogs::Client,
+    metrics: Arc<Metrics>,
+    budget: Arc<Budget>,
+    format: Option<Format>,
+    /// The group's retention (ms), from the last full listing; None: kept forever.
+    retention: Option<i64>,
+    streams: HashMap<String, Stream>,
+    queue: VecDeque<String>,
+    fetches: JoinSet<Fetched>,
+    round: Option<Round>,
+    next_listing: Instant,
+    last_full_listing: Option<Instant>,
+    /// Streams to drop from the checkpoint, handed out as a batch of their own.
+    forgotten: Vec<String>,
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: u64) -> i64 {
+    i64::try_from(d.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+impl CloudWatchSource {
+    pub fn new(
+        config: &Config,
+        clients: egresswatch_provision::Clients,
+        cp: &Checkpoint,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let settings = config.cloudwatch.clone();
+        let budget = super::budget::shared(
+            &clients,
+            Rates {
+                get_log_events: settings.get_log_events_per_second,
+                describe: settings.describe_log_streams_per_second,
+                concurrency: settings.concurrency,
+            },
+        );
+        let logs = aws_sdk_cloudwatchlogs::Client::from_conf(
+            clients
+                .logs
+                .config()
+                .to_builder()
+                .retry_config(aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(1))
+                .build(),
+        );
+        let streams = cp
+            .stream_created
+            .iter()
+            .map(|(name, created)| {
+                let position = StreamPosition {
+                    token: cp.streams.get(name).cloned(),
+                    created: *created,
+                    seen: cp.stream_seen.get(name).copied().unwrap_or_default(),
+                };
+                (
+                    name.clone(),
+                    Stream {
+                        position,
+                        listed: None,
+                        in_flight: false,
+                    },
+                )
+            })
+            .collect();
+        Ok(CloudWatchSource {
+            group: config
+                .log_group
+                .clone()
+                .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack)),
+            configured_format: config.format.clone(),
+            poll_interval: Duration::from_secs(config.poll_interval_seconds),
+            settings,
+            clients,
+            logs,
+            metrics,
+            budget,
+            format: None,
+            retention: None,
+            streams,
+            queue: VecDeque::new(),
+            fetches: JoinSet::new(),
+            round: None,
+            next_listing: Instant::now(),
+            last_full_listing: None,
+            forgotten: Vec::new(),
+        })
+    }
+
+    /// The flow log's own format: the config's, or DescribeFlowLogs `LogFormat`.
+    async fn flow_log_format(&self) -> Result<Format, String> {
+        if let Some(f) = &self.configured_format {
+            return Format::parse(f).map_err(|e| format!("format: {e}"));
+        }
+        let m = &self.metrics;
+        m.source_calls
+            .with_label_values(&["DescribeFlowLogs"])
+            .inc();
+        let group = &self.group;
+        let got = self
+            .clients
+            .ec2
+            .describe_flow_logs()
+            .filter(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("log-group-name")
+                    .values(group)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                count_error(m, "DescribeFlowLogs", e.code());
+                format!("DescribeFlowLogs for log group {group}: {}", aws_error(&e))
+            })?;
+        let f = got
+            .flow_logs()
+            .first()
+            .and_then(|f| f.log_format())
+            .ok_or_else(|| {
+                format!("no flow log delivers to log group {group}; set `format` in the config")
+            })?;
+        Format::parse(f).map_err(|e| format!("flow log format `{f}`: {e}"))
+    }
+
+    /// The group's retention in ms (None: kept forever), or None when it cannot be told: then
+    /// nothing is retired for age until it can.
+    async fn retention(&self) -> Option<i64> {
+        let permit = self.budget.acquire(Operation::Describe).await;
+        let m = &self.metrics;
+        m.source_wait_seconds
+            .with_label_values(&["DescribeLogGroups"])
+            .inc_by(permit.waited.as_secs_f64());
+        m.source_calls
+            .with_label_values(&["DescribeLogGroups"])
+            .inc();
+        let r = self
+            .logs
+            .describe_log_groups()
+            .log_group_name_prefix(&self.group)
+            .send()
+            .await;
+        match r {
+            Ok(page) => {
+                self.budget.succeeded(Operation::Describe);
+                page.log_groups()
+                    .iter()
+                    .find(|g| g.log_group_name() == Some(self.group.as_str()))
+                    .and_then(|g| g.retention_in_days())
+                    .map(|days| i64::from(days).saturating_mul(86_400_000))
+            }
+            Err(e) => {
+                count_error(m, "DescribeLogGroups", e.code());
+                if e.code().is_some_and(|c| c.contains("Throttl")) {
+                    self.budget.throttled(Operation::Describe);
+                }
+                tracing::warn!(group = %self.group, error = %aws_error(&e), "DescribeLogGroups failed; no stream is retired for age until it works");
+                None
+            }
+        }
+    }
+
+    /// Lists the streams that may hold something new and queues this poll's reads.
+    async fn list(&mut self) -> Result<(), String> {
+        if self.format.is_none() {
+            self.format = Some(self.flow_log_format().await?);
+        }
+        let started = Instant::now();
+        let now = unix_ms();
+        let full = self.last_full_listing.is_none_or(|t| {
+            started.duration_since(t) >= Duration::from_secs(self.settings.full_listing_seconds)
+        });
+        if full {
+            self.retention = self.retention().await;
+        }
+        let floor = self.retention.map(|r| now.saturating_sub(r));
+        // Streams older than this cannot be told to hold something new by their timestamps.
+        let recent = now
+            .saturating_sub(ms(self.settings.timestamp_lag_seconds))
+            .saturating_sub(ms(self.poll_interval.as_secs()));
+        let stop_below = if full {
+            floor.unwrap_or(i64::MIN)
+        } else {
+            recent
+        };
+        let (listed, complete) = self.describe_streams(stop_below).await?;
+        let mut seen_names = HashSet::with_capacity(listed.len());
+        let mut active = Vec::new();
+        let mut fresh = Vec::new();
+        let mut quiet = Vec::new();
+        let mut dormant = Vec::new();
+        for (name, l) in listed {
+            seen_names.insert(name.clone());
+            if floor.is_some_and(|f| l.last_event > 0 && l.last_event < f) {
+                // Every event it holds has aged out of the retention: nothing left to read.
+                if self.streams.remove(&name).is_some() {
+                    self.forgotten.push(name);
+                }
+                continue;
+            }
+            let s = self.streams.entry(name.clone()).or_insert_with(|| Stream {
+                position: StreamPosition {
+                    token: None,
+                    created: l.created,
+                    seen: Seen::default(),
+                },
+                listed: None,
+                in_flight: false,
+            });
+            if s.position.created != l.created {
+                // Made again under the same name: the old token points into the old stream.
+                tracing::warn!(stream = %name, "log stream was re-created; reading it from its start");
+                s.position = StreamPosition {
+                    token: None,
+                    created: l.created,
+                    seen: Seen::default(),
+                };
+            }
+            s.listed = Some(l);
+            if s.in_flight {
+                continue;
+            }
+            let seen = s.position.seen;
+            let within_lag = l.last_event >= recent || l.created >= recent;
+            if s.position.token.is_none() {
+                fresh.push(name);
+            } else if l.last_ingestion > seen.ingestion || l.last_event > seen.event {
+                active.push(name);
+            } else if within_lag {
+                if now.saturating_sub(seen.checked) >= ms(self.settings.quiet_recheck_seconds) {
+                    quiet.push((seen.checked, name));
+                }
+            } else if now.saturating_sub(seen.checked) >= ms(self.settings.dormant_recheck_seconds)
+            {
+                dormant.push((seen.checked, name));
+            }
+        }
+        let mut unlisted = Vec::new();
+        for (name, s) in &mut self.streams {
+            if seen_names.contains(name) {
+                continue;
+            }
+            s.listed = None;
+            if full || complete {
+                // Gone from the group, or its newest event is older than the retention keeps.
+                unlisted.push(name.clone());
+            } else if !s.in_flight
+                && now.saturating_sub(s.position.seen.checked)
+                    >= ms(self.settings.dormant_recheck_seconds)
+            {
+                dormant.push((s.position.seen.checked, name.clone()));
+            }
+        }
+        if !unlisted.is_empty() {
+            tracing::info!(
+                streams = unlisted.len(),
+                "log streams gone from the group or past its retention; dropped from the checkpoint"
+            );
+            for name in unlisted {
+                self.streams.remove(&name);
+                self.forgotten.push(name);
+            }
+        }
+        if full {
+            self.last_full_listing = Some(started);
+        }
+        // Re-checks go to the streams checked longest ago first.
+        quiet.sort();
+        dormant.sort();
+        let per_poll = (self.settings.get_log_events_per_second * self.poll_interval.as_secs_f64())
+            .ceil()
+            .max(1.0) as usize;
+        let spare = per_poll
+            .saturating_sub(active.len())
+            .max(per_poll / 4)
+            .max(1);
+        let backlog = fresh
+            .into_iter()
+            .chain(quiet.into_iter().map(|(_, n)| n))
+            .chain(dormant.into_iter().map(|(_, n)| n));
+        let mut round = Round::default();
+        self.queue.extend(active);
+        for (i, name) in backlog.enumerate() {
+            if i < spare {
+                self.queue.push_back(name);
+            } else {
+                round.deferred += 1;
+            }
+        }
+        self.round = Some(round);
+        self.next_listing = started + self.poll_interval;
+        Ok(())
+    }
+
+    /// Pages DescribeLogStreams, newest events first, until the streams are older than
+    /// `stop_below` (ms) or the group has no more; true when every stream was listed.
+    async fn describe_streams(
+        &self,
+        stop_below: i64,
+    ) -> Result<(Vec<(String, Listed)>, bool), String> {
+        let group = &self.group;
+        let m = &self.metrics;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        let mut throttles = 0u32;
+        loop {
+            let permit = self.budget.acquire(Operation::Describe).await;
+            m.source_wait_seconds
+                .with_label_values(&["DescribeLogStreams"])
+                .inc_by(permit.waited.as_secs_f64());
+            m.source_calls
+                .with_label_values(&["DescribeLogStreams"])
+                .inc();
+            let r = self
+                .logs
+                .describe_log_streams()
+                .log_group_name(group)
+                .order_by(aws_sdk_cloudwatchlogs::types::OrderBy::LastEventTime)
+                .descending(true)
+                .limit(LIST_PAGE)
+                .set_next_token(token.clone())
+                .send()
+                .await;
+            drop(permit);
+            let page = match r {
+                Ok(page) => page,
+                Err(e) => {
+                    count_error(m, "DescribeLogStreams", e.code());
+                    if e.code().is_some_and(|c| c.contains("Throttl")) && throttles < LIST_RETRIES {
+                        throttles += 1;
+                        self.budget.throttled(Operation::Describe);
+                        tracing::warn!(group = %group, error = %aws_error(&e), "DescribeLogStreams throttled; every listing call pauses");
+                        continue;
+                    }
+                    return Err(format!(
+                        "DescribeLogStreams for log group {group}: {}",
+                        aws_error(&e)
+                    ));
+                }
+            };
+            self.budget.succeeded(Operation::Describe);
+            let mut oldest = i64::MAX;
+            for s in page.log_streams() {
+                let Some(name) = s.log_stream_name() else {
+                    continue;
+                };
+                let l = Listed {
+                    created: s.creation_time().unwrap_or(0),
+                    last_event: s.last_event_timestamp().unwrap_or(0),
+                    last_ingestion: s.last_ingestion_time().unwrap_or(0),
+                };
+                oldest = oldest.min(l.last_event.max(l.created));
+                out.push((name.to_string(), l));
+            }
+            token = page.next_token().map(String::from);
+            if token.is_none() || page.log_streams().is_empty() {
+                return Ok((out, true));
+            }
+            if oldest < stop_below {
+                return Ok((out, false));
+            }
+        }
+    }
+
+    /// Starts reads from the queue while calls in flight stay within the concurrency.
+    fn dispatch(&mut self) {
+        while self.fetches.len() < self.settings.concurrency.max(1) {
+            let Some(name) = self.queue.pop_front() else {
+                return;
+            };
+            let Some(s) = self.streams.get_mut(&name) else {
+                continue;
+            };
+            if s.in_flight {
+                continue;
+            }
+            s.in_flight = true;
+            let floor = self.retention.map(|r| unix_ms().saturating_sub(r));
+            let from = match &s.position.token {
+                Some(t) => From::Token(t.clone()),
+                None => From::Time(floor),
+            };
+            let logs = self.logs.clone();
+            let budget = self.budget.clone();
+            let metrics = self.metrics.clone();
+            let group = self.group.clone();
+            self.fetches
+                .spawn(fetch(logs, budget, metrics, group, name, from));
+        }
+    }
+
+    /// Takes a finished read: a batch to hand out, or None when there is none (nothing new,
+    /// a failure to retry later).
+    fn finished(&mut self, f: Fetched) -> Option<Batch> {
+        let now = unix_ms();
+        let origin = format!("{}/{}", self.group, f.stream);
+        let s = self.streams.get_mut(&f.stream)?;
+        s.in_flight = false;
+        let page = match f.outcome {
+            Ok(page) => page,
+            Err(e) => {
+                if e.throttled() {
+                    self.budget.throttled(Operation::GetLogEvents);
+                    tracing::warn!(stream = %f.stream, error = %e.text, "GetLogEvents throttled; every read pauses, then this one is made again");
+                    self.queue.push_front(f.stream);
+                    return None;
+                }
+                if matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException" {
+                    // A token this stream does not know: read it from its start rather than
+                    // never again.
+                    tracing::warn!(stream = %f.stream, error = %e.text, "saved token refused; reading the stream from its start");
+                    s.position.token = None;
+                    s.position.seen = Seen::default();
+                    self.queue.push_front(f.stream);
+                    return None;
+                }
+                if e.code == "ResourceNotFoundException" {
+                    self.streams.remove(&f.stream);
+                    self.forgotten.push(f.stream);
+                    return None;
+                }
+                tracing::warn!(stream = %f.stream, error = %e.text, "GetLogEvents failed; retrying next poll");
+                if let Some(r) = &mut self.round {
+                    r.failed += 1;
+                }
+                return None;
+            }
+        };
+        self.budget.succeeded(Operation::GetLogEvents);
+        if let Some(r) = &mut self.round {
+            r.read += 1;
+        }
+        let from_token = match &f.from {
+            From::Token(t) => Some(t.as_str()),
+            From::Time(_) => None,
+        };
+        let moved = page.next.is_some() && page.next.as_deref() != from_token;
+        let full_page =
+            page.events.len() >= PAGE_EVENTS as usize || page.bytes >= PAGE_BYTES - PAGE_BYTES / 10;
+        if page.next.is_some() {
+            s.position.token = page.next.clone();
+        }
+        let mut seen = s.position.seen;
+        for (ts, _, ingested) in &page.events {
+            seen.event = seen.event.max(*ts);
+            seen.ingestion = seen.ingestion.max(*ingested);
+            self.metrics
+                .cloudwatch_read_delay
+                .observe(now.saturating_sub(*ingested).max(0) as f64 / 1000.0);
+        }
+        let more = full_page || (page.events.is_empty() && moved);
+        if more {
+            self.queue.push_front(f.stream.clone());
+        } else if let Some(l) = s.listed {
+            // Read to its end after the listing: everything the listing showed is read.
+            seen.event = seen.event.max(l.last_event);
+            seen.ingestion = seen.ingestion.max(l.last_ingestion);
+        }
+        seen.checked = now;
+        s.position.seen = seen;
+        // A read that found nothing still moves the re-check's time, so a restart does not
+        // make it again at once.
+        let position = s.position.clone();
+        Some(Batch {
+            origin,
+            lines: Lines::Events(page.events.into_iter().map(|(t, m, _)| (t, m)).collect()),
+            format: Decoding::Pinned(self.format.clone().unwrap_or_else(Format::default_v2)),
+            position: Position::Streams(StreamChange {
+                moved: vec![(f.stream, position)],
+                forgotten: Vec::new(),
+            }),
+            oversize_lines: 0,
+            notes: Vec::new(),
+        })
+    }
+
+    /// The round is over: gauges, the log, and whether the source reads at all.
+    fn round_over(&mut self, round: Round) -> Next {
+        let m = &self.metrics;
+        m.cloudwatch_streams
+            .with_label_values(&["tracked"])
+            .set(self.streams.len() as i64);
+        m.cloudwatch_streams
+            .with_label_values(&["read_last_poll"])
+            .set(round.read as i64);
+        m.cloudwatch_streams
+            .with_label_values(&["deferred"])
+            .set(round.deferred as i64);
+        tracing::debug!(
+            read = round.read,
+            failed = round.failed,
+            deferred = round.deferred,
+            tracked = self.streams.len(),
+            "poll done"
+        );
+        if round.failed > 0 && round.read == 0 {
+            return Next::Unavailable(format!(
+                "GetLogEvents failed for every stream read from {}",
+                self.group
+            ));
+        }
+        Next::Reading
+    }
+}
+
+async fn fetch(
+    logs: aws_sdk_cloudwatchlogs::Client,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+    group: String,
+    stream: String,
+    from: From,
+) -> Fetched {
+    let permit = budget.acquire(Operation::GetLogEvents).await;
+    metrics
+        .source_wait_seconds
+        .with_label_values(&["GetLogEvents"])
+        .inc_by(permit.waited.as_secs_f64());
+    metrics
+        .source_calls
+        .with_label_values(&["GetLogEvents"])
+        .inc();
+    let mut req = logs
+        .get_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .start_from_head(true)
+        .limit(PAGE_EVENTS);
+    req = match &from {
+        From::Token(t) => req.next_token(t),
+        From::Time(Some(t)) => req.start_time(*t),
+        From::Time(None) => req,
+    };
+    let r = req.send().await;
+    drop(permit);
+    let outcome = match r {
+        Ok(page) => {
+            let mut bytes = 0usize;
+            let events = page
+                .events()
+                .iter()
+                .map(|e| {
+                    let message = e.message().unwrap_or("").to_string();
+                    bytes = bytes
+                        .saturating_add(message.len())
+                        .saturating_add(EVENT_OVERHEAD);
+                    (
+                        e.timestamp().unwrap_or(0),
+                        message,
+                        e.ingestion_time().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok(Page {
+                events,
+                next: page.next_forward_token().map(String::from),
+                bytes,
+            })
+        }
+        Err(e) => {
+            count_error(&metrics, "GetLogEvents", e.code());
+            Err(CallError {
+                code: e.code().unwrap_or("").to_string(),
+                text: aws_error(&e),
+            })
+        }
+    };
+    Fetched {
+        stream,
+        from,
+        outcome,
+    }
+}
+
+impl Source for CloudWatchSource {
+    async fn next(&mut self, wait: Duration) -> Next {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if !self.forgotten.is_empty() {
+                let forgotten = std::mem::take(&mut self.forgotten);
+                return Next::Batch(Box::new(Batch::positions_only(
+                    self.group.clone(),
+                    Position::Streams(StreamChange {
+                        moved: Vec::new(),
+                        forgotten,
+                    }),
+                )));
+            }
+            if let Some(done) = self.fetches.try_join_next() {
+                if let Ok(f) = done {
+                    if let Some(b) = self.finished(f) {
+                        return Next::Batch(Box::new(b));
+                    }
+                }
+                continue;
+            }
+            self.dispatch();
+            if !self.fetches.is_empty() {
+                tokio::select! {
+                    done = self.fetches.join_next() => {
+                        if let Some(Ok(f)) = done {
+                            if let Some(b) = self.finished(f) {
+                                return Next::Batch(Box::new(b));
+                            }
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return Next::Idle,
+                }
+            }
+            if let Some(round) = self.round.take() {
+                // A read that panicked leaves its stream marked; the next poll may try again.
+                for s in self.streams.values_mut() {
+                    s.in_flight = false;
+                }
+                return self.round_over(round);
+            }
+            if Instant::now() >= self.next_listing {
+                if let Err(e) = self.list().await {
+                    self.next_listing = Instant::now() + self.poll_interval;
+                    return Next::Unavailable(e);
+                }
+                continue;
+            }
+            let listing = tokio::time::Instant::from_std(self.next_listing);
+            if listing >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Next::Idle;
+            }
+            tokio::time::sleep_until(listing).await;
+        }
+    }
+}
