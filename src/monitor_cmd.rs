@@ -12,7 +12,10 @@ use egresswatch_monitor::{Config, Metrics};
 #[command(after_help = "Examples:\n  \
     egresswatch provision outputs > /etc/egresswatch/outputs.json\n  \
     egresswatch monitor --config /etc/egresswatch/monitor.toml\n  \
-    egresswatch monitor --source file:flows.log.gz --outputs outputs.json --state-dir /tmp/ew")]
+    egresswatch monitor --source file:flows.log.gz --outputs outputs.json --state-dir /tmp/ew\n  \
+    egresswatch monitor --source s3 --outputs outputs.json   (objects announced on the stack's queue)\n  \
+    egresswatch monitor --source s3 --outputs outputs.json --from 2026-11-01T00:00:00Z --to 2026-11-08T00:00:00Z \\\n      \
+    --state-dir /tmp/backfill   (a backfill: the records of that week, then stop)")]
 pub struct MonitorArgs {
     /// Config file (TOML); every key is optional.
     #[arg(long, short = 'c', env = "EGRESSWATCH_CONFIG")]
@@ -20,9 +23,18 @@ pub struct MonitorArgs {
     /// The stack whose flow-log group to read.
     #[arg(long)]
     stack: Option<String>,
-    /// `cloudwatch`, `file:PATH` (plain or .gz) or `stdin`.
+    /// `cloudwatch`, `s3` (objects announced on an SQS queue), `file:PATH` (plain or .gz) or
+    /// `stdin`.
     #[arg(long)]
     source: Option<String>,
+    /// With `--source s3`: a backfill from this time (RFC 3339 or Unix seconds): the objects
+    /// of the range are listed from the stack's prefix, records starting within [from, to)
+    /// are judged, and the run ends.
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// With `--from`: the end of the backfill's range (exclusive).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
     /// With `--source file:PATH`, keep reading what is appended to the file (like tail -f).
     #[arg(long)]
     follow: bool,
@@ -68,6 +80,10 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     config.explain = args.explain;
     if let Some(v) = args.stack {
         config.stack = v;
+    }
+    if args.from.is_some() {
+        config.s3.from = args.from;
+        config.s3.to = args.to;
     }
     if let Some(v) = args.source {
         config.source = v;
@@ -120,7 +136,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = tx.send(true);
         });
-        let clients = if config.source == "cloudwatch" {
+        let clients = if config.source == "cloudwatch" || config.source == "s3" {
             match egresswatch_provision::Clients::from_env(args.region, args.endpoint_url).await {
                 Ok(c) => Some(c),
                 Err(e) => {

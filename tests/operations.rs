@@ -442,13 +442,16 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
     let monitor = actions(&read("deploy/iam/monitor-policy.json"));
     let mut expected: Vec<String> = egresswatch_monitor::metrics::SOURCE_OPERATIONS
         .iter()
-        .map(|op| {
-            let service = if op.starts_with("Describe") && !op.starts_with("DescribeLog") {
-                "ec2"
-            } else {
-                "logs"
-            };
-            format!("{service}:{op}")
+        .map(|op| match *op {
+            // SQS authorises a batch delete as DeleteMessage; S3 a listing as ListBucket.
+            "ReceiveMessage" | "ChangeMessageVisibility" => format!("sqs:{op}"),
+            "DeleteMessageBatch" => "sqs:DeleteMessage".into(),
+            "GetObject" => "s3:GetObject".into(),
+            "ListObjectsV2" => "s3:ListBucket".into(),
+            _ if op.starts_with("Describe") && !op.starts_with("DescribeLog") => {
+                format!("ec2:{op}")
+            }
+            _ => format!("logs:{op}"),
         })
         .collect();
     let mut got = monitor.clone();

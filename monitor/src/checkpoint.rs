@@ -33,6 +33,10 @@ pub struct Checkpoint {
     /// File path (or "stdin") -> where it was read up to.
     #[serde(default)]
     pub files: BTreeMap<String, crate::source::file::FilePosition>,
+    /// S3 object (bucket/key#etag) -> how far it was read: a notification delivered again, or
+    /// a restart half-way through an object, counts nothing twice.
+    #[serde(default)]
+    pub s3_objects: BTreeMap<String, crate::source::s3::ObjectProgress>,
     /// Records committed over the daemon's whole life, across restarts.
     pub records_committed: u64,
     /// Which rules snapshot goes with these positions: the rules' state and the positions are

@@ -52,6 +52,8 @@ pub struct Config {
     pub removed_shard: Option<toml::Value>,
     /// How the CloudWatch source spends the account's API quotas.
     pub cloudwatch: CloudWatch,
+    /// The S3 source: flow-log objects announced on an SQS queue, or listed for a backfill.
+    pub s3: S3,
     pub rules: Rules,
     pub alerts: Alerts,
     /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
@@ -167,6 +169,74 @@ impl CloudWatch {
     }
 }
 
+/// Where the S3 source finds its objects, and how it treats the queue that announces them.
+/// Unset values come from the stack's outputs (`outputs-file`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct S3 {
+    /// The SQS queue S3 announces new objects on.
+    pub queue_url: Option<String>,
+    /// The bucket and key prefix of the stack's flow logs: objects announced from elsewhere
+    /// are not read, and a backfill lists this prefix.
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    /// How long a received message stays hidden from other readers; renewed while its object
+    /// is read. 0: the queue's own.
+    pub visibility_timeout_seconds: u64,
+    /// Where downloaded objects are kept while read (one at a time); default: the state dir.
+    pub download_dir: Option<PathBuf>,
+    /// A backfill: read the objects of this time range (RFC 3339 or Unix seconds) from the
+    /// prefix instead of the queue, only records that start within it, and stop.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl S3 {
+    fn validate(&self) -> Result<(), String> {
+        within(
+            "s3.visibility-timeout-seconds",
+            self.visibility_timeout_seconds,
+            0,
+            43_200,
+        )?;
+        if self.from.is_some() != self.to.is_some() {
+            return Err(
+                "s3.from and s3.to go together: a backfill reads a closed time range".into(),
+            );
+        }
+        if let (Some(from), Some(to)) = (&self.from, &self.to) {
+            let (f, t) = (parse_time(from)?, parse_time(to)?);
+            if f >= t {
+                return Err(format!(
+                    "s3.from = \"{from}\" is not before s3.to = \"{to}\""
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backfill's range as Unix seconds [from, to), when one is given.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        let from = parse_time(self.from.as_deref()?).ok()?;
+        let to = parse_time(self.to.as_deref()?).ok()?;
+        Some((from, to))
+    }
+}
+
+/// A time given as Unix seconds or RFC 3339 (`2026-11-29T08:00:00Z`).
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("\"{text}\" is not a time (RFC 3339, like 2026-11-29T08:00:00Z, or Unix seconds): {e}"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .map_err(|_| format!("\"{text}\" is before 1970"))
+        })
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Rules {
@@ -247,6 +317,7 @@ impl Default for Config {
             max_line_bytes: 256 * 1024,
             removed_shard: None,
             cloudwatch: CloudWatch::default(),
+            s3: S3::default(),
             rules: Rules::default(),
             alerts: Alerts::default(),
             suppress: Vec::new(),
@@ -322,13 +393,17 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         if !(self.source == "cloudwatch"
+            || self.source == "s3"
             || self.source == "stdin"
             || self.source.starts_with("file:"))
         {
             return Err(format!(
-                "source = \"{}\": expected cloudwatch, stdin or file:PATH",
+                "source = \"{}\": expected cloudwatch, s3, stdin or file:PATH",
                 self.source
             ));
+        }
+        if self.s3.from.is_some() && self.source != "s3" {
+            return Err("s3.from and s3.to (a backfill) need source = \"s3\"".into());
         }
         if self.follow && !self.source.starts_with("file:") {
             return Err("follow = true needs source = \"file:PATH\"".into());
@@ -337,6 +412,7 @@ impl Config {
             return Err(SHARD_REMOVED.into());
         }
         self.cloudwatch.validate()?;
+        self.s3.validate()?;
         // Flow logs publish at most every 600 s (the longest aggregation interval): polling
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;

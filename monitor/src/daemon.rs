@@ -177,6 +177,9 @@ pub async fn run(
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
     pipeline.explain = config.explain;
+    if config.source == "s3" {
+        pipeline.range = config.s3.range();
+    }
     pipeline.inventory = Arc::new(std::sync::RwLock::new(
         crate::inventory::Inventory::from_config(&config.workloads),
     ));

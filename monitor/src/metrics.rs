@@ -25,6 +25,10 @@ pub struct Metrics {
     /// Log streams the CloudWatch source tracks, read in the last poll, or left for a later
     /// poll's spare budget.
     pub cloudwatch_streams: IntGaugeVec,
+    pub s3_objects: IntCounterVec,
+    pub s3_object_errors: IntCounterVec,
+    pub sqs_messages: IntCounterVec,
+    pub records_outside_range: IntCounter,
     pub checkpoint_timestamp: IntGauge,
     pub last_record_timestamp: IntGauge,
     pub alerts_sent: IntCounterVec,
@@ -65,14 +69,30 @@ pub fn peak_resident_kib() -> u64 {
 /// The bad-line reason of a line longer than `max-line-bytes`, skipped by the source.
 pub const LINE_TOO_LONG: &str = "line_too_long";
 
-/// The AWS calls the daemon makes: the CloudWatch source's, and the workload inventory's.
-pub const SOURCE_OPERATIONS: [&str; 6] = [
+/// The AWS calls the daemon makes: the CloudWatch and S3 sources', and the workload inventory's.
+pub const SOURCE_OPERATIONS: [&str; 11] = [
     "DescribeFlowLogs",
     "DescribeLogGroups",
     "DescribeLogStreams",
     "GetLogEvents",
     "DescribeNetworkInterfaces",
     "DescribeInstances",
+    "ReceiveMessage",
+    "ChangeMessageVisibility",
+    "DeleteMessageBatch",
+    "GetObject",
+    "ListObjectsV2",
+];
+
+/// Why an S3 object could not be read: the reasons of `egresswatch_s3_object_errors_total`.
+pub const S3_OBJECT_ERRORS: [&str; 7] = [
+    "download",
+    "no_such_key",
+    "unknown_format",
+    "corrupt_gzip",
+    "corrupt_parquet",
+    "parquet_schema",
+    "not_a_flow_log",
 ];
 
 /// Series the top-k gauges export.
@@ -204,6 +224,41 @@ impl Metrics {
         for state in ["tracked", "read_last_poll", "deferred"] {
             cloudwatch_streams.with_label_values(&[state]);
         }
+        let s3_objects = counter_vec(
+            &r,
+            "egresswatch_s3_objects_total",
+            "S3 objects of the S3 source, by outcome: read (every line passed), duplicate (announced again after it was read), outside_prefix (not the stack's), superseded (written again since its notification).",
+            &["outcome"],
+        );
+        for o in ["read", "duplicate", "outside_prefix", "superseded"] {
+            s3_objects.with_label_values(&[o]);
+        }
+        let s3_object_errors = counter_vec(
+            &r,
+            "egresswatch_s3_object_errors_total",
+            "S3 objects that could not be read, by reason; their messages go to the dead-letter queue after the queue's maxReceiveCount.",
+            &["reason"],
+        );
+        for reason in S3_OBJECT_ERRORS {
+            s3_object_errors.with_label_values(&[reason]);
+        }
+        let sqs_messages = counter_vec(
+            &r,
+            "egresswatch_sqs_messages_total",
+            "SQS messages of the S3 source, by outcome: received, deleted (every object committed), test_event, not_a_notification (left for the dead-letter queue).",
+            &["outcome"],
+        );
+        for o in ["received", "deleted", "test_event", "not_a_notification"] {
+            sqs_messages.with_label_values(&[o]);
+        }
+        let records_outside_range = register(
+            &r,
+            IntCounter::new(
+                "egresswatch_records_outside_range_total",
+                "Records a backfill read and left out: they start outside its time range.",
+            )
+            .expect("valid counter"),
+        );
         let checkpoint_timestamp = register(
             &r,
             IntGauge::new(
@@ -351,6 +406,10 @@ impl Metrics {
             source_wait_seconds,
             cloudwatch_read_delay,
             cloudwatch_streams,
+            s3_objects,
+            s3_object_errors,
+            sqs_messages,
+            records_outside_range,
             checkpoint_timestamp,
             last_record_timestamp,
             alerts_sent,

@@ -40,6 +40,9 @@ pub struct Pipeline {
     counters: rustc_hash::FxHashMap<(Path, usize, usize), (IntCounter, IntCounter)>,
     /// Wall-clock seconds, refreshed every few thousand records (for the ingest lag).
     clock: u64,
+    /// A backfill's time range [from, to) in Unix seconds: records that start outside it are
+    /// counted and left out.
+    pub range: Option<(u64, u64)>,
 }
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
@@ -111,6 +114,7 @@ impl Pipeline {
             top_remotes: TopK::new(TOP_K_COUNTERS),
             counters: Default::default(),
             clock: now(),
+            range: None,
         }
     }
 
@@ -182,6 +186,12 @@ impl Pipeline {
                 return;
             }
         };
+        if let (Some((from, to)), Some(start)) = (self.range, record.start()) {
+            if start < from || start >= to {
+                m.records_outside_range.inc();
+                return;
+            }
+        }
         self.records += 1;
         match record.log_status() {
             Some(LogStatus::NoData) => {

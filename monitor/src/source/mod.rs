@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 pub mod budget;
 pub mod cloudwatch;
 pub mod file;
+pub mod s3;
 
 /// What [`Source::next`] has for the daemon.
 pub enum Next {
@@ -97,6 +98,11 @@ pub enum Position {
     File { key: String, at: file::FilePosition },
     /// CloudWatch log streams: positions moved and streams forgotten.
     Streams(cloudwatch::StreamChange),
+    /// An S3 object read up to here.
+    S3Object {
+        id: String,
+        progress: s3::ObjectProgress,
+    },
 }
 
 impl Position {
@@ -107,6 +113,7 @@ impl Position {
                 cp.files.insert(key, at);
             }
             Position::Streams(change) => change.apply(cp),
+            Position::S3Object { id, progress } => s3::apply(cp, id, progress),
         }
     }
 }
@@ -127,19 +134,34 @@ pub trait Source: Send {
     }
 }
 
-/// The source the config names, resuming from `cp`: a file or stdin, or CloudWatch Logs.
+/// The source the config names, resuming from `cp`: a file or stdin, CloudWatch Logs, or S3.
 pub enum Configured {
     File(file::FileLines),
     CloudWatch(Box<cloudwatch::CloudWatchSource>),
+    S3(Box<s3::S3Source>),
 }
 
 /// The name of the state files (checkpoint, rules, outbox) of the source the config names.
 pub fn store_name(config: &Config) -> &'static str {
-    if config.source == "cloudwatch" {
-        "cloudwatch"
-    } else {
-        "file"
+    match config.source.as_str() {
+        "cloudwatch" => "cloudwatch",
+        // A backfill keeps its own state: it must not mark the live queue's objects read.
+        "s3" if config.s3.range().is_some() => "s3-backfill",
+        "s3" => "s3",
+        _ => "file",
     }
+}
+
+/// The stack's outputs, when the config names an outputs file.
+pub fn stack_outputs(config: &Config) -> Result<Option<egresswatch_provision::Outputs>, String> {
+    let Some(p) = &config.outputs_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("outputs-file {}: {e}", p.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("outputs-file {}: {e}", p.display()))
 }
 
 /// Opens the source the config names. The CloudWatch source needs the AWS clients.
@@ -149,6 +171,12 @@ pub fn open(
     clients: Option<egresswatch_provision::Clients>,
     metrics: Arc<Metrics>,
 ) -> Result<Configured, String> {
+    if config.source == "s3" {
+        let clients = clients.ok_or("the s3 source needs AWS clients")?;
+        return Ok(Configured::S3(Box::new(s3::S3Source::new(
+            config, &clients, cp, metrics,
+        )?)));
+    }
     if config.source == "cloudwatch" {
         let clients = clients.ok_or("the cloudwatch source needs AWS clients")?;
         return Ok(Configured::CloudWatch(Box::new(
@@ -163,6 +191,7 @@ impl Source for Configured {
         match self {
             Configured::File(s) => s.next(wait).await,
             Configured::CloudWatch(s) => s.next(wait).await,
+            Configured::S3(s) => s.next(wait).await,
         }
     }
 
@@ -170,6 +199,7 @@ impl Source for Configured {
         match self {
             Configured::File(s) => s.committed().await,
             Configured::CloudWatch(s) => s.committed().await,
+            Configured::S3(s) => s.committed().await,
         }
     }
 }
