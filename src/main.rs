@@ -175,9 +175,14 @@ fn not_yet(what: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; RUST_LOG tunes them (default: info).
+    // Logs go to stderr; RUST_LOG tunes them (default: info). Colour only on a terminal and
+    // unless NO_COLOR is set (no-color.org): journald, awslogs and files get plain text.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

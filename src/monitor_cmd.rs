@@ -148,9 +148,17 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             None
         };
         tracing::info!(listen = %config.listen, source = %config.source, "egresswatch monitor starting");
-        match egresswatch_monitor::run(config, Arc::new(Metrics::new()), rx, clients).await {
+        let metrics = Arc::new(Metrics::new());
+        match egresswatch_monitor::run(config, metrics.clone(), rx, clients).await {
             Ok(s) => {
-                tracing::info!(records = s.records, "egresswatch monitor stopped");
+                // A backfill leaves out the records that start outside its range.
+                let outside_range = metrics.records_outside_range.get();
+                tracing::info!(
+                    records = s.records,
+                    judged = s.records.saturating_sub(outside_range),
+                    outside_range,
+                    "egresswatch monitor stopped"
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

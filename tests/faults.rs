@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
@@ -70,11 +70,7 @@ fn resets_and_latency_lose_nothing_and_count_nothing_twice() {
         Duration::from_secs(240),
     );
     // Every record counted once: flows plus NODATA/SKIPDATA equal what was written.
-    let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = common::scrape(port);
     let sum = |name: &str| -> u64 {
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")))

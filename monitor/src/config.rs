@@ -181,7 +181,7 @@ pub struct S3 {
     pub bucket: Option<String>,
     pub prefix: Option<String>,
     /// How long a received message stays hidden from other readers; renewed while its object
-    /// is read. 0: the queue's own.
+    /// is read. 0: 300 s, as the stack's queue has it.
     pub visibility_timeout_seconds: u64,
     /// Where downloaded objects are kept while read (one at a time); default: the state dir.
     pub download_dir: Option<PathBuf>,

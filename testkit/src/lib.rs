@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,31 @@ fn venv_program(name: &str) -> PathBuf {
         assert!(status.success(), "installing the test services failed");
     }
     bin
+}
+
+/// The test environment's Python with pyarrow, an independent Parquet writer for the S3 tests
+/// (installed by scripts/install-test-services when missing).
+pub fn python_with_pyarrow() -> PathBuf {
+    let python = venv_program("python");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import pyarrow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        let status = Command::new(workspace_root().join("scripts/install-test-services"))
+            .env("EGRESSWATCH_VENV", venv())
+            .status()
+            .expect("run scripts/install-test-services");
+        assert!(
+            status.success() && has(&python),
+            "installing pyarrow failed"
+        );
+    }
+    python
 }
 
 /// A port nothing listens on right now.

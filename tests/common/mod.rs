@@ -93,3 +93,17 @@ pub fn terminate(child: &Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The daemon's /metrics text (empty while it does not answer).
+pub fn scrape(port: u16) -> String {
+    Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}

@@ -540,6 +540,9 @@ fn needs(format: &Format) -> Result<(), Unreadable> {
 struct Message {
     receipt: String,
     objects: VecDeque<ObjectRef>,
+    /// Some object of it was handed out to be read: it is deleted only once that is
+    /// committed. One with only duplicates, test events or objects not read goes at once.
+    read: bool,
     /// When its visibility was last renewed (or it was received).
     renewed: Instant,
 }
@@ -568,6 +571,8 @@ pub struct S3Source {
     messages: VecDeque<Message>,
     /// Messages whose objects have all been handed out: deleted once that is committed.
     finished: Vec<String>,
+    /// Messages with nothing to commit: deleted before the next receive.
+    spent: Vec<String>,
     open: Option<Open>,
     /// A backfill's objects still to read, and its time range.
     backfill: Option<VecDeque<ObjectRef>>,
@@ -627,7 +632,10 @@ impl S3Source {
             queue_url,
             bucket,
             prefix,
-            visibility: Duration::from_secs(config.s3.visibility_timeout_seconds.max(30)),
+            visibility: Duration::from_secs(match config.s3.visibility_timeout_seconds {
+                0 => 300,
+                v => v,
+            }),
             max_line_bytes: config.max_line_bytes,
             download: dir.join("s3-object.download"),
             progress: cp
@@ -637,6 +645,7 @@ impl S3Source {
                 .collect(),
             messages: VecDeque::new(),
             finished: Vec::new(),
+            spent: Vec::new(),
             open: None,
             backfill: range.map(|_| VecDeque::new()),
             range,
@@ -740,6 +749,7 @@ impl S3Source {
             self.messages.push_back(Message {
                 receipt: receipt.to_string(),
                 objects: objects.into(),
+                read: false,
                 renewed: Instant::now(),
             });
         }
@@ -862,7 +872,11 @@ impl S3Source {
             }
             // Every object of the front message is handed out.
             if let Some(m) = self.messages.pop_front() {
-                self.finished.push(m.receipt);
+                if m.read {
+                    self.finished.push(m.receipt);
+                } else {
+                    self.spent.push(m.receipt);
+                }
             }
         }
     }
@@ -928,7 +942,12 @@ impl Source for S3Source {
             }
             if let Some(object) = self.next_object() {
                 match self.open(&object).await {
-                    Ok(Some(open)) => self.open = Some(open),
+                    Ok(Some(open)) => {
+                        if let Some(m) = self.messages.front_mut() {
+                            m.read = true;
+                        }
+                        self.open = Some(open);
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         self.object_error(&object, &e);
@@ -940,9 +959,9 @@ impl Source for S3Source {
             if self.backfill.is_some() {
                 return Next::End;
             }
-            if !self.finished.is_empty() {
-                // Nothing to read until what was handed out is committed and deleted.
-                return Next::Reading;
+            if !self.spent.is_empty() {
+                let spent = std::mem::take(&mut self.spent);
+                self.delete(spent).await;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Err(e) = self.receive(left).await {
@@ -960,12 +979,19 @@ impl Source for S3Source {
     }
 
     async fn committed(&mut self) {
+        // Every object of these messages is in the durable checkpoint now.
+        let finished = std::mem::take(&mut self.finished);
+        self.delete(finished).await;
+    }
+}
+
+impl S3Source {
+    /// Deletes messages, ten to a call.
+    async fn delete(&mut self, receipts: Vec<String>) {
         let Some(url) = self.queue_url.clone() else {
             return;
         };
-        // Every object of these messages is in the durable checkpoint now.
-        let finished = std::mem::take(&mut self.finished);
-        for group in finished.chunks(10) {
+        for group in receipts.chunks(10) {
             let entries: Vec<_> = group
                 .iter()
                 .enumerate()
