@@ -136,6 +136,36 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = tx.send(true);
         });
+        if !config.stacks.is_empty() {
+            // One set of clients per stack: each is used only on its stack's own runtime.
+            let mut per_stack = Vec::new();
+            for entry in &config.stacks {
+                let source = config.for_stack(entry).source;
+                if source != "cloudwatch" && source != "s3" {
+                    per_stack.push(None);
+                    continue;
+                }
+                match egresswatch_provision::Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
+                    Ok(c) => per_stack.push(Some(c)),
+                    Err(e) => {
+                        eprintln!("egresswatch monitor: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let names: Vec<&str> = config.stacks.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!(listen = %config.listen, stacks = ?names, "egresswatch monitor starting");
+            return match egresswatch_monitor::daemon::run_stacks(config, rx, per_stack).await {
+                Ok(s) => {
+                    tracing::info!(records = s.records, "egresswatch monitor stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("egresswatch monitor: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let clients = if config.source == "cloudwatch" || config.source == "s3" {
             match egresswatch_provision::Clients::from_env(args.region, args.endpoint_url).await {
                 Ok(c) => Some(c),

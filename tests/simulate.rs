@@ -301,3 +301,100 @@ fn simulated_traffic_in_cloudwatch_is_caught_by_the_daemon() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn two_stacks_in_one_daemon_are_each_read_and_judged_on_their_own() {
+    let dir = fresh_dir("sim-stacks");
+    let mut written = Vec::new();
+    for (name, seed) in [("research", "11"), ("clinical", "12")] {
+        let out = bin()
+            .args([
+                "simulate",
+                "--scenario",
+                "all",
+                "--duration",
+                "2d",
+                "--attacks-after",
+                "30h",
+                "--workloads",
+                "6",
+                "--seed",
+                seed,
+                "--start",
+                "1764547200",
+            ])
+            .arg("--to")
+            .arg(format!(
+                "file:{}",
+                dir.join(format!("{name}.log")).display()
+            ))
+            .arg("--labels")
+            .arg(dir.join(format!("{name}.labels.jsonl")))
+            .arg("--denylists-out")
+            .arg(dir.join("lists"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        written.push(records_simulated(&String::from_utf8_lossy(&out.stderr)));
+    }
+    let stack = |name: &str| {
+        format!(
+            "[[stacks]]\nname = \"{name}\"\nsource = \"file:{}\"\n[stacks.topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-0a7e1b2c3d4e5f601\"]\nnat-private-ips = [\"10.0.0.157\"]\n",
+            dir.join(format!("{name}.log")).display()
+        )
+    };
+    let config = dir.join("monitor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\n[rules]\ndenylists = [\"{}\", \"{}\"]\n{}{}",
+            egresswatch_testkit::free_port(),
+            dir.join("state").display(),
+            dir.join("lists/threats.txt").display(),
+            dir.join("lists/tor-exits.txt").display(),
+            stack("research"),
+            stack("clinical"),
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["monitor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Each stack kept its own position (and its own state dir) and read all of its records.
+    for (name, written) in ["research", "clinical"].iter().zip(&written) {
+        let cp = egresswatch_monitor::checkpoint::read_checkpoint(
+            &dir.join(format!("state/{name}/file.checkpoint.json")),
+        )
+        .unwrap();
+        assert_eq!(cp.records_committed, *written, "{name}");
+        // Every attack of the stack is found among the findings that name it.
+        let own: Vec<Value> = findings
+            .iter()
+            .filter(|f| f["stack"] == *name)
+            .cloned()
+            .collect();
+        let truth = labels(&dir.join(format!("{name}.labels.jsonl")));
+        assert_eq!(truth.len(), 18);
+        for label in &truth {
+            let rules = expected_rule(label["scenario"].as_str().unwrap());
+            assert!(
+                matching(label, &own)
+                    .iter()
+                    .any(|f| rules.iter().any(|r| f["rule"] == *r)),
+                "{name}: {label} not caught by {rules:?}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -54,6 +54,16 @@ pub struct Config {
     pub cloudwatch: CloudWatch,
     /// The S3 source: flow-log objects announced on an SQS queue, or listed for a backfill.
     pub s3: S3,
+    /// Several stacks in one daemon, each with its own network, source position, rule state
+    /// and outbox (under `state-dir/NAME`) and its own thread: `["research", "clinical"]`
+    /// (their outputs in `outputs-dir/NAME.json`), or tables naming what differs per stack.
+    /// Every other setting is shared.
+    pub stacks: Vec<StackEntry>,
+    /// Where the outputs of stacks listed by name only are: `DIR/NAME.json`.
+    pub outputs_dir: PathBuf,
+    /// This is one stack of several (set by [`Config::for_stack`]).
+    #[serde(skip)]
+    pub one_of_several: bool,
     pub rules: Rules,
     pub alerts: Alerts,
     /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
@@ -166,6 +176,125 @@ impl CloudWatch {
             1,
             86_400,
         )
+    }
+}
+
+/// One stack of a daemon that watches several.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackEntry {
+    pub name: String,
+    pub outputs_file: Option<PathBuf>,
+    pub source: Option<String>,
+    pub log_group: Option<String>,
+    pub s3: Option<S3>,
+    pub topology: Option<Topology>,
+}
+
+/// A stack given by name, or as a table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StackEntryText {
+    Name(String),
+    Table(Box<StackTable>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct StackTable {
+    name: String,
+    outputs_file: Option<PathBuf>,
+    source: Option<String>,
+    log_group: Option<String>,
+    s3: Option<S3>,
+    topology: Option<Topology>,
+}
+
+impl<'de> Deserialize<'de> for StackEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match StackEntryText::deserialize(d)? {
+            StackEntryText::Name(name) => StackEntry {
+                name,
+                outputs_file: None,
+                source: None,
+                log_group: None,
+                s3: None,
+                topology: None,
+            },
+            StackEntryText::Table(t) => {
+                let t = *t;
+                StackEntry {
+                    name: t.name,
+                    outputs_file: t.outputs_file,
+                    source: t.source,
+                    log_group: t.log_group,
+                    s3: t.s3,
+                    topology: t.topology,
+                }
+            }
+        })
+    }
+}
+
+impl Config {
+    /// The config of one stack of [`Config::stacks`]: the shared settings with the stack's
+    /// own, its state in `state-dir/NAME`.
+    pub fn for_stack(&self, entry: &StackEntry) -> Config {
+        let mut c = self.clone();
+        c.stacks = Vec::new();
+        c.one_of_several = true;
+        c.stack = entry.name.clone();
+        c.state_dir = self.state_dir.join(&entry.name);
+        c.topology = entry.topology.clone();
+        c.outputs_file = match (&entry.outputs_file, &entry.topology) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.outputs_dir.join(format!("{}.json", entry.name))),
+        };
+        if let Some(s) = &entry.source {
+            c.source = s.clone();
+        }
+        c.log_group = entry.log_group.clone();
+        // The queue, bucket and prefix are each stack's own: from its outputs unless given.
+        c.s3 = entry.s3.clone().unwrap_or_else(|| S3 {
+            queue_url: None,
+            bucket: None,
+            prefix: None,
+            ..self.s3.clone()
+        });
+        c
+    }
+
+    fn validate_stacks(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.stacks {
+            let ok = !e.name.is_empty()
+                && e.name.len() <= 63
+                && e.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !ok {
+                return Err(format!(
+                    "stacks: \"{}\" is not a stack name (letters, digits and hyphens): it names a directory under state-dir",
+                    e.name
+                ));
+            }
+            if !seen.insert(e.name.as_str()) {
+                return Err(format!(
+                    "stacks: \"{}\" is listed twice; one stack has one reader",
+                    e.name
+                ));
+            }
+            self.for_stack(e)
+                .validate()
+                .map_err(|err| format!("stacks: {}: {err}", e.name))?;
+        }
+        if !self.stacks.is_empty() && self.s3.range().is_some() {
+            return Err(
+                "a backfill (s3.from, s3.to) reads one stack: run it with that stack's outputs"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -318,6 +447,9 @@ impl Default for Config {
             removed_shard: None,
             cloudwatch: CloudWatch::default(),
             s3: S3::default(),
+            stacks: Vec::new(),
+            outputs_dir: PathBuf::from("/etc/egresswatch"),
+            one_of_several: false,
             rules: Rules::default(),
             alerts: Alerts::default(),
             suppress: Vec::new(),
@@ -413,6 +545,7 @@ impl Config {
         }
         self.cloudwatch.validate()?;
         self.s3.validate()?;
+        self.validate_stacks()?;
         // Flow logs publish at most every 600 s (the longest aggregation interval): polling
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;

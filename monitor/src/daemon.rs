@@ -137,6 +137,131 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
     clients: Option<egresswatch_provision::Clients>,
 ) -> Result<RunSummary, String> {
+    beat();
+    start_watchdog(shutdown.clone());
+    // The server stops with the run, whether a signal or the end of the input ends it.
+    let (server_stop, server_stopped) = watch::channel(false);
+    let mut outer = shutdown.clone();
+    let forward = server_stop.clone();
+    tokio::spawn(async move {
+        let _ = outer.wait_for(|s| *s).await;
+        let _ = forward.send(true);
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = crate::http::serve_until_closed(
+        config.listen,
+        vec![metrics.clone()],
+        vec![ready.clone()],
+        server_stopped,
+    )
+    .await?;
+    let result = run_stack(config, metrics, ready, shutdown, clients).await;
+    let _ = server_stop.send(true);
+    let _ = server.await;
+    result
+}
+
+/// Runs several stacks, each on a thread of its own with its own runtime (so two stacks use
+/// two cores), their metrics on one listening socket with a `stack` label. `clients` holds
+/// one set of AWS clients per stack, in the order of `config.stacks` (none for files). A
+/// stack whose run fails stops the others, so the orchestrator restarts the daemon whole.
+pub async fn run_stacks(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    mut clients: Vec<Option<egresswatch_provision::Clients>>,
+) -> Result<RunSummary, String> {
+    beat();
+    start_watchdog(shutdown.clone());
+    let (stop, stopped) = watch::channel(false);
+    let mut outer = shutdown.clone();
+    let forward = stop.clone();
+    tokio::spawn(async move {
+        let _ = outer.wait_for(|s| *s).await;
+        let _ = forward.send(true);
+    });
+    let mut metrics = Vec::new();
+    let mut ready = Vec::new();
+    let mut threads = Vec::new();
+    clients.resize(config.stacks.len(), None);
+    for (entry, clients) in config.stacks.iter().zip(clients) {
+        let m = Arc::new(Metrics::for_stack(Some(&entry.name)));
+        let r = Arc::new(AtomicBool::new(false));
+        metrics.push(m.clone());
+        ready.push(r.clone());
+        let c = config.for_stack(entry);
+        let name = entry.name.clone();
+        let (stop, stopped) = (stop.clone(), stopped.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("stack-{name}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("stack {name}: a runtime: {e}"))?;
+                use tracing::Instrument;
+                let span = tracing::info_span!("stack", stack = %name);
+                let result = runtime
+                    .block_on(run_stack(c, m, r, stopped, clients).instrument(span))
+                    .map_err(|e| format!("stack {name}: {e}"));
+                if result.is_err() {
+                    let _ = stop.send(true);
+                }
+                result
+            })
+            .map_err(|e| format!("a thread for stack {}: {e}", entry.name))?;
+        threads.push(thread);
+    }
+    let (server_stop, server_stopped) = watch::channel(false);
+    let server =
+        crate::http::serve_until_closed(config.listen, metrics, ready, server_stopped).await;
+    if let Err(e) = &server {
+        let _ = stop.send(true);
+        tracing::error!(error = %e, "metrics endpoint");
+    }
+    // The threads end with their runs; waiting for them must not hold up this runtime.
+    let results = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a stack's thread panicked".into()))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| format!("waiting for the stacks: {e}"))?;
+    let _ = server_stop.send(true);
+    if let Ok(server) = server {
+        let _ = server.await;
+    }
+    let mut total = RunSummary::default();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(s) => {
+                total.records = total.records.saturating_add(s.records);
+                total.batches = total.batches.saturating_add(s.batches);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stack stopped");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// One stack's pipeline from its source to its sinks, until the source ends or shutdown.
+async fn run_stack(
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+    clients: Option<egresswatch_provision::Clients>,
+) -> Result<RunSummary, String> {
     let topo = topology(&config)?;
     let dets = rules::build(&config.rules)?;
     let store_name = crate::source::store_name(&config);
@@ -154,31 +279,17 @@ pub async fn run(
         cp.outbox_seq,
         metrics.clone(),
     )?;
-    let ready = Arc::new(AtomicBool::new(false));
     metrics.source_up.set(0);
-    beat();
-    start_watchdog(shutdown.clone());
-    // The server stops with the run, whether a signal or the end of the input ends it.
-    let (server_stop, server_stopped) = watch::channel(false);
-    let mut outer = shutdown.clone();
-    let forward = server_stop.clone();
-    tokio::spawn(async move {
-        let _ = outer.wait_for(|s| *s).await;
-        let _ = forward.send(true);
-    });
-    serve(
-        config.listen,
-        metrics.clone(),
-        ready.clone(),
-        server_stopped,
-    )
-    .await?;
     let vpc_id = topo.vpc_id.clone();
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
     pipeline.explain = config.explain;
     if config.source == "s3" {
         pipeline.range = config.s3.range();
+    }
+    // A stack read from AWS, or one of several: findings say which (a file is no stack).
+    if config.one_of_several || matches!(config.source.as_str(), "cloudwatch" | "s3") {
+        pipeline.stack = Some(config.stack.clone());
     }
     pipeline.inventory = Arc::new(std::sync::RwLock::new(
         crate::inventory::Inventory::from_config(&config.workloads),
@@ -248,7 +359,6 @@ pub async fn run(
     s.alerts
         .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
         .await;
-    let _ = server_stop.send(true);
     result
 }
 
@@ -498,9 +608,12 @@ async fn drive<S: Source>(
                 let mut at = 0;
                 // Every line ends in a newline; memchr finds them a word at a time.
                 for end in memchr::memchr_iter(b'\n', text) {
-                    s.p.line(decoder, &text[at..=end], &Origin(&batch.origin, n));
+                    if s.p
+                        .line(decoder, &text[at..=end], &Origin(&batch.origin, n))
+                    {
+                        lines += 1;
+                    }
                     n = n.saturating_add(1);
-                    lines += 1;
                     at = end + 1;
                 }
             }
@@ -513,8 +626,9 @@ async fn drive<S: Source>(
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        s.p.line(decoder, line, &origin);
-                        lines += 1;
+                        if s.p.line(decoder, line, &origin) {
+                            lines += 1;
+                        }
                     }
                 }
             }

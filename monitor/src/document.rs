@@ -46,6 +46,7 @@ pub fn document(a: &Alert) -> Value {
         "account_id": f.account_id,
         "region": f.region,
         "vpc_id": f.vpc_id,
+        "stack": f.stack,
         "interface_id": f.interface_id,
         "instance_id": f.instance_id,
         "workload": f.workload.map(|w| w.to_string()),

@@ -73,6 +73,9 @@ pub struct Finding {
     pub vpc_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The stack whose network it came from, in a daemon that watches several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
     /// For rules that compare against a learnt baseline or a threshold: the numbers behind
     /// the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +220,7 @@ impl Finding {
             account_id: v["account_id"].as_str().map(String::from),
             vpc_id: v["vpc_id"].as_str().map(String::from),
             region: v["region"].as_str().map(String::from),
+            stack: v["stack"].as_str().map(String::from),
             evidence: serde_json::from_value(v["evidence"].clone()).ok(),
         })
     }
@@ -242,6 +246,7 @@ impl Finding {
             account_id: None,
             vpc_id: None,
             region: None,
+            stack: None,
             evidence: None,
         }
     }
@@ -266,6 +271,7 @@ impl Finding {
             account_id: f.account_id.map(String::from),
             vpc_id: f.vpc_id.map(String::from),
             region: f.region.map(String::from),
+            stack: None,
             evidence: None,
         }
     }

@@ -78,19 +78,49 @@ pub async fn serve(
         .map(|_| ())
 }
 
+/// As [`serve`]; the handle ends once the socket is closed after shutdown, so a run that
+/// waits for it leaves the port free for the next.
+pub async fn serve_until_closed(
+    listen: SocketAddr,
+    metrics: Vec<Arc<Metrics>>,
+    ready: Vec<Arc<AtomicBool>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let listener = bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let app = Arc::new(App { metrics, ready });
+    Ok(serve_app(listener, local, app, shutdown, Limits::default()))
+}
+
 /// As [`serve`], within `limits`; returns the address it listens on (useful with port 0).
 pub async fn serve_with(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) -> Result<SocketAddr, String> {
     let listener = bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("listen on {listen}: {e}"))?;
-    let app = Arc::new(App { metrics, ready });
+    let app = Arc::new(App {
+        metrics: vec![metrics],
+        ready: vec![ready],
+    });
+    serve_app(listener, local, app, shutdown, limits);
+    Ok(local)
+}
+
+fn serve_app(
+    listener: tokio::net::TcpListener,
+    local: SocketAddr,
+    app: Arc<App>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) -> tokio::task::JoinHandle<()> {
     let table = Arc::new(Table::default());
     tokio::spawn(async move {
         let mut last_warning: Option<Instant> = None;
@@ -114,7 +144,9 @@ pub async fn serve_with(
             };
             let (conn, shed) = table.admit(limits.max_connections);
             if shed {
-                app.metrics.http_connections_shed.inc();
+                if let Some(m) = app.metrics.first() {
+                    m.http_connections_shed.inc();
+                }
             }
             tokio::spawn(connection(
                 stream,
@@ -125,8 +157,7 @@ pub async fn serve_with(
                 shutdown.clone(),
             ));
         }
-    });
-    Ok(local)
+    })
 }
 
 /// Pending connections the kernel queues for `accept` (it caps this at net.core.somaxconn).
@@ -147,10 +178,10 @@ fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// What the routes answer from.
+/// What the routes answer from: one stack's metrics and readiness, or several.
 struct App {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    metrics: Vec<Arc<Metrics>>,
+    ready: Vec<Arc<AtomicBool>>,
 }
 
 impl App {
@@ -160,10 +191,10 @@ impl App {
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                Bytes::from(self.metrics.render()),
+                Bytes::from(crate::metrics::render_all(&self.metrics)),
             ),
             "/healthz" => (StatusCode::OK, text, Bytes::from_static(b"ok\n")),
-            "/readyz" if self.ready.load(Ordering::SeqCst) => {
+            "/readyz" if self.ready.iter().all(|r| r.load(Ordering::SeqCst)) => {
                 (StatusCode::OK, text, Bytes::from_static(b"ready\n"))
             }
             "/readyz" => (

@@ -137,7 +137,15 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        Self::for_stack(None)
+    }
+
+    /// The metrics of one stack of a daemon that watches several: every series carries the
+    /// label `stack`, so one scrape tells them apart.
+    pub fn for_stack(stack: Option<&str>) -> Self {
+        let labels =
+            stack.map(|s| std::collections::HashMap::from([("stack".to_string(), s.to_string())]));
+        let r = Registry::new_custom(None, labels).expect("a valid constant label");
         let records = counter_vec(
             &r,
             "egresswatch_flow_records_total",
@@ -427,11 +435,32 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        render_all(std::slice::from_ref(self))
     }
 }
+
+/// The exposition of several stacks' metrics: one family per name, holding every stack's
+/// series (an exposition may not name a family twice).
+pub fn render_all<M: std::borrow::Borrow<Metrics>>(all: &[M]) -> String {
+    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    for m in all {
+        for family in m.borrow().registry.gather() {
+            match families.iter_mut().find(|f| f.name() == family.name()) {
+                Some(f) => {
+                    for metric in family.get_metric() {
+                        f.mut_metric().push(metric.clone());
+                    }
+                }
+                None => families.push(family),
+            }
+        }
+    }
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&families, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+impl Metrics {}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -454,5 +483,27 @@ pub fn port_class(port: Option<u16>, protocol: Option<u8>) -> &'static str {
         (_, Some(p)) if p >= 8192 => "high",
         (_, Some(_)) => "other",
         (_, None) => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_share_one_exposition_each_series_labelled_with_its_stack() {
+        let a = Metrics::for_stack(Some("research"));
+        let b = Metrics::for_stack(Some("clinical"));
+        a.records_outside_range.inc_by(3);
+        b.records_outside_range.inc_by(5);
+        let text = render_all(&[a, b]);
+        assert_eq!(
+            text.matches("# TYPE egresswatch_records_outside_range_total counter")
+                .count(),
+            1,
+            "one family per name"
+        );
+        assert!(text.contains("egresswatch_records_outside_range_total{stack=\"research\"} 3"));
+        assert!(text.contains("egresswatch_records_outside_range_total{stack=\"clinical\"} 5"));
     }
 }

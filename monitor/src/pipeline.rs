@@ -43,6 +43,8 @@ pub struct Pipeline {
     /// A backfill's time range [from, to) in Unix seconds: records that start outside it are
     /// counted and left out.
     pub range: Option<(u64, u64)>,
+    /// The stack's name in a daemon that watches several: it goes with every finding.
+    pub stack: Option<String>,
 }
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
@@ -115,6 +117,7 @@ impl Pipeline {
             counters: Default::default(),
             clock: now(),
             range: None,
+            stack: None,
         }
     }
 
@@ -175,32 +178,48 @@ impl Pipeline {
     }
 
     /// Processes one line; bad lines are counted by reason and logged with where they came from.
-    pub fn line(&mut self, decoder: &mut Decoder, line: &[u8], origin: &dyn std::fmt::Display) {
+    /// Runs one line through every stage. Returns whether it was a record (or a bad line in
+    /// place of one), not a header or a blank line: what the checkpoint counts.
+    pub fn line(
+        &mut self,
+        decoder: &mut Decoder,
+        line: &[u8],
+        origin: &dyn std::fmt::Display,
+    ) -> bool {
+        self.record(decoder, line, origin).is_some()
+    }
+
+    fn record(
+        &mut self,
+        decoder: &mut Decoder,
+        line: &[u8],
+        origin: &dyn std::fmt::Display,
+    ) -> Option<()> {
         let m = &*self.metrics;
         let record = match decoder.decode(line) {
             Ok(Line::Record(r)) => r,
-            Ok(_) => return,
+            Ok(_) => return None,
             Err(e) => {
                 m.bad_lines.with_label_values(&[e.reason()]).inc();
                 tracing::warn!(origin = %origin, error = %e, "bad flow-log line skipped");
-                return;
+                return Some(());
             }
         };
         if let (Some((from, to)), Some(start)) = (self.range, record.start()) {
             if start < from || start >= to {
                 m.records_outside_range.inc();
-                return;
+                return Some(());
             }
         }
         self.records += 1;
         match record.log_status() {
             Some(LogStatus::NoData) => {
                 m.skipped_records.with_label_values(&["NODATA"]).inc();
-                return;
+                return Some(());
             }
             Some(LogStatus::SkipData) => {
                 m.skipped_records.with_label_values(&["SKIPDATA"]).inc();
-                return;
+                return Some(());
             }
             _ => {}
         }
@@ -208,7 +227,7 @@ impl Pipeline {
             m.records
                 .with_label_values(&[Path::Other.as_str(), "none", "-"])
                 .inc();
-            return;
+            return Some(());
         };
         let action = flow.action.unwrap_or("-");
         let class = port_class(flow.remote_port, flow.protocol);
@@ -236,7 +255,7 @@ impl Pipeline {
             }
         }
         if flow.path == Path::Duplicate {
-            return;
+            return Some(());
         }
         self.flows_judged += 1;
         if flow.path == Path::NatEgress {
@@ -252,6 +271,7 @@ impl Pipeline {
             d.observe(&flow, &mut self.findings);
         }
         self.route_findings();
+        Some(())
     }
 
     /// End of a finite input: the rules judge what waited for more records, and every open
@@ -270,7 +290,15 @@ impl Pipeline {
             return;
         }
         let m = &self.metrics;
-        for f in self.findings.drain(..) {
+        for mut f in self.findings.drain(..) {
+            // Which network it came from, when the record's format did not say: a daemon that
+            // watches several stacks raises findings for each.
+            if f.vpc_id.is_none() {
+                f.vpc_id.clone_from(&self.topology.vpc_id);
+            }
+            if f.stack.is_none() {
+                f.stack.clone_from(&self.stack);
+            }
             if !self.suppressions.is_empty() {
                 if let Some((n, reason)) =
                     suppressed(&self.suppressions, &self.inventory, &f, self.clock)

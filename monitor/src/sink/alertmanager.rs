@@ -38,6 +38,10 @@ pub fn payload(a: &Alert) -> serde_json::Value {
     if let Some(i) = &f.interface_id {
         labels["interface_id"] = i.clone().into();
     }
+    // The same workload and remote in two stacks are two alerts.
+    if let Some(s) = &f.stack {
+        labels["stack"] = s.clone().into();
+    }
     let mut annotations = serde_json::json!({
         "summary": f.summary,
         "finding_id": a.id,

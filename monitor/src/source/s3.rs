@@ -578,6 +578,8 @@ pub struct S3Source {
     backfill: Option<VecDeque<ObjectRef>>,
     range: Option<(u64, u64)>,
     listed: bool,
+    /// Receives that failed in a row, for the pause before the next.
+    failures: u32,
 }
 
 fn now_secs() -> u64 {
@@ -650,6 +652,7 @@ impl S3Source {
             backfill: range.map(|_| VecDeque::new()),
             range,
             listed: false,
+            failures: 0,
         })
     }
 
@@ -965,9 +968,15 @@ impl Source for S3Source {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Err(e) = self.receive(left).await {
-                tokio::time::sleep(left.min(Duration::from_secs(5))).await;
+                // The queue cannot be reached: wait longer each time (1 s doubling to 60 s),
+                // however soon the daemon asks again.
+                self.failures = self.failures.saturating_add(1);
+                let pause =
+                    Duration::from_secs(1u64 << self.failures.min(6)).min(Duration::from_secs(60));
+                tokio::time::sleep(pause).await;
                 return Next::Unavailable(e);
             }
+            self.failures = 0;
             if self.messages.is_empty() {
                 return if tokio::time::Instant::now() >= deadline {
                     Next::Reading
