@@ -632,3 +632,82 @@ pub fn schema_violations(schema: &str, documents: &[serde_json::Value]) -> Vec<S
         .map(String::from)
         .collect()
 }
+
+/// A proxy in front of moto that counts CloudWatch Logs calls by operation and throttles those
+/// over AWS's request quotas (see testkit/cloudwatch_quota.py and the quotas page it names).
+pub struct CloudWatchQuota {
+    pub service: Service,
+    dir: PathBuf,
+}
+
+impl CloudWatchQuota {
+    /// Point the clients under test here instead of at moto.
+    pub fn endpoint(&self) -> String {
+        self.service.endpoint()
+    }
+
+    fn counts(&self, key: &str) -> std::collections::BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(self.dir.join("calls.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v[key]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Calls that reached the proxy so far, by operation (throttled ones included).
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counts("calls")
+    }
+
+    /// Calls answered with ThrottlingException, by operation.
+    pub fn throttled(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counts("throttled")
+    }
+
+    /// One JSON object per injected throttle, naming the quota's source.
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Starts the quota proxy in front of `moto` with `quotas` (calls per second by operation,
+/// e.g. `{"GetLogEvents": 10}`, AWS's quota in its strictest regions).
+pub fn cloudwatch_quota(moto: &Service, quotas: &serde_json::Value) -> CloudWatchQuota {
+    let dir = temp_dir("cloudwatch-quota");
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .arg(workspace_root().join("testkit/cloudwatch_quota.py"))
+        .arg(port.to_string())
+        .arg(moto.endpoint())
+        .arg(&dir)
+        .arg(quotas.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("proxy.log")).expect("create the proxy's log"))
+        .spawn()
+        .expect("start python3 cloudwatch_quota.py");
+    wait_http(
+        port,
+        "/moto-api/",
+        Duration::from_secs(30),
+        &mut child,
+        "CloudWatch quota proxy",
+    );
+    CloudWatchQuota {
+        service: Service {
+            name: "cloudwatch-quota",
+            child,
+            port,
+        },
+        dir,
+    }
+}

@@ -31,8 +31,9 @@ pub struct Rates {
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 
-/// One token bucket. The burst is one second of calls: a daemon never spends more than its
-/// rate in any second, so another reader of the account's quota keeps its share.
+/// One token bucket holding a single token: calls are spaced at least 1/rate apart, so no
+/// one-second window sees more than rate + 1 of them (a bucket holding a second's worth would
+/// allow twice the rate in a window straddling the burst, which AWS would throttle).
 struct Bucket {
     rate: f64,
     tokens: f64,
@@ -46,7 +47,7 @@ impl Bucket {
     fn new(rate: f64) -> Self {
         Bucket {
             rate,
-            tokens: rate.max(1.0),
+            tokens: 1.0,
             last: Instant::now(),
             paused_until: None,
             pause: Duration::ZERO,
@@ -61,9 +62,8 @@ impl Bucket {
             }
             self.paused_until = None;
         }
-        let burst = self.rate.max(1.0);
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(burst);
+        self.tokens = (self.tokens + elapsed * self.rate).min(1.0);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -200,14 +200,12 @@ mod tests {
     fn a_bucket_gives_its_rate_and_no_more() {
         let t0 = Instant::now();
         let mut b = Bucket::new(8.0);
-        // A full second's burst, then one every 125 ms.
-        for _ in 0..8 {
-            assert_eq!(b.take(t0), Ok(()));
-        }
+        // One at once, then one every 125 ms.
+        assert_eq!(b.take(t0), Ok(()));
         let wait = b.take(t0).unwrap_err();
         assert!(
             (wait.as_secs_f64() - 0.125).abs() < 1e-6,
-            "{wait:?} before the ninth call"
+            "{wait:?} before the second call"
         );
         let mut granted = 0;
         let mut now = t0;

@@ -11,7 +11,8 @@
 //!   consistent, "typically less than an hour"); every `full-listing-seconds` it pages down to
 //!   the oldest event the group's retention keeps.
 //! - A listed stream whose `lastIngestionTime`/`lastEventTimestamp` is past what was read from
-//!   it is read now. One whose listing shows nothing new is still read every
+//!   it, or that was written to within the last two polls, is read now. One whose listing
+//!   shows nothing new is still read every
 //!   `quiet-recheck-seconds` while it is within the lag, and every `dormant-recheck-seconds`
 //!   once it is older, because the listing may not show its newest events yet.
 //! - A stream whose newest event has aged out of the group's retention, or that is gone, is
@@ -99,6 +100,9 @@ impl StreamChange {
     }
 }
 
+/// Streams listed, and whether every stream of the group was; or why none could be.
+type Listing = Result<(Vec<(String, Listed)>, bool), String>;
+
 /// A stream as the last listing showed it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Listed {
@@ -113,6 +117,10 @@ struct Stream {
     /// What the listing that scheduled its current read showed.
     listed: Option<Listed>,
     in_flight: bool,
+    /// Waiting in the queue.
+    queued: bool,
+    /// Found due while its read was in flight: queued again once that read is done.
+    again: bool,
 }
 
 /// Where a read starts.
@@ -171,6 +179,10 @@ pub struct CloudWatchSource {
     queue: VecDeque<String>,
     fetches: JoinSet<Fetched>,
     round: Option<Round>,
+    /// The listing in progress, run beside the reads so that they never wait for it.
+    listing: Option<tokio::task::JoinHandle<Listing>>,
+    /// When the listing in progress started (wall clock ms, monotonic) and whether it is full.
+    listing_started: (i64, Instant, bool),
     next_listing: Instant,
     last_full_listing: Option<Instant>,
     /// Streams to drop from the checkpoint, handed out as a batch of their own.
@@ -227,6 +239,8 @@ impl CloudWatchSource {
                         position,
                         listed: None,
                         in_flight: false,
+                        queued: false,
+                        again: false,
                     },
                 )
             })
@@ -249,6 +263,8 @@ impl CloudWatchSource {
             queue: VecDeque::new(),
             fetches: JoinSet::new(),
             round: None,
+            listing: None,
+            listing_started: (0, Instant::now(), false),
             next_listing: Instant::now(),
             last_full_listing: None,
             forgotten: Vec::new(),
@@ -328,8 +344,8 @@ impl CloudWatchSource {
         }
     }
 
-    /// Lists the streams that may hold something new and queues this poll's reads.
-    async fn list(&mut self) -> Result<(), String> {
+    /// Starts listing the streams that may hold something new.
+    async fn start_listing(&mut self) -> Result<(), String> {
         if self.format.is_none() {
             self.format = Some(self.flow_log_format().await?);
         }
@@ -342,7 +358,6 @@ impl CloudWatchSource {
             self.retention = self.retention().await;
         }
         let floor = self.retention.map(|r| now.saturating_sub(r));
-        // Streams older than this cannot be told to hold something new by their timestamps.
         let recent = now
             .saturating_sub(ms(self.settings.timestamp_lag_seconds))
             .saturating_sub(ms(self.poll_interval.as_secs()));
@@ -351,7 +366,31 @@ impl CloudWatchSource {
         } else {
             recent
         };
-        let (listed, complete) = self.describe_streams(stop_below).await?;
+        self.listing = Some(tokio::spawn(describe_streams(
+            self.logs.clone(),
+            self.budget.clone(),
+            self.metrics.clone(),
+            self.group.clone(),
+            stop_below,
+        )));
+        self.listing_started = (now, started, full);
+        self.next_listing = started + self.poll_interval;
+        Ok(())
+    }
+
+    /// Queues the reads a finished listing calls for.
+    fn listed(&mut self, listed: Vec<(String, Listed)>, complete: bool) {
+        let (now, started, full) = self.listing_started;
+        let floor = self.retention.map(|r| now.saturating_sub(r));
+        // Streams older than this cannot be told to hold something new by their timestamps.
+        let recent = now
+            .saturating_sub(ms(self.settings.timestamp_lag_seconds))
+            .saturating_sub(ms(self.poll_interval.as_secs()));
+        // A stream written to within the last two polls is read every poll even when its
+        // listing shows nothing new since the last read: its next records are likely on the
+        // way, and reading it each poll at the same point keeps the time between its reads,
+        // the longest a record waits, at one poll (or what the budget allows) rather than two.
+        let lively = now.saturating_sub(ms(self.poll_interval.as_secs().saturating_mul(2)));
         let mut seen_names = HashSet::with_capacity(listed.len());
         let mut active = Vec::new();
         let mut fresh = Vec::new();
@@ -374,6 +413,8 @@ impl CloudWatchSource {
                 },
                 listed: None,
                 in_flight: false,
+                queued: false,
+                again: false,
             });
             if s.position.created != l.created {
                 // Made again under the same name: the old token points into the old stream.
@@ -385,15 +426,15 @@ impl CloudWatchSource {
                 };
             }
             s.listed = Some(l);
-            if s.in_flight {
-                continue;
-            }
             let seen = s.position.seen;
             let within_lag = l.last_event >= recent || l.created >= recent;
             if s.position.token.is_none() {
                 fresh.push(name);
-            } else if l.last_ingestion > seen.ingestion || l.last_event > seen.event {
-                active.push(name);
+            } else if l.last_ingestion > seen.ingestion
+                || l.last_event > seen.event
+                || l.last_ingestion >= lively
+            {
+                active.push((seen.checked, name));
             } else if within_lag {
                 if now.saturating_sub(seen.checked) >= ms(self.settings.quiet_recheck_seconds) {
                     quiet.push((seen.checked, name));
@@ -412,9 +453,8 @@ impl CloudWatchSource {
             if full || complete {
                 // Gone from the group, or its newest event is older than the retention keeps.
                 unlisted.push(name.clone());
-            } else if !s.in_flight
-                && now.saturating_sub(s.position.seen.checked)
-                    >= ms(self.settings.dormant_recheck_seconds)
+            } else if now.saturating_sub(s.position.seen.checked)
+                >= ms(self.settings.dormant_recheck_seconds)
             {
                 dormant.push((s.position.seen.checked, name.clone()));
             }
@@ -432,7 +472,10 @@ impl CloudWatchSource {
         if full {
             self.last_full_listing = Some(started);
         }
-        // Re-checks go to the streams checked longest ago first.
+        // Streams read longest ago go first: each active stream is then read once a poll at
+        // about the same point of it, so the time between its reads stays one poll's length
+        // however the listing orders it. Re-checks, likewise.
+        active.sort();
         quiet.sort();
         dormant.sort();
         let per_poll = (self.settings.get_log_events_per_second * self.poll_interval.as_secs_f64())
@@ -446,86 +489,53 @@ impl CloudWatchSource {
             .into_iter()
             .chain(quiet.into_iter().map(|(_, n)| n))
             .chain(dormant.into_iter().map(|(_, n)| n));
-        let mut round = Round::default();
-        self.queue.extend(active);
-        for (i, name) in backlog.enumerate() {
-            if i < spare {
-                self.queue.push_back(name);
-            } else {
-                round.deferred += 1;
-            }
+        let mut deferred = 0;
+        let due: Vec<String> = active
+            .into_iter()
+            .map(|(_, n)| n)
+            .chain(backlog.enumerate().filter_map(|(i, name)| {
+                if i < spare {
+                    Some(name)
+                } else {
+                    deferred += 1;
+                    None
+                }
+            }))
+            .collect();
+        for name in due {
+            self.enqueue(name, false);
         }
-        self.round = Some(round);
-        self.next_listing = started + self.poll_interval;
-        Ok(())
+        self.round.get_or_insert_with(Round::default).deferred = deferred;
     }
 
-    /// Pages DescribeLogStreams, newest events first, until the streams are older than
-    /// `stop_below` (ms) or the group has no more; true when every stream was listed.
-    async fn describe_streams(
-        &self,
-        stop_below: i64,
-    ) -> Result<(Vec<(String, Listed)>, bool), String> {
-        let group = &self.group;
-        let m = &self.metrics;
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        let mut throttles = 0u32;
-        loop {
-            let permit = self.budget.acquire(Operation::Describe).await;
-            m.source_wait_seconds
-                .with_label_values(&["DescribeLogStreams"])
-                .inc_by(permit.waited.as_secs_f64());
-            m.source_calls
-                .with_label_values(&["DescribeLogStreams"])
-                .inc();
-            let r = self
-                .logs
-                .describe_log_streams()
-                .log_group_name(group)
-                .order_by(aws_sdk_cloudwatchlogs::types::OrderBy::LastEventTime)
-                .descending(true)
-                .limit(LIST_PAGE)
-                .set_next_token(token.clone())
-                .send()
-                .await;
-            drop(permit);
-            let page = match r {
-                Ok(page) => page,
-                Err(e) => {
-                    count_error(m, "DescribeLogStreams", e.code());
-                    if e.code().is_some_and(|c| c.contains("Throttl")) && throttles < LIST_RETRIES {
-                        throttles += 1;
-                        self.budget.throttled(Operation::Describe);
-                        tracing::warn!(group = %group, error = %aws_error(&e), "DescribeLogStreams throttled; every listing call pauses");
-                        continue;
-                    }
-                    return Err(format!(
-                        "DescribeLogStreams for log group {group}: {}",
-                        aws_error(&e)
-                    ));
-                }
-            };
-            self.budget.succeeded(Operation::Describe);
-            let mut oldest = i64::MAX;
-            for s in page.log_streams() {
-                let Some(name) = s.log_stream_name() else {
-                    continue;
-                };
-                let l = Listed {
-                    created: s.creation_time().unwrap_or(0),
-                    last_event: s.last_event_timestamp().unwrap_or(0),
-                    last_ingestion: s.last_ingestion_time().unwrap_or(0),
-                };
-                oldest = oldest.min(l.last_event.max(l.created));
-                out.push((name.to_string(), l));
+    /// Takes a finished listing: its reads are queued, or the reason the group cannot be
+    /// listed is what the source says.
+    fn listing_done(&mut self, done: Result<Listing, tokio::task::JoinError>) -> Option<Next> {
+        match done {
+            Ok(Ok((listed, complete))) => self.listed(listed, complete),
+            Ok(Err(e)) => {
+                self.next_listing = Instant::now() + self.poll_interval;
+                return Some(Next::Unavailable(e));
             }
-            token = page.next_token().map(String::from);
-            if token.is_none() || page.log_streams().is_empty() {
-                return Ok((out, true));
-            }
-            if oldest < stop_below {
-                return Ok((out, false));
+            Err(e) => tracing::error!(error = %e, "the stream listing task failed"),
+        }
+        None
+    }
+
+    /// Queues a read of `name` unless one is queued already; one in flight is made again
+    /// once it is done.
+    fn enqueue(&mut self, name: String, front: bool) {
+        let Some(s) = self.streams.get_mut(&name) else {
+            return;
+        };
+        if s.in_flight {
+            s.again = true;
+        } else if !s.queued {
+            s.queued = true;
+            if front {
+                self.queue.push_front(name);
+            } else {
+                self.queue.push_back(name);
             }
         }
     }
@@ -539,6 +549,7 @@ impl CloudWatchSource {
             let Some(s) = self.streams.get_mut(&name) else {
                 continue;
             };
+            s.queued = false;
             if s.in_flight {
                 continue;
             }
@@ -564,13 +575,17 @@ impl CloudWatchSource {
         let origin = format!("{}/{}", self.group, f.stream);
         let s = self.streams.get_mut(&f.stream)?;
         s.in_flight = false;
+        if std::mem::take(&mut s.again) {
+            s.queued = true;
+            self.queue.push_back(f.stream.clone());
+        }
         let page = match f.outcome {
             Ok(page) => page,
             Err(e) => {
                 if e.throttled() {
                     self.budget.throttled(Operation::GetLogEvents);
                     tracing::warn!(stream = %f.stream, error = %e.text, "GetLogEvents throttled; every read pauses, then this one is made again");
-                    self.queue.push_front(f.stream);
+                    self.enqueue(f.stream, true);
                     return None;
                 }
                 if matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException" {
@@ -579,7 +594,7 @@ impl CloudWatchSource {
                     tracing::warn!(stream = %f.stream, error = %e.text, "saved token refused; reading the stream from its start");
                     s.position.token = None;
                     s.position.seen = Seen::default();
-                    self.queue.push_front(f.stream);
+                    self.enqueue(f.stream, true);
                     return None;
                 }
                 if e.code == "ResourceNotFoundException" {
@@ -618,7 +633,10 @@ impl CloudWatchSource {
         }
         let more = full_page || (page.events.is_empty() && moved);
         if more {
-            self.queue.push_front(f.stream.clone());
+            if !s.queued {
+                s.queued = true;
+                self.queue.push_front(f.stream.clone());
+            }
         } else if let Some(l) = s.listed {
             // Read to its end after the listing: everything the listing showed is read.
             seen.event = seen.event.max(l.last_event);
@@ -668,6 +686,79 @@ impl CloudWatchSource {
             ));
         }
         Next::Reading
+    }
+}
+
+/// Pages DescribeLogStreams, newest events first, until the streams are older than
+/// `stop_below` (ms) or the group has no more; true when every stream was listed.
+async fn describe_streams(
+    logs: aws_sdk_cloudwatchlogs::Client,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+    group: String,
+    stop_below: i64,
+) -> Result<(Vec<(String, Listed)>, bool), String> {
+    let m = &metrics;
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    let mut throttles = 0u32;
+    loop {
+        let permit = budget.acquire(Operation::Describe).await;
+        m.source_wait_seconds
+            .with_label_values(&["DescribeLogStreams"])
+            .inc_by(permit.waited.as_secs_f64());
+        m.source_calls
+            .with_label_values(&["DescribeLogStreams"])
+            .inc();
+        let r = logs
+            .describe_log_streams()
+            .log_group_name(&group)
+            .order_by(aws_sdk_cloudwatchlogs::types::OrderBy::LastEventTime)
+            .descending(true)
+            .limit(LIST_PAGE)
+            .set_next_token(token.clone())
+            .send()
+            .await;
+        drop(permit);
+        let page = match r {
+            Ok(page) => page,
+            Err(e) => {
+                count_error(m, "DescribeLogStreams", e.code());
+                if e.code().is_some_and(|c| c.contains("Throttl")) && throttles < LIST_RETRIES {
+                    throttles += 1;
+                    budget.throttled(Operation::Describe);
+                    tracing::warn!(group = %group, error = %aws_error(&e), "DescribeLogStreams throttled; every listing call pauses");
+                    continue;
+                }
+                return Err(format!(
+                    "DescribeLogStreams for log group {group}: {}",
+                    aws_error(&e)
+                ));
+            }
+        };
+        budget.succeeded(Operation::Describe);
+        let mut oldest = i64::MAX;
+        for s in page.log_streams() {
+            let Some(name) = s.log_stream_name() else {
+                continue;
+            };
+            let l = Listed {
+                created: s.creation_time().unwrap_or(0),
+                last_event: s.last_event_timestamp().unwrap_or(0),
+                last_ingestion: s.last_ingestion_time().unwrap_or(0),
+            };
+            // The order is by last event alone (a stream may be created long after the
+            // events it was given, which may be old).
+            oldest = oldest.min(l.last_event);
+            out.push((name.to_string(), l));
+        }
+        token = page.next_token().map(String::from);
+        if token.is_none() || page.log_streams().is_empty() {
+            return Ok((out, true));
+        }
+        if oldest < stop_below {
+            return Ok((out, false));
+        }
     }
 }
 
@@ -762,10 +853,30 @@ impl Source for CloudWatchSource {
                 }
                 continue;
             }
+            if self.listing.as_ref().is_some_and(|l| l.is_finished()) {
+                if let Some(listing) = self.listing.take() {
+                    if let Some(unavailable) = self.listing_done(listing.await) {
+                        return unavailable;
+                    }
+                }
+                continue;
+            }
+            if self.listing.is_none() && Instant::now() >= self.next_listing {
+                if let Err(e) = self.start_listing().await {
+                    self.next_listing = Instant::now() + self.poll_interval;
+                    return Next::Unavailable(e);
+                }
+            }
             self.dispatch();
-            if !self.fetches.is_empty() {
+            if !self.fetches.is_empty() || self.listing.is_some() {
+                let listing = tokio::time::Instant::from_std(self.next_listing);
+                let wake = if self.listing.is_none() {
+                    listing.min(deadline)
+                } else {
+                    deadline
+                };
                 tokio::select! {
-                    done = self.fetches.join_next() => {
+                    done = self.fetches.join_next(), if !self.fetches.is_empty() => {
                         if let Some(Ok(f)) = done {
                             if let Some(b) = self.finished(f) {
                                 return Next::Batch(Box::new(b));
@@ -773,22 +884,34 @@ impl Source for CloudWatchSource {
                         }
                         continue;
                     }
-                    _ = tokio::time::sleep_until(deadline) => return Next::Idle,
+                    done = async {
+                        match &mut self.listing {
+                            Some(l) => Some(l.await),
+                            None => None,
+                        }
+                    }, if self.listing.as_ref().is_some_and(|l| !l.is_finished()) => {
+                        self.listing = None;
+                        if let Some(unavailable) = done.and_then(|d| self.listing_done(d)) {
+                            return unavailable;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(wake) => {
+                        if wake >= deadline {
+                            return Next::Idle;
+                        }
+                        continue;
+                    }
                 }
             }
             if let Some(round) = self.round.take() {
                 // A read that panicked leaves its stream marked; the next poll may try again.
                 for s in self.streams.values_mut() {
                     s.in_flight = false;
+                    s.queued = false;
+                    s.again = false;
                 }
                 return self.round_over(round);
-            }
-            if Instant::now() >= self.next_listing {
-                if let Err(e) = self.list().await {
-                    self.next_listing = Instant::now() + self.poll_interval;
-                    return Next::Unavailable(e);
-                }
-                continue;
             }
             let listing = tokio::time::Instant::from_std(self.next_listing);
             if listing >= deadline {
