@@ -98,7 +98,11 @@ async fn a_restart_resumes_where_the_last_run_ended() {
             .unwrap();
         (summary.records, intra_vpc(&metrics))
     };
-    assert_eq!(run().await, (1_000, 1_000), "1,000 records (the header is not one)");
+    assert_eq!(
+        run().await,
+        (1_000, 1_000),
+        "1,000 records (the header is not one)"
+    );
     // Nothing new: nothing read again (the rules' state is not fed the same bytes twice).
     assert_eq!(run().await, (0, 0));
     let mut f = std::fs::OpenOptions::new()
