@@ -1,9 +1,11 @@
 //! What the monitor knows about the stack's network: the VPC's ranges, the NAT gateways'
 //! interfaces and private addresses, and the S3 prefix-list ranges. It comes from
-//! `provision outputs` JSON or the config file, and is what turns a record into a Flow.
+//! `provision outputs` JSON ([`Topology::from_outputs`]) or the config file, and is what turns
+//! a record into a Flow.
 
 use std::net::IpAddr;
 
+use egresswatch_stack::Outputs;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -23,10 +25,12 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads the JSON `egresswatch provision outputs` prints.
-    pub fn from_outputs_json(text: &str) -> Result<Self, String> {
-        let out: egresswatch_provision::Outputs =
-            serde_json::from_str(text).map_err(|e| format!("not `provision outputs` JSON: {e}"))?;
+    /// The stack's network as its outputs describe it: the one way outputs become a topology.
+    ///
+    /// The outputs name the S3 prefix list (`pl-…`) but not its ranges, so `s3_cidrs` stays
+    /// empty: traffic through the gateway endpoint is still told apart by the stack's format,
+    /// whose `pkt-src-aws-service` / `pkt-dst-aws-service` say `S3` (see `classify`).
+    pub fn from_outputs(out: &Outputs) -> Result<Self, String> {
         let vpc = out
             .vpc_cidr
             .parse::<IpNet>()
