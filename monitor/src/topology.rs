@@ -65,3 +65,45 @@ impl Topology {
         self.s3_cidrs.iter().any(|n| n.contains(&ip))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use egresswatch_stack::NatOut;
+
+    use super::*;
+
+    fn outputs() -> Outputs {
+        let nat = |eni: &str, ip: &str| NatOut {
+            network_interface_id: eni.into(),
+            private_ip: ip.into(),
+            ..NatOut::default()
+        };
+        Outputs {
+            vpc_id: "vpc-1".into(),
+            vpc_cidr: "10.0.0.0/16".into(),
+            nat_gateways: vec![nat("eni-a", "10.0.0.10"), nat("eni-b", "10.0.1.10")],
+            s3_prefix_list_id: "pl-6da54004".into(),
+            ..Outputs::default()
+        }
+    }
+
+    #[test]
+    fn outputs_give_the_vpc_and_every_nat_gateway() {
+        let t = Topology::from_outputs(&outputs()).unwrap();
+        assert_eq!(t.vpc_id.as_deref(), Some("vpc-1"));
+        assert!(t.in_vpc("10.0.200.1".parse().unwrap()));
+        assert!(!t.in_vpc("10.1.0.1".parse().unwrap()));
+        assert!(t.is_nat_interface("eni-a") && t.is_nat_interface("eni-b"));
+        assert!(t.is_nat_ip("10.0.1.10".parse().unwrap()));
+        // The outputs name the prefix list, not its ranges.
+        assert!(t.s3_cidrs.is_empty());
+    }
+
+    #[test]
+    fn a_vpc_range_that_does_not_parse_is_refused() {
+        let mut out = outputs();
+        out.vpc_cidr = "10.0.0.0/33".into();
+        let e = Topology::from_outputs(&out).unwrap_err();
+        assert!(e.starts_with("vpc_cidr `10.0.0.0/33`"), "{e}");
+    }
+}
