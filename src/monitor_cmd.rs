@@ -167,7 +167,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             };
         }
         let clients = if config.source == "cloudwatch" || config.source == "s3" {
-            match egresswatch_provision::Clients::from_env(args.region, args.endpoint_url).await {
+            match egresswatch_monitor::aws::Clients::from_env(args.region, args.endpoint_url).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("egresswatch monitor: {e}");

@@ -231,7 +231,7 @@ fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
         Format::parse(&egresswatch_provision::flow_log_format()).map_err(|e| e.to_string())?;
     if let Some(path) = args.to.strip_prefix("file:") {
         let network = match &args.outputs {
-            Some(p) => network_from_outputs(&read_outputs(p)?)?,
+            Some(p) => network_from_outputs(&egresswatch_provision::Outputs::read(p)?)?,
             None => Network::default(),
         };
         let mut sim = Simulator::new(args.traffic.settings(
@@ -278,19 +278,13 @@ fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
     runtime.block_on(to_cloudwatch(args, start, format))
 }
 
-fn read_outputs(p: &std::path::Path) -> Result<egresswatch_provision::Outputs, String> {
-    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not `provision outputs` JSON: {e}", p.display()))
-}
-
 async fn to_cloudwatch(args: SimulateArgs, start: u64, format: Format) -> Result<(), String> {
     let clients =
         egresswatch_provision::Clients::from_env(args.region.clone(), args.endpoint_url.clone())
             .await
             .map_err(|e| e.to_string())?;
     let outputs = match &args.outputs {
-        Some(p) => read_outputs(p)?,
+        Some(p) => egresswatch_provision::Outputs::read(p)?,
         None => {
             let spec = egresswatch_provision::StackSpec::default();
             let (changes, out) = egresswatch_provision::reconcile(

@@ -31,7 +31,7 @@ fn main() {
         .build()
         .expect("runtime");
     let _guard = runtime.enter();
-    let format = Format::parse(&egresswatch_provision::flow_log_format()).expect("format");
+    let format = Format::parse(&egresswatch_stack::flow_log_format()).expect("format");
     let topo = Topology {
         vpc_cidrs: vec!["10.42.0.0/16".parse().expect("cidr")],
         nat_interfaces: vec!["eni-0nat0000000000000".into()],

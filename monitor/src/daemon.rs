@@ -89,10 +89,8 @@ fn topology(config: &Config) -> Result<Topology, String> {
     if let Some(t) = &config.topology {
         return Ok(t.clone());
     }
-    if let Some(p) = &config.outputs_file {
-        let text =
-            std::fs::read_to_string(p).map_err(|e| format!("outputs-file {}: {e}", p.display()))?;
-        return Topology::from_outputs_json(&text)
+    if let (Some(p), Some(out)) = (&config.outputs_file, crate::source::stack_outputs(config)?) {
+        return Topology::from_outputs(&out)
             .map_err(|e| format!("outputs-file {}: {e}", p.display()));
     }
     Err("no network topology: set outputs-file (from `egresswatch provision outputs`) or [topology] in the config".into())
@@ -135,7 +133,7 @@ pub async fn run(
     config: Config,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-    clients: Option<egresswatch_provision::Clients>,
+    clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
     beat();
     start_watchdog(shutdown.clone());

@@ -4,6 +4,7 @@
 //! committed only with the rules' state that has seen the records before them.
 
 pub mod alert;
+pub mod aws;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;

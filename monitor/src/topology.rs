@@ -1,9 +1,11 @@
 //! What the monitor knows about the stack's network: the VPC's ranges, the NAT gateways'
 //! interfaces and private addresses, and the S3 prefix-list ranges. It comes from
-//! `provision outputs` JSON or the config file, and is what turns a record into a Flow.
+//! `provision outputs` JSON ([`Topology::from_outputs`]) or the config file, and is what turns
+//! a record into a Flow.
 
 use std::net::IpAddr;
 
+use egresswatch_stack::Outputs;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -23,10 +25,12 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads the JSON `egresswatch provision outputs` prints.
-    pub fn from_outputs_json(text: &str) -> Result<Self, String> {
-        let out: egresswatch_provision::Outputs =
-            serde_json::from_str(text).map_err(|e| format!("not `provision outputs` JSON: {e}"))?;
+    /// The stack's network as its outputs describe it: the one way outputs become a topology.
+    ///
+    /// The outputs name the S3 prefix list (`pl-…`) but not its ranges, so `s3_cidrs` stays
+    /// empty: traffic through the gateway endpoint is still told apart by the stack's format,
+    /// whose `pkt-src-aws-service` / `pkt-dst-aws-service` say `S3` (see `classify`).
+    pub fn from_outputs(out: &Outputs) -> Result<Self, String> {
         let vpc = out
             .vpc_cidr
             .parse::<IpNet>()
@@ -59,5 +63,47 @@ impl Topology {
 
     pub fn is_s3(&self, ip: IpAddr) -> bool {
         self.s3_cidrs.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use egresswatch_stack::NatOut;
+
+    use super::*;
+
+    fn outputs() -> Outputs {
+        let nat = |eni: &str, ip: &str| NatOut {
+            network_interface_id: eni.into(),
+            private_ip: ip.into(),
+            ..NatOut::default()
+        };
+        Outputs {
+            vpc_id: "vpc-1".into(),
+            vpc_cidr: "10.0.0.0/16".into(),
+            nat_gateways: vec![nat("eni-a", "10.0.0.10"), nat("eni-b", "10.0.1.10")],
+            s3_prefix_list_id: "pl-6da54004".into(),
+            ..Outputs::default()
+        }
+    }
+
+    #[test]
+    fn outputs_give_the_vpc_and_every_nat_gateway() {
+        let t = Topology::from_outputs(&outputs()).unwrap();
+        assert_eq!(t.vpc_id.as_deref(), Some("vpc-1"));
+        assert!(t.in_vpc("10.0.200.1".parse().unwrap()));
+        assert!(!t.in_vpc("10.1.0.1".parse().unwrap()));
+        assert!(t.is_nat_interface("eni-a") && t.is_nat_interface("eni-b"));
+        assert!(t.is_nat_ip("10.0.1.10".parse().unwrap()));
+        // The outputs name the prefix list, not its ranges.
+        assert!(t.s3_cidrs.is_empty());
+    }
+
+    #[test]
+    fn a_vpc_range_that_does_not_parse_is_refused() {
+        let mut out = outputs();
+        out.vpc_cidr = "10.0.0.0/33".into();
+        let e = Topology::from_outputs(&out).unwrap_err();
+        assert!(e.starts_with("vpc_cidr `10.0.0.0/33`"), "{e}");
     }
 }

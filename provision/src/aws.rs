@@ -127,21 +127,14 @@ impl Clients {
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r));
         }
-        // A custom endpoint (an emulator, a VPC endpoint) has no per-bucket DNS names: S3 is
-        // addressed by path there.
-        let path_style = endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let settings = egresswatch_stack::client::client_settings(endpoint_url.as_deref());
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        // Unless the user chose (AWS_RETRY_MODE / AWS_MAX_ATTEMPTS, as every AWS SDK reads),
-        // retry throttling, 5xx and dropped connections up to 5 times with exponential backoff,
-        // and slow down on throttling (adaptive mode's client-side rate limiting): a daemon that
-        // polls all day should yield to the service rather than hammer it.
-        if std::env::var_os("AWS_RETRY_MODE").is_none()
-            && std::env::var_os("AWS_MAX_ATTEMPTS").is_none()
-        {
-            loader = loader
-                .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(5));
+        if let Some(attempts) = settings.adaptive_retry_attempts {
+            loader = loader.retry_config(
+                aws_config::retry::RetryConfig::adaptive().with_max_attempts(attempts),
+            );
         }
         let shared = loader.load().await;
         let region = shared
@@ -177,7 +170,7 @@ impl Clients {
         );
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&shared)
-                .force_path_style(path_style)
+                .force_path_style(settings.s3_path_style)
                 .interceptor(counter.clone())
                 .build(),
         );

@@ -13,51 +13,8 @@ pub const ALLOWED_RETENTION_DAYS: [i32; 22] = [
     3288, 3653,
 ];
 
-/// The flow-log fields the monitor needs to attribute NAT traffic to workloads: every v2 field,
-/// the interface's VPC/subnet/instance, TCP flags, packet-level addresses (the NAT ENI's
-/// `pkt-srcaddr`/`pkt-dstaddr` name the workload and the remote), AWS service names,
-/// direction, path and the reject reason.
-pub const FLOW_LOG_FIELDS: [&str; 30] = [
-    "version",
-    "account-id",
-    "interface-id",
-    "srcaddr",
-    "dstaddr",
-    "srcport",
-    "dstport",
-    "protocol",
-    "packets",
-    "bytes",
-    "start",
-    "end",
-    "action",
-    "log-status",
-    "vpc-id",
-    "subnet-id",
-    "instance-id",
-    "tcp-flags",
-    "type",
-    "pkt-srcaddr",
-    "pkt-dstaddr",
-    "region",
-    "az-id",
-    "pkt-src-aws-service",
-    "pkt-dst-aws-service",
-    "flow-direction",
-    "traffic-path",
-    "sublocation-type",
-    "sublocation-id",
-    "reject-reason",
-];
-
-/// The `LogFormat` string the flow log is created with.
-pub fn flow_log_format() -> String {
-    FLOW_LOG_FIELDS
-        .iter()
-        .map(|f| format!("${{{f}}}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+// The monitor parses records in this format, so it lives where both sides read it.
+pub use egresswatch_stack::{flow_log_format, FLOW_LOG_FIELDS};
 
 /// What the S3 gateway endpoint lets through. The endpoint is the decision record's largest
 /// residual path: traffic on it bypasses the NAT, so a policy that allows every bucket lets

@@ -35,8 +35,8 @@ pub const STACK: &[&dyn Resource] = &[
     &resources::domain::StudioDomain,
 ];
 
-pub const STACK_TAG: &str = "egresswatch:stack";
-pub const RESOURCE_TAG: &str = "egresswatch:resource";
+// The tags and outputs are shared with the monitor, which reads what the provisioner wrote.
+pub use egresswatch_stack::{NatOut, Outputs, SubnetOut, RESOURCE_TAG, STACK_TAG};
 
 /// Whether the run may change anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,61 +70,6 @@ pub fn stack_exists(changes: &[Change]) -> bool {
     !changes
         .iter()
         .any(|c| c.resource == "vpc" && c.kind == ChangeKind::Create)
-}
-
-/// What `outputs` prints: everything the monitor needs to know about the stack.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Outputs {
-    pub stack: String,
-    pub region: String,
-    pub account_id: String,
-    pub vpc_id: String,
-    pub vpc_cidr: String,
-    pub public_subnets: Vec<SubnetOut>,
-    pub private_subnets: Vec<SubnetOut>,
-    pub nat_gateways: Vec<NatOut>,
-    pub internet_gateway_id: String,
-    pub s3_endpoint_id: String,
-    pub s3_prefix_list_id: String,
-    pub security_group_id: String,
-    pub studio_role_arn: String,
-    pub flow_log_role_arn: String,
-    pub log_group: String,
-    pub flow_log_id: String,
-    pub flow_log_format: String,
-    pub domain_id: String,
-    /// `cloudwatch` or `s3`.
-    #[serde(default)]
-    pub flow_log_destination: String,
-    /// With S3: the bucket, the key prefix the stack's objects are under (ending in `/`), the
-    /// file format (`text` or `parquet`), and the queues that announce them.
-    #[serde(default)]
-    pub flow_log_bucket: String,
-    #[serde(default)]
-    pub flow_log_prefix: String,
-    #[serde(default)]
-    pub flow_log_file_format: String,
-    #[serde(default)]
-    pub flow_log_queue_url: String,
-    #[serde(default)]
-    pub flow_log_dead_letter_queue_url: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct SubnetOut {
-    pub id: String,
-    pub cidr: String,
-    pub availability_zone: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct NatOut {
-    pub id: String,
-    pub subnet_id: String,
-    pub network_interface_id: String,
-    pub private_ip: String,
-    pub public_ip: String,
-    pub allocation_id: String,
 }
 
 /// A run over the stack: `plan`, `up` or `status`.

@@ -170,14 +170,14 @@ impl Budget {
 /// The budget for the account and region `clients` call: the first caller's rates make it,
 /// later callers share it. One process has one credential chain, so one set of clients per
 /// region is one account and region.
-pub fn shared(clients: &egresswatch_provision::Clients, rates: Rates) -> Arc<Budget> {
-    type Key = (Arc<egresswatch_provision::CallLog>, String);
+pub fn shared(clients: &crate::aws::Clients, rates: Rates) -> Arc<Budget> {
+    type Key = (Arc<crate::aws::Chain>, String);
     type Registry = Mutex<Vec<(Key, Arc<Budget>)>>;
     static BUDGETS: OnceLock<Registry> = OnceLock::new();
     let all = BUDGETS.get_or_init(|| Mutex::new(Vec::new()));
     let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, b)) = all.iter().find(|((calls, region), _)| {
-        Arc::ptr_eq(calls, &clients.calls) && *region == clients.region
+    if let Some((_, b)) = all.iter().find(|((chain, region), _)| {
+        Arc::ptr_eq(chain, &clients.chain) && *region == clients.region
     }) {
         if b.rates != rates {
             tracing::warn!(
@@ -188,7 +188,7 @@ pub fn shared(clients: &egresswatch_provision::Clients, rates: Rates) -> Arc<Bud
         return b.clone();
     }
     let b = Arc::new(Budget::new(rates));
-    all.push(((clients.calls.clone(), clients.region.clone()), b.clone()));
+    all.push(((clients.chain.clone(), clients.region.clone()), b.clone()));
     b
 }
 

@@ -167,7 +167,7 @@ pub struct CloudWatchSource {
     configured_format: Option<String>,
     poll_interval: Duration,
     settings: crate::config::CloudWatch,
-    clients: egresswatch_provision::Clients,
+    clients: crate::aws::Clients,
     /// The logs client without SDK retries: the budget decides every call.
     logs: aws_sdk_cloudwatchlogs::Client,
     metrics: Arc<Metrics>,
@@ -203,7 +203,7 @@ fn ms(d: u64) -> i64 {
 impl CloudWatchSource {
     pub fn new(
         config: &Config,
-        clients: egresswatch_provision::Clients,
+        clients: crate::aws::Clients,
         cp: &Checkpoint,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
@@ -249,7 +249,7 @@ impl CloudWatchSource {
             group: config
                 .log_group
                 .clone()
-                .unwrap_or_else(|| format!("/egresswatch/{}/flow-logs", config.stack)),
+                .unwrap_or_else(|| egresswatch_stack::log_group_name(&config.stack)),
             configured_format: config.format.clone(),
             poll_interval: Duration::from_secs(config.poll_interval_seconds),
             settings,

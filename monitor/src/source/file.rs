@@ -902,7 +902,7 @@ impl FileLines {
         let mut format = match &config.format {
             Some(f) => flowlog::Format::parse(f).map_err(|e| e.to_string())?,
             // Without a header line, a file from this stack is in the provisioner's format.
-            None => flowlog::Format::parse(&egresswatch_provision::flow_log_format())
+            None => flowlog::Format::parse(&egresswatch_stack::flow_log_format())
                 .map_err(|e| e.to_string())?,
         };
         let path = config.source.strip_prefix("file:").map(PathBuf::from);

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use egresswatch_stack::Outputs;
 use flowlog::Format;
 
 use crate::checkpoint::Checkpoint;
@@ -153,22 +154,19 @@ pub fn store_name(config: &Config) -> &'static str {
 }
 
 /// The stack's outputs, when the config names an outputs file.
-pub fn stack_outputs(config: &Config) -> Result<Option<egresswatch_provision::Outputs>, String> {
-    let Some(p) = &config.outputs_file else {
-        return Ok(None);
-    };
-    let text =
-        std::fs::read_to_string(p).map_err(|e| format!("outputs-file {}: {e}", p.display()))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| format!("outputs-file {}: {e}", p.display()))
+pub fn stack_outputs(config: &Config) -> Result<Option<Outputs>, String> {
+    config
+        .outputs_file
+        .as_deref()
+        .map(|p| Outputs::read(p).map_err(|e| format!("outputs-file {e}")))
+        .transpose()
 }
 
 /// Opens the source the config names. The CloudWatch source needs the AWS clients.
 pub fn open(
     config: &Config,
     cp: &Checkpoint,
-    clients: Option<egresswatch_provision::Clients>,
+    clients: Option<crate::aws::Clients>,
     metrics: Arc<Metrics>,
 ) -> Result<Configured, String> {
     if config.source == "s3" {

@@ -592,7 +592,7 @@ fn now_secs() -> u64 {
 impl S3Source {
     pub fn new(
         config: &Config,
-        clients: &egresswatch_provision::Clients,
+        clients: &crate::aws::Clients,
         cp: &Checkpoint,
         metrics: Arc<Metrics>,
     ) -> Result<S3Source, String> {

@@ -148,41 +148,11 @@ pub fn decode_policy(doc: &str) -> serde_json::Value {
     serde_json::from_str(&decoded).unwrap_or(serde_json::Value::Null)
 }
 
-/// The stack's names for what AWS finds by name rather than by tag.
-pub fn role_name(stack: &str, which: &str) -> String {
-    format!("{stack}-{which}")
-}
-
-pub fn log_group_name(stack: &str) -> String {
-    format!("/egresswatch/{stack}/flow-logs")
-}
-
-pub fn domain_name(stack: &str) -> String {
-    stack.to_string()
-}
-
-/// The key prefix of the stack's flow-log objects, in its own bucket or a shared one.
-pub fn flow_log_prefix(stack: &str) -> String {
-    format!("egresswatch/{stack}/")
-}
-
-/// The bucket the stack makes for its flow logs: bucket names are global, so the account and
-/// region are part of it; S3 wants them lowercase.
-pub fn flow_log_bucket_name(stack: &str, account: &str, region: &str) -> String {
-    format!(
-        "{}-flow-logs-{account}-{region}",
-        stack.to_ascii_lowercase()
-    )
-}
-
-/// The queue that announces new flow-log objects, and its dead-letter queue.
-pub fn flow_log_queue_name(stack: &str, dead_letter: bool) -> String {
-    if dead_letter {
-        format!("{stack}-flow-logs-dead-letter")
-    } else {
-        format!("{stack}-flow-logs")
-    }
-}
+// The monitor finds the log group, bucket and queue by these names too.
+pub use egresswatch_stack::names::{
+    domain_name, flow_log_bucket_name, flow_log_prefix, flow_log_queue_name, log_group_name,
+    role_name,
+};
 
 /// Every page of an EC2 Describe call's items, as one Vec, or the call's error for `resource`.
 macro_rules! every_page {

@@ -97,9 +97,12 @@ async fn run_until(
 ) -> (BTreeMap<String, f64>, egresswatch_monitor::RunSummary) {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let clients = Clients::from_env(Some("us-east-1".into()), Some(endpoint.to_string()))
-        .await
-        .unwrap();
+    let clients = egresswatch_monitor::aws::Clients::from_env(
+        Some("us-east-1".into()),
+        Some(endpoint.to_string()),
+    )
+    .await
+    .unwrap();
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let m = metrics.clone();

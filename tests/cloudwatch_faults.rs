@@ -39,10 +39,23 @@ stdout = false
     Config::from_toml(&toml, "test.toml").unwrap()
 }
 
-async fn clients(moto: &egresswatch_testkit::Service) -> Clients {
+fn credentials() {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+}
+
+/// The provisioner's clients, for writing into the log group.
+async fn clients(moto: &egresswatch_testkit::Service) -> Clients {
+    credentials();
     Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+        .await
+        .unwrap()
+}
+
+/// The daemon's own clients, as `egresswatch monitor` makes them.
+async fn monitor_clients(moto: &egresswatch_testkit::Service) -> egresswatch_monitor::aws::Clients {
+    credentials();
+    egresswatch_monitor::aws::Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
         .await
         .unwrap()
 }
@@ -103,7 +116,7 @@ async fn readiness_follows_the_log_group_and_a_recreated_group_is_read_whole() {
         config.clone(),
         metrics.clone(),
         rx,
-        Some(clients(&moto).await),
+        Some(monitor_clients(&moto).await),
     ));
 
     // No such group: alive, not ready, and saying so.
@@ -214,7 +227,7 @@ async fn deleted_streams_leave_the_checkpoint() {
         config,
         metrics.clone(),
         rx,
-        Some(clients(&moto).await),
+        Some(monitor_clients(&moto).await),
     ));
     wait("30 records committed", || {
         committed(&dir).records_committed == 30
