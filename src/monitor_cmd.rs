@@ -145,7 +145,7 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                     per_stack.push(None);
                     continue;
                 }
-                match egresswatch_provision::Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
+                match egresswatch_monitor::aws::Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
                     Ok(c) => per_stack.push(Some(c)),
                     Err(e) => {
                         eprintln!("egresswatch monitor: {e}");

@@ -166,7 +166,7 @@ pub async fn run(
 pub async fn run_stacks(
     config: Config,
     shutdown: watch::Receiver<bool>,
-    mut clients: Vec<Option<egresswatch_provision::Clients>>,
+    mut clients: Vec<Option<crate::aws::Clients>>,
 ) -> Result<RunSummary, String> {
     beat();
     start_watchdog(shutdown.clone());
@@ -258,7 +258,7 @@ async fn run_stack(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
-    clients: Option<egresswatch_provision::Clients>,
+    clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
     let topo = topology(&config)?;
     let dets = rules::build(&config.rules)?;

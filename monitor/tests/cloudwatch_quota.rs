@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egresswatch_monitor::aws::Clients;
 use egresswatch_monitor::config::Config;
 use egresswatch_monitor::Metrics;
-use egresswatch_provision::Clients;
 
 const FORMAT: &str = "interface-id srcaddr dstaddr srcport dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr start end";
 const GROUP: &str = "/egresswatch/quota/flow-logs";
