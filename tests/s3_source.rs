@@ -289,11 +289,11 @@ async fn text_and_parquet_objects_are_each_counted_once_and_their_messages_delet
     let mut daemon = monitor(&layer.endpoint(), &dir, port, &[]);
     let checkpoint = dir.join("state/s3.checkpoint.json");
     let total = 3 * 3_000 + 2_500;
-    wait_for("every record", Duration::from_secs(60), || {
+    wait_for("every record", Duration::from_secs(180), || {
         committed(&checkpoint) >= total
     });
     // The duplicate is recognised, and every message goes once its objects are committed.
-    wait_for("the duplicate", Duration::from_secs(30), || {
+    wait_for("the duplicate", Duration::from_secs(60), || {
         metric(port, "egresswatch_s3_objects_total{outcome=\"duplicate\"}") >= 1.0
     });
     let mut empty = false;
@@ -382,7 +382,7 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
     let checkpoint = dir.join("state/s3.checkpoint.json");
     // Both bad objects end in the dead-letter queue, named there.
     let mut in_dlq = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while in_dlq.len() < 2 {
         assert!(
             Instant::now() < deadline,
@@ -408,7 +408,7 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
         .any(|b| b.contains(&format!("{:08x}.log.gz", 3))));
     // The good object is read in full; the corrupt one's readable first part counted once,
     // however many times it was tried.
-    wait_for("the good object", Duration::from_secs(30), || {
+    wait_for("the good object", Duration::from_secs(60), || {
         metric(port, "egresswatch_s3_objects_total{outcome=\"read\"}") >= 1.0
     });
     assert!(
@@ -484,7 +484,7 @@ async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
     }
     let port = egresswatch_testkit::free_port();
     let mut child = monitor(&layer.endpoint(), &dir, port, &[]);
-    wait_for("every record", Duration::from_secs(120), || {
+    wait_for("every record", Duration::from_secs(300), || {
         committed(&checkpoint) >= total
     });
     std::thread::sleep(Duration::from_secs(3));
