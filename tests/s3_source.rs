@@ -455,8 +455,8 @@ async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
         "checkpoint-interval-seconds = 1\n[s3]\nvisibility-timeout-seconds = 2\n",
     )
     .unwrap();
-    const OBJECTS: usize = 6;
-    const PER_OBJECT: usize = 150_000;
+    const OBJECTS: usize = 4;
+    const PER_OBJECT: usize = 100_000;
     for n in 0..OBJECTS {
         let body = text_object(&fmt, &records(&fmt, PER_OBJECT, 1_764_000_000, n));
         put(&c, &bucket, &key(&out, n, "log.gz"), body).await;
@@ -466,15 +466,20 @@ async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
     let mut kills = 0;
     let mut partial_seen = false;
-    // Five runs killed at random points (each after its message's visibility has passed,
-    // so it has something to read), then one left to finish.
+    // Five runs, each killed at a random point soon after it has committed something (so
+    // while it reads an object), then one left to finish.
     while kills < 5 && committed(&checkpoint) < total {
+        let before = committed(&checkpoint);
         let port = egresswatch_testkit::free_port();
         let mut child = monitor(&layer.endpoint(), &dir, port, &[]);
+        let started = Instant::now();
+        while committed(&checkpoint) == before && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(2_500 + seed % 2_000));
+        std::thread::sleep(Duration::from_millis(100 + seed % 700));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
