@@ -455,6 +455,21 @@ async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
         "checkpoint-interval-seconds = 1\n[s3]\nvisibility-timeout-seconds = 2\n",
     )
     .unwrap();
+    // Every run killed while it holds a message is one more receive of it: the queue's
+    // dead-letter threshold (5) is raised here so that the kills do not send an object
+    // half read to the dead-letter queue (with 5, a daemon that crashes five times in a row
+    // on one object does, which is what the threshold is for).
+    let dlq_arn = format!("arn:aws:sqs:us-east-1:{ACCOUNT}:crashing-flow-logs-dead-letter");
+    c.sqs
+        .set_queue_attributes()
+        .queue_url(&out.flow_log_queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 50}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
     const OBJECTS: usize = 4;
     const PER_OBJECT: usize = 100_000;
     for n in 0..OBJECTS {

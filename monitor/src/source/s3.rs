@@ -716,7 +716,11 @@ impl S3Source {
             .sqs
             .receive_message()
             .queue_url(&url)
-            .max_number_of_messages(10)
+            // One at a time: a message received counts towards the queue's maxReceiveCount
+            // even if a crash stops the daemon before it reads it, and a daemon that restarts
+            // should not push messages it never started on towards the dead-letter queue. A
+            // message names objects of minutes of traffic; one call each costs nothing.
+            .max_number_of_messages(1)
             .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
             .visibility_timeout(i32::try_from(self.visibility.as_secs()).unwrap_or(i32::MAX))
             .send()
