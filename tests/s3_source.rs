@@ -297,7 +297,7 @@ async fn text_and_parquet_objects_are_each_counted_once_and_their_messages_delet
         metric(port, "egresswatch_s3_objects_total{outcome=\"duplicate\"}") >= 1.0
     });
     let mut empty = false;
-    for _ in 0..50 {
+    for _ in 0..300 {
         if queued(&c, &out.flow_log_queue_url).await == 0 {
             empty = true;
             break;

@@ -970,7 +970,12 @@ impl Source for S3Source {
                 let spent = std::mem::take(&mut self.spent);
                 self.delete(spent).await;
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.finished.is_empty() {
+                // Read messages wait for a checkpoint to be deleted: a short poll lets the
+                // daemon take one soon instead of holding them through a long one.
+                left = left.min(Duration::from_secs(1));
+            }
             if let Err(e) = self.receive(left).await {
                 // The queue cannot be reached: wait longer each time (1 s doubling to 60 s),
                 // however soon the daemon asks again.
@@ -982,7 +987,7 @@ impl Source for S3Source {
             }
             self.failures = 0;
             if self.messages.is_empty() {
-                return if tokio::time::Instant::now() >= deadline {
+                return if tokio::time::Instant::now() >= deadline || !self.finished.is_empty() {
                     Next::Reading
                 } else {
                     continue;
