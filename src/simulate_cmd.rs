@@ -485,6 +485,7 @@ fn evaluate_inner(args: &EvaluateArgs, mut config: Config) -> Result<Report, Str
         nat_private_ips: vec![IpAddr::V4(network.nat_private_ip)],
         s3_cidrs: vec!["52.216.0.0/15".parse().map_err(|e| format!("{e}"))?],
         vpc_id: None,
+        s3_prefix_list_id: None,
     };
     let mut report = Report::default();
     let started = Instant::now();

@@ -448,7 +448,9 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
             "DeleteMessageBatch" => "sqs:DeleteMessage".into(),
             "GetObject" => "s3:GetObject".into(),
             "ListObjectsV2" => "s3:ListBucket".into(),
-            _ if op.starts_with("Describe") && !op.starts_with("DescribeLog") => {
+            _ if (op.starts_with("Describe") && !op.starts_with("DescribeLog"))
+                || *op == "GetManagedPrefixListEntries" =>
+            {
                 format!("ec2:{op}")
             }
             _ => format!("logs:{op}"),

@@ -38,6 +38,7 @@ fn main() {
         nat_private_ips: vec!["10.42.0.10".parse().expect("ip")],
         s3_cidrs: vec!["52.216.0.0/15".parse().expect("cidr")],
         vpc_id: None,
+        s3_prefix_list_id: None,
     };
     let deny = std::env::temp_dir().join("egresswatch-bench-deny.txt");
     let mut list = String::new();

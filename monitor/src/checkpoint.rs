@@ -9,6 +9,11 @@
 //! ([`unframe`]) instead of being restored as if it were good. The store holds an exclusive
 //! lock on the state dir for its life, so a second daemon on the same dir is refused at
 //! start rather than racing the first one on the same files.
+//!
+//! Read positions change a few streams at a time while thousands are tracked, so a commit
+//! appends only what changed to a journal beside the checkpoint ([`CheckpointStore::save`]);
+//! the checkpoint is rewritten whole (and the journal emptied) only once the journal has
+//! grown as large as it. Readers apply the journal over the checkpoint ([`read_checkpoint`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, TryLockError};
@@ -74,6 +79,14 @@ pub const RULES_STATE_FILE: FileKind = FileKind {
     version: 2,
     fix: "move it away to start over; the rules then learn afresh (their learning periods \
           start again), while read positions and counts are kept",
+};
+
+/// One journal entry: the positions that changed since the entry before it.
+pub const JOURNAL_ENTRY: FileKind = FileKind {
+    name: "egresswatch-checkpoint-change",
+    version: 1,
+    fix: "move the journal away to go back to the positions of the checkpoint beside it; \
+          what was read since is then read again",
 };
 
 /// Longest header line [`frame`] writes (name, version, length, checksum), with room to
@@ -193,26 +206,209 @@ fn preview(bytes: &[u8], n: usize) -> String {
     out
 }
 
-/// Reads and checks a checkpoint file; a missing file is the empty checkpoint (nothing read
-/// yet). Tests and tools read the daemon's positions through this too.
+/// Reads and checks a checkpoint file and applies its journal; a missing file is the empty
+/// checkpoint (nothing read yet). Tests and tools read the daemon's positions through this too.
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, String> {
-    match std::fs::read(path) {
+    Ok(read_with_journal(path)?.checkpoint)
+}
+
+/// The checkpoint file's path -> its journal's.
+pub fn journal_path(path: &Path) -> PathBuf {
+    path.with_extension("journal")
+}
+
+/// What [`read_with_journal`] found: the positions, and how the files stand for the next write.
+struct Loaded {
+    checkpoint: Checkpoint,
+    /// The checkpoint as JSON: the next commit's changes are taken against it.
+    value: serde_json::Map<String, serde_json::Value>,
+    /// The sequence number of the last change applied (from the checkpoint or its journal).
+    seq: u64,
+    checkpoint_bytes: u64,
+    /// Bytes of the journal that hold whole entries; a tail past them is a torn append.
+    journal_good_bytes: u64,
+}
+
+/// The key the checkpoint file keeps the journal sequence it includes under.
+const JOURNAL_SEQ: &str = "journal_seq";
+
+fn read_with_journal(path: &Path) -> Result<Loaded, String> {
+    let refuse = |e: String| {
+        format!(
+            "{}: refused: its content is not a checkpoint: {e}; {}",
+            path.display(),
+            CHECKPOINT_FILE.fix
+        )
+    };
+    let (mut value, checkpoint_bytes) = match std::fs::read(path) {
         Ok(bytes) => {
             let body = unframe(&CHECKPOINT_FILE, path, &bytes)?;
             // The checksum held, so this is our own writing: a parse error is a bug or a
             // hand edit that also fixed up the checksum.
-            serde_json::from_slice(body).map_err(|e| {
-                format!(
-                    "{}: refused: its content is not a checkpoint: {e}; {}",
-                    path.display(),
-                    CHECKPOINT_FILE.fix
-                )
-            })
+            let v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| refuse(e.to_string()))?;
+            let serde_json::Value::Object(map) = v else {
+                return Err(refuse("not a JSON object".into()));
+            };
+            (map, bytes.len() as u64)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (to_map(&Checkpoint::default())?, 0),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let base_seq = value
+        .remove(JOURNAL_SEQ)
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    let mut seq = base_seq;
+    let journal = journal_path(path);
+    let bytes = match std::fs::read(&journal) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", journal.display())),
+    };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(entry_len) = journal_entry_len(&bytes[at..]) else {
+            break;
+        };
+        let entry = &bytes[at..at + entry_len];
+        let body = match unframe(&JOURNAL_ENTRY, &journal, &entry[..entry_len - 1]) {
+            Ok(body) => body,
+            // The last entry may be torn by a crash during its append: it was never
+            // committed. A damaged entry with whole entries after it is damage.
+            Err(_) if at + entry_len >= bytes.len() => break,
+            Err(e) => return Err(e),
+        };
+        let change: Change = serde_json::from_slice(body).map_err(|e| {
+            format!(
+                "{}: refused: entry at byte {at} is not a change: {e}; {}",
+                journal.display(),
+                JOURNAL_ENTRY.fix
+            )
+        })?;
+        // Entries the checkpoint already includes (a crash between rewriting it and
+        // emptying the journal) are skipped.
+        if change.seq > base_seq {
+            change.apply(&mut value);
+            seq = change.seq;
+        }
+        at += entry_len;
+    }
+    let checkpoint = serde_json::from_value(serde_json::Value::Object(value.clone()))
+        .map_err(|e| refuse(format!("with its journal applied: {e}")))?;
+    Ok(Loaded {
+        checkpoint,
+        value,
+        seq,
+        checkpoint_bytes,
+        journal_good_bytes: at as u64,
+    })
+}
+
+/// The length of the journal entry `bytes` starts with (header line, body, newline), when
+/// it is all there.
+fn journal_entry_len(bytes: &[u8]) -> Option<usize> {
+    let head_end = bytes[..bytes.len().min(MAX_HEADER)]
+        .iter()
+        .position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&bytes[..head_end]).ok()?;
+    let len: usize = header
+        .split(' ')
+        .find_map(|f| f.strip_prefix("len="))?
+        .parse()
+        .ok()?;
+    let total = head_end.checked_add(1)?.checked_add(len)?.checked_add(1)?;
+    (total <= bytes.len()).then_some(total)
+}
+
+fn to_map(cp: &Checkpoint) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::to_value(cp).map_err(|e| e.to_string())? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err("a checkpoint is not a JSON object".into()),
     }
 }
+
+/// What changed between two checkpoints, field by field: in a map field (positions keyed by
+/// stream, file or object) only the keys set or removed; any other field whole.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Change {
+    seq: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    set: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removed: BTreeMap<String, Vec<String>>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Change {
+    fn between(
+        seq: u64,
+        old: &serde_json::Map<String, serde_json::Value>,
+        new: &serde_json::Map<String, serde_json::Value>,
+    ) -> Change {
+        use serde_json::Value;
+        let mut change = Change {
+            seq,
+            ..Change::default()
+        };
+        for (field, now) in new {
+            match (old.get(field), now) {
+                (Some(Value::Object(before)), Value::Object(after)) => {
+                    let set: serde_json::Map<_, _> = after
+                        .iter()
+                        .filter(|(k, v)| before.get(*k) != Some(*v))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    let removed: Vec<String> = before
+                        .keys()
+                        .filter(|k| !after.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    if !set.is_empty() {
+                        change.set.insert(field.clone(), set);
+                    }
+                    if !removed.is_empty() {
+                        change.removed.insert(field.clone(), removed);
+                    }
+                }
+                (before, now) if before != Some(now) => {
+                    change.fields.insert(field.clone(), now.clone());
+                }
+                _ => {}
+            }
+        }
+        change
+    }
+
+    fn apply(&self, to: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::Value;
+        for (field, v) in &self.fields {
+            to.insert(field.clone(), v.clone());
+        }
+        for (field, set) in &self.set {
+            let entry = to
+                .entry(field.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(map) = entry {
+                for (k, v) in set {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for (field, keys) in &self.removed {
+            if let Some(Value::Object(map)) = to.get_mut(field) {
+                for k in keys {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// The journal may grow to the checkpoint's size, and at least this much, before the
+/// checkpoint is rewritten: a small checkpoint is not rewritten at every commit.
+const JOURNAL_MIN_BYTES: u64 = 64 * 1024;
 
 /// A store's lock file in the state dir; its content is the holder's process id, for the
 /// refusal. Per store, so that a file source and a CloudWatch source may share a state dir
@@ -223,6 +419,12 @@ pub fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
 
 pub struct CheckpointStore {
     path: PathBuf,
+    /// The checkpoint as last made durable, and the journal's state: each commit appends what
+    /// changed since.
+    saved: serde_json::Map<String, serde_json::Value>,
+    seq: u64,
+    checkpoint_bytes: u64,
+    journal_bytes: u64,
     /// Two snapshot files used in turn, generation by generation, so the one the committed
     /// checkpoint names is never the one being written.
     rules_paths: [PathBuf; 2],
@@ -315,19 +517,110 @@ impl CheckpointStore {
         let lock = lock_store(state_dir, name)?;
         Ok(CheckpointStore {
             path: state_dir.join(format!("{name}.checkpoint.json")),
+            saved: to_map(&Checkpoint::default())?,
+            seq: 0,
+            checkpoint_bytes: 0,
+            journal_bytes: 0,
             rules_paths: [0, 1].map(|slot| state_dir.join(format!("{name}.rules.{slot}.state"))),
             _lock: lock,
         })
     }
 
-    pub fn load(&self) -> Result<Checkpoint, String> {
-        read_checkpoint(&self.path)
+    /// The committed positions: the checkpoint with its journal applied. A torn entry at the
+    /// journal's end (a crash during its append, so never committed) is cut off here, so the
+    /// next append follows whole entries.
+    pub fn load(&mut self) -> Result<Checkpoint, String> {
+        let loaded = read_with_journal(&self.path)?;
+        let journal = journal_path(&self.path);
+        let on_disk = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        if on_disk > loaded.journal_good_bytes {
+            tracing::warn!(journal = %journal.display(), bytes = on_disk - loaded.journal_good_bytes, "cutting off a journal entry a crash left half-written");
+            File::options()
+                .write(true)
+                .open(&journal)
+                .and_then(|f| {
+                    f.set_len(loaded.journal_good_bytes)?;
+                    f.sync_all()
+                })
+                .map_err(|e| format!("{}: {e}", journal.display()))?;
+        }
+        self.saved = loaded.value;
+        self.seq = loaded.seq;
+        self.checkpoint_bytes = loaded.checkpoint_bytes;
+        self.journal_bytes = loaded.journal_good_bytes;
+        Ok(loaded.checkpoint)
     }
 
-    pub fn save(&self, cp: &Checkpoint) -> Result<(), String> {
+    /// Commits `cp`: appends what changed since the last commit to the journal (a write as
+    /// large as the change), or, once the journal has grown as large as the checkpoint,
+    /// rewrites the checkpoint whole and empties the journal. Durable when it returns.
+    pub fn save(&mut self, cp: &Checkpoint) -> Result<(), String> {
+        let now = to_map(cp)?;
+        let seq = self.seq.saturating_add(1);
+        let change = Change::between(seq, &self.saved, &now);
+        let body = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
+        let mut entry = frame(&JOURNAL_ENTRY, &body);
+        entry.push(b'\n');
+        let entry_bytes = entry.len() as u64;
+        let limit = self.checkpoint_bytes.max(JOURNAL_MIN_BYTES);
+        if self.checkpoint_bytes == 0 || self.journal_bytes.saturating_add(entry_bytes) > limit {
+            self.rewrite(now, seq)?;
+        } else {
+            self.append(&entry)?;
+            self.journal_bytes = self.journal_bytes.saturating_add(entry_bytes);
+            self.saved = now;
+        }
+        self.seq = seq;
+        Ok(())
+    }
+
+    fn append(&self, entry: &[u8]) -> Result<(), String> {
+        let journal = journal_path(&self.path);
+        let created = self.journal_bytes == 0 && !journal.exists();
+        let write = || -> std::io::Result<()> {
+            let mut f = File::options().create(true).append(true).open(&journal)?;
+            f.write_all(entry)?;
+            f.sync_data()?;
+            if created {
+                if let Some(dir) = journal.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+            }
+            Ok(())
+        };
+        write().map_err(|e| format!("{}: {e}", journal.display()))
+    }
+
+    /// Writes the whole checkpoint (naming the last change it includes), then empties the
+    /// journal: a crash in between leaves entries the checkpoint already includes, which
+    /// readers skip.
+    fn rewrite(
+        &mut self,
+        now: serde_json::Map<String, serde_json::Value>,
+        seq: u64,
+    ) -> Result<(), String> {
+        let mut with_seq = now.clone();
+        with_seq.insert(JOURNAL_SEQ.into(), seq.into());
         // Pretty: operators read this file to see where each stream stands.
-        let body = serde_json::to_vec_pretty(cp).map_err(|e| e.to_string())?;
-        write_atomically(&self.path, &frame(&CHECKPOINT_FILE, &body))
+        let body = serde_json::to_vec_pretty(&serde_json::Value::Object(with_seq))
+            .map_err(|e| e.to_string())?;
+        let framed = frame(&CHECKPOINT_FILE, &body);
+        write_atomically(&self.path, &framed)?;
+        self.checkpoint_bytes = framed.len() as u64;
+        self.saved = now;
+        let journal = journal_path(&self.path);
+        if self.journal_bytes > 0 || journal.exists() {
+            File::create(&journal)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", journal.display()))?;
+        }
+        self.journal_bytes = 0;
+        Ok(())
+    }
+
+    /// Bytes written for the positions: the checkpoint and its journal.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal_bytes
     }
 
     /// The rules' snapshot of `generation`, checked against its header; None when there is
@@ -390,7 +683,7 @@ mod tests {
     #[test]
     fn round_trip_and_corruption_named() {
         let dir = dir("rt");
-        let store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
         assert_eq!(store.load().unwrap(), Checkpoint::default());
         let mut cp = Checkpoint::default();
         cp.streams.insert("eni-1-all".into(), "f/123".into());
@@ -420,6 +713,123 @@ mod tests {
             "{err}"
         );
         drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn many_streams(n: usize) -> Checkpoint {
+        let mut cp = Checkpoint::default();
+        for i in 0..n {
+            let stream = format!("eni-{i:017x}-all");
+            cp.streams.insert(stream.clone(), format!("f/3{i:055}/s"));
+            cp.stream_created
+                .insert(stream, 1_764_547_200_000 + i as i64);
+        }
+        cp
+    }
+
+    #[test]
+    fn a_commit_writes_what_changed_and_the_checkpoint_is_rewritten_once_the_journal_is_as_large() {
+        let dir = dir("journal");
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut cp = many_streams(2_000);
+        // The first commit writes the checkpoint whole.
+        store.save(&cp).unwrap();
+        let whole = std::fs::metadata(store.path()).unwrap().len();
+        assert!(whole > 200_000, "{whole}");
+        let journal = journal_path(store.path());
+        // Each later commit moves three streams: the journal grows by about their size.
+        let mut commits = 0u64;
+        let grown_to = loop {
+            let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+            for s in 0..3 {
+                let key = format!("eni-{:017x}-all", (commits * 3 + s) % 2_000);
+                cp.streams.insert(key, format!("f/4{commits:055}/s"));
+            }
+            cp.records_committed += 100;
+            cp.generation += 1;
+            store.save(&cp).unwrap();
+            commits += 1;
+            let after = std::fs::metadata(&journal).unwrap().len();
+            if after < before {
+                break before;
+            }
+            assert!(
+                after - before < 700,
+                "{} bytes for three streams",
+                after - before
+            );
+            assert_eq!(std::fs::metadata(store.path()).unwrap().len(), whole);
+        };
+        // Rewritten once the journal reached the checkpoint's size, not before.
+        assert!(
+            grown_to + 700 > whole && grown_to <= whole,
+            "{grown_to} of {whole}"
+        );
+        assert!(commits > 300, "{commits}");
+        assert_eq!(read_checkpoint(store.path()).unwrap(), cp);
+        // A removed stream (aged out of retention) is journalled as removed.
+        cp.streams.remove("eni-00000000000000000-all");
+        cp.stream_created.remove("eni-00000000000000000-all");
+        store.save(&cp).unwrap();
+        drop(store);
+        let mut reopened = CheckpointStore::new(&dir, "t").unwrap();
+        assert_eq!(reopened.load().unwrap(), cp);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_entry_is_cut_off_and_a_damaged_middle_one_refused() {
+        let dir = dir("torn");
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut cp = many_streams(10);
+        store.save(&cp).unwrap();
+        cp.streams.insert("eni-1".into(), "f/1".into());
+        store.save(&cp).unwrap();
+        let committed = cp.clone();
+        cp.streams.insert("eni-2".into(), "f/2".into());
+        store.save(&cp).unwrap();
+        let journal = journal_path(store.path());
+        let whole = std::fs::read(&journal).unwrap();
+        let first_len = journal_entry_len(&whole).unwrap();
+        // A crash during the second append: half of it is there.
+        std::fs::write(&journal, &whole[..whole.len() - 10]).unwrap();
+        drop(store);
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        assert_eq!(store.load().unwrap(), committed);
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), first_len as u64);
+        // The next commit follows the whole entries.
+        store.save(&cp).unwrap();
+        assert_eq!(read_checkpoint(store.path()).unwrap(), cp);
+        // One byte flipped in the first of two entries: damage, named, not skipped.
+        let mut bytes = std::fs::read(&journal).unwrap();
+        bytes[first_len - 3] ^= 0x20;
+        std::fs::write(&journal, &bytes).unwrap();
+        let e = read_checkpoint(store.path()).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}: refused:", journal.display()))
+                && e.contains("move the journal away"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn entries_a_rewritten_checkpoint_already_holds_are_skipped() {
+        let dir = dir("skip");
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut cp = many_streams(3);
+        store.save(&cp).unwrap();
+        cp.streams.insert("eni-a".into(), "f/old".into());
+        store.save(&cp).unwrap();
+        let journal = journal_path(store.path());
+        let stale = std::fs::read(&journal).unwrap();
+        // The checkpoint rewritten whole with a newer position, then a crash before the
+        // journal was emptied: its old entry must not move the stream back.
+        cp.streams.insert("eni-a".into(), "f/new".into());
+        store.journal_bytes = JOURNAL_MIN_BYTES;
+        store.save(&cp).unwrap();
+        std::fs::write(&journal, &stale).unwrap();
+        assert_eq!(read_checkpoint(store.path()).unwrap(), cp);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -456,7 +866,7 @@ mod tests {
         let other = CheckpointStore::new(&dir, "file").unwrap();
         drop(first);
         // Released with the store (as with the process, however it ends).
-        let again = CheckpointStore::new(&dir, "cloudwatch").unwrap();
+        let mut again = CheckpointStore::new(&dir, "cloudwatch").unwrap();
         assert_eq!(again.load().unwrap(), Checkpoint::default());
         drop((again, other));
         std::fs::remove_dir_all(dir).unwrap();
@@ -592,7 +1002,7 @@ mod tests {
     #[test]
     fn damaged_files_in_the_store_are_refused_naming_them() {
         let dir = dir("damaged");
-        let store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
         // A version-1 checkpoint: plain JSON without a header.
         std::fs::write(
             store.path(),

@@ -193,6 +193,7 @@ mod tests {
             nat_private_ips: vec!["10.0.0.220".parse().unwrap()],
             s3_cidrs: vec!["52.216.0.0/15".parse().unwrap()],
             vpc_id: None,
+            s3_prefix_list_id: None,
         }
     }
 

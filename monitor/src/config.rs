@@ -29,7 +29,8 @@ pub struct Config {
     pub follow: bool,
     /// The stack whose flow-log group `cloudwatch` reads.
     pub stack: String,
-    /// Read this log group instead of the stack's.
+    /// Read this log group instead of the stack's (its outputs' `log_group`, else the name
+    /// the provisioner gives it).
     pub log_group: Option<String>,
     /// The record format; default: DescribeFlowLogs `LogFormat` (cloudwatch), else the
     /// file's header line, else the provisioner's format.

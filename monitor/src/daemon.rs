@@ -260,12 +260,17 @@ async fn run_stack(
     shutdown: watch::Receiver<bool>,
     clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
-    let topo = topology(&config)?;
+    let mut topo = topology(&config)?;
+    if let Some(c) = &clients {
+        if let Err(e) = topo.refresh_s3_ranges(&c.ec2, &metrics).await {
+            tracing::warn!(error = %e, "S3 prefix list ranges not refreshed; using the {} known", topo.s3_cidrs.len());
+        }
+    }
     let dets = rules::build(&config.rules)?;
     let store_name = crate::source::store_name(&config);
     // Read positions and undelivered alerts live here for every source: without it a restart
     // would read a file twice or lose the alerts in flight.
-    let store = CheckpointStore::new(&config.state_dir, store_name)?;
+    let mut store = CheckpointStore::new(&config.state_dir, store_name)?;
     let cp = store.load()?;
     let mut router = Router::new(&config.alerts, metrics.clone());
     let alerts = AlertLog::open(
@@ -475,6 +480,12 @@ impl Stages {
         let took = started.elapsed();
         p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
         p.metrics.checkpoint_timestamp.set(unix_now() as i64);
+        p.metrics
+            .checkpoint_records
+            .set(i64::try_from(cp.records_committed).unwrap_or(i64::MAX));
+        p.metrics
+            .checkpoint_journal_bytes
+            .set(i64::try_from(store.journal_bytes()).unwrap_or(i64::MAX));
         tracing::debug!(file = %store.rules_path(generation).display(), bytes = snapshot.len(), millis = took.as_millis() as u64, generation, "checkpoint committed with the rules' state");
         *progress = Progress {
             dirty: false,

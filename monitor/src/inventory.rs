@@ -94,7 +94,7 @@ fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
 }
 
 /// Counts a call (and its error) in the daemon's AWS call metrics.
-fn counted<T, E>(m: &Metrics, op: &str, result: Result<T, E>) -> Result<T, String>
+pub(crate) fn counted<T, E>(m: &Metrics, op: &str, result: Result<T, E>) -> Result<T, String>
 where
     E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata,
 {

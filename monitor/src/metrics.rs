@@ -30,6 +30,9 @@ pub struct Metrics {
     pub sqs_messages: IntCounterVec,
     pub records_outside_range: IntCounter,
     pub checkpoint_timestamp: IntGauge,
+    pub checkpoint_records: IntGauge,
+    /// Bytes in the positions' journal since the checkpoint was last rewritten whole.
+    pub checkpoint_journal_bytes: IntGauge,
     pub last_record_timestamp: IntGauge,
     pub alerts_sent: IntCounterVec,
     pub alerts_failed: IntCounterVec,
@@ -70,8 +73,9 @@ pub fn peak_resident_kib() -> u64 {
 pub const LINE_TOO_LONG: &str = "line_too_long";
 
 /// The AWS calls the daemon makes: the CloudWatch and S3 sources', and the workload inventory's.
-pub const SOURCE_OPERATIONS: [&str; 11] = [
+pub const SOURCE_OPERATIONS: [&str; 12] = [
     "DescribeFlowLogs",
+    "GetManagedPrefixListEntries",
     "DescribeLogGroups",
     "DescribeLogStreams",
     "GetLogEvents",
@@ -275,6 +279,22 @@ impl Metrics {
             )
             .expect("valid gauge"),
         );
+        let checkpoint_records = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_checkpoint_records",
+                "Records the committed positions are past, over the state dir's whole life.",
+            )
+            .expect("valid gauge"),
+        );
+        let checkpoint_journal_bytes = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_checkpoint_journal_bytes",
+                "Bytes of position changes appended since the checkpoint was last written whole.",
+            )
+            .expect("valid gauge"),
+        );
         let last_record_timestamp = register(
             &r,
             IntGauge::new(
@@ -419,6 +439,8 @@ impl Metrics {
             sqs_messages,
             records_outside_range,
             checkpoint_timestamp,
+            checkpoint_records,
+            checkpoint_journal_bytes,
             last_record_timestamp,
             alerts_sent,
             alerts_failed,

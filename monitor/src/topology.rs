@@ -22,14 +22,17 @@ pub struct Topology {
     pub s3_cidrs: Vec<IpNet>,
     /// The VPC's id, which scopes the workload inventory's EC2 calls.
     pub vpc_id: Option<String>,
+    /// The S3 prefix list (`pl-…`) whose ranges the daemon asks EC2 for at start, as AWS
+    /// adds ranges to it over time; `s3_cidrs` is what was known before that answer.
+    pub s3_prefix_list_id: Option<String>,
 }
 
 impl Topology {
     /// The stack's network as its outputs describe it: the one way outputs become a topology.
     ///
-    /// The outputs name the S3 prefix list (`pl-…`) but not its ranges, so `s3_cidrs` stays
-    /// empty: traffic through the gateway endpoint is still told apart by the stack's format,
-    /// whose `pkt-src-aws-service` / `pkt-dst-aws-service` say `S3` (see `classify`).
+    /// The S3 ranges are the prefix list's when the outputs were written (outputs written
+    /// before they were recorded have none; traffic through the gateway endpoint is then still
+    /// told apart by the format's `pkt-dst-aws-service`, see `classify`).
     pub fn from_outputs(out: &Outputs) -> Result<Self, String> {
         let vpc = out
             .vpc_cidr
@@ -38,8 +41,15 @@ impl Topology {
         let mut t = Topology {
             vpc_cidrs: vec![vpc],
             vpc_id: Some(out.vpc_id.clone()),
+            s3_prefix_list_id: Some(out.s3_prefix_list_id.clone()).filter(|p| !p.is_empty()),
             ..Topology::default()
         };
+        for c in &out.s3_prefix_list_cidrs {
+            let net = c
+                .parse::<IpNet>()
+                .map_err(|e| format!("s3_prefix_list_cidrs `{c}`: {e}"))?;
+            t.s3_cidrs.push(net);
+        }
         for n in &out.nat_gateways {
             t.nat_interfaces.push(n.network_interface_id.clone());
             if let Ok(ip) = n.private_ip.parse() {
@@ -47,6 +57,41 @@ impl Topology {
             }
         }
         Ok(t)
+    }
+
+    /// Asks EC2 for the current ranges of the S3 prefix list, when the topology names one.
+    /// A failure (most often a missing `ec2:GetManagedPrefixListEntries` permission) keeps the ranges
+    /// already known and is returned for the caller to log.
+    pub async fn refresh_s3_ranges(
+        &mut self,
+        ec2: &aws_sdk_ec2::Client,
+        m: &crate::metrics::Metrics,
+    ) -> Result<(), String> {
+        let Some(id) = self.s3_prefix_list_id.clone() else {
+            return Ok(());
+        };
+        let mut ranges = Vec::new();
+        let mut pages = ec2
+            .get_managed_prefix_list_entries()
+            .prefix_list_id(&id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = crate::inventory::counted(m, "GetManagedPrefixListEntries", page)?;
+            for c in page.entries().iter().filter_map(|e| e.cidr()) {
+                ranges.push(
+                    c.parse::<IpNet>()
+                        .map_err(|e| format!("prefix list {id} range `{c}`: {e}"))?,
+                );
+            }
+        }
+        // S3's list is never empty: an empty answer is a list id that is not S3's (AWS
+        // refuses an unknown id; moto answers it with no entries).
+        if ranges.is_empty() {
+            return Err(format!("EC2 lists no ranges in prefix list {id}"));
+        }
+        self.s3_cidrs = ranges;
+        Ok(())
     }
 
     pub fn in_vpc(&self, ip: IpAddr) -> bool {
@@ -83,6 +128,7 @@ mod tests {
             vpc_cidr: "10.0.0.0/16".into(),
             nat_gateways: vec![nat("eni-a", "10.0.0.10"), nat("eni-b", "10.0.1.10")],
             s3_prefix_list_id: "pl-6da54004".into(),
+            s3_prefix_list_cidrs: vec!["52.216.0.0/15".into(), "3.5.0.0/19".into()],
             ..Outputs::default()
         }
     }
@@ -95,8 +141,26 @@ mod tests {
         assert!(!t.in_vpc("10.1.0.1".parse().unwrap()));
         assert!(t.is_nat_interface("eni-a") && t.is_nat_interface("eni-b"));
         assert!(t.is_nat_ip("10.0.1.10".parse().unwrap()));
-        // The outputs name the prefix list, not its ranges.
+        assert_eq!(t.s3_prefix_list_id.as_deref(), Some("pl-6da54004"));
+        assert!(t.is_s3("52.217.4.1".parse().unwrap()));
+        assert!(t.is_s3("3.5.31.255".parse().unwrap()));
+        assert!(!t.is_s3("3.5.32.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn outputs_written_before_the_ranges_were_recorded_have_none() {
+        let mut out = outputs();
+        out.s3_prefix_list_cidrs.clear();
+        let t = Topology::from_outputs(&out).unwrap();
         assert!(t.s3_cidrs.is_empty());
+    }
+
+    #[test]
+    fn an_s3_range_that_does_not_parse_is_refused() {
+        let mut out = outputs();
+        out.s3_prefix_list_cidrs.push("52.216.0.0".into());
+        let e = Topology::from_outputs(&out).unwrap_err();
+        assert!(e.starts_with("s3_prefix_list_cidrs `52.216.0.0`"), "{e}");
     }
 
     #[test]

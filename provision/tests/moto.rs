@@ -285,6 +285,33 @@ async fn up_creates_the_decision_records_network() {
     let ep = &eps.vpc_endpoints()[0];
     assert_eq!(ep.service_name(), Some("com.amazonaws.us-east-1.s3"));
     assert_eq!(ep.route_table_ids().len(), 2);
+    // The outputs carry the prefix list's ranges as EC2 reports them, for the monitor.
+    let lists = ec2
+        .describe_managed_prefix_lists()
+        .prefix_list_ids(&out.s3_prefix_list_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lists.prefix_lists()[0].prefix_list_name(),
+        Some("com.amazonaws.us-east-1.s3")
+    );
+    let entries = ec2
+        .get_managed_prefix_list_entries()
+        .prefix_list_id(&out.s3_prefix_list_id)
+        .send()
+        .await
+        .unwrap();
+    let mut want: Vec<&str> = entries.entries().iter().filter_map(|e| e.cidr()).collect();
+    let mut got: Vec<&str> = out
+        .s3_prefix_list_cidrs
+        .iter()
+        .map(String::as_str)
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
     // Security group: HTTPS out only; NFS and kernel ports within the group; nothing else.
     let sg = ec2
         .describe_security_groups()

@@ -20,6 +20,10 @@ pub struct Outputs {
     pub internet_gateway_id: String,
     pub s3_endpoint_id: String,
     pub s3_prefix_list_id: String,
+    /// The ranges of that prefix list when the outputs were written. AWS adds ranges to it
+    /// over time, so the monitor asks again at start when it can reach EC2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub s3_prefix_list_cidrs: Vec<String>,
     pub security_group_id: String,
     pub studio_role_arn: String,
     pub flow_log_role_arn: String,

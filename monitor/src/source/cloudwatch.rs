@@ -245,11 +245,15 @@ impl CloudWatchSource {
                 )
             })
             .collect();
+        // The log group the stack's flow log writes to, as its outputs record it: a stack
+        // provisioned with another naming, or renamed, is still read from the right group.
+        let group = match (&config.log_group, super::stack_outputs(config)?) {
+            (Some(g), _) => g.clone(),
+            (None, Some(out)) if !out.log_group.is_empty() => out.log_group,
+            (None, _) => egresswatch_stack::log_group_name(&config.stack),
+        };
         Ok(CloudWatchSource {
-            group: config
-                .log_group
-                .clone()
-                .unwrap_or_else(|| egresswatch_stack::log_group_name(&config.stack)),
+            group,
             configured_format: config.format.clone(),
             poll_interval: Duration::from_secs(config.poll_interval_seconds),
             settings,
@@ -920,5 +924,47 @@ impl Source for CloudWatchSource {
             }
             tokio::time::sleep_until(listing).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_log_group_is_the_configs_else_the_outputs_else_the_stacks_name() {
+        let dir = std::env::temp_dir().join(format!("ew-cw-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outputs = dir.join("outputs.json");
+        let out = egresswatch_stack::Outputs {
+            stack: "research".into(),
+            log_group: "/org/archive/research-flows".into(),
+            ..egresswatch_stack::Outputs::default()
+        };
+        std::fs::write(&outputs, serde_json::to_string(&out).unwrap()).unwrap();
+        // Nothing listens there: building the source makes no call.
+        let clients = crate::aws::Clients::from_env(
+            Some("us-east-1".into()),
+            Some("http://127.0.0.1:9".into()),
+        )
+        .await
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cp = Checkpoint::default();
+        let group = |config: &Config| {
+            CloudWatchSource::new(config, clients.clone(), &cp, metrics.clone())
+                .unwrap()
+                .group
+        };
+        let mut config = Config {
+            stack: "research".into(),
+            ..Config::default()
+        };
+        assert_eq!(group(&config), "/egresswatch/research/flow-logs");
+        config.outputs_file = Some(outputs.clone());
+        assert_eq!(group(&config), "/org/archive/research-flows");
+        config.log_group = Some("/chosen".into());
+        assert_eq!(group(&config), "/chosen");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -130,11 +130,26 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             "s3-endpoint",
             "DescribePrefixLists"
         )?;
-        r.out.s3_prefix_list_id = lists
-            .first()
+        let list = lists.first();
+        r.out.s3_prefix_list_id = list
             .and_then(|p| p.prefix_list_id())
             .unwrap_or_default()
             .to_string();
+        // DescribePrefixLists also answers with the ranges, but AWS recommends the managed
+        // prefix list calls (and moto fills in only theirs).
+        r.out.s3_prefix_list_cidrs.clear();
+        if !r.out.s3_prefix_list_id.is_empty() {
+            let entries = every_page!(
+                ec2.get_managed_prefix_list_entries()
+                    .prefix_list_id(&r.out.s3_prefix_list_id),
+                "s3-endpoint",
+                "GetManagedPrefixListEntries"
+            )?;
+            r.out.s3_prefix_list_cidrs = entries
+                .iter()
+                .filter_map(|e| e.cidr().map(String::from))
+                .collect();
+        }
     }
     Ok(())
 }
