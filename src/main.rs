@@ -26,12 +26,29 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "egresswatch",
     version,
+    long_version = egresswatch_monitor::BUILD_VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
 struct Cli {
+    /// How log lines on stderr are written: `text` for people, `json` (one object a line) for
+    /// log pipelines such as CloudWatch Logs Insights, Loki or Elasticsearch.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EGRESSWATCH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -89,8 +106,6 @@ enum Command {
     /// Score a monitor's findings against a simulation's labels: per attack, detected or not,
     /// how fast and by which rules; and the findings that match no attack.
     Score(simulate_cmd::ScoreArgs),
-    /// Run the whole thing locally against an AWS emulator (see scripts/demo).
-    Demo,
     /// Check a running daemon's health endpoint: exit 0 when it answers 200, 1 otherwise.
     /// For container health checks, where there is no shell or curl.
     Health {
@@ -168,11 +183,6 @@ fn health(url: &str, timeout: u64) -> ExitCode {
     })
 }
 
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("egresswatch {what}: not yet available in this version");
-    ExitCode::from(2)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG tunes them (default: info). Colour only on a terminal and
@@ -180,14 +190,20 @@ fn main() -> ExitCode {
     use std::io::IsTerminal;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(colour).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     match cli.command {
         Command::Parse {
             format,
@@ -206,7 +222,6 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate_cmd::simulate(args),
         Command::Evaluate(args) => simulate_cmd::evaluate(args),
         Command::Score(args) => simulate_cmd::score(args),
-        Command::Demo => not_yet("demo (use scripts/demo)"),
         Command::Health { url, timeout } => health(&url, timeout),
     }
 }

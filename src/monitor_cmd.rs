@@ -127,9 +127,12 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
-                    // SIGHUP's default action would end the process without a checkpoint;
-                    // the files the daemon reads are reloaded when they change anyway.
-                    _ = hup.recv() => tracing::info!("SIGHUP: nothing to do (deny lists and the network description reload when their files change)"),
+                    // Reload, as systemd's ExecReload and operators expect; each stack's
+                    // loop takes it up between batches.
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        egresswatch_monitor::reload::request();
+                    }
                 }
             }
             tracing::info!("shutting down: finishing the batch in flight");

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{committed, fresh_dir, terminate};
+use common::{committed, fresh_dir, scrape, terminate};
 use egresswatch_provision::{self as provision, Clients, Mode, StackSpec};
 
 const RECORDS: usize = 200_000;
@@ -407,46 +407,78 @@ async fn kill_dash_nine_loses_no_alert() {
 
 /// `egresswatch monitor` reading `source` with `dir/config` and its state in `dir/state`.
 fn local_monitor(dir: &std::path::Path, source: &str, config: &str) -> Command {
+    local_monitor_on(dir, source, config, egresswatch_testkit::free_port())
+}
+
+fn local_monitor_on(dir: &std::path::Path, source: &str, config: &str, port: u16) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_egresswatch"));
     c.args(["monitor", "--source", source, "--config"])
         .arg(dir.join(config))
         .arg("--state-dir")
         .arg(dir.join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
-        ]);
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
     c
 }
 
 #[test]
-fn sighup_is_survived_and_sigterm_with_stdin_blocked_exits_promptly() {
+fn sighup_reloads_the_config_and_sigterm_with_stdin_blocked_exits_promptly() {
     let dir = fresh_dir("stdin-term");
-    std::fs::write(
-        dir.join("topology.toml"),
-        "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n",
-    )
-    .unwrap();
+    let network = "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n";
+    std::fs::write(dir.join("topology.toml"), network).unwrap();
+    let port = egresswatch_testkit::free_port();
     // stdin is a pipe nobody writes to or closes: the read blocks for ever.
-    let mut child = local_monitor(&dir, "stdin", "topology.toml")
+    let mut child = local_monitor_on(&dir, "stdin", "topology.toml", port)
         .env("RUST_LOG", "error")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let _writer = child.stdin.take();
-    std::thread::sleep(Duration::from_secs(1));
-    // SIGHUP, whose default action would end the process, is logged and ignored.
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    std::thread::sleep(Duration::from_millis(500));
+    let metric = |name: &str| -> Option<f64> {
+        scrape(port).lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        })
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the daemon's metrics", &|| {
+        metric("egresswatch_config_last_reload_successful") == Some(1.0)
+    });
+    let loaded = metric("egresswatch_config_last_reload_success_timestamp_seconds").unwrap();
+    let pid = child.id().to_string();
+    let hup = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    // A config that no longer parses: refused, said in the metric, the daemon goes on.
+    std::fs::write(dir.join("topology.toml"), "[topology\n").unwrap();
+    hup();
+    wait_for("the bad config refused", &|| {
+        metric("egresswatch_config_last_reload_successful") == Some(0.0)
+    });
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGHUP ended the daemon"
     );
+    // Fixed, a second later (the timestamp has second resolution): reloaded on SIGHUP.
+    std::thread::sleep(Duration::from_millis(1_100));
+    std::fs::write(
+        dir.join("topology.toml"),
+        format!("{network}[[suppress]]\nreason = \"partner SFTP\"\nport = 22\n"),
+    )
+    .unwrap();
+    hup();
+    wait_for("the fixed config reloaded", &|| {
+        metric("egresswatch_config_last_reload_successful") == Some(1.0)
+    });
+    assert!(metric("egresswatch_config_last_reload_success_timestamp_seconds").unwrap() > loaded);
     let sent = Instant::now();
     terminate(&child);
     let deadline = sent + Duration::from_secs(10);

@@ -191,6 +191,16 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
     }
     // Every finding belongs to an attack.
     assert!(explained >= findings.len(), "{findings:#?}");
+    // Each at a severity its rule's series were started at.
+    for f in &findings {
+        let rule = f["rule"].as_str().unwrap();
+        assert!(
+            egresswatch_monitor::finding::severities(rule)
+                .iter()
+                .any(|s| f["severity"] == s.as_str()),
+            "{f}"
+        );
+    }
     // Behavioural rules carry their evidence.
     let volume = findings
         .iter()
@@ -204,17 +214,31 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
     assert!(cp.generation > 0);
     let snapshot = dir.join(format!("state/file.rules.{}.state", cp.generation % 2));
     assert!(std::fs::metadata(&snapshot).unwrap().len() > 1_000);
+    // The second run logs JSON, one object a line, as a log pipeline takes it.
     let again = bin()
-        .args(["monitor", "--config"])
+        .args(["--log-format", "json", "monitor", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&again.stderr);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
     assert!(
-        log.contains("restored what the rules had learnt") && !log.contains("not restored"),
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
         "{log}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "restored what the rules had learnt"),
+        "{log}"
+    );
+    assert!(!log.contains("not restored"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

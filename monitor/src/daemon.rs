@@ -5,7 +5,6 @@
 //! flight, checkpoints, gives the sinks their grace and returns.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +84,7 @@ pub struct RunSummary {
 // The metrics and health server lives in its own module; callers keep this path.
 pub use crate::http::serve;
 
-fn topology(config: &Config) -> Result<Topology, String> {
+pub(crate) fn topology(config: &Config) -> Result<Topology, String> {
     if let Some(t) = &config.topology {
         return Ok(t.clone());
     }
@@ -536,7 +535,7 @@ async fn drive<S: Source>(
     source: &mut S,
     s: &mut Stages,
 ) -> Result<RunSummary, String> {
-    let mut reloader = Reloader::new(config);
+    let mut reloader = crate::reload::Reloader::new(config, s.p.metrics.clone());
     let too_long =
         s.p.metrics
             .bad_lines
@@ -565,7 +564,7 @@ async fn drive<S: Source>(
                 // what was read before the quiet is committed.
                 beat();
                 s.p.publish_top_k();
-                reloader.reload_if_changed(config, &mut s.p);
+                reloader.reload_if_asked_or_changed(&mut s.p);
                 if s.checkpoint().await? {
                     source.committed().await;
                 }
@@ -653,7 +652,7 @@ async fn drive<S: Source>(
             source.committed().await;
         }
         s.health.reading();
-        reloader.reload_if_changed(config, &mut s.p);
+        reloader.reload_if_asked_or_changed(&mut s.p);
     }
     Ok(summary)
 }
@@ -664,109 +663,6 @@ pub(crate) fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> S
     match e.message() {
         Some(m) => format!("{}: {m}", e.code().unwrap_or("error")),
         None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
-    }
-}
-
-/// Watches the files the daemon was configured from (the network description and the deny
-/// lists) and swaps in a new topology or new rules when one changes. A file that no longer
-/// parses is reported and the running version is kept.
-struct Reloader {
-    stamps: Vec<(PathBuf, Option<std::time::SystemTime>)>,
-    /// The config file itself, for its suppressions.
-    config: Option<(PathBuf, Option<std::time::SystemTime>)>,
-}
-
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-impl Reloader {
-    fn new(config: &Config) -> Self {
-        let mut paths: Vec<PathBuf> = config.rules.denylists.clone();
-        paths.extend(config.rules.resolver_lists.iter().cloned());
-        if config.topology.is_none() {
-            paths.extend(config.outputs_file.clone());
-        }
-        Reloader {
-            stamps: paths
-                .into_iter()
-                .map(|p| {
-                    let t = modified(&p);
-                    (p, t)
-                })
-                .collect(),
-            config: config.path.clone().map(|p| {
-                let t = modified(&p);
-                (p, t)
-            }),
-        }
-    }
-
-    fn reload_if_changed(&mut self, config: &Config, p: &mut Pipeline) {
-        if let Some((path, stamp)) = &mut self.config {
-            let now = modified(path);
-            if now != *stamp {
-                *stamp = now;
-                reload_suppressions(path, config, p);
-            }
-        }
-        let mut changed = false;
-        for (path, stamp) in &mut self.stamps {
-            let now = modified(path);
-            if now != *stamp {
-                *stamp = now;
-                changed = true;
-            }
-        }
-        if !changed {
-            return;
-        }
-        match topology(config) {
-            Ok(t) => p.topology = t,
-            Err(e) => {
-                tracing::error!(error = %e, "network description changed but cannot be read; keeping the previous one")
-            }
-        }
-        match rules::build(&config.rules) {
-            Ok(d) => p.replace_detectors(d),
-            Err(e) => {
-                tracing::error!(error = %e, "a deny list changed but cannot be read; keeping the previous rules")
-            }
-        }
-        tracing::info!("reloaded the network description and deny lists");
-    }
-}
-
-/// Takes the suppressions of a changed config file; the other keys take effect at the next
-/// start, and a file that no longer reads is reported and the running suppressions kept.
-fn reload_suppressions(path: &std::path::Path, running: &Config, p: &mut Pipeline) {
-    let new = match Config::from_file(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "config changed but cannot be read; keeping the running suppressions");
-            return;
-        }
-    };
-    match crate::suppress::Suppressions::new(&new.suppress) {
-        Ok(s) => {
-            p.suppressions = s;
-            if let Ok(mut inv) = p.inventory.write() {
-                inv.replace_configured(&new.workloads);
-            }
-            tracing::info!(file = %path.display(), suppressions = new.suppress.len(), "reloaded the suppressions");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "keeping the running suppressions");
-            return;
-        }
-    }
-    let others_changed = Config {
-        suppress: running.suppress.clone(),
-        workloads: running.workloads.clone(),
-        ..new
-    } != *running;
-    if others_changed {
-        tracing::warn!(file = %path.display(), "the config changed beyond its suppressions; those changes take effect at the next start");
     }
 }
 
@@ -787,137 +683,5 @@ pub(crate) fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
     m.source_errors.with_label_values(&[op]).inc();
     if code.is_some_and(|c| c.contains("Throttl") || c.contains("LimitExceeded")) {
         m.source_throttles.with_label_values(&[op]).inc();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use flowlog::Format;
-
-    #[tokio::test]
-    async fn changed_deny_lists_are_reloaded_and_bad_ones_refused() {
-        let dir = std::env::temp_dir().join(format!("ew-reload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let deny = dir.join("deny.txt");
-        std::fs::write(&deny, "192.0.2.0/24\n").unwrap();
-        let toml = format!(
-            "state-dir = \"{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[rules]\ndenylists = [\"{}\"]\n[alerts]\nstdout = false\n",
-            dir.display(),
-            deny.display()
-        );
-        let config = Config::from_toml(&toml, "t.toml").unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let router = Router::new(&config.alerts, metrics.clone());
-        let mut p = Pipeline::new(
-            topology(&config).unwrap(),
-            rules::build(&config.rules).unwrap(),
-            router,
-            metrics.clone(),
-        );
-        let format = Format::parse("interface-id srcaddr dstaddr dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr end").unwrap();
-        let line =
-            b"eni-nat 10.0.1.5 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.5 203.0.113.5 1764150060";
-        let denied = || {
-            metrics
-                .findings
-                .with_label_values(&["denylisted_destination", "critical"])
-                .get()
-        };
-        let mut reloader = Reloader::new(&config);
-        let mut decoder = Decoder::pinned(format.clone());
-        p.line(&mut decoder, line, &"t");
-        assert_eq!(denied(), 0);
-
-        let bump = |text: &str, secs: u64| {
-            std::fs::write(&deny, text).unwrap();
-            let f = std::fs::File::options().write(true).open(&deny).unwrap();
-            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-                .unwrap();
-        };
-        bump("203.0.113.0/24\n", 1_000);
-        reloader.reload_if_changed(&config, &mut p);
-        // A later event time, past the dedupe window of nothing: the new rule fires.
-        p.line(&mut decoder, line, &"t");
-        assert_eq!(denied(), 1);
-
-        // A broken list is refused; the working rules stay.
-        bump("banana\n", 2_000);
-        reloader.reload_if_changed(&config, &mut p);
-        let other =
-            b"eni-nat 10.0.1.6 10.0.0.220 443 6 10 ACCEPT OK 10.0.1.6 203.0.113.9 1764150060";
-        p.line(&mut decoder, other, &"t");
-        assert_eq!(denied(), 2);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn suppressions_are_counted_not_alerted_and_reload_with_the_config() {
-        let dir = std::env::temp_dir().join(format!("ew-suppress-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("monitor.toml");
-        let base = format!(
-            "state-dir = \"{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[alerts]\nstdout = false\n",
-            dir.display()
-        );
-        let write = |extra: &str, secs: u64| {
-            std::fs::write(&path, format!("{base}{extra}")).unwrap();
-            let f = std::fs::File::options().write(true).open(&path).unwrap();
-            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-                .unwrap();
-        };
-        write(
-            "[[suppress]]\nreason = \"partner SFTP, SEC-42\"\nremote = \"198.51.100.0/24\"\nport = 22\n",
-            1_000,
-        );
-        let config = Config::from_file(&path).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let mut p = Pipeline::new(
-            topology(&config).unwrap(),
-            rules::build(&config.rules).unwrap(),
-            Router::new(&config.alerts, metrics.clone()),
-            metrics.clone(),
-        );
-        p.suppressions = crate::suppress::Suppressions::new(&config.suppress).unwrap();
-        let mut reloader = Reloader::new(&config);
-        let format = Format::parse("interface-id srcaddr dstaddr dstport protocol bytes action log-status pkt-srcaddr pkt-dstaddr end").unwrap();
-        let mut decoder = Decoder::pinned(format);
-        let ssh = |t: u64| {
-            format!("eni-nat 10.0.1.5 10.0.0.220 22 6 10 ACCEPT OK 10.0.1.5 198.51.100.22 {t}")
-        };
-        let counts = || {
-            (
-                metrics
-                    .findings_suppressed
-                    .with_label_values(&["non_https_egress"])
-                    .get(),
-                metrics
-                    .findings
-                    .with_label_values(&["non_https_egress", "high"])
-                    .get(),
-            )
-        };
-        p.line(&mut decoder, ssh(1_764_150_060).as_bytes(), &"t");
-        assert_eq!(
-            counts(),
-            (1, 0),
-            "suppressed: counted as such, not as a finding"
-        );
-        assert!(p.router.take().alerts.is_empty());
-
-        // A broken suppression is refused and the running ones stay.
-        write("[[suppress]]\nreason = \"x\"\nrule = \"nope\"\n", 2_000);
-        reloader.reload_if_changed(&config, &mut p);
-        p.line(&mut decoder, ssh(1_764_150_120).as_bytes(), &"t");
-        assert_eq!(counts(), (2, 0));
-
-        // Removed from the file: alerted again, without a restart.
-        write("", 3_000);
-        reloader.reload_if_changed(&config, &mut p);
-        p.line(&mut decoder, ssh(1_764_150_180).as_bytes(), &"t");
-        assert_eq!(counts(), (2, 1));
-        assert_eq!(p.router.take().alerts.len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -126,6 +126,19 @@ pub const RULES: [&str; 12] = [
     "port_sweep",
 ];
 
+/// The severities a rule raises findings at: `egresswatch_findings_total` has each of these
+/// series from the start, at zero, so `increase()` counts a rule's first finding.
+pub fn severities(rule: &str) -> &'static [Severity] {
+    use Severity::*;
+    match rule {
+        "denylisted_destination" => &[High, Critical],
+        "non_https_egress" | "beaconing" => &[Medium, High],
+        "rejected_egress" => &[Low, Medium],
+        "new_remote_port" | "port_scan" => &[Medium],
+        _ => &[High],
+    }
+}
+
 /// A rule's finding type, GuardDuty-style `ThreatPurpose:ResourceType/Name` (GuardDuty's own
 /// name where it has a finding for the same behaviour), and a short title.
 pub fn taxonomy(rule: &str) -> (&'static str, &'static str) {

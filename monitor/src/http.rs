@@ -178,6 +178,21 @@ fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// What `/` answers: where the endpoints are, for someone who opened the port in a browser.
+const LANDING_PAGE: &str = concat!(
+    "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+    "<title>egresswatch monitor</title></head><body>\n",
+    "<h1>egresswatch monitor</h1>\n<p>Version ",
+    env!("CARGO_PKG_VERSION"),
+    ", revision ",
+    env!("EGRESSWATCH_REVISION"),
+    ".</p>\n<ul>\n",
+    "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\n",
+    "<li><a href=\"/healthz\">/healthz</a>: the process answers (liveness)</li>\n",
+    "<li><a href=\"/readyz\">/readyz</a>: every source is reading (readiness)</li>\n",
+    "</ul>\n</body></html>\n"
+);
+
 /// What the routes answer from: one stack's metrics and readiness, or several.
 struct App {
     metrics: Vec<Arc<Metrics>>,
@@ -192,6 +207,11 @@ impl App {
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 Bytes::from(crate::metrics::render_all(&self.metrics)),
+            ),
+            "/" => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from_static(LANDING_PAGE.as_bytes()),
             ),
             "/healthz" => (StatusCode::OK, text, Bytes::from_static(b"ok\n")),
             "/readyz" if self.ready.iter().all(|r| r.load(Ordering::SeqCst)) => {
@@ -396,7 +416,12 @@ mod tests {
         let metrics = ask(addr, &get("/metrics")).await;
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.contains("content-type: text/plain; version=0.0.4\r\n"));
-        assert!(metrics.contains("egresswatch_build_info{version="));
+        assert!(metrics.contains(&format!(
+            "egresswatch_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+            env!("EGRESSWATCH_REVISION"),
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(metrics.contains("\nprocess_cpu_seconds_total "));
         assert!(ask(addr, &get("/healthz")).await.ends_with("\r\n\r\nok\n"));
         let r = ask(addr, &get("/readyz")).await;
         assert!(
@@ -407,6 +432,12 @@ mod tests {
         let r = ask(addr, &get("/readyz")).await;
         assert!(
             r.starts_with("HTTP/1.1 200 OK") && r.ends_with("ready\n"),
+            "{r}"
+        );
+        let r = ask(addr, &get("/")).await;
+        assert!(
+            r.contains("content-type: text/html; charset=utf-8\r\n")
+                && r.contains("<a href=\"/metrics\">"),
             "{r}"
         );
         let r = ask(addr, &get("/nope")).await;

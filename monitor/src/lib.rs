@@ -17,12 +17,21 @@ pub mod inventory;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod reload;
 pub mod rules;
 pub mod sink;
 pub mod sketch;
 pub mod source;
 pub mod suppress;
 pub mod topology;
+
+/// The version and the git revision this build is from, as `--version` prints them.
+pub const BUILD_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("EGRESSWATCH_REVISION"),
+    ")"
+);
 
 pub use config::Config;
 pub use daemon::{run, RunSummary};

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub source_up: IntGauge,
     pub source_last_success_timestamp: IntGauge,
     pub build_info: IntGaugeVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp: IntGauge,
     pub rules_snapshot_seconds: Histogram,
     /// The heaviest NAT-egress workloads and destinations; the only series that carry
     /// addresses, at most `TOP_K` of each at any time.
@@ -171,6 +173,9 @@ impl Metrics {
         );
         for rule in crate::finding::RULES {
             findings_suppressed.with_label_values(&[rule]);
+            for severity in crate::finding::severities(rule) {
+                findings.with_label_values(&[rule, severity.as_str()]);
+            }
         }
         let bad_lines = counter_vec(
             &r,
@@ -362,11 +367,27 @@ impl Metrics {
             &r,
             "egresswatch_build_info",
             "Build information; always 1.",
-            &["version"],
+            &["version", "revision"],
         );
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EGRESSWATCH_REVISION")])
             .set(1);
+        let config_last_reload_successful = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_config_last_reload_successful",
+                "Whether the last configuration reload (SIGHUP or a changed file) succeeded: 1, or 0 while the running configuration is kept because the new one was refused.",
+            )
+            .expect("valid gauge"),
+        );
+        let config_last_reload_success_timestamp = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully (Unix seconds).",
+            )
+            .expect("valid gauge"),
+        );
         let rules_snapshot_seconds = histogram(
             &r,
             "egresswatch_rules_snapshot_duration_seconds",
@@ -452,6 +473,8 @@ impl Metrics {
             alerts_dropped,
             alerts_suppressed,
             build_info,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp,
         }
     }
 
@@ -461,10 +484,21 @@ impl Metrics {
     }
 }
 
+/// The standard `process_*` series of this process (Linux), in a registry of their own.
+static PROCESS: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(|| {
+    let r = Registry::new();
+    let _ = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    r
+});
+
 /// The exposition of several stacks' metrics: one family per name, holding every stack's
 /// series (an exposition may not name a family twice).
 pub fn render_all<M: std::borrow::Borrow<Metrics>>(all: &[M]) -> String {
-    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    // The process's own series (CPU, memory, file descriptors, start time) once, whatever
+    // the number of stacks: they describe the process, not a stack.
+    let mut families: Vec<prometheus::proto::MetricFamily> = PROCESS.gather();
     for m in all {
         for family in m.borrow().registry.gather() {
             match families.iter_mut().find(|f| f.name() == family.name()) {
@@ -527,5 +561,26 @@ mod tests {
         );
         assert!(text.contains("egresswatch_records_outside_range_total{stack=\"research\"} 3"));
         assert!(text.contains("egresswatch_records_outside_range_total{stack=\"clinical\"} 5"));
+        // The process's own series once, without a stack label.
+        assert_eq!(
+            text.matches("\nprocess_resident_memory_bytes ").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("\nprocess_start_time_seconds ").count(), 1);
+    }
+
+    #[test]
+    fn every_rules_findings_series_exists_at_zero_before_its_first_finding() {
+        let text = render_all(&[Metrics::new()]);
+        for rule in crate::finding::RULES {
+            for severity in crate::finding::severities(rule) {
+                let series = format!(
+                    "egresswatch_findings_total{{rule=\"{rule}\",severity=\"{}\"}} 0\n",
+                    severity.as_str()
+                );
+                assert!(text.contains(&series), "{series} missing");
+            }
+        }
     }
 }
