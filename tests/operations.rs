@@ -32,11 +32,11 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn alert_rules_pass_promtool_and_their_unit_tests() {
-    let dir = root().join("deploy/prometheus");
+    let dir = root().join("dashboards/prometheus");
     let checked = run(Command::new("promtool")
         .args(["check", "rules", "egresswatch-rules.yml"])
         .current_dir(&dir));
-    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
     let tested = run(Command::new("promtool")
         .args(["test", "rules", "egresswatch-rules.test.yml"])
         .current_dir(&dir));
@@ -54,11 +54,14 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
             "{line} untested"
         );
     }
-    for anchor in rules
+    let anchors: Vec<&str> = rules
         .lines()
-        .filter_map(|l| l.split("README.md#").nth(1))
+        .filter_map(|l| l.split("{{ end }}#").nth(1))
         .map(|a| a.trim_end_matches('"'))
-    {
+        .collect();
+    assert_eq!(anchors.len(), 12, "every rule links its runbook");
+    // And the daemon's own finding alerts.
+    for anchor in anchors.into_iter().chain(["runbook-findings"]) {
         assert!(
             readme.contains(&format!("<a id=\"{anchor}\"></a>")),
             "README has no runbook anchor {anchor}"
@@ -70,12 +73,12 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
 fn alertmanager_example_is_valid() {
     let out = run(Command::new("amtool")
         .args(["check-config", "alertmanager.yml"])
-        .current_dir(root().join("deploy/alertmanager")));
+        .current_dir(root().join("dashboards/alertmanager")));
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
 fn dashboards() -> Vec<(String, Value)> {
-    let dir = root().join("deploy/grafana");
+    let dir = root().join("dashboards/grafana");
     let mut v: Vec<(String, Value)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -131,9 +134,44 @@ fn dashboards_take_their_data_source_from_a_variable() {
             );
             for t in p["targets"].as_array().unwrap() {
                 assert_eq!(t["datasource"]["uid"], "${datasource}");
+                // The instance picker applies to every panel.
+                assert!(
+                    t["expr"]
+                        .as_str()
+                        .unwrap()
+                        .contains("instance=~\"$instance\""),
+                    "{file}: {}: {}",
+                    p["title"],
+                    t["expr"]
+                );
             }
         }
     }
+    // What is bad is red: the daemon down, a critical finding.
+    let panel = |file: &str, title: &str| -> Value {
+        all.iter().find(|(f, _)| f == file).unwrap().1["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap()
+            .clone()
+    };
+    let up = panel("daemon-health.json", "Daemon up");
+    let mappings = &up["fieldConfig"]["defaults"]["mappings"][0]["options"];
+    assert_eq!(mappings["0"]["color"], "red");
+    assert_eq!(mappings["1"]["color"], "green");
+    let severity = panel("egress-overview.json", "Findings by severity");
+    let critical = severity["fieldConfig"]["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["matcher"]["options"] == "critical")
+        .unwrap();
+    assert_eq!(
+        critical["properties"][0]["value"]["steps"][1],
+        serde_json::json!({"color": "red", "value": 1})
+    );
 }
 
 fn get_json(url: &str) -> Value {
@@ -209,7 +247,7 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
         .unwrap();
     let prometheus = egresswatch_testkit::prometheus(
         &[format!("127.0.0.1:{port}")],
-        &[root().join("deploy/prometheus/egresswatch-rules.yml")],
+        &[root().join("dashboards/prometheus/egresswatch-rules.yml")],
         Some(&alertmanager.endpoint()),
     );
     let prom = prometheus.endpoint();
@@ -287,29 +325,62 @@ fn prometheus_scrapes_the_daemon_runs_every_panel_and_alerts_reach_alertmanager(
         assert!(!result.is_empty(), "{file} / {title}: no data for {q}");
     }
 
-    // The rules fire in Prometheus and the alerts reach Alertmanager.
+    // Every shipped rule loads and evaluates in Prometheus.
+    let groups = get_json(&format!("{prom}/api/v1/rules"))["data"]["groups"].clone();
+    let rules: Vec<Value> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .collect();
+    assert!(rules.len() >= 12, "{groups}");
+    wait_for("every rule evaluated", Duration::from_secs(30), || {
+        get_json(&format!("{prom}/api/v1/rules"))["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .all(|r| r["health"] == "ok")
+    });
+    // Findings reach Alertmanager by one path, the daemon's own alert, with a runbook link;
+    // no rule in Prometheus makes a second alert of them.
     let am = alertmanager.endpoint();
-    for alert in [
-        "EgressWatchNonHttpsEgress",
-        "EgressWatchCriticalFinding",
-        "EgressWatchHighFinding",
-    ] {
-        wait_for(alert, Duration::from_secs(90), || {
+    wait_for(
+        "the daemon's finding alerts",
+        Duration::from_secs(90),
+        || {
             get_json(&format!(
-                "{am}/api/v2/alerts?filter=alertname%3D%22{alert}%22"
+                "{am}/api/v2/alerts?filter=rule%3D%22denylisted_destination%22"
             ))
             .as_array()
             .is_some_and(|a| !a.is_empty())
-        });
+        },
+    );
+    let alerts = get_json(&format!("{am}/api/v2/alerts"));
+    let alerts = alerts.as_array().unwrap();
+    let findings: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["labels"]["rule"].is_string())
+        .collect();
+    assert!(!findings.is_empty());
+    for a in &findings {
+        assert_eq!(a["labels"]["alertname"], "EgressWatchFinding", "{a}");
+        assert!(
+            ["critical", "high", "medium", "low"]
+                .contains(&a["labels"]["severity"].as_str().unwrap()),
+            "{a}"
+        );
+        assert_eq!(
+            a["annotations"]["runbook_url"],
+            "https://github.com/egresswatch/egresswatch/blob/main/README.md#runbook-findings"
+        );
     }
-    let critical = get_json(&format!(
-        "{am}/api/v2/alerts?filter=alertname%3D%22EgressWatchCriticalFinding%22"
-    ));
-    assert_eq!(critical[0]["labels"]["rule"], "denylisted_destination");
-    assert!(critical[0]["annotations"]["runbook_url"]
-        .as_str()
-        .unwrap()
-        .ends_with("#runbook-findings"));
+    let denied = findings
+        .iter()
+        .find(|a| a["labels"]["rule"] == "denylisted_destination")
+        .unwrap();
+    assert_eq!(denied["labels"]["severity"], "critical");
+    assert_eq!(denied["labels"]["stack"], stack);
     let _ = daemon.kill();
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -427,6 +427,9 @@ pub struct Alerts {
     pub webhook_format: crate::document::Format,
     /// Desktop notifications over D-Bus.
     pub desktop: bool,
+    /// Where the runbooks are: each Alertmanager alert links to this followed by
+    /// `#runbook-findings` (a wiki page with the team's own steps, or the README).
+    pub runbook_base_url: String,
 }
 
 impl Default for Config {
@@ -503,6 +506,7 @@ impl Default for Alerts {
             webhook_url: None,
             webhook_format: crate::document::Format::Egresswatch,
             desktop: false,
+            runbook_base_url: DEFAULT_RUNBOOK_BASE_URL.into(),
         }
     }
 }
@@ -570,9 +574,32 @@ impl Config {
     }
 }
 
+/// The README's runbook section, where `alerts.runbook-base-url` points unless set.
+pub const DEFAULT_RUNBOOK_BASE_URL: &str =
+    "https://github.com/egresswatch/egresswatch/blob/main/README.md";
+
+/// Refuses a URL the sinks could never reach: anything but http:// or https:// with a host.
+fn http_url(key: &str, url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{key} = \"{url}\": {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "{key} = \"{url}\": expected an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
+}
+
 impl Alerts {
     /// Each value must be at least 1 and at most a bound that keeps memory and waits sane.
     fn validate(&self) -> Result<(), String> {
+        // Refused now rather than retried for ever at run time.
+        if let Some(u) = &self.alertmanager_url {
+            http_url("alerts.alertmanager-url", u)?;
+        }
+        if let Some(u) = &self.webhook_url {
+            http_url("alerts.webhook-url", u)?;
+        }
+        http_url("alerts.runbook-base-url", &self.runbook_base_url)?;
         let bounded: [(&str, u64, u64); 7] = [
             // A week: event-time memory of alerts is bounded by entries, but a longer
             // window only hides repeats a SOC wants to see again.
@@ -850,6 +877,41 @@ mod tests {
         );
         let e = Config::from_toml("listen = \"nowhere\"", "c.toml").unwrap_err();
         assert!(e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn sink_urls_that_could_never_be_reached_are_refused_at_load() {
+        for (toml, key) in [
+            (
+                "[alerts]\nalertmanager-url = \"127.0.0.1:9093\"",
+                "alerts.alertmanager-url",
+            ),
+            (
+                "[alerts]\nwebhook-url = \"ftp://hooks.example/x\"",
+                "alerts.webhook-url",
+            ),
+            (
+                "[alerts]\nwebhook-url = \"hooks.example/x\"",
+                "alerts.webhook-url",
+            ),
+            (
+                "[alerts]\nrunbook-base-url = \"file:///runbooks\"",
+                "alerts.runbook-base-url",
+            ),
+        ] {
+            let e = Config::from_toml(toml, "c.toml").unwrap_err();
+            assert!(e.starts_with(&format!("c.toml: {key} = ")), "{e}");
+        }
+        let c = Config::from_toml(
+            "[alerts]\nalertmanager-url = \"http://127.0.0.1:9093\"\nrunbook-base-url = \"https://wiki.example.com/egress\"",
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.alerts.runbook_base_url, "https://wiki.example.com/egress");
+        assert_eq!(
+            Config::default().alerts.runbook_base_url,
+            DEFAULT_RUNBOOK_BASE_URL
+        );
     }
 
     #[test]

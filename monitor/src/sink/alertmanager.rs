@@ -8,18 +8,20 @@ use crate::alert::Alert;
 pub struct Alertmanager {
     url: String,
     http: reqwest::Client,
+    runbook_url: String,
 }
 
 impl Alertmanager {
-    pub fn new(base: &str, http: reqwest::Client) -> Self {
+    pub fn new(base: &str, http: reqwest::Client, runbook_base_url: &str) -> Self {
         Alertmanager {
             url: format!("{}/api/v2/alerts", base.trim_end_matches('/')),
             http,
+            runbook_url: format!("{runbook_base_url}#runbook-findings"),
         }
     }
 }
 
-pub fn payload(a: &Alert) -> serde_json::Value {
+pub fn payload(a: &Alert, runbook_url: &str) -> serde_json::Value {
     let f = &a.finding;
     let mut labels = serde_json::json!({
         "alertname": "EgressWatchFinding",
@@ -48,6 +50,7 @@ pub fn payload(a: &Alert) -> serde_json::Value {
         "type": crate::finding::taxonomy(f.rule).0,
         "severity_value": f.severity.value().to_string(),
         "bytes": f.bytes.to_string(),
+        "runbook_url": runbook_url,
         "first_seen": crate::alert::rfc3339(f.first_seen),
         "last_seen": crate::alert::rfc3339(f.last_seen),
         // The whole finding document (schema v1), for receivers that want every field.
@@ -81,7 +84,10 @@ impl Sink for Alertmanager {
 
     fn deliver<'a>(&'a self, alerts: &'a [Alert]) -> Delivered<'a> {
         Box::pin(async move {
-            let body: Vec<serde_json::Value> = alerts.iter().map(payload).collect();
+            let body: Vec<serde_json::Value> = alerts
+                .iter()
+                .map(|a| payload(a, &self.runbook_url))
+                .collect();
             let r = self
                 .http
                 .post(&self.url)

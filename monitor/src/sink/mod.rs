@@ -59,7 +59,11 @@ pub fn from_config(a: &Alerts) -> Result<Vec<Box<dyn Sink>>, String> {
         v.push(Box::new(stdout::Stdout));
     }
     if let Some(u) = &a.alertmanager_url {
-        v.push(Box::new(alertmanager::Alertmanager::new(u, http.clone())));
+        v.push(Box::new(alertmanager::Alertmanager::new(
+            u,
+            http.clone(),
+            &a.runbook_base_url,
+        )));
     }
     if let Some(u) = &a.webhook_url {
         v.push(Box::new(webhook::Webhook::new(
