@@ -2,6 +2,7 @@
 //! over to the crate that does the work (`flowlog`, `egresswatch-provision`,
 //! `egresswatch-monitor`) and turns its result into output and an exit status.
 
+mod findings_cmd;
 mod monitor_cmd;
 mod parse_cmd;
 mod provision_cmd;
@@ -106,6 +107,16 @@ enum Command {
     /// Score a monitor's findings against a simulation's labels: per attack, detected or not,
     /// how fast and by which rules; and the findings that match no attack.
     Score(simulate_cmd::ScoreArgs),
+    /// List the findings the daemon kept in its state dir: what it raised, newest last.
+    ///
+    /// The daemon keeps every alert's finding document (schema v1) in `STATE_DIR/findings`,
+    /// a file per UTC day, for `[findings] keep-days` (90) within `max-bytes` (256 MiB), and
+    /// the findings suppressions held back, marked (`--suppressed` lists them too).
+    Findings(findings_cmd::FindingsArgs),
+    /// Write a self-contained HTML report of the findings (no script, nothing fetched), to read
+    /// or forward: findings over time by rule, the workloads and destinations with the most
+    /// egress in findings, the attacks found, and what was suppressed.
+    Report(findings_cmd::ReportArgs),
     /// Check a running daemon's health endpoint: exit 0 when it answers 200, 1 otherwise.
     /// For container health checks, where there is no shell or curl.
     Health {
@@ -116,6 +127,11 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+}
+
+/// A duration as people write it: 90m, 24h, 7d.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 90m, 6h, 7d)"))
 }
 
 fn parse_format(s: &str) -> Result<flowlog::Format, String> {
@@ -222,6 +238,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate_cmd::simulate(args),
         Command::Evaluate(args) => simulate_cmd::evaluate(args),
         Command::Score(args) => simulate_cmd::score(args),
+        Command::Findings(args) => findings_cmd::list(args),
+        Command::Report(args) => findings_cmd::report(args),
         Command::Health { url, timeout } => health(&url, timeout),
     }
 }

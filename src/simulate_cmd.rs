@@ -20,9 +20,7 @@ use egresswatch_provision::logs::put_events;
 use egresswatch_simulate::{Label, Network, Profile, Selection, Settings, Simulator, Subnet};
 use flowlog::{Decoder, Format};
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 90m, 6h, 7d)"))
-}
+use crate::parse_duration;
 
 /// What both commands simulate.
 #[derive(clap::Args, Clone)]

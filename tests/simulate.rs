@@ -207,6 +207,132 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .find(|f| f["rule"] == "traffic_volume_unusual")
         .unwrap();
     assert!(volume["evidence"]["observed"].as_f64().unwrap() >= 50e6);
+    // The daemon kept every alert in its findings store: `findings` lists the same ones.
+    let listed = bin()
+        .args([
+            "findings",
+            "--since",
+            "400d",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let kept: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids = |v: &[Value]| {
+        let mut ids: Vec<String> = v
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(ids(&kept), ids(&findings));
+    let high = bin()
+        .args([
+            "findings",
+            "--since",
+            "400d",
+            "--severity",
+            "high",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    let high = String::from_utf8_lossy(&high.stdout).lines().count();
+    assert!(high > 0 && high < kept.len(), "{high} of {}", kept.len());
+    let table = bin()
+        .args([
+            "findings",
+            "--since",
+            "400d",
+            "--rule",
+            "beaconing",
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let beacons = findings.iter().filter(|f| f["rule"] == "beaconing").count();
+    assert!(beacons > 0);
+    assert!(
+        table.starts_with("LAST SEEN")
+            && table.contains(&format!("{beacons} finding(s) in the last 400d")),
+        "{table}"
+    );
+
+    // The report renders in a browser with what the store holds.
+    let page = dir.join("report.html");
+    let report = bin()
+        .args(["report", "--since", "400d", "--output"])
+        .arg(&page)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let dom = egresswatch_testkit::chromium(&page, "--dump-dom");
+    // One per alert: stdout also printed each update of an alert that repeated.
+    let severity_count = |s: &str| kept.iter().filter(|f| f["severity"] == s).count();
+    for s in ["critical", "high", "medium", "low"] {
+        assert!(
+            dom.contains(&format!(
+                "data-severity=\"{s}\"><b>{}</b>",
+                severity_count(s)
+            )),
+            "{s}"
+        );
+    }
+    let mut rules: Vec<&str> = findings
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    rules.sort();
+    rules.dedup();
+    for r in &rules {
+        assert!(
+            dom.contains(&format!("data-rule=\"{r}\"")),
+            "no bar for {r}"
+        );
+    }
+    let attacks = kept
+        .iter()
+        .filter(|f| f["severity"] == "critical" || f["severity"] == "high")
+        .count();
+    assert!(dom.contains(&format!(
+        "Attacks found: critical and high findings ({attacks})"
+    )));
+    // A screenshot the test keeps, for a person to look at.
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    egresswatch_testkit::chromium(&page, &format!("--screenshot={}", shot.display()));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("report screenshot: {}", shot.display());
+
     // What the rules learnt is in the state dir, and a second run starts from it.
     let cp =
         egresswatch_monitor::checkpoint::read_checkpoint(&dir.join("state/file.checkpoint.json"))

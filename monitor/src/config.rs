@@ -67,6 +67,8 @@ pub struct Config {
     pub one_of_several: bool,
     pub rules: Rules,
     pub alerts: Alerts,
+    /// The findings store in the state dir (`[findings]`): how long and how much it keeps.
+    pub findings: crate::findings::Retention,
     /// What the team has said is fine (`[[suppress]]`); reloaded when the config file changes.
     pub suppress: Vec<crate::suppress::Suppression>,
     /// Tags for workload addresses or networks (`[[workloads]]`), for suppressions by tag
@@ -456,6 +458,7 @@ impl Default for Config {
             one_of_several: false,
             rules: Rules::default(),
             alerts: Alerts::default(),
+            findings: crate::findings::Retention::default(),
             suppress: Vec::new(),
             workloads: Vec::new(),
             inventory_refresh_seconds: 300,

@@ -272,11 +272,13 @@ async fn run_stack(
     let mut store = CheckpointStore::new(&config.state_dir, store_name)?;
     let cp = store.load()?;
     let mut router = Router::new(&config.alerts, metrics.clone());
+    let findings =
+        crate::findings::FindingStore::new(&config.state_dir, &config.findings)?.map(Arc::new);
     let alerts = AlertLog::open(
         &config.state_dir,
         store_name,
         &config.alerts,
-        crate::sink::from_config(&config.alerts)?,
+        crate::sink::from_config(&config.alerts, findings.clone())?,
         &mut router,
         cp.outbox_seq,
         metrics.clone(),
@@ -286,6 +288,7 @@ async fn run_stack(
     let mut pipeline = Pipeline::new(topo, dets, router, metrics.clone());
     pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
     pipeline.explain = config.explain;
+    pipeline.keep_suppressed = findings.is_some();
     if config.source == "s3" {
         pipeline.range = config.s3.range();
     }
@@ -324,6 +327,7 @@ async fn run_stack(
     let mut s = Stages {
         p: pipeline,
         alerts,
+        findings,
         store,
         cp,
         health: Health {
@@ -369,6 +373,8 @@ async fn run_stack(
 struct Stages {
     p: Pipeline,
     alerts: AlertLog,
+    /// The findings store, which also keeps what suppressions held back.
+    findings: Option<Arc<crate::findings::FindingStore>>,
     store: CheckpointStore,
     cp: Checkpoint,
     health: Health,
@@ -425,6 +431,7 @@ impl Stages {
         let Stages {
             p,
             alerts,
+            findings,
             health,
             shutdown,
             progress,
@@ -435,6 +442,16 @@ impl Stages {
             alerts.write(router)
         })
         .await?;
+        // Suppressed findings are kept for the record, not delivered: a failure to keep them
+        // is logged and does not hold the positions back.
+        if !p.suppressed.is_empty() {
+            let documents = std::mem::take(&mut p.suppressed);
+            if let Some(store) = findings {
+                if let Err(e) = store.append(&documents) {
+                    tracing::warn!(error = %e, findings = documents.len(), "suppressed findings not kept in the findings store");
+                }
+            }
+        }
         progress.dirty = true;
         if progress.last.elapsed() >= progress.every.max(progress.cost.saturating_mul(100)) {
             return self.checkpoint().await;
@@ -457,6 +474,7 @@ impl Stages {
             health,
             shutdown,
             progress,
+            ..
         } = self;
         if !progress.dirty {
             return Ok(false);

@@ -26,6 +26,10 @@ pub struct Pipeline {
     pub inventory: crate::inventory::SharedInventory,
     /// Print each suppressed finding to stdout with the suppression that matched.
     pub explain: bool,
+    /// Keep suppressed findings' documents in [`Pipeline::suppressed`] for the findings
+    /// store, which takes them at each commit.
+    pub keep_suppressed: bool,
+    pub suppressed: Vec<serde_json::Value>,
     pub metrics: Arc<Metrics>,
     pub records: u64,
     /// Flows that reached the rules (every record but duplicate views and status records).
@@ -62,12 +66,16 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prints a suppressed finding as the finding document with the suppression that matched,
-/// one JSON line on stdout (`monitor --explain`).
-fn explain(f: Finding, number: usize, reason: &str) {
-    use std::io::Write;
+/// A suppressed finding as the finding document with the suppression that matched.
+fn suppressed_document(f: Finding, number: usize, reason: &str) -> serde_json::Value {
     let mut doc = crate::document::document(&crate::alert::Alert::single(f));
     doc["suppressed"] = serde_json::json!({"suppression": number, "reason": reason});
+    doc
+}
+
+/// Prints a suppressed finding's document, one JSON line on stdout (`monitor --explain`).
+fn explain(doc: &serde_json::Value) {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
     // A closed stdout must not stop the daemon; the suppression is counted either way.
     let _ = writeln!(out, "{doc}");
@@ -107,6 +115,8 @@ impl Pipeline {
             suppressions: Default::default(),
             inventory: Default::default(),
             explain: false,
+            keep_suppressed: false,
+            suppressed: Vec::new(),
             metrics,
             records: 0,
             flows_judged: 0,
@@ -305,8 +315,14 @@ impl Pipeline {
                 {
                     m.findings_suppressed.with_label_values(&[f.rule]).inc();
                     tracing::debug!(rule = f.rule, workload = ?f.workload, remote = ?f.remote, remote_port = ?f.remote_port, suppression = n, reason = %reason, "finding suppressed");
-                    if self.explain {
-                        explain(f, n, &reason);
+                    if self.explain || self.keep_suppressed {
+                        let doc = suppressed_document(f, n, &reason);
+                        if self.explain {
+                            explain(&doc);
+                        }
+                        if self.keep_suppressed {
+                            self.suppressed.push(doc);
+                        }
                     }
                     continue;
                 }

@@ -711,3 +711,37 @@ pub fn cloudwatch_quota(moto: &Service, quotas: &serde_json::Value) -> CloudWatc
         dir,
     }
 }
+
+/// Runs headless Chromium (Debian's `chromium`, installed by scripts/install-test-services)
+/// on a local page with the flags a closed network needs, and returns what it printed.
+/// `mode` is `--dump-dom` (the DOM after the page was laid out) or `--screenshot=PATH`.
+pub fn chromium(page: &Path, mode: &str) -> String {
+    ensure_installed("chromium");
+    let profile = temp_dir("chromium");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(mode)
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -8,6 +8,7 @@
 pub mod alertmanager;
 pub mod desktop;
 pub mod stdout;
+pub mod store;
 pub mod webhook;
 
 use std::cmp::Reverse;
@@ -46,8 +47,11 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver<'a>(&'a self, alerts: &'a [Alert]) -> Delivered<'a>;
 }
 
-/// The sinks the configuration turns on.
-pub fn from_config(a: &Alerts) -> Result<Vec<Box<dyn Sink>>, String> {
+/// The sinks the configuration turns on, and the findings store when there is one.
+pub fn from_config(
+    a: &Alerts,
+    findings: Option<Arc<crate::findings::FindingStore>>,
+) -> Result<Vec<Box<dyn Sink>>, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
@@ -75,6 +79,9 @@ pub fn from_config(a: &Alerts) -> Result<Vec<Box<dyn Sink>>, String> {
     }
     if a.desktop {
         v.push(Box::new(desktop::Desktop { spacing }));
+    }
+    if let Some(store) = findings {
+        v.push(Box::new(store::Store(store)));
     }
     Ok(v)
 }
