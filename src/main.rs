@@ -129,6 +129,27 @@ enum Command {
     },
 }
 
+/// What a command prints on stdout: text for people, or one JSON document for scripts.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Whether stdout is a terminal that takes colour (and NO_COLOR is not set).
+fn stdout_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// A duration as people write it: 90m, 24h, 7d.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 90m, 6h, 7d)"))

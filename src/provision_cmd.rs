@@ -32,6 +32,10 @@ pub struct ProvisionArgs {
     /// Send every AWS call here instead (an emulator); default: AWS_ENDPOINT_URL.
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
+    /// `text` for people or `json` (one document on stdout) for scripts; `outputs` is JSON
+    /// either way.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "text")]
+    output: crate::Output,
 }
 
 #[derive(clap::Subcommand)]
@@ -39,13 +43,20 @@ enum Sub {
     /// Print a commented stack spec with every default.
     Init,
     /// Show what `up` would create, change or delete. Makes no change.
-    Plan,
+    Plan {
+        /// Exit 0 when there is no change, 2 when there are changes (1 on error), as
+        /// `terraform plan -detailed-exitcode` does.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
     /// Create or repair the stack until it matches the spec. Safe to run again at any time.
     Up,
     /// Report each resource present, missing or drifted; security findings first.
     /// Exit status 0 when in spec, 3 when drifted or incomplete.
     Status,
-    /// Print, as JSON, everything the monitor needs to know about the stack.
+    /// Print, as JSON, everything the monitor needs to know about the stack. Exit 0 when the
+    /// outputs were printed (differences from the spec are `status`'s to report), 3 when the
+    /// stack does not exist.
     Outputs,
     /// Delete everything the stack created, including what Studio left behind. Shows what it
     /// will delete and asks for the stack's name unless --yes. The flow-log group (the
@@ -74,21 +85,51 @@ struct DownArgs {
 }
 
 fn print_changes(changes: &[Change]) {
+    let colour = crate::stdout_colour();
     let mut sorted: Vec<&Change> = changes.iter().collect();
     sorted.sort_by_key(|c| !c.security);
     for c in sorted {
-        let sign = match c.kind {
-            ChangeKind::Create => "+",
-            ChangeKind::Update => "~",
-            ChangeKind::Replace => "-/+",
-            ChangeKind::Delete => "-",
+        let (sign, ansi) = match c.kind {
+            ChangeKind::Create => ("+", "32"),
+            ChangeKind::Update => ("~", "33"),
+            ChangeKind::Replace => ("-/+", "35"),
+            ChangeKind::Delete => ("-", "31"),
         };
         let flag = if c.security { "  [security]" } else { "" };
-        println!("{sign:>3} {:<26} {}{flag}", c.resource, c.detail);
+        let line = format!("{sign:>3} {:<26} {}{flag}", c.resource, c.detail);
+        if colour {
+            println!("\x1b[{ansi}m{line}\x1b[0m");
+        } else {
+            println!("{line}");
+        }
     }
 }
 
+fn kind_word(k: &ChangeKind) -> &'static str {
+    match k {
+        ChangeKind::Create => "create",
+        ChangeKind::Update => "update",
+        ChangeKind::Replace => "replace",
+        ChangeKind::Delete => "delete",
+    }
+}
+
+fn changes_json(changes: &[Change]) -> serde_json::Value {
+    changes
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "resource": c.resource,
+                "action": kind_word(&c.kind),
+                "detail": c.detail,
+                "security": c.security,
+            })
+        })
+        .collect()
+}
+
 pub fn run(args: ProvisionArgs) -> ExitCode {
+    let json = args.output == crate::Output::Json;
     if let Sub::Init = args.command {
         print!("{}", provision::SPEC_TEMPLATE);
         return ExitCode::SUCCESS;
@@ -114,36 +155,53 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
         let progress = |line: &str| eprintln!("  {line}");
         let result = match args.command {
             Sub::Init => unreachable!("handled above"),
-            Sub::Plan => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
-                if changes.is_empty() {
+            Sub::Plan { detailed_exitcode } => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
+                if json {
+                    crate::print_json(&serde_json::json!({"stack": args.stack, "changes": changes_json(&changes)}));
+                } else if changes.is_empty() {
                     println!("stack {}: no changes; the account matches the spec", args.stack);
                 } else {
                     println!("stack {}: `up` would make {} change(s):", args.stack, changes.len());
                     print_changes(&changes);
                 }
-                ExitCode::SUCCESS
+                if detailed_exitcode && !changes.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS }
             }),
             Sub::Status => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
-                if changes.is_empty() {
+                let security = changes.iter().filter(|c| c.security).count();
+                if json {
+                    crate::print_json(&serde_json::json!({
+                        "stack": args.stack,
+                        "in_spec": changes.is_empty(),
+                        "security_differences": security,
+                        "differences": changes_json(&changes),
+                    }));
+                } else if changes.is_empty() {
                     println!("stack {}: in spec", args.stack);
-                    ExitCode::SUCCESS
                 } else {
-                    let security = changes.iter().filter(|c| c.security).count();
                     println!("stack {}: {} difference(s) from the spec, {security} of them security-relevant:", args.stack, changes.len());
                     print_changes(&changes);
                     println!("run `egresswatch provision up` to repair");
-                    ExitCode::from(3)
                 }
+                if changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
             }),
             Sub::Up => {
                 let started = std::time::Instant::now();
                 provision::reconcile(&clients, &spec, &args.stack, Mode::Apply, progress).await.map(|(changes, _)| {
                     let calls = clients.calls.calls();
                     let mutating = clients.calls.mutating();
-                    if changes.is_empty() {
-                        println!("stack {}: already in spec; no change made ({calls} read calls, {:.1}s)", args.stack, started.elapsed().as_secs_f64());
+                    let seconds = started.elapsed().as_secs_f64();
+                    if json {
+                        crate::print_json(&serde_json::json!({
+                            "stack": args.stack,
+                            "changes": changes_json(&changes),
+                            "calls": calls,
+                            "mutating_calls": mutating,
+                            "seconds": seconds,
+                        }));
+                    } else if changes.is_empty() {
+                        println!("stack {}: already in spec; no change made ({calls} read calls, {seconds:.1}s)", args.stack);
                     } else {
-                        println!("stack {}: {} change(s) made ({mutating} mutating of {calls} calls, {:.1}s)", args.stack, changes.len(), started.elapsed().as_secs_f64());
+                        println!("stack {}: {} change(s) made ({mutating} mutating of {calls} calls, {seconds:.1}s)", args.stack, changes.len());
                     }
                     ExitCode::SUCCESS
                 })
@@ -154,9 +212,12 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                     return ExitCode::from(3);
                 }
                 match serde_json::to_string_pretty(&out) {
-                    Ok(json) => {
-                        println!("{json}");
-                        if changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
+                    Ok(text) => {
+                        println!("{text}");
+                        if !changes.is_empty() {
+                            eprintln!("egresswatch provision: stack {} differs from the spec in {} way(s); `provision status` says how", args.stack, changes.len());
+                        }
+                        ExitCode::SUCCESS
                     }
                     Err(e) => {
                         eprintln!("egresswatch provision: {e}");
@@ -165,7 +226,9 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 }
             }),
             Sub::Unlock => provision::lock::unlock(&clients, &args.stack).await.map(|removed| {
-                if removed {
+                if json {
+                    crate::print_json(&serde_json::json!({"stack": args.stack, "removed": removed}));
+                } else if removed {
                     println!("stack {}: lock removed", args.stack);
                 } else {
                     println!("stack {}: not locked", args.stack);
@@ -209,6 +272,15 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 }
                 opts.dry_run = d.dry_run;
                 provision::down(&clients, &args.stack, opts, progress).await.map(|deleted| {
+                    if json {
+                        crate::print_json(&serde_json::json!({
+                            "stack": args.stack,
+                            "dry_run": d.dry_run,
+                            "deleted": deleted,
+                            "flow_log_group_kept": !d.delete_logs,
+                        }));
+                        return ExitCode::SUCCESS;
+                    }
                     let kept = if d.delete_logs { String::new() } else { "; the flow-log group is kept (--delete-logs deletes it)".to_string() };
                     if deleted.is_empty() {
                         println!("stack {}: nothing to delete{kept}", args.stack);

@@ -377,9 +377,9 @@ pub struct EvaluateArgs {
     /// Monitor config whose `[rules]` to evaluate [default: the defaults].
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// `table` or `json`.
-    #[arg(long, default_value = "table")]
-    output: String,
+    /// `text` (a table) or `json`.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: crate::Output,
 }
 
 /// One attack's outcome on one seed.
@@ -437,13 +437,6 @@ pub fn evaluate(args: EvaluateArgs) -> ExitCode {
         Ok(c) => c.unwrap_or_default(),
         Err(code) => return code,
     };
-    if args.output != "table" && args.output != "json" {
-        eprintln!(
-            "egresswatch evaluate: --output {}: expected table or json",
-            args.output
-        );
-        return ExitCode::from(2);
-    }
     let runtime = match crate::tokio_runtime("evaluate") {
         Ok(r) => r,
         Err(code) => return code,
@@ -451,7 +444,7 @@ pub fn evaluate(args: EvaluateArgs) -> ExitCode {
     let report = runtime.block_on(async { evaluate_inner(&args, config) });
     match report {
         Ok(r) => {
-            if args.output == "json" {
+            if args.output == crate::Output::Json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
                 print_report(&r, args.seeds.len());
@@ -636,6 +629,9 @@ pub struct ScoreArgs {
     /// Findings as JSON lines (the monitor's stdout sink, or a webhook's log).
     #[arg(long)]
     findings: PathBuf,
+    /// `text` (a table) or `json`.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: crate::Output,
 }
 
 /// Scores the findings a monitor raised against a simulation's labels.
@@ -678,7 +674,11 @@ pub fn score(args: ScoreArgs) -> ExitCode {
     })();
     match result {
         Ok(r) => {
-            print_report(&r, 1);
+            if args.output == crate::Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print_report(&r, 1);
+            }
             if r.outcomes.iter().all(|o| o.detected) {
                 ExitCode::SUCCESS
             } else {

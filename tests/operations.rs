@@ -790,6 +790,38 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
         .output()
         .unwrap();
     assert_eq!(status.status.code(), Some(0), "the dry run deleted nothing");
+    // For scripts: JSON documents, and plan's exit status says whether there is a change.
+    let plan = egresswatch(&aws.endpoint())
+        .args([
+            "provision",
+            "plan",
+            "--stack",
+            "asked",
+            "--detailed-exitcode",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(0), "{plan:?}");
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["changes"], serde_json::json!([]));
+    let dry = egresswatch(&aws.endpoint())
+        .args([
+            "provision",
+            "down",
+            "--stack",
+            "asked",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{dry:?}");
+    let dry: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry["deleted"].as_array().unwrap().len() > 5, "{dry}");
     // Confirmed, with the users' home data: gone, the flow-log group kept.
     let done = run(egresswatch(&aws.endpoint()).args([
         "provision",
@@ -801,9 +833,34 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
     ]));
     assert!(done.contains("the flow-log group is kept"), "{done}");
     let status = egresswatch(&aws.endpoint())
-        .args(["provision", "status", "--stack", "asked"])
+        .args([
+            "provision",
+            "status",
+            "--stack",
+            "asked",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
     assert_eq!(status.status.code(), Some(3), "{status:?}");
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["in_spec"], false);
+    assert!(status["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["action"] == "create" && c["resource"].as_str().unwrap().starts_with("vpc")));
+    let plan = egresswatch(&aws.endpoint())
+        .args([
+            "provision",
+            "plan",
+            "--stack",
+            "asked",
+            "--detailed-exitcode",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(plan.status.code(), Some(2), "{plan:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
