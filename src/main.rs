@@ -76,7 +76,9 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         egresswatch parse flows.log\n  \
         egresswatch parse --output summary 123456789012_vpcflowlogs_*.log.gz\n  \
-        aws logs filter-log-events ... | egresswatch parse --format '${version} ${srcaddr} ${dstaddr} ${bytes}'")]
+        egresswatch parse -f 'interface-id srcaddr dstaddr dstport bytes action' custom.log\n  \
+        aws logs filter-log-events --log-group-name /egresswatch/prod/flow-logs --query 'events[].message' \\\n      \
+        --output text | tr '\\t' '\\n' | egresswatch parse --format \"$(jq -r .flow_log_format outputs.json)\"")]
     Parse {
         /// The record format: an AWS format string (`${version} ${srcaddr} …`) or field names
         /// separated by spaces or commas. Default: a file's header line, else the default
@@ -117,6 +119,23 @@ enum Command {
     /// or forward: findings over time by rule, the workloads and destinations with the most
     /// egress in findings, the attacks found, and what was suppressed.
     Report(findings_cmd::ReportArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        egresswatch completions bash > /etc/bash_completion.d/egresswatch\n  \
+        egresswatch completions zsh > \"${fpath[1]}/_egresswatch\"\n  \
+        egresswatch completions fish > ~/.config/fish/completions/egresswatch.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: egresswatch(1) and one per subcommand (egresswatch-monitor(1), …).
+    #[command(after_help = "Example:\n  \
+        egresswatch man --dir /usr/local/share/man/man1 && man egresswatch-monitor")]
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Check a running daemon's health endpoint: exit 0 when it answers 200, 1 otherwise.
     /// For container health checks, where there is no shell or curl.
     Health {
@@ -220,6 +239,35 @@ fn health(url: &str, timeout: u64) -> ExitCode {
     })
 }
 
+/// Writes egresswatch.1 and a page for each subcommand and sub-subcommand into `dir`.
+fn man_pages(dir: &std::path::Path) -> ExitCode {
+    fn write(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+        // clap takes a static name; the process ends soon after writing the pages.
+        let static_name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let cmd = cmd.clone().name(static_name);
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(n)
+    }
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    match std::fs::create_dir_all(dir).and_then(|()| write(&cmd, "egresswatch", dir)) {
+        Ok(n) => {
+            eprintln!("egresswatch man: {n} page(s) in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egresswatch man: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; RUST_LOG tunes them (default: info). Colour only on a terminal and
@@ -261,6 +309,16 @@ fn main() -> ExitCode {
         Command::Score(args) => simulate_cmd::score(args),
         Command::Findings(args) => findings_cmd::list(args),
         Command::Report(args) => findings_cmd::report(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "egresswatch",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Health { url, timeout } => health(&url, timeout),
     }
 }

@@ -423,14 +423,15 @@ fn local_monitor_on(dir: &std::path::Path, source: &str, config: &str, port: u16
 #[test]
 fn sighup_reloads_the_config_and_sigterm_with_stdin_blocked_exits_promptly() {
     let dir = fresh_dir("stdin-term");
-    let network = "[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n";
+    let network = "status-interval-seconds = 1\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\n[alerts]\nstdout = false\n";
     std::fs::write(dir.join("topology.toml"), network).unwrap();
     let port = egresswatch_testkit::free_port();
     // stdin is a pipe nobody writes to or closes: the read blocks for ever.
     let mut child = local_monitor_on(&dir, "stdin", "topology.toml", port)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let _writer = child.stdin.take();
@@ -496,6 +497,17 @@ fn sighup_reloads_the_config_and_sigterm_with_stdin_blocked_exits_promptly() {
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(2), "took {took:?}");
     eprintln!("SIGTERM with stdin blocked: exited 0 after {took:?}");
+    // The log said how reading went while the input was quiet, and what the reloads did.
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains(" reading ")
+            && l.contains("records=0")
+            && l.contains("source=stdin")),
+        "{log}"
+    );
+    assert!(log.contains("configuration not reloaded"), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

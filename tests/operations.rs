@@ -864,3 +864,87 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
     assert_eq!(plan.status.code(), Some(2), "{plan:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_for_every_subcommand() {
+    let bin = env!("CARGO_BIN_EXE_egresswatch");
+    let bash = run(Command::new(bin).args(["completions", "bash"]));
+    assert!(
+        bash.contains("_egresswatch()") && bash.contains("findings"),
+        "{bash}"
+    );
+    let dir = fresh_dir("man");
+    run(Command::new(bin).args(["man", "--dir"]).arg(&dir));
+    for page in [
+        "egresswatch.1",
+        "egresswatch-monitor.1",
+        "egresswatch-provision-plan.1",
+        "egresswatch-report.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+    // man itself renders one.
+    let rendered = Command::new("man")
+        .arg(dir.join("egresswatch-findings.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output();
+    if let Ok(out) = rendered {
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("--severity"));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn parse_help_examples_run_as_written() {
+    let bin = env!("CARGO_BIN_EXE_egresswatch");
+    let help = run(Command::new(bin).args(["parse", "--help"]));
+    let dir = fresh_dir("parse-examples");
+    // The files the examples name, in the formats they say.
+    let line = "2 123456789012 eni-0a1b2c3d4e5f60718 10.0.1.5 203.0.113.9 49152 443 6 10 8400 1764547200 1764547260 ACCEPT OK\n";
+    std::fs::write(dir.join("flows.log"), line.repeat(3)).unwrap();
+    std::fs::write(
+        dir.join("custom.log"),
+        "eni-0a1b2c3d4e5f60718 10.0.1.5 203.0.113.9 443 8400 ACCEPT\n",
+    )
+    .unwrap();
+    let header = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, format!("{header}{line}").as_bytes()).unwrap();
+    std::fs::write(
+        dir.join("123456789012_vpcflowlogs_us-east-1_fl-0a1b2c3d_20261129T0000Z_f1e2d3c4.log.gz"),
+        gz.finish().unwrap(),
+    )
+    .unwrap();
+    let examples: Vec<&str> = help
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("egresswatch parse "))
+        .collect();
+    assert!(examples.len() >= 3, "{help}");
+    for example in examples {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(example.replacen("egresswatch", bin, 1))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !stdout.trim().is_empty(),
+            "{example}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains(":1:"),
+            "{example}: a bad line"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -365,6 +365,34 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         "{log}"
     );
     assert!(!log.contains("not restored"), "{log}");
+
+    // A network description that is not these flow logs' (another VPC's NAT gateway): said
+    // once, loudly, instead of a quiet run with no findings.
+    let wrong = dir.join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "listen = \"127.0.0.1:{}\"\nstate-dir = \"{}\"\nsource = \"file:{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-0000000000000dead\"]\nnat-private-ips = [\"10.0.255.1\"]\n[alerts]\nstdout = false\n",
+            egresswatch_testkit::free_port(),
+            dir.join("wrong-state").display(),
+            flows.display(),
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["monitor", "--config"])
+        .arg(&wrong)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.matches("does not seem to match these flow logs")
+            .count(),
+        1,
+        "{log}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     pub topology: Option<Topology>,
     /// Seconds between CloudWatch polls.
     pub poll_interval_seconds: u64,
+    /// Seconds between the info lines that say how reading goes (records/s, lag, findings);
+    /// 0: none.
+    pub status_interval_seconds: u64,
     /// Seconds between checkpoints (read positions committed together with what the rules
     /// learnt); stretched when the rules' state is large, so checkpoints never take more
     /// than a hundredth of the time. A crash re-reads at most about this much.
@@ -447,6 +450,7 @@ impl Default for Config {
             outputs_file: None,
             topology: None,
             poll_interval_seconds: 10,
+            status_interval_seconds: 60,
             checkpoint_interval_seconds: 1,
             // A flow-log record is well under 1 KiB; CloudWatch caps an event at 256 KiB.
             max_line_bytes: 256 * 1024,
@@ -557,6 +561,12 @@ impl Config {
         // Flow logs publish at most every 600 s (the longest aggregation interval): polling
         // less often than that only delays alerts, so a larger value is a mistake in units.
         within("poll-interval-seconds", self.poll_interval_seconds, 1, 600)?;
+        within(
+            "status-interval-seconds",
+            self.status_interval_seconds,
+            0,
+            86_400,
+        )?;
         self.alerts.validate()?;
         crate::suppress::Suppressions::new(&self.suppress)?;
         // Five minutes: what a crash makes the daemon read again, and how late a checkpoint

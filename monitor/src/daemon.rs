@@ -545,6 +545,70 @@ pub fn open_input(path: Option<&std::path::Path>) -> std::io::Result<Box<dyn Rea
     })
 }
 
+/// The periodic info line that says how reading goes, and the one warning that the network
+/// description does not match the records.
+struct StatusLine {
+    every: Option<Duration>,
+    last: std::time::Instant,
+    records: u64,
+    findings: u64,
+    warned_topology: bool,
+}
+
+/// Flows judged with none through the NAT before the topology is called into question: a
+/// minute of a small team's traffic.
+const TOPOLOGY_DOUBT_FLOWS: u64 = 10_000;
+
+impl StatusLine {
+    fn new(config: &Config) -> Self {
+        StatusLine {
+            every: (config.status_interval_seconds > 0)
+                .then(|| Duration::from_secs(config.status_interval_seconds)),
+            last: std::time::Instant::now(),
+            records: 0,
+            findings: 0,
+            warned_topology: false,
+        }
+    }
+
+    fn tick(&mut self, config: &Config, p: &Pipeline) {
+        if !self.warned_topology
+            && p.flows_judged >= TOPOLOGY_DOUBT_FLOWS
+            && p.nat_egress_flows == 0
+        {
+            self.warned_topology = true;
+            tracing::warn!(
+                flows = p.flows_judged,
+                nat_interfaces = ?p.topology.nat_interfaces,
+                nat_private_ips = ?p.topology.nat_private_ips,
+                vpc_cidrs = ?p.topology.vpc_cidrs,
+                "no record was NAT egress in {} flows: the network description (outputs-file or [topology]) does not seem to match these flow logs, so the egress rules see nothing",
+                p.flows_judged
+            );
+        }
+        let Some(every) = self.every else { return };
+        let elapsed = self.last.elapsed();
+        if elapsed < every {
+            return;
+        }
+        let records = p.records.saturating_sub(self.records);
+        let findings = p.findings_raised.saturating_sub(self.findings);
+        let lag = (p.newest_event > 0).then(|| unix_now().saturating_sub(p.newest_event));
+        tracing::info!(
+            source = %config.source,
+            records,
+            records_per_second = (records as f64 / elapsed.as_secs_f64()).round() as u64,
+            newest_record_age_seconds = lag,
+            findings,
+            findings_total = p.findings_raised,
+            "reading"
+        );
+        self.last = std::time::Instant::now();
+        self.records = p.records;
+        self.findings = p.findings_raised;
+    }
+}
+
 /// Runs the source's batches through every stage and commits their positions, until the
 /// input ends, the source fails or shutdown is signalled. Whatever the source, the same
 /// order: lines through the pipeline, alerts into the outbox, then the position.
@@ -554,6 +618,7 @@ async fn drive<S: Source>(
     s: &mut Stages,
 ) -> Result<RunSummary, String> {
     let mut reloader = crate::reload::Reloader::new(config, s.p.metrics.clone());
+    let mut status = StatusLine::new(config);
     let too_long =
         s.p.metrics
             .bad_lines
@@ -583,6 +648,7 @@ async fn drive<S: Source>(
                 beat();
                 s.p.publish_top_k();
                 reloader.reload_if_asked_or_changed(&mut s.p);
+                status.tick(config, &s.p);
                 if s.checkpoint().await? {
                     source.committed().await;
                 }
@@ -671,6 +737,7 @@ async fn drive<S: Source>(
         }
         s.health.reading();
         reloader.reload_if_asked_or_changed(&mut s.p);
+        status.tick(config, &s.p);
     }
     Ok(summary)
 }

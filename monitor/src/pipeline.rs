@@ -32,6 +32,11 @@ pub struct Pipeline {
     pub suppressed: Vec<serde_json::Value>,
     pub metrics: Arc<Metrics>,
     pub records: u64,
+    /// Flows classified as workload egress through the NAT: none after many records means the
+    /// network description does not match the flow logs.
+    pub nat_egress_flows: u64,
+    /// Findings raised (not suppressed) since start.
+    pub findings_raised: u64,
     /// Flows that reached the rules (every record but duplicate views and status records).
     pub flows_judged: u64,
     /// Window end of the newest record seen: event time, by which the router closes folds
@@ -119,6 +124,8 @@ impl Pipeline {
             suppressed: Vec::new(),
             metrics,
             records: 0,
+            nat_egress_flows: 0,
+            findings_raised: 0,
             flows_judged: 0,
             newest_event: 0,
             findings: Vec::new(),
@@ -269,6 +276,7 @@ impl Pipeline {
         }
         self.flows_judged += 1;
         if flow.path == Path::NatEgress {
+            self.nat_egress_flows += 1;
             if let (Some(w), Some(r)) = (flow.workload, flow.remote) {
                 self.top_workloads.add(w, flow.bytes);
                 self.top_remotes.add(r, flow.bytes);
@@ -330,6 +338,7 @@ impl Pipeline {
             m.findings
                 .with_label_values(&[f.rule, f.severity.as_str()])
                 .inc();
+            self.findings_raised += 1;
             self.router.route(f);
         }
     }
