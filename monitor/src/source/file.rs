@@ -176,7 +176,7 @@ impl FileSource {
                 file: None,
             });
             let input = if gz {
-                Input::Gz(MultiGzDecoder::new(stream))
+                Input::Gz(Box::new(MultiGzDecoder::new(stream)))
             } else {
                 Input::Stream(stream)
             };
@@ -198,7 +198,7 @@ impl FileSource {
         let (input, skip) = if gz {
             let skip = start_at.as_ref().map_or(0, |p| p.offset);
             let reader: Box<dyn Read + Send> = Box::new(file);
-            (Input::Gz(MultiGzDecoder::new(reader)), skip)
+            (Input::Gz(Box::new(MultiGzDecoder::new(reader))), skip)
         } else {
             let mut file = file;
             if let Some(pos) = &start_at {
@@ -271,7 +271,8 @@ impl Read for OpenOnRead {
 enum Input {
     /// A regular file: positions kept, followable.
     Plain(File),
-    Gz(MultiGzDecoder<Box<dyn Read + Send>>),
+    // Boxed: the decoder's state is large beside the other inputs.
+    Gz(Box<MultiGzDecoder<Box<dyn Read + Send>>>),
     Stream(Box<dyn Read + Send>),
 }
 
@@ -766,7 +767,7 @@ impl Worker {
             })
         })?;
         let reader: Box<dyn Read + Send> = Box::new(file);
-        self.input = Input::Gz(MultiGzDecoder::new(reader));
+        self.input = Input::Gz(Box::new(MultiGzDecoder::new(reader)));
         self.cut.restart(0);
         self.lines = 0;
         self.notes.push(format!(

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 pub mod budget;
 pub mod cloudwatch;
 pub mod file;
+mod parquet_rows;
 pub mod s3;
 
 /// What [`Source::next`] has for the daemon.

@@ -239,7 +239,8 @@ fn unreadable(reason: &'static str, detail: impl std::fmt::Display) -> Unreadabl
 /// An object being read, from its downloaded file.
 pub enum ObjectReader {
     Text {
-        lines: BufReader<MultiGzDecoder<File>>,
+        // Boxed: the decoder's state is large beside the Parquet reader.
+        lines: Box<BufReader<MultiGzDecoder<File>>>,
         format: Format,
         /// Lines read so far, the header included.
         read: u64,
@@ -248,10 +249,7 @@ pub enum ObjectReader {
         pending_oversize: u64,
     },
     Parquet {
-        rows: parquet::record::reader::RowIter<'static>,
-        /// For each column of the file, its place in `format`, or None for a column the
-        /// format does not know (a field newer than this build): left out.
-        columns: Vec<Option<usize>>,
+        rows: Box<super::parquet_rows::ParquetRows>,
         format: Format,
         read: u64,
     },
@@ -275,7 +273,8 @@ impl ObjectReader {
         let f = File::open(path).map_err(|e| unreadable("download", e))?;
         match &magic[..n] {
             [0x1f, 0x8b, ..] => {
-                let mut lines = BufReader::with_capacity(128 * 1024, MultiGzDecoder::new(f));
+                let mut lines =
+                    Box::new(BufReader::with_capacity(128 * 1024, MultiGzDecoder::new(f)));
                 let mut header = Vec::new();
                 lines
                     .by_ref()
@@ -315,15 +314,15 @@ impl ObjectReader {
                 let format = Format::new(&known)
                     .map_err(|e| unreadable("parquet_schema", format!("columns {names:?}: {e}")))?;
                 needs(&format).map_err(|e| unreadable("parquet_schema", e.detail))?;
+                // For each column of the file, its place in `format`, or None for a column
+                // the format does not know (a field newer than this build): left out.
                 let columns = names
                     .iter()
                     .map(|n| Field::from_name(n).and_then(|f| format.position(f)))
                     .collect();
-                let boxed: Box<dyn FileReader> = Box::new(reader);
-                let rows = parquet::record::reader::RowIter::from_file_into(boxed);
+                let rows = super::parquet_rows::ParquetRows::new(reader, columns, format.len());
                 Ok(ObjectReader::Parquet {
-                    rows,
-                    columns,
+                    rows: Box::new(rows),
                     format,
                     read: 0,
                 })
@@ -438,85 +437,24 @@ impl ObjectReader {
                     ended,
                 })
             }
-            ObjectReader::Parquet {
-                rows,
-                columns,
-                format,
-                read,
-            } => {
+            ObjectReader::Parquet { rows, read, .. } => {
                 let first_line = read.saturating_add(1);
                 let mut text = Vec::with_capacity(BATCH_BYTES);
-                let mut cells: Vec<String> = vec![String::new(); format.len()];
-                let mut ended = false;
-                let mut taken = 0usize;
-                while taken < BATCH_ROWS.min(most) {
-                    let Some(row) = rows.next() else {
-                        ended = true;
-                        break;
-                    };
-                    let row = row.map_err(|e| {
-                        unreadable(
-                            "corrupt_parquet",
-                            format!("row {}: {e}", read.saturating_add(1)),
-                        )
-                    })?;
-                    for c in cells.iter_mut() {
-                        c.clear();
-                        c.push('-');
-                    }
-                    for (i, (_, value)) in row.get_column_iter().enumerate() {
-                        let Some(Some(at)) = columns.get(i) else {
-                            continue;
-                        };
-                        if let Some(cell) = cells.get_mut(*at) {
-                            cell.clear();
-                            write_cell(cell, value);
-                        }
-                    }
-                    for (i, c) in cells.iter().enumerate() {
-                        if i > 0 {
-                            text.push(b' ');
-                        }
-                        text.extend_from_slice(c.as_bytes());
-                    }
-                    text.push(b'\n');
-                    taken += 1;
-                    *read = read.saturating_add(1);
-                }
+                let n = rows.read(BATCH_ROWS.min(most), &mut text).map_err(|e| {
+                    unreadable(
+                        "corrupt_parquet",
+                        format!("row {}: {e}", read.saturating_add(1)),
+                    )
+                })?;
+                *read = read.saturating_add(n as u64);
                 Ok(Chunk {
                     text,
                     first_line,
                     oversize_lines: 0,
-                    ended,
+                    ended: n == 0,
                 })
             }
         }
-    }
-}
-
-/// A Parquet value as the text format writes it: `-` for a value that is not there.
-fn write_cell(cell: &mut String, value: &parquet::record::Field) {
-    use parquet::record::Field as V;
-    use std::fmt::Write;
-    let _ = match value {
-        V::Null => write!(cell, "-"),
-        V::Str(s) if s.is_empty() => write!(cell, "-"),
-        V::Str(s) => write!(cell, "{s}"),
-        V::Int(v) => write!(cell, "{v}"),
-        V::Long(v) => write!(cell, "{v}"),
-        V::Short(v) => write!(cell, "{v}"),
-        V::Byte(v) => write!(cell, "{v}"),
-        V::UInt(v) => write!(cell, "{v}"),
-        V::ULong(v) => write!(cell, "{v}"),
-        V::UShort(v) => write!(cell, "{v}"),
-        V::UByte(v) => write!(cell, "{v}"),
-        V::Bool(v) => write!(cell, "{v}"),
-        V::Bytes(b) => write!(cell, "{}", String::from_utf8_lossy(b.data())),
-        other => write!(cell, "{other}"),
-    };
-    // A value with a space would shift every column after it.
-    if cell.contains(' ') {
-        *cell = cell.replace(' ', "_");
     }
 }
 
