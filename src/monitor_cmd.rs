@@ -64,6 +64,12 @@ pub struct MonitorArgs {
     /// reaches a sink either way.
     #[arg(long)]
     explain: bool,
+    /// Check everything the daemon needs, then exit: the config and the files it names, the
+    /// network description, the state dir, the source (the flow log's format and one read,
+    /// with their permissions) and each alert sink. Reads only. Exit 0 when all is well, 1
+    /// when something would stop the daemon or lose alerts.
+    #[arg(long)]
+    check: bool,
 }
 
 pub fn run(args: MonitorArgs) -> ExitCode {
@@ -115,6 +121,9 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
+    if args.check {
+        return runtime.block_on(check(config, args.region, args.endpoint_url));
+    }
     let code = runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -204,4 +213,49 @@ pub fn run(args: MonitorArgs) -> ExitCode {
     // after the daemon has stopped.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// `monitor --check`: every stack's checks, a line each; exit 1 when one failed.
+async fn check(config: Config, region: Option<String>, endpoint_url: Option<String>) -> ExitCode {
+    let stacks: Vec<Config> = if config.stacks.is_empty() {
+        vec![config.clone()]
+    } else {
+        config.stacks.iter().map(|e| config.for_stack(e)).collect()
+    };
+    let mut failed = 0;
+    for c in &stacks {
+        let clients = if c.source == "cloudwatch" || c.source == "s3" {
+            match egresswatch_monitor::aws::Clients::from_env(region.clone(), endpoint_url.clone())
+                .await
+            {
+                Ok(clients) => Some(clients),
+                Err(e) => {
+                    println!("FAIL  AWS: {e}");
+                    failed += 1;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if stacks.len() > 1 {
+            println!("stack {}:", c.stack);
+        }
+        for item in egresswatch_monitor::check::run(c, clients).await {
+            match item.outcome {
+                Ok(detail) => println!("ok    {}: {detail}", item.what),
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL  {}: {e}", item.what);
+                }
+            }
+        }
+    }
+    if failed == 0 {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} check(s) failed");
+        ExitCode::FAILURE
+    }
 }

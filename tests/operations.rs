@@ -948,3 +948,58 @@ fn parse_help_examples_run_as_written() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn monitor_check_tries_everything_the_daemon_needs_and_names_what_fails() {
+    let moto = egresswatch_testkit::moto();
+    let dir = fresh_dir("check");
+    let stack = "checked";
+    let outputs = provision_stack(&moto.endpoint(), stack, &dir);
+    let config = dir.join("monitor.toml");
+    let write = |alerts: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state-dir = \"{}\"\nstack = \"{stack}\"\noutputs-file = \"{}\"\n[alerts]\nstdout = false\n{alerts}",
+                dir.join("state").display(),
+                outputs.display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        egresswatch(&moto.endpoint())
+            .args(["monitor", "--check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    write("");
+    let good = check();
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{text}");
+    for line in [
+        "ok    network: VPC",
+        "ok    state dir:",
+        "ok    source cloudwatch: flow log format:",
+        &format!("ok    source cloudwatch: log group /egresswatch/{stack}/flow-logs: listed"),
+        "all checks passed",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    // An Alertmanager nobody runs: named, and the exit status says so.
+    let port = egresswatch_testkit::free_port();
+    write(&format!("alertmanager-url = \"http://127.0.0.1:{port}\"\n"));
+    let bad = check();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL  sink alertmanager http://127.0.0.1:{port}:")),
+        "{text}"
+    );
+    assert!(text.contains("1 check(s) failed"), "{text}");
+    // The daemon's state dir holds nothing from a check but the dir itself.
+    let left: Vec<_> = std::fs::read_dir(dir.join("state")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,7 @@
 
 pub mod alert;
 pub mod aws;
+pub mod check;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;

@@ -275,6 +275,73 @@ impl CloudWatchSource {
         })
     }
 
+    /// What `monitor --check` asks of CloudWatch Logs and EC2: the flow log's format, the log
+    /// group, and one read of its newest stream, each with the permission it needs. Reads
+    /// only; each result is a line for the operator.
+    pub async fn check(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        out.push((
+            "flow log format".to_string(),
+            self.flow_log_format()
+                .await
+                .map(|f| format!("{} fields (DescribeFlowLogs or the config)", f.len())),
+        ));
+        let listed = self
+            .logs
+            .describe_log_streams()
+            .log_group_name(&self.group)
+            .order_by(aws_sdk_cloudwatchlogs::types::OrderBy::LastEventTime)
+            .descending(true)
+            .limit(1)
+            .send()
+            .await;
+        let newest = match listed {
+            Ok(page) => {
+                let newest = page
+                    .log_streams()
+                    .first()
+                    .and_then(|s| s.log_stream_name())
+                    .map(String::from);
+                out.push((
+                    format!("log group {}", self.group),
+                    Ok(match &newest {
+                        Some(s) => format!("listed (logs:DescribeLogStreams); newest stream {s}"),
+                        None => "listed (logs:DescribeLogStreams); no stream yet".into(),
+                    }),
+                ));
+                newest
+            }
+            Err(e) => {
+                out.push((
+                    format!("log group {}", self.group),
+                    Err(format!("DescribeLogStreams: {}", aws_error(&e))),
+                ));
+                None
+            }
+        };
+        if let Some(stream) = newest {
+            let read = self
+                .logs
+                .get_log_events()
+                .log_group_name(&self.group)
+                .log_stream_name(&stream)
+                .limit(1)
+                .send()
+                .await;
+            out.push((
+                "read".to_string(),
+                read.map(|r| {
+                    format!(
+                        "logs:GetLogEvents on {stream}: {} event(s)",
+                        r.events().len()
+                    )
+                })
+                .map_err(|e| format!("GetLogEvents on {stream}: {}", aws_error(&e))),
+            ));
+        }
+        out
+    }
+
     /// The flow log's own format: the config's, or DescribeFlowLogs `LogFormat`.
     async fn flow_log_format(&self) -> Result<Format, String> {
         if let Some(f) = &self.configured_format {

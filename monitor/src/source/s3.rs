@@ -598,6 +598,41 @@ impl S3Source {
         self.metrics.source_calls.with_label_values(&[op]).inc();
     }
 
+    /// What `monitor --check` asks of S3: one listing of the stack's prefix (s3:ListBucket).
+    /// The queue is not touched: a receive, even one put back at once, counts towards a
+    /// message's dead-letter threshold.
+    pub async fn check(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        if let Some(bucket) = &self.bucket {
+            let listed = self
+                .s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&self.prefix)
+                .max_keys(1)
+                .send()
+                .await;
+            out.push((
+                format!("bucket s3://{bucket}/{}", self.prefix),
+                listed
+                    .map(|r| {
+                        format!(
+                            "listed (s3:ListBucket); {} object(s) in the first page",
+                            r.contents().len()
+                        )
+                    })
+                    .map_err(|e| format!("ListObjectsV2: {}", crate::daemon::aws_error(&e))),
+            ));
+        }
+        if let Some(queue) = &self.queue_url {
+            out.push((
+                format!("queue {queue}"),
+                Ok("named; its permissions are checked at the first receive (a test receive would count towards the dead-letter threshold)".into()),
+            ));
+        }
+        out
+    }
+
     fn failed(
         &self,
         op: &str,
