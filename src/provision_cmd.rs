@@ -152,7 +152,21 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let progress = |line: &str| eprintln!("  {line}");
+        // On a terminal, the long waits (NAT gateways, Studio domains) turn a spinner with the
+        // time waited; every other line, and everything off a terminal, is printed as it is.
+        let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        let progress = |line: &str| match &spinner {
+            Some(bar) if line.starts_with("waiting") => bar.set_message(line.to_string()),
+            Some(bar) => bar.println(format!("  {line}")),
+            None => eprintln!("  {line}"),
+        };
         let result = match args.command {
             Sub::Init => unreachable!("handled above"),
             Sub::Plan { detailed_exitcode } => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
@@ -296,6 +310,9 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 })
             }
         };
+        if let Some(bar) = &spinner {
+            bar.finish_and_clear();
+        }
         result.unwrap_or_else(|e| {
             eprintln!("egresswatch provision: {e}");
             ExitCode::FAILURE

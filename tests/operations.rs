@@ -998,6 +998,38 @@ fn monitor_check_tries_everything_the_daemon_needs_and_names_what_fails() {
         "{text}"
     );
     assert!(text.contains("1 check(s) failed"), "{text}");
+    // No outputs file: the network is found from the stack's tags in the account.
+    std::fs::write(
+        &config,
+        format!(
+            "state-dir = \"{}\"\nstack = \"{stack}\"\n[alerts]\nstdout = false\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let tagged = check();
+    let text = String::from_utf8_lossy(&tagged.stdout);
+    assert_eq!(tagged.status.code(), Some(0), "{text}");
+    let out: Value = serde_json::from_str(&std::fs::read_to_string(&outputs).unwrap()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ok    network: from the stack's tags: VPC [\"{}\"], 1 NAT interface(s)",
+            out["vpc_cidr"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    // A stack that is not there: named.
+    let missing = egresswatch(&moto.endpoint())
+        .args(["monitor", "--check", "--stack", "nowhere", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&missing.stdout);
+    assert_eq!(missing.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no VPC in us-east-1 is tagged egresswatch:stack=nowhere"),
+        "{text}"
+    );
     // The daemon's state dir holds nothing from a check but the dir itself.
     let left: Vec<_> = std::fs::read_dir(dir.join("state")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");

@@ -423,18 +423,33 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
             "egresswatch_s3_object_errors_total{reason=\"unknown_format\"}"
         ) >= 2.0
     );
-    let read = committed(&checkpoint);
-    assert!((1_000..1_000 + 50_000).contains(&read), "{read}");
-    let cp = egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint).unwrap();
-    let partial = cp
-        .s3_objects
-        .iter()
-        .find(|(k, _)| k.contains(&format!("{:08x}.log.gz", 2)))
-        .map(|(_, p)| p.clone())
-        .unwrap();
-    assert!(!partial.complete);
-    // Lines are the header and records: what was committed of it, and the good object's.
-    assert_eq!(read, 1_000 + partial.lines.saturating_sub(1));
+    // The object counts as read before the checkpoint after it is committed: wait for the
+    // commit. Lines are the header and records: what was committed of the corrupt object,
+    // and the good object's, exactly.
+    let mut seen = (0, 0);
+    wait_for(
+        "the good object committed with the corrupt one's first part",
+        Duration::from_secs(60),
+        || {
+            let cp = egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint).unwrap();
+            let Some(partial) = cp
+                .s3_objects
+                .iter()
+                .find(|(k, _)| k.contains(&format!("{:08x}.log.gz", 2)))
+                .map(|(_, p)| p.clone())
+            else {
+                return false;
+            };
+            assert!(!partial.complete);
+            seen = (cp.records_committed, partial.lines);
+            cp.records_committed == 1_000 + partial.lines.saturating_sub(1)
+        },
+    );
+    let (read, lines) = seen;
+    assert!(
+        (1_000..1_000 + 50_000).contains(&read),
+        "{read} ({lines} lines)"
+    );
     assert_eq!(daemon.try_wait().unwrap(), None, "the daemon goes on");
     terminate(&daemon);
     assert_eq!(daemon.wait().unwrap().code(), Some(0));

@@ -20,6 +20,19 @@ fn bin() -> Command {
     c
 }
 
+/// The JSON lines a command printed, after checking it succeeded.
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn labels(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -163,20 +176,13 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         ),
     )
     .unwrap();
-    let out = bin()
-        .args(["monitor", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let findings = json_lines(
+        &bin()
+            .args(["monitor", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
     );
-    let findings: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let truth = labels(&dir.join("labels.jsonl"));
     assert_eq!(truth.len(), 18);
     let mut explained = 0;
@@ -208,27 +214,20 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
         .unwrap();
     assert!(volume["evidence"]["observed"].as_f64().unwrap() >= 50e6);
     // The daemon kept every alert in its findings store: `findings` lists the same ones.
-    let listed = bin()
-        .args([
-            "findings",
-            "--since",
-            "400d",
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(dir.join("state"))
-        .output()
-        .unwrap();
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
+    let kept = json_lines(
+        &bin()
+            .args([
+                "findings",
+                "--since",
+                "400d",
+                "--output",
+                "json",
+                "--state-dir",
+            ])
+            .arg(dir.join("state"))
+            .output()
+            .unwrap(),
     );
-    let kept: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let ids = |v: &[Value]| {
         let mut ids: Vec<String> = v
             .iter()

@@ -48,20 +48,29 @@ pub async fn run(config: &Config, clients: Option<crate::aws::Clients>) -> Vec<C
         "rules",
         crate::rules::build(&config.rules).map(|r| format!("{} rules on", r.len())),
     ));
-    out.push(checked(
-        "network",
-        crate::daemon::topology(config).map(|t| {
-            format!(
-                "VPC {:?}, {} NAT interface(s), {} S3 range(s)",
-                t.vpc_cidrs
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>(),
-                t.nat_interfaces.len(),
-                t.s3_cidrs.len()
-            )
-        }),
-    ));
+    let describe = |t: &crate::topology::Topology| {
+        format!(
+            "VPC {:?}, {} NAT interface(s), {} S3 range(s)",
+            t.vpc_cidrs
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            t.nat_interfaces.len(),
+            t.s3_cidrs.len()
+        )
+    };
+    let network = match (crate::daemon::topology(config), &clients) {
+        (Ok(t), _) => Ok(describe(&t)),
+        (Err(e), Some(c)) if config.outputs_file.is_none() => {
+            let m = crate::metrics::Metrics::new();
+            crate::topology::Topology::discover(&c.ec2, &config.stack, &c.region, &m)
+                .await
+                .map(|t| format!("from the stack's tags: {}", describe(&t)))
+                .map_err(|d| format!("{e}; nor from the stack's tags: {d}"))
+        }
+        (Err(e), _) => Err(e),
+    };
+    out.push(checked("network", network));
     out.push(checked("state dir", state_dir_writable(&config.state_dir)));
     out.extend(source(config, clients).await);
     out.extend(sinks(config).await);

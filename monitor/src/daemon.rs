@@ -259,7 +259,20 @@ async fn run_stack(
     shutdown: watch::Receiver<bool>,
     clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
-    let mut topo = topology(&config)?;
+    let mut topo = match (topology(&config), &clients) {
+        (Ok(t), _) => t,
+        // Neither outputs nor [topology]: the stack's network from its tags in the account.
+        (Err(e), Some(c)) if config.outputs_file.is_none() => {
+            let found = Topology::discover(&c.ec2, &config.stack, &c.region, &metrics)
+                .await
+                .map_err(|d| {
+                    format!("{e}; nor was the network found from the stack's tags: {d}")
+                })?;
+            tracing::info!(stack = %config.stack, vpc = ?found.vpc_id, nat_interfaces = ?found.nat_interfaces, "network found from the stack's tags");
+            found
+        }
+        (Err(e), _) => return Err(e),
+    };
     if let Some(c) = &clients {
         if let Err(e) = topo.refresh_s3_ranges(&c.ec2, &metrics).await {
             tracing::warn!(error = %e, "S3 prefix list ranges not refreshed; using the {} known", topo.s3_cidrs.len());

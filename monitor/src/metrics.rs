@@ -75,8 +75,11 @@ pub fn peak_resident_kib() -> u64 {
 pub const LINE_TOO_LONG: &str = "line_too_long";
 
 /// The AWS calls the daemon makes: the CloudWatch and S3 sources', and the workload inventory's.
-pub const SOURCE_OPERATIONS: [&str; 12] = [
+pub const SOURCE_OPERATIONS: [&str; 15] = [
     "DescribeFlowLogs",
+    "DescribeVpcs",
+    "DescribeNatGateways",
+    "DescribePrefixLists",
     "GetManagedPrefixListEntries",
     "DescribeLogGroups",
     "DescribeLogStreams",

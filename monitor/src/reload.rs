@@ -198,7 +198,12 @@ impl Reloader {
                 next.outputs_file = f.outputs_file.clone().or(next.outputs_file);
             }
         }
-        let mut topology = crate::daemon::topology(&next)?;
+        // A network found from the stack's tags at start stays: nothing names another.
+        let mut topology = if next.topology.is_none() && next.outputs_file.is_none() {
+            p.topology.clone()
+        } else {
+            crate::daemon::topology(&next)?
+        };
         let detectors = crate::rules::build(&next.rules)?;
         let suppressions = crate::suppress::Suppressions::new(&next.suppress)?;
         // The S3 ranges asked of EC2 at start are newer than those an outputs file records.

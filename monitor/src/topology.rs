@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use egresswatch_stack::Outputs;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -92,6 +93,116 @@ impl Topology {
         }
         self.s3_cidrs = ranges;
         Ok(())
+    }
+
+    /// The stack's network found from the account: its VPC by the `egresswatch:stack` tag the
+    /// provisioner puts on it, the VPC's NAT gateways and its S3 gateway endpoint's prefix
+    /// list (with its ranges). For a daemon given only `--stack`, no outputs file.
+    pub async fn discover(
+        ec2: &aws_sdk_ec2::Client,
+        stack: &str,
+        region: &str,
+        m: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
+        use aws_sdk_ec2::types::Filter;
+        let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
+        let count = |op: &str| m.source_calls.with_label_values(&[op]).inc();
+        let failed = |op: &str, e: &dyn ProvideErrorMetadata| {
+            crate::daemon::count_error(m, op, e.code());
+        };
+        count("DescribeVpcs");
+        let vpcs = ec2
+            .describe_vpcs()
+            .filters(filter(
+                &format!("tag:{}", egresswatch_stack::STACK_TAG),
+                stack,
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                failed("DescribeVpcs", &e);
+                format!("DescribeVpcs: {}", crate::daemon::aws_error(&e))
+            })?;
+        let vpc = match vpcs.vpcs() {
+            [one] => one,
+            [] => {
+                return Err(format!(
+                    "no VPC in {region} is tagged {}={stack}: is the stack provisioned there (`egresswatch provision status --stack {stack}`)?",
+                    egresswatch_stack::STACK_TAG
+                ))
+            }
+            several => {
+                return Err(format!(
+                    "{} VPCs are tagged {}={stack}; give the daemon the stack's outputs-file",
+                    several.len(),
+                    egresswatch_stack::STACK_TAG
+                ))
+            }
+        };
+        let vpc_id = vpc.vpc_id().unwrap_or_default().to_string();
+        let mut t = Topology {
+            vpc_id: Some(vpc_id.clone()),
+            ..Topology::default()
+        };
+        for c in vpc
+            .cidr_block_association_set()
+            .iter()
+            .filter_map(|a| a.cidr_block())
+            .chain(vpc.cidr_block())
+        {
+            if let Ok(net) = c.parse::<IpNet>() {
+                if !t.vpc_cidrs.contains(&net) {
+                    t.vpc_cidrs.push(net);
+                }
+            }
+        }
+        count("DescribeNatGateways");
+        let nats = ec2
+            .describe_nat_gateways()
+            .filter(filter("vpc-id", &vpc_id))
+            .filter(filter("state", "available"))
+            .send()
+            .await
+            .map_err(|e| {
+                failed("DescribeNatGateways", &e);
+                format!("DescribeNatGateways: {}", crate::daemon::aws_error(&e))
+            })?;
+        for address in nats
+            .nat_gateways()
+            .iter()
+            .flat_map(|n| n.nat_gateway_addresses())
+        {
+            if let Some(eni) = address.network_interface_id() {
+                t.nat_interfaces.push(eni.to_string());
+            }
+            if let Some(ip) = address.private_ip().and_then(|ip| ip.parse().ok()) {
+                t.nat_private_ips.push(ip);
+            }
+        }
+        if t.nat_interfaces.is_empty() {
+            return Err(format!(
+                "VPC {vpc_id} (stack {stack}) has no available NAT gateway: nothing leaves it to watch"
+            ));
+        }
+        count("DescribePrefixLists");
+        let lists = ec2
+            .describe_prefix_lists()
+            .filters(filter(
+                "prefix-list-name",
+                &format!("com.amazonaws.{region}.s3"),
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                failed("DescribePrefixLists", &e);
+                format!("DescribePrefixLists: {}", crate::daemon::aws_error(&e))
+            })?;
+        t.s3_prefix_list_id = lists
+            .prefix_lists()
+            .first()
+            .and_then(|p| p.prefix_list_id())
+            .map(String::from);
+        Ok(t)
     }
 
     pub fn in_vpc(&self, ip: IpAddr) -> bool {
