@@ -134,10 +134,10 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
         print!("{}", provision::SPEC_TEMPLATE);
         return ExitCode::SUCCESS;
     }
-    let spec = match crate::load_toml("provision", args.spec.as_deref(), |t, o| {
+    let given = match crate::load_toml("provision", args.spec.as_deref(), |t, o| {
         StackSpec::from_toml(t, o).map_err(|e| e.to_string())
     }) {
-        Ok(s) => s.unwrap_or_default(),
+        Ok(s) => s,
         Err(code) => return code,
     };
     let runtime = match crate::tokio_runtime("provision") {
@@ -151,6 +151,22 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 eprintln!("egresswatch provision: {e}");
                 return ExitCode::FAILURE;
             }
+        };
+        // No spec file: the spec the stack was built with, as its VPC records it; a new stack
+        // gets the defaults.
+        let spec = match given {
+            Some(s) => s,
+            None => match provision::recorded_spec(&clients, &args.stack).await {
+                Ok(Some(s)) => {
+                    eprintln!("egresswatch provision: no --spec given: using the spec recorded with stack {}", args.stack);
+                    s
+                }
+                Ok(None) => StackSpec::default(),
+                Err(e) => {
+                    eprintln!("egresswatch provision: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
         };
         // On a terminal, the long waits (NAT gateways, Studio domains) turn a spinner with the
         // time waited; every other line, and everything off a terminal, is printed as it is.

@@ -47,6 +47,32 @@ pub enum ProvisionError {
     Unexpected(String),
 }
 
+/// The spec the stack's VPC records (see [`StackSpec::to_tags`]); None when there is no such
+/// stack, or it was made before specs were recorded.
+pub async fn recorded_spec(
+    clients: &Clients,
+    stack: &str,
+) -> Result<Option<StackSpec>, ProvisionError> {
+    let vpcs = clients
+        .ec2
+        .describe_vpcs()
+        .filters(resources::filter(&format!("tag:{STACK_TAG}"), stack))
+        .send()
+        .await
+        .map_err(|e| aws::aws_error("vpc", "DescribeVpcs", e))?;
+    let Some(vpc) = vpcs.vpcs().first() else {
+        return Ok(None);
+    };
+    let tags: Vec<(&str, &str)> = vpc
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .collect();
+    StackSpec::from_tags(tags.iter().copied())
+        .transpose()
+        .map_err(|e| ProvisionError::Spec(format!("stack {stack}: {e}")))
+}
+
 /// Reconciles (or, in `Mode::Plan`, only inspects) the stack; returns the changes and outputs.
 pub async fn reconcile(
     clients: &Clients,

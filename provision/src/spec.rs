@@ -106,6 +106,64 @@ pub struct StackSpec {
     pub flow_log_hourly_partitions: bool,
 }
 
+/// The tag on the stack's VPC saying how many parts the recorded spec has; the parts are
+/// `egresswatch:spec-1` … `egresswatch:spec-N`. EC2 tag values hold 256 characters, so the
+/// spec (JSON, base64 so that only characters every AWS service takes in a tag are used) is
+/// split.
+pub const SPEC_TAG: &str = "egresswatch:spec";
+const SPEC_PART: usize = 256;
+
+impl StackSpec {
+    /// The spec as the VPC's tags record it, so `status`, `outputs` and `down` need no spec
+    /// file (as Terraform keeps its configuration in its state).
+    pub fn to_tags(&self) -> Vec<(String, String)> {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let encoded = aws_smithy_types::base64::encode(json);
+        let parts: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(SPEC_PART)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        let mut tags = vec![(SPEC_TAG.to_string(), parts.len().to_string())];
+        for (i, part) in parts.iter().enumerate() {
+            tags.push((format!("{SPEC_TAG}-{}", i + 1), (*part).to_string()));
+        }
+        tags
+    }
+
+    /// The spec the tags record; None when they record none (a stack made by an earlier
+    /// version), an error when they are damaged.
+    pub fn from_tags<'a>(
+        tags: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Option<Result<StackSpec, String>> {
+        let find = |key: &str| {
+            tags.clone()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        };
+        let count: usize = match find(SPEC_TAG)?.parse() {
+            Ok(n) => n,
+            Err(e) => return Some(Err(format!("tag {SPEC_TAG}: {e}"))),
+        };
+        let mut encoded = String::new();
+        for i in 1..=count {
+            match find(&format!("{SPEC_TAG}-{i}")) {
+                Some(part) => encoded.push_str(part),
+                None => return Some(Err(format!("tag {SPEC_TAG}-{i} is missing"))),
+            }
+        }
+        Some(
+            aws_smithy_types::base64::decode(&encoded)
+                .map_err(|e| format!("the recorded spec is not base64: {e}"))
+                .and_then(|json| {
+                    serde_json::from_slice(&json)
+                        .map_err(|e| format!("the recorded spec does not read: {e}"))
+                }),
+        )
+    }
+}
+
 impl Default for StackSpec {
     fn default() -> Self {
         let net = |s: &str| s.parse::<Ipv4Net>().expect("valid default CIDR");
@@ -348,6 +406,28 @@ pub fn validate_stack_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_recorded_in_tags_reads_back_the_same() {
+        let spec = StackSpec {
+            s3_endpoint_buckets: (0..20).map(|i| format!("partner-bucket-{i}")).collect(),
+            flow_log_destination: FlowLogDestination::S3,
+            ..StackSpec::default()
+        };
+        let tags = spec.to_tags();
+        assert!(tags.len() > 3, "{tags:?}");
+        assert!(tags.iter().all(|(k, v)| k.len() <= 128 && v.len() <= 256));
+        let view = || tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        assert_eq!(StackSpec::from_tags(view()).unwrap().unwrap(), spec);
+        // None recorded (a stack from an earlier version), and a part missing.
+        assert!(StackSpec::from_tags(std::iter::empty::<(&str, &str)>()).is_none());
+        let missing: Vec<(&str, &str)> =
+            view().filter(|(k, _)| *k != "egresswatch:spec-2").collect();
+        let e = StackSpec::from_tags(missing.iter().copied())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e, "tag egresswatch:spec-2 is missing");
+    }
 
     #[test]
     fn stack_names_that_would_break_a_name_aws_checks_are_refused() {

@@ -1998,3 +1998,50 @@ async fn a_shared_archive_bucket_keeps_its_other_notifications_and_stays() {
     assert_eq!(ids, ["security-lake"]);
     assert_eq!(tagged(&c, "shared").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_spec_goes_with_the_stack_and_a_changed_spec_is_recorded_again() {
+    let (_moto, _layer, c) = emulator(serde_json::json!({})).await;
+    assert_eq!(
+        provision::recorded_spec(&c, "recorded").await.unwrap(),
+        None
+    );
+    let mut spec = StackSpec {
+        studio_domain: false,
+        log_retention_days: 30,
+        s3_endpoint_buckets: vec!["partner-datasets".into()],
+        ..StackSpec::default()
+    };
+    up(&c, &spec, "recorded").await;
+    // Read back from the VPC's tags, and it is what the stack is: no difference from it,
+    // while the defaults would differ.
+    let recorded = provision::recorded_spec(&c, "recorded")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded, spec);
+    assert!(plan(&c, &recorded, "recorded").await.is_empty());
+    assert!(!plan(&c, &StackSpec::default(), "recorded").await.is_empty());
+    // A changed spec applied is recorded in place of the old one.
+    spec.log_retention_days = 90;
+    up(&c, &spec, "recorded").await;
+    assert_eq!(
+        provision::recorded_spec(&c, "recorded")
+            .await
+            .unwrap()
+            .unwrap(),
+        spec
+    );
+    provision::down(
+        &c,
+        "recorded",
+        provision::DownOptions {
+            delete_logs: true,
+            delete_home_data: true,
+            dry_run: false,
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+}

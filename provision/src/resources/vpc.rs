@@ -4,7 +4,7 @@
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, Vpc as AwsVpc, VpcAttributeName};
 
-use super::{every_page, resource, Teardown, PLANNED};
+use super::{every_page, resource, tag, Teardown, PLANNED};
 use crate::aws::aws_error;
 use crate::retry::Passing;
 use crate::stack::{Change, ChangeKind, Mode, Reconciler};
@@ -90,6 +90,15 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             }
         }
     }
+    let recorded: Vec<(String, String)> = existing
+        .as_ref()
+        .map(|v| {
+            v.tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
     let vpc_id = match existing {
         Some(v) => {
             r.out.vpc_cidr = v.cidr_block().unwrap_or_default().to_string();
@@ -108,10 +117,14 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                 r.out.vpc_id = PLANNED.into();
                 return Ok(());
             }
+            let mut tags = r.tags(ResourceType::Vpc, "vpc");
+            for (k, v) in r.spec.to_tags() {
+                tags.tags.get_or_insert_with(Vec::new).push(tag(&k, &v));
+            }
             let created = ec2
                 .create_vpc()
                 .cidr_block(&spec_cidr)
-                .tag_specifications(r.tags(ResourceType::Vpc, "vpc"))
+                .tag_specifications(tags)
                 .send()
                 .await
                 .map_err(|e| aws_error("vpc", "CreateVpc", e))?;
@@ -122,6 +135,22 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         }
     };
     r.out.vpc_id = vpc_id.clone();
+    // The spec goes with the stack, so `status`, `outputs` and `down` need no spec file. Not
+    // a change of the network: recorded on every `up` that finds it different.
+    if r.mode == Mode::Apply && !recorded.is_empty() {
+        let want = r.spec.to_tags();
+        let differs = want
+            .iter()
+            .any(|(k, v)| !recorded.iter().any(|(rk, rv)| rk == k && rv == v));
+        if differs {
+            ec2.create_tags()
+                .resources(&vpc_id)
+                .set_tags(Some(want.iter().map(|(k, v)| tag(k, v)).collect()))
+                .send()
+                .await
+                .map_err(|e| aws_error("vpc", "CreateTags", e))?;
+        }
+    }
     for (attr, label) in [
         (VpcAttributeName::EnableDnsSupport, "DNS support"),
         (VpcAttributeName::EnableDnsHostnames, "DNS hostnames"),
