@@ -7,6 +7,7 @@
 //! rhythm; attacks are the exfiltration, command-and-control and reconnaissance patterns the
 //! monitor must catch. Same seed, same records.
 
+pub mod evaluate;
 mod records;
 mod traffic;
 
