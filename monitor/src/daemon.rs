@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::alert::Router;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::Config;
+use crate::events::Event;
 use crate::metrics::Metrics;
 use crate::outbox::AlertLog;
 use crate::pipeline::Pipeline;
@@ -508,15 +509,15 @@ impl Stages {
         cp.outbox_seq = alerts.next_seq();
         retry(health, shutdown, "save the checkpoint", || store.save(cp)).await?;
         let took = started.elapsed();
-        p.metrics.rules_snapshot_seconds.observe(took.as_secs_f64());
-        p.metrics.checkpoint_timestamp.set(unix_now() as i64);
-        p.metrics
-            .checkpoint_records
-            .set(i64::try_from(cp.records_committed).unwrap_or(i64::MAX));
-        p.metrics
-            .checkpoint_journal_bytes
-            .set(i64::try_from(store.journal_bytes()).unwrap_or(i64::MAX));
-        tracing::debug!(file = %store.rules_path(generation).display(), bytes = snapshot.len(), millis = took.as_millis() as u64, generation, "checkpoint committed with the rules' state");
+        crate::events::CheckpointCommitted {
+            generation,
+            records: cp.records_committed,
+            snapshot_bytes: snapshot.len(),
+            journal_bytes: store.journal_bytes(),
+            took,
+            at_unix: unix_now(),
+        }
+        .emit(&p.metrics);
         *progress = Progress {
             dirty: false,
             last: std::time::Instant::now(),
@@ -632,10 +633,6 @@ async fn drive<S: Source>(
 ) -> Result<RunSummary, String> {
     let mut reloader = crate::reload::Reloader::new(config, s.p.metrics.clone());
     let mut status = StatusLine::new(config);
-    let too_long =
-        s.p.metrics
-            .bad_lines
-            .with_label_values(&[crate::metrics::LINE_TOO_LONG]);
     let mut summary = RunSummary::default();
     let mut stop = s.shutdown.clone();
     // The decoder of the last origin whose lines may carry header lines: a header switches
@@ -684,8 +681,12 @@ async fn drive<S: Source>(
             tracing::warn!(origin = %batch.origin, "{note}");
         }
         if batch.oversize_lines > 0 {
-            too_long.inc_by(batch.oversize_lines);
-            tracing::warn!(origin = %batch.origin, lines = batch.oversize_lines, max_line_bytes = config.max_line_bytes, "lines longer than max-line-bytes skipped");
+            crate::events::LinesTooLong {
+                origin: &batch.origin,
+                lines: batch.oversize_lines,
+                max_line_bytes: config.max_line_bytes,
+            }
+            .emit(&s.p.metrics);
         }
         let mut pinned;
         let decoder = match &batch.format {
@@ -777,9 +778,11 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
+/// Counts a failed AWS call ([`crate::events::AwsCallFailed`]).
 pub(crate) fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
-    m.source_errors.with_label_values(&[op]).inc();
-    if code.is_some_and(|c| c.contains("Throttl") || c.contains("LimitExceeded")) {
-        m.source_throttles.with_label_values(&[op]).inc();
+    crate::events::AwsCallFailed {
+        operation: op,
+        code,
     }
+    .emit(m);
 }

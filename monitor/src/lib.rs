@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod denylist;
 pub mod document;
+pub mod events;
 pub mod finding;
 pub mod findings;
 pub mod http;

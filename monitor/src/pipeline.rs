@@ -10,6 +10,7 @@ use flowlog::{Decoder, Line, LogStatus};
 
 use crate::alert::Router;
 use crate::classify::{classify, Path};
+use crate::events::Event;
 use crate::finding::Finding;
 use crate::metrics::{inc_saturating, port_class, Metrics};
 use crate::rules::Rule;
@@ -217,8 +218,7 @@ impl Pipeline {
             Ok(Line::Record(r)) => r,
             Ok(_) => return None,
             Err(e) => {
-                m.bad_lines.with_label_values(&[e.reason()]).inc();
-                tracing::warn!(origin = %origin, error = %e, "bad flow-log line skipped");
+                crate::events::BadLine { origin, error: &e }.emit(m);
                 return Some(());
             }
         };
@@ -321,8 +321,12 @@ impl Pipeline {
                 if let Some((n, reason)) =
                     suppressed(&self.suppressions, &self.inventory, &f, self.clock)
                 {
-                    m.findings_suppressed.with_label_values(&[f.rule]).inc();
-                    tracing::debug!(rule = f.rule, workload = ?f.workload, remote = ?f.remote, remote_port = ?f.remote_port, suppression = n, reason = %reason, "finding suppressed");
+                    crate::events::FindingSuppressed {
+                        finding: &f,
+                        suppression: n,
+                        reason: &reason,
+                    }
+                    .emit(m);
                     if self.explain || self.keep_suppressed {
                         let doc = suppressed_document(f, n, &reason);
                         if self.explain {

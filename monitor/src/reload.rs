@@ -158,25 +158,20 @@ impl Reloader {
         } else {
             "a file the config names changed"
         };
+        use crate::events::{Event, Reload};
         match self.reload(p) {
-            Ok(later) => {
-                self.metrics.config_last_reload_successful.set(1);
-                self.metrics
-                    .config_last_reload_success_timestamp
-                    .set(unix_now());
-                tracing::info!(
-                    reason = why,
-                    suppressions = self.running.suppress.len(),
-                    "configuration reloaded"
-                );
-                if !later.is_empty() {
-                    tracing::warn!(keys = %later.join(", "), "changed keys that take effect at the next start");
-                }
+            Ok(later) => Reload::Done {
+                reason: why,
+                suppressions: self.running.suppress.len(),
+                waiting_for_restart: &later,
+                at_unix: u64::try_from(unix_now()).unwrap_or(0),
             }
-            Err(e) => {
-                self.metrics.config_last_reload_successful.set(0);
-                tracing::error!(reason = why, error = %e, "configuration not reloaded; the running one is kept");
+            .emit(&self.metrics),
+            Err(e) => Reload::Refused {
+                reason: why,
+                error: &e,
             }
+            .emit(&self.metrics),
         }
     }
 

@@ -308,16 +308,12 @@ impl Delivery {
             q.acks.below = q.acks.below.max(gone_below);
             q.settle();
             if lost > 0 {
-                let name = lane.sink.name();
-                self.metrics
-                    .alerts_dropped
-                    .with_label_values(&[name])
-                    .inc_by(lost as u64);
-                tracing::error!(
-                    sink = name,
-                    alerts = lost,
-                    "the outbox reached its size or age bound; undelivered alerts for this sink dropped"
-                );
+                use crate::events::Event;
+                crate::events::AlertsDropped {
+                    sink: lane.sink.name(),
+                    alerts: lost as u64,
+                }
+                .emit(&self.metrics);
             }
         }
     }
