@@ -106,22 +106,21 @@ struct Health {
 
 impl Health {
     fn reading(&mut self) {
-        if self.reason.take().is_some() {
-            tracing::info!("source reading again");
+        crate::events::SourceHealth::Reading {
+            again: self.reason.take().is_some(),
+            at_unix: unix_now(),
         }
-        self.metrics.source_up.set(1);
-        self.metrics
-            .source_last_success_timestamp
-            .set(unix_now() as i64);
+        .emit(&self.metrics);
         mark_ready(&self.ready);
     }
 
     fn failing(&mut self, reason: String) {
-        if self.reason.as_deref() != Some(reason.as_str()) {
-            tracing::error!(reason = %reason, "source cannot read; not ready until it can");
+        crate::events::SourceHealth::Failing {
+            reason: &reason,
+            new_reason: self.reason.as_deref() != Some(reason.as_str()),
         }
+        .emit(&self.metrics);
         self.reason = Some(reason);
-        self.metrics.source_up.set(0);
         self.ready.store(false, Ordering::SeqCst);
         // Still alive: the watchdog is for a wedged loop, not an unreachable service.
         beat();

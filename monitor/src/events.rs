@@ -173,6 +173,127 @@ impl Event for Reload<'_> {
     }
 }
 
+/// An S3 object that could not be read, by reason; its message is left to the queue.
+pub struct ObjectUnreadable<'a> {
+    pub object: &'a str,
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+
+impl Event for ObjectUnreadable<'_> {
+    fn emit(self, m: &Metrics) {
+        m.s3_object_errors.with_label_values(&[self.reason]).inc();
+        tracing::warn!(object = %self.object, reason = self.reason, "{}; its message is left for the queue to deliver again and, in the end, to its dead-letter queue", self.detail);
+    }
+}
+
+/// What became of SQS messages (`egresswatch_sqs_messages_total{outcome}`): received,
+/// deleted, a test event, or not a notification at all (left for the dead-letter queue).
+pub struct SqsMessages<'a> {
+    pub outcome: &'static str,
+    pub count: u64,
+    /// Said in the log for the outcomes an operator should hear of.
+    pub note: Option<&'a str>,
+}
+
+impl Event for SqsMessages<'_> {
+    fn emit(self, m: &Metrics) {
+        m.sqs_messages
+            .with_label_values(&[self.outcome])
+            .inc_by(self.count);
+        match self.note {
+            Some(note) => tracing::warn!(outcome = self.outcome, "{note}"),
+            None => tracing::trace!(outcome = self.outcome, count = self.count, "SQS messages"),
+        }
+    }
+}
+
+/// Alerts a sink took, or a delivery it refused (retried with backoff).
+pub enum Delivery<'a> {
+    Sent {
+        sink: &'a str,
+        alerts: u64,
+    },
+    Failed {
+        sink: &'a str,
+        error: &'a str,
+        retry_in: std::time::Duration,
+    },
+}
+
+impl Event for Delivery<'_> {
+    fn emit(self, m: &Metrics) {
+        match self {
+            Delivery::Sent { sink, alerts } => {
+                m.alerts_sent.with_label_values(&[sink]).inc_by(alerts);
+                tracing::debug!(sink, alerts, "alerts delivered");
+            }
+            Delivery::Failed {
+                sink,
+                error,
+                retry_in,
+            } => {
+                m.alerts_failed.with_label_values(&[sink]).inc();
+                tracing::warn!(
+                    sink,
+                    error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "alert delivery failed; retrying"
+                );
+            }
+        }
+    }
+}
+
+/// The source reading again, or unable to read (said once per reason, counted in
+/// `egresswatch_source_up`).
+pub enum SourceHealth<'a> {
+    Reading { again: bool, at_unix: u64 },
+    Failing { reason: &'a str, new_reason: bool },
+}
+
+impl Event for SourceHealth<'_> {
+    fn emit(self, m: &Metrics) {
+        match self {
+            SourceHealth::Reading { again, at_unix } => {
+                if again {
+                    tracing::info!("source reading again");
+                }
+                m.source_up.set(1);
+                m.source_last_success_timestamp
+                    .set(i64::try_from(at_unix).unwrap_or(i64::MAX));
+            }
+            SourceHealth::Failing { reason, new_reason } => {
+                if new_reason {
+                    tracing::error!(reason, "source cannot read; not ready until it can");
+                }
+                m.source_up.set(0);
+            }
+        }
+    }
+}
+
+/// The workload inventory described from EC2, or kept as it was when EC2 could not answer.
+pub enum InventoryRefresh<'a> {
+    Done { addresses: usize },
+    Kept { error: &'a str },
+}
+
+impl Event for InventoryRefresh<'_> {
+    fn emit(self, _m: &Metrics) {
+        // The failed EC2 call itself is counted as an AwsCallFailed where it happened.
+        match self {
+            InventoryRefresh::Done { addresses } => {
+                tracing::debug!(addresses, "workload inventory refreshed")
+            }
+            InventoryRefresh::Kept { error } => tracing::warn!(
+                error,
+                "workload inventory not refreshed; suppressions by tag or interface use what was known"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -175,17 +175,16 @@ pub async fn refresh(
     inventory: &SharedInventory,
     m: &Metrics,
 ) {
+    use crate::events::{Event, InventoryRefresh};
     match describe(ec2, vpc_id, m).await {
         Ok(described) => {
-            let n = described.len();
+            let addresses = described.len();
             if let Ok(mut inv) = inventory.write() {
                 inv.replace_described(described);
             }
-            tracing::debug!(addresses = n, "workload inventory refreshed");
+            InventoryRefresh::Done { addresses }.emit(m);
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "workload inventory not refreshed; suppressions by tag or interface use what was known")
-        }
+        Err(e) => InventoryRefresh::Kept { error: &e }.emit(m),
     }
 }
 

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::alert::Alert;
 use crate::config::Alerts;
+use crate::events::Event;
 use crate::finding::Severity;
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
@@ -308,7 +309,6 @@ impl Delivery {
             q.acks.below = q.acks.below.max(gone_below);
             q.settle();
             if lost > 0 {
-                use crate::events::Event;
                 crate::events::AlertsDropped {
                     sink: lane.sink.name(),
                     alerts: lost as u64,
@@ -411,10 +411,11 @@ async fn deliver(
                     }
                     Err(_) => return,
                 };
-                metrics
-                    .alerts_sent
-                    .with_label_values(&[name])
-                    .inc_by(batch.len() as u64);
+                crate::events::Delivery::Sent {
+                    sink: name,
+                    alerts: batch.len() as u64,
+                }
+                .emit(&metrics);
                 if let Err(e) = save_acks(&lane.acks_path, &acks) {
                     // Delivered but not recorded: sent again after a restart, never lost.
                     tracing::warn!(sink = name, error = %e, "cannot record delivered alerts");
@@ -425,8 +426,12 @@ async fn deliver(
                 }
             }
             Err(e) => {
-                metrics.alerts_failed.with_label_values(&[name]).inc();
-                tracing::warn!(sink = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "alert delivery failed; retrying");
+                crate::events::Delivery::Failed {
+                    sink: name,
+                    error: &e,
+                    retry_in: backoff,
+                }
+                .emit(&metrics);
                 let wait = match deadline {
                     Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
                     None => backoff,

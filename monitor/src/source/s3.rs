@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::{Batch, Decoding, Lines, Next, Position, Source};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
+use crate::events::Event;
 use crate::metrics::Metrics;
 
 /// About this much text per batch: large enough that per-batch costs vanish, small enough
@@ -643,11 +644,12 @@ impl S3Source {
     }
 
     fn object_error(&self, object: &ObjectRef, e: &Unreadable) {
-        self.metrics
-            .s3_object_errors
-            .with_label_values(&[e.reason])
-            .inc();
-        tracing::warn!(object = %object.origin(), reason = e.reason, "{}; its message is left for the queue to deliver again and, in the end, to its dead-letter queue", e.detail);
+        crate::events::ObjectUnreadable {
+            object: &object.origin(),
+            reason: e.reason,
+            detail: &e.detail,
+        }
+        .emit(&self.metrics);
     }
 
     /// Renews the visibility of messages held for longer than half of it.
@@ -703,26 +705,30 @@ impl S3Source {
             let Some(receipt) = m.receipt_handle() else {
                 continue;
             };
-            self.metrics
-                .sqs_messages
-                .with_label_values(&["received"])
-                .inc();
+            fn event<'a>(
+                outcome: &'static str,
+                note: Option<&'a str>,
+            ) -> crate::events::SqsMessages<'a> {
+                crate::events::SqsMessages {
+                    outcome,
+                    count: 1,
+                    note,
+                }
+            }
+            event("received", None).emit(&self.metrics);
             let objects = match parse_notice(m.body().unwrap_or("")) {
                 Ok(Notice::Objects(objects)) => objects,
                 Ok(Notice::Test) => {
-                    self.metrics
-                        .sqs_messages
-                        .with_label_values(&["test_event"])
-                        .inc();
+                    event("test_event", None).emit(&self.metrics);
                     Vec::new()
                 }
                 Err(e) => {
                     // Left to the dead-letter queue: someone sent the queue something else.
-                    self.metrics
-                        .sqs_messages
-                        .with_label_values(&["not_a_notification"])
-                        .inc();
-                    tracing::warn!(message = m.message_id().unwrap_or("?"), "a message on the queue is not an S3 notification ({e}); left for the dead-letter queue");
+                    let note = format!(
+                        "message {} on the queue is not an S3 notification ({e}); left for the dead-letter queue",
+                        m.message_id().unwrap_or("?")
+                    );
+                    event("not_a_notification", Some(&note)).emit(&self.metrics);
                     continue;
                 }
             };
@@ -1004,11 +1010,12 @@ impl S3Source {
                 .await
             {
                 Ok(out) => {
-                    let deleted = u64::try_from(out.successful().len()).unwrap_or(0);
-                    self.metrics
-                        .sqs_messages
-                        .with_label_values(&["deleted"])
-                        .inc_by(deleted);
+                    crate::events::SqsMessages {
+                        outcome: "deleted",
+                        count: u64::try_from(out.successful().len()).unwrap_or(0),
+                        note: None,
+                    }
+                    .emit(&self.metrics);
                     for f in out.failed() {
                         tracing::warn!(code = f.code(), "a message could not be deleted: it will be delivered again and its objects recognised as read");
                     }
