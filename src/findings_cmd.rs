@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use egresswatch_monitor::daemon::unix_now;
 use egresswatch_monitor::finding::Severity;
 use egresswatch_monitor::findings::{self, Query};
 
@@ -121,13 +122,6 @@ fn parse_since(s: &str) -> Result<Since, String> {
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The findings of the query from the stores under `state_dir`; damaged lines are reported on
 /// stderr and skipped.
 fn read(
@@ -195,11 +189,7 @@ pub fn list(args: FindingsArgs) -> ExitCode {
             );
             for d in &found {
                 let s = |k: &str| d[k].as_str().unwrap_or("-").to_string();
-                let remote = match (d["remote"].as_str(), d["remote_port"].as_u64()) {
-                    (Some(r), Some(p)) => format!("{r}:{p}"),
-                    (Some(r), None) => r.to_string(),
-                    _ => "-".into(),
-                };
+                let remote = findings::destination(d).unwrap_or_else(|| "-".into());
                 let severity = if d.get("suppressed").is_some() {
                     "supp.".to_string()
                 } else {

@@ -59,32 +59,26 @@ pub async fn run(config: &Config, clients: Option<crate::aws::Clients>) -> Vec<C
             t.s3_cidrs.len()
         )
     };
-    let network = match (crate::daemon::topology(config), &clients) {
-        (Ok(t), _) => Ok(describe(&t)),
-        (Err(e), Some(c)) if config.outputs_file.is_none() => {
-            let m = crate::metrics::Metrics::new();
-            crate::topology::Topology::discover(&c.ec2, &config.stack, &c.region, &m)
-                .await
-                .map(|t| format!("from the stack's tags: {}", describe(&t)))
-                .map_err(|d| format!("{e}; nor from the stack's tags: {d}"))
-        }
-        (Err(e), _) => Err(e),
-    };
+    let m = crate::metrics::Metrics::new();
+    let network = crate::daemon::resolve_topology(config, clients.as_ref(), &m)
+        .await
+        .map(|(t, from_tags)| {
+            if from_tags {
+                format!("from the stack's tags: {}", describe(&t))
+            } else {
+                describe(&t)
+            }
+        });
     out.push(checked("network", network));
-    out.push(checked("state dir", state_dir_writable(&config.state_dir)));
+    // Without taking the daemon's lock: a running daemon holds it.
+    out.push(checked(
+        "state dir",
+        crate::checkpoint::probe_writable(&config.state_dir, "check")
+            .map(|()| format!("{} is writable", config.state_dir.display())),
+    ));
     out.extend(source(config, clients).await);
     out.extend(sinks(config).await);
     out
-}
-
-/// Writable by this process, without taking the daemon's lock (a running daemon holds it).
-fn state_dir_writable(dir: &std::path::Path) -> Result<String, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let probe = dir.join(format!(".check.{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map(|()| format!("{} is writable", dir.display()))
-        .map_err(|e| format!("{} is not writable by this process: {e}", dir.display()))
 }
 
 async fn source(config: &Config, clients: Option<crate::aws::Clients>) -> Vec<Checked> {

@@ -497,23 +497,29 @@ fn lock_store(state_dir: &Path, name: &str) -> Result<File, String> {
     Ok(file)
 }
 
+/// Creates `state_dir` and proves this process can write in it (a file `.NAME.probe`,
+/// removed again), without taking any store's lock.
+pub fn probe_writable(state_dir: &Path, name: &str) -> Result<(), String> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
+    let probe = state_dir.join(format!(".{name}.probe"));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            format!(
+                "state dir {} is not writable by this process: {e} (systemd: StateDirectory=; \
+                 containers: a volume the image's user 65532 owns)",
+                state_dir.display()
+            )
+        })
+}
+
 impl CheckpointStore {
     /// Opens the store named `name` in `state_dir`, creating the dir, and takes the dir's
     /// exclusive lock for as long as the store lives.
     pub fn new(state_dir: &Path, name: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
         // Found out now rather than at the first checkpoint, after work that would be lost.
-        let probe = state_dir.join(format!(".{name}.probe"));
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| {
-                format!(
-                    "state dir {} is not writable by this process: {e} (systemd: StateDirectory=; \
-                     containers: a volume the image's user 65532 owns)",
-                    state_dir.display()
-                )
-            })?;
+        probe_writable(state_dir, name)?;
         let lock = lock_store(state_dir, name)?;
         Ok(CheckpointStore {
             path: state_dir.join(format!("{name}.checkpoint.json")),

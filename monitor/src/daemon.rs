@@ -32,7 +32,8 @@ fn beat() {
     HEARTBEAT.store(unix_now(), Ordering::Relaxed);
 }
 
-fn unix_now() -> u64 {
+/// Now, in Unix seconds (0 on a clock before 1970).
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -94,6 +95,25 @@ pub(crate) fn topology(config: &Config) -> Result<Topology, String> {
             .map_err(|e| format!("outputs-file {}: {e}", p.display()));
     }
     Err("no network topology: set outputs-file (from `egresswatch provision outputs`) or [topology] in the config".into())
+}
+
+/// The network the config describes (outputs file or `[topology]`), else, for a source that
+/// reads from AWS, the stack's network found from its tags; true when found from the tags.
+pub(crate) async fn resolve_topology(
+    config: &Config,
+    clients: Option<&crate::aws::Clients>,
+    metrics: &Metrics,
+) -> Result<(Topology, bool), String> {
+    match (topology(config), clients) {
+        (Ok(t), _) => Ok((t, false)),
+        (Err(e), Some(c)) if config.outputs_file.is_none() => {
+            Topology::discover(&c.ec2, &config.stack, &c.region, metrics)
+                .await
+                .map(|t| (t, true))
+                .map_err(|d| format!("{e}; nor was the network found from the stack's tags: {d}"))
+        }
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// Whether the source is reading: drives /readyz, `egresswatch_source_up` and the log. The
@@ -259,20 +279,10 @@ async fn run_stack(
     shutdown: watch::Receiver<bool>,
     clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
-    let mut topo = match (topology(&config), &clients) {
-        (Ok(t), _) => t,
-        // Neither outputs nor [topology]: the stack's network from its tags in the account.
-        (Err(e), Some(c)) if config.outputs_file.is_none() => {
-            let found = Topology::discover(&c.ec2, &config.stack, &c.region, &metrics)
-                .await
-                .map_err(|d| {
-                    format!("{e}; nor was the network found from the stack's tags: {d}")
-                })?;
-            tracing::info!(stack = %config.stack, vpc = ?found.vpc_id, nat_interfaces = ?found.nat_interfaces, "network found from the stack's tags");
-            found
-        }
-        (Err(e), _) => return Err(e),
-    };
+    let (mut topo, from_tags) = resolve_topology(&config, clients.as_ref(), &metrics).await?;
+    if from_tags {
+        tracing::info!(stack = %config.stack, vpc = ?topo.vpc_id, nat_interfaces = ?topo.nat_interfaces, "network found from the stack's tags");
+    }
     if let Some(c) = &clients {
         if let Err(e) = topo.refresh_s3_ranges(&c.ec2, &metrics).await {
             tracing::warn!(error = %e, "S3 prefix list ranges not refreshed; using the {} known", topo.s3_cidrs.len());

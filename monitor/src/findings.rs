@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::daemon::unix_now;
+
 /// Where a state dir keeps its findings.
 pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("findings")
@@ -45,13 +47,6 @@ pub struct FindingStore {
 /// The UTC day (`YYYY-MM-DD`) of a Unix time.
 fn day(unix: u64) -> String {
     crate::alert::rfc3339(unix).chars().take(10).collect()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The day files of a store, oldest first, with their sizes.
@@ -156,6 +151,15 @@ fn severity_rank(name: &str) -> Option<crate::finding::Severity> {
     [Low, Medium, High, Critical]
         .into_iter()
         .find(|s| s.as_str() == name)
+}
+
+/// A document's destination as people write it: `203.0.113.9:443`, or the address alone.
+pub fn destination(doc: &Value) -> Option<String> {
+    let remote = doc["remote"].as_str()?;
+    Some(match doc["remote_port"].as_u64() {
+        Some(port) => format!("{remote}:{port}"),
+        None => remote.to_string(),
+    })
 }
 
 /// When a document's finding was last seen (Unix seconds), from its `last_seen`.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::daemon::unix_now;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
@@ -29,13 +30,6 @@ pub fn request() {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 pub struct Reloader {
@@ -121,7 +115,9 @@ impl Reloader {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let from_file = config.path.as_deref().and_then(|p| read(config, p).ok());
         metrics.config_last_reload_successful.set(1);
-        metrics.config_last_reload_success_timestamp.set(unix_now());
+        metrics
+            .config_last_reload_success_timestamp
+            .set(i64::try_from(unix_now()).unwrap_or(i64::MAX));
         Reloader {
             running: config.clone(),
             from_file,
@@ -164,7 +160,7 @@ impl Reloader {
                 reason: why,
                 suppressions: self.running.suppress.len(),
                 waiting_for_restart: &later,
-                at_unix: u64::try_from(unix_now()).unwrap_or(0),
+                at_unix: unix_now(),
             }
             .emit(&self.metrics),
             Err(e) => Reload::Refused {

@@ -332,11 +332,7 @@ fn attacks(page: &mut String, raised: &[&Value]) {
     }
     page.push_str("<table id=\"attacks\"><tr><th>Last seen (UTC)</th><th>Severity</th><th>Rule</th><th>Workload</th><th>Destination</th><th>Bytes</th><th>What happened</th></tr>\n");
     for d in serious.iter().take(500) {
-        let remote = match (d["remote"].as_str(), d["remote_port"].as_u64()) {
-            (Some(r), Some(p)) => format!("{r}:{p}"),
-            (Some(r), None) => r.to_string(),
-            _ => String::new(),
-        };
+        let remote = crate::findings::destination(d).unwrap_or_default();
         let _ = writeln!(
             page,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
