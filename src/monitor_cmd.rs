@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use egresswatch_monitor::events::{Lifecycle, ProcessEvent};
 use egresswatch_monitor::{Config, Metrics};
 
 #[derive(clap::Args)]
@@ -128,8 +129,11 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-                tracing::error!("cannot install signal handlers");
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                Lifecycle::SignalHandlersMissing.emit();
                 return;
             };
             loop {
@@ -139,12 +143,12 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                     // Reload, as systemd's ExecReload and operators expect; each stack's
                     // loop takes it up between batches.
                     _ = hup.recv() => {
-                        tracing::info!("SIGHUP: reloading the configuration");
+                        Lifecycle::ReloadRequested { signal: "SIGHUP" }.emit();
                         egresswatch_monitor::reload::request();
                     }
                 }
             }
-            tracing::info!("shutting down: finishing the batch in flight");
+            Lifecycle::ShuttingDown.emit();
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             let _ = tx.send(true);
         });
@@ -157,7 +161,12 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                     per_stack.push(None);
                     continue;
                 }
-                match egresswatch_monitor::aws::Clients::from_env(args.region.clone(), args.endpoint_url.clone()).await {
+                match egresswatch_monitor::aws::Clients::from_env(
+                    args.region.clone(),
+                    args.endpoint_url.clone(),
+                )
+                .await
+                {
                     Ok(c) => per_stack.push(Some(c)),
                     Err(e) => {
                         eprintln!("egresswatch monitor: {e}");
@@ -166,10 +175,18 @@ pub fn run(args: MonitorArgs) -> ExitCode {
                 }
             }
             let names: Vec<&str> = config.stacks.iter().map(|s| s.name.as_str()).collect();
-            tracing::info!(listen = %config.listen, stacks = ?names, "egresswatch monitor starting");
+            Lifecycle::Starting {
+                listen: config.listen,
+                reading: &format!("stacks {}", names.join(", ")),
+            }
+            .emit();
             return match egresswatch_monitor::daemon::run_stacks(config, rx, per_stack).await {
                 Ok(s) => {
-                    tracing::info!(records = s.records, "egresswatch monitor stopped");
+                    Lifecycle::Finished {
+                        records: s.records,
+                        outside_range: 0,
+                    }
+                    .emit();
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -179,7 +196,8 @@ pub fn run(args: MonitorArgs) -> ExitCode {
             };
         }
         let clients = if config.source == "cloudwatch" || config.source == "s3" {
-            match egresswatch_monitor::aws::Clients::from_env(args.region, args.endpoint_url).await {
+            match egresswatch_monitor::aws::Clients::from_env(args.region, args.endpoint_url).await
+            {
                 Ok(c) => Some(c),
                 Err(e) => {
                     eprintln!("egresswatch monitor: {e}");
@@ -189,18 +207,20 @@ pub fn run(args: MonitorArgs) -> ExitCode {
         } else {
             None
         };
-        tracing::info!(listen = %config.listen, source = %config.source, "egresswatch monitor starting");
+        Lifecycle::Starting {
+            listen: config.listen,
+            reading: &config.source.to_string(),
+        }
+        .emit();
         let metrics = Arc::new(Metrics::new());
         match egresswatch_monitor::run(config, metrics.clone(), rx, clients).await {
             Ok(s) => {
                 // A backfill leaves out the records that start outside its range.
-                let outside_range = metrics.records_outside_range.get();
-                tracing::info!(
-                    records = s.records,
-                    judged = s.records.saturating_sub(outside_range),
-                    outside_range,
-                    "egresswatch monitor stopped"
-                );
+                Lifecycle::Finished {
+                    records: s.records,
+                    outside_range: metrics.records_outside_range.get(),
+                }
+                .emit();
                 ExitCode::SUCCESS
             }
             Err(e) => {

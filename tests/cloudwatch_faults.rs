@@ -195,6 +195,14 @@ async fn readiness_follows_the_log_group_and_a_recreated_group_is_read_whole() {
     let cp = committed(&dir);
     assert_eq!(cp.streams.keys().collect::<Vec<_>>(), vec!["eni-a-all"]);
     assert_eq!(metrics.source_up.get(), 1);
+    assert_eq!(
+        metrics
+            .cloudwatch_stream_changes
+            .with_label_values(&["recreated"])
+            .get(),
+        1,
+        "the stream made again under its name is counted as such"
+    );
     tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
@@ -253,6 +261,17 @@ async fn deleted_streams_leave_the_checkpoint() {
         .unwrap();
     let cp = committed(&dir);
     assert!(!cp.streams.contains_key("eni-b-all"), "{cp:?}");
+    let changes = |c| {
+        metrics
+            .cloudwatch_stream_changes
+            .with_label_values(&[c])
+            .get()
+    };
+    assert_eq!(
+        changes("retired") + changes("gone"),
+        1,
+        "the deleted stream is counted once, as retired from the listing or gone while read"
+    );
     assert_eq!(cp.records_committed, 30);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::Event;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
     /// Log stream -> the forward token to resume from.
@@ -535,12 +537,22 @@ impl CheckpointStore {
     /// The committed positions: the checkpoint with its journal applied. A torn entry at the
     /// journal's end (a crash during its append, so never committed) is cut off here, so the
     /// next append follows whole entries.
-    pub fn load(&mut self) -> Result<Checkpoint, String> {
+    pub fn load(&mut self, metrics: &crate::metrics::Metrics) -> Result<Checkpoint, String> {
         let loaded = read_with_journal(&self.path)?;
         let journal = journal_path(&self.path);
         let on_disk = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
         if on_disk > loaded.journal_good_bytes {
-            tracing::warn!(journal = %journal.display(), bytes = on_disk - loaded.journal_good_bytes, "cutting off a journal entry a crash left half-written");
+            crate::events::StateRepaired {
+                store: "checkpoint_journal",
+                kind: "torn_write",
+                count: 1,
+                file: &journal.display(),
+                detail: &format!(
+                    "cutting off a journal entry of {} bytes a crash left half-written (never committed)",
+                    on_disk - loaded.journal_good_bytes
+                ),
+            }
+            .emit(metrics);
             File::options()
                 .write(true)
                 .open(&journal)
@@ -690,12 +702,15 @@ mod tests {
     fn round_trip_and_corruption_named() {
         let dir = dir("rt");
         let mut store = CheckpointStore::new(&dir, "t").unwrap();
-        assert_eq!(store.load().unwrap(), Checkpoint::default());
+        assert_eq!(
+            store.load(&Default::default()).unwrap(),
+            Checkpoint::default()
+        );
         let mut cp = Checkpoint::default();
         cp.streams.insert("eni-1-all".into(), "f/123".into());
         cp.records_committed = 42;
         store.save(&cp).unwrap();
-        assert_eq!(store.load().unwrap(), cp);
+        assert_eq!(store.load(&Default::default()).unwrap(), cp);
         // Readable: a header line, then the JSON.
         let text = std::fs::read_to_string(dir.join("t.checkpoint.json")).unwrap();
         let (header, json) = text.split_once('\n').unwrap();
@@ -712,7 +727,7 @@ mod tests {
             frame(&CHECKPOINT_FILE, b"{not json"),
         )
         .unwrap();
-        let err = store.load().unwrap_err();
+        let err = store.load(&Default::default()).unwrap_err();
         assert!(
             err.contains("t.checkpoint.json: refused: its content is not a checkpoint")
                 && err.contains("move it away to start over"),
@@ -779,7 +794,7 @@ mod tests {
         store.save(&cp).unwrap();
         drop(store);
         let mut reopened = CheckpointStore::new(&dir, "t").unwrap();
-        assert_eq!(reopened.load().unwrap(), cp);
+        assert_eq!(reopened.load(&Default::default()).unwrap(), cp);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -801,8 +816,16 @@ mod tests {
         std::fs::write(&journal, &whole[..whole.len() - 10]).unwrap();
         drop(store);
         let mut store = CheckpointStore::new(&dir, "t").unwrap();
-        assert_eq!(store.load().unwrap(), committed);
+        let metrics = crate::metrics::Metrics::new();
+        assert_eq!(store.load(&metrics).unwrap(), committed);
         assert_eq!(std::fs::metadata(&journal).unwrap().len(), first_len as u64);
+        let repairs = |store, kind| {
+            metrics
+                .state_repairs
+                .with_label_values(&[store, kind])
+                .get()
+        };
+        assert_eq!(repairs("checkpoint_journal", "torn_write"), 1);
         // The next commit follows the whole entries.
         store.save(&cp).unwrap();
         assert_eq!(read_checkpoint(store.path()).unwrap(), cp);
@@ -873,7 +896,10 @@ mod tests {
         drop(first);
         // Released with the store (as with the process, however it ends).
         let mut again = CheckpointStore::new(&dir, "cloudwatch").unwrap();
-        assert_eq!(again.load().unwrap(), Checkpoint::default());
+        assert_eq!(
+            again.load(&Default::default()).unwrap(),
+            Checkpoint::default()
+        );
         drop((again, other));
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -1015,7 +1041,7 @@ mod tests {
             br#"{"streams":{"eni-1-all":"f/1"},"records_committed":3}"#,
         )
         .unwrap();
-        let e = store.load().unwrap_err();
+        let e = store.load(&Default::default()).unwrap_err();
         assert!(
             e.starts_with(&format!(
                 "{}: refused: it does not start with an `egresswatch-checkpoint vN` header line",

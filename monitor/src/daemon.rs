@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::alert::Router;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::Config;
-use crate::events::Event;
+use crate::events::{Event, ProcessEvent};
 use crate::metrics::Metrics;
 use crate::outbox::AlertLog;
 use crate::pipeline::Pipeline;
@@ -67,10 +67,7 @@ fn start_watchdog(mut shutdown: watch::Receiver<bool>) {
             if Duration::from_secs(idle) < interval {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             } else {
-                tracing::error!(
-                    idle_seconds = idle,
-                    "main loop made no progress; withholding the watchdog ping"
-                );
+                crate::events::WatchdogWithheld { idle_seconds: idle }.emit();
             }
         }
     });
@@ -233,7 +230,11 @@ pub async fn run_stacks(
         crate::http::serve_until_closed(config.listen, metrics, ready, server_stopped).await;
     if let Err(e) = &server {
         let _ = stop.send(true);
-        tracing::error!(error = %e, "metrics endpoint");
+        crate::events::Stopped {
+            what: "metrics endpoint",
+            error: e,
+        }
+        .emit();
     }
     // The threads end with their runs; waiting for them must not hold up this runtime.
     let results = tokio::task::spawn_blocking(move || {
@@ -260,7 +261,11 @@ pub async fn run_stacks(
                 total.batches = total.batches.saturating_add(s.batches);
             }
             Err(e) => {
-                tracing::error!(error = %e, "stack stopped");
+                crate::events::Stopped {
+                    what: "stack",
+                    error: &e,
+                }
+                .emit();
                 first_error.get_or_insert(e);
             }
         }
@@ -280,23 +285,30 @@ async fn run_stack(
     clients: Option<crate::aws::Clients>,
 ) -> Result<RunSummary, String> {
     let (mut topo, from_tags) = resolve_topology(&config, clients.as_ref(), &metrics).await?;
-    if from_tags {
-        tracing::info!(stack = %config.stack, vpc = ?topo.vpc_id, nat_interfaces = ?topo.nat_interfaces, "network found from the stack's tags");
-    }
+    let mut s3_refresh_error = None;
     if let Some(c) = &clients {
-        if let Err(e) = topo.refresh_s3_ranges(&c.ec2, &metrics).await {
-            tracing::warn!(error = %e, "S3 prefix list ranges not refreshed; using the {} known", topo.s3_cidrs.len());
-        }
+        s3_refresh_error = topo.refresh_s3_ranges(&c.ec2, &metrics).await.err();
     }
+    crate::events::TopologyKnown {
+        from: if from_tags {
+            "the stack's tags"
+        } else {
+            "the outputs file or [topology]"
+        },
+        topology: &topo,
+        s3_refresh_error: s3_refresh_error.as_deref(),
+    }
+    .emit(&metrics);
     let dets = rules::build(&config.rules)?;
     let store_name = crate::source::store_name(&config);
     // Read positions and undelivered alerts live here for every source: without it a restart
     // would read a file twice or lose the alerts in flight.
     let mut store = CheckpointStore::new(&config.state_dir, store_name)?;
-    let cp = store.load()?;
+    let cp = store.load(&metrics)?;
     let mut router = Router::new(&config.alerts, metrics.clone());
     let findings =
-        crate::findings::FindingStore::new(&config.state_dir, &config.findings)?.map(Arc::new);
+        crate::findings::FindingStore::new(&config.state_dir, &config.findings, metrics.clone())?
+            .map(Arc::new);
     let alerts = AlertLog::open(
         &config.state_dir,
         store_name,
@@ -329,11 +341,9 @@ async fn run_stack(
         if waited {
             let first =
                 crate::inventory::refresh(&c.ec2, vpc_id.as_deref(), &pipeline.inventory, &metrics);
-            if tokio::time::timeout(Duration::from_secs(20), first)
-                .await
-                .is_err()
-            {
-                tracing::warn!("the workload inventory took over 20 s; reading starts without it");
+            let wait = Duration::from_secs(20);
+            if tokio::time::timeout(wait, first).await.is_err() {
+                crate::events::InventoryRefresh::Late { waited: wait }.emit(&metrics);
             }
         }
         tokio::spawn(crate::inventory::keep_fresh(
@@ -383,7 +393,12 @@ async fn run_stack(
             }
         }
         Ok(false) => {}
-        Err(e) => tracing::error!(error = %e, "no checkpoint at the end of the run"),
+        Err(e) => crate::events::StateWriteFailed {
+            store: "checkpoint",
+            error: &e,
+            consequence: "no checkpoint at the end of the run; what was read since the last one is read again at the next start",
+        }
+        .emit(&s.p.metrics),
     }
     s.alerts
         .shutdown(Duration::from_secs(config.alerts.shutdown_grace_seconds))
@@ -471,7 +486,15 @@ impl Stages {
             let documents = std::mem::take(&mut p.suppressed);
             if let Some(store) = findings {
                 if let Err(e) = store.append(&documents) {
-                    tracing::warn!(error = %e, findings = documents.len(), "suppressed findings not kept in the findings store");
+                    crate::events::StateWriteFailed {
+                        store: "findings",
+                        error: &e,
+                        consequence: &format!(
+                            "{} suppressed finding(s) not kept in the findings store",
+                            documents.len()
+                        ),
+                    }
+                    .emit(&p.metrics);
                 }
             }
         }
@@ -541,16 +564,37 @@ fn restore_rules(store: &CheckpointStore, generation: u64, p: &mut Pipeline) -> 
     let path = store.rules_path(generation).display().to_string();
     let Some(bytes) = store.load_rules(generation)? else {
         if generation > 0 {
-            tracing::warn!(file = %path, generation, "no rules snapshot of the checkpoint's generation; the rules learn afresh");
+            crate::events::StateRepaired {
+                store: "rules_snapshot",
+                kind: "missing",
+                count: 1,
+                file: &path,
+                detail: &format!(
+                    "no rules snapshot of the checkpoint's generation {generation}; the rules learn afresh"
+                ),
+            }
+            .emit(&p.metrics);
         }
         return Ok(());
     };
     let started = std::time::Instant::now();
     let errors = p.load_state(&bytes);
     for e in &errors {
-        tracing::warn!(file = %path, error = %e, "rule state not restored; that rule learns afresh");
+        crate::events::StateRepaired {
+            store: "rules_snapshot",
+            kind: "rule_not_restored",
+            count: 1,
+            file: &path,
+            detail: &format!("rule state not restored ({e}); that rule learns afresh"),
+        }
+        .emit(&p.metrics);
     }
-    tracing::info!(file = %path, bytes = bytes.len(), millis = started.elapsed().as_millis() as u64, "restored what the rules had learnt");
+    crate::events::RulesRestored {
+        file: &path,
+        bytes: bytes.len(),
+        took: started.elapsed(),
+    }
+    .emit(&p.metrics);
     Ok(())
 }
 
@@ -600,14 +644,11 @@ impl StatusLine {
             && p.nat_egress_flows == 0
         {
             self.warned_topology = true;
-            tracing::warn!(
-                flows = p.flows_judged,
-                nat_interfaces = ?p.topology.nat_interfaces,
-                nat_private_ips = ?p.topology.nat_private_ips,
-                vpc_cidrs = ?p.topology.vpc_cidrs,
-                "no record was NAT egress in {} flows: the network description (outputs-file or [topology]) does not seem to match these flow logs, so the egress rules see nothing",
-                p.flows_judged
-            );
+            crate::events::TopologyMismatch {
+                flows: p.flows_judged,
+                topology: &p.topology,
+            }
+            .emit(&p.metrics);
         }
         let Some(every) = self.every else { return };
         let elapsed = self.last.elapsed();
@@ -617,15 +658,15 @@ impl StatusLine {
         let records = p.records.saturating_sub(self.records);
         let findings = p.findings_raised.saturating_sub(self.findings);
         let lag = (p.newest_event > 0).then(|| unix_now().saturating_sub(p.newest_event));
-        tracing::info!(
-            source = %config.source,
+        crate::events::Status {
+            source: &config.source,
             records,
-            records_per_second = (records as f64 / elapsed.as_secs_f64()).round() as u64,
-            newest_record_age_seconds = lag,
+            records_per_second: (records as f64 / elapsed.as_secs_f64()).round() as u64,
+            newest_record_age_seconds: lag,
             findings,
-            findings_total = p.findings_raised,
-            "reading"
-        );
+            findings_total: p.findings_raised,
+        }
+        .emit(&p.metrics);
         self.last = std::time::Instant::now();
         self.records = p.records;
         self.findings = p.findings_raised;
@@ -687,7 +728,11 @@ async fn drive<S: Source>(
             Next::Batch(b) => b,
         };
         for note in &batch.notes {
-            tracing::warn!(origin = %batch.origin, "{note}");
+            crate::events::FileChanged {
+                origin: &batch.origin,
+                note,
+            }
+            .emit(&s.p.metrics);
         }
         if batch.oversize_lines > 0 {
             crate::events::LinesTooLong {
@@ -787,11 +832,23 @@ impl std::fmt::Display for Origin<'_> {
     }
 }
 
-/// Counts a failed AWS call ([`crate::events::AwsCallFailed`]).
-pub(crate) fn count_error(m: &Metrics, op: &str, code: Option<&str>) {
+/// A failed AWS call, counted and logged ([`crate::events::AwsCallFailed`]); returns the
+/// error's text for the caller to hand on.
+pub(crate) fn aws_call_failed<E: std::error::Error + ProvideErrorMetadata>(
+    m: &Metrics,
+    op: &str,
+    e: &E,
+    about: &str,
+    then: Option<&str>,
+) -> String {
+    let error = aws_error(e);
     crate::events::AwsCallFailed {
         operation: op,
-        code,
+        code: e.code(),
+        error: &error,
+        about,
+        then,
     }
     .emit(m);
+    error
 }

@@ -5,9 +5,15 @@
 
 use crate::metrics::Metrics;
 
-/// An observable event: counted and logged together.
+/// An observable event of one stack: counted and logged together.
 pub trait Event {
     fn emit(self, m: &Metrics);
+}
+
+/// An observable event of the process (the metrics endpoint, the watchdog), counted in the
+/// series without a `stack` label.
+pub trait ProcessEvent {
+    fn emit(self);
 }
 
 /// A line that is not a record in its format, skipped (`egresswatch_bad_lines_total`).
@@ -40,29 +46,58 @@ impl Event for LinesTooLong<'_> {
 }
 
 /// An AWS call that failed (`egresswatch_source_request_errors_total`, and
-/// `_throttles_total` when AWS said to slow down). The caller says what it does about it.
+/// `_throttles_total` when AWS said to slow down).
 pub struct AwsCallFailed<'a> {
     pub operation: &'a str,
     pub code: Option<&'a str>,
+    /// The error as the SDK told it.
+    pub error: &'a str,
+    /// The log group, stream, bucket or queue the call was about; empty when none.
+    pub about: &'a str,
+    /// What the daemon does about it, said in a warning. None when the caller hands the
+    /// error on (it is then said where it ends up), and the failure is only logged at debug.
+    pub then: Option<&'a str>,
+}
+
+/// Whether an AWS error code asks the caller to slow down.
+pub fn is_throttle(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        c.contains("Throttl")
+            || c.contains("LimitExceeded")
+            || c == "SlowDown"
+            || c == "RequestLimitExceeded"
+    })
 }
 
 impl Event for AwsCallFailed<'_> {
     fn emit(self, m: &Metrics) {
         m.source_errors.with_label_values(&[self.operation]).inc();
-        let throttled = self
-            .code
-            .is_some_and(|c| c.contains("Throttl") || c.contains("LimitExceeded"));
+        let throttled = is_throttle(self.code);
         if throttled {
             m.source_throttles
                 .with_label_values(&[self.operation])
                 .inc();
         }
-        tracing::debug!(
-            operation = self.operation,
-            code = self.code.unwrap_or(""),
-            throttled,
-            "AWS call failed"
-        );
+        let code = self.code.unwrap_or("");
+        match self.then {
+            Some(then) => tracing::warn!(
+                operation = self.operation,
+                code,
+                throttled,
+                about = self.about,
+                error = self.error,
+                "{} failed; {then}",
+                self.operation
+            ),
+            None => tracing::debug!(
+                operation = self.operation,
+                code,
+                throttled,
+                about = self.about,
+                error = self.error,
+                "AWS call failed"
+            ),
+        }
     }
 }
 
@@ -273,10 +308,12 @@ impl Event for SourceHealth<'_> {
     }
 }
 
-/// The workload inventory described from EC2, or kept as it was when EC2 could not answer.
+/// The workload inventory described from EC2, kept as it was when EC2 could not answer, or
+/// not there in time for the first records.
 pub enum InventoryRefresh<'a> {
     Done { addresses: usize },
     Kept { error: &'a str },
+    Late { waited: std::time::Duration },
 }
 
 impl Event for InventoryRefresh<'_> {
@@ -290,7 +327,448 @@ impl Event for InventoryRefresh<'_> {
                 error,
                 "workload inventory not refreshed; suppressions by tag or interface use what was known"
             ),
+            InventoryRefresh::Late { waited } => tracing::warn!(
+                waited_seconds = waited.as_secs(),
+                "the workload inventory is not there yet; reading starts without it"
+            ),
         }
+    }
+}
+
+/// State in the state dir found damaged or missing and repaired
+/// (`egresswatch_state_repairs_total{store,kind}`).
+pub struct StateRepaired<'a> {
+    /// One of [`crate::metrics::STATE_REPAIRS`]' stores.
+    pub store: &'static str,
+    pub kind: &'static str,
+    pub count: u64,
+    pub file: &'a dyn std::fmt::Display,
+    /// What was wrong and what it costs, for the log.
+    pub detail: &'a dyn std::fmt::Display,
+}
+
+impl Event for StateRepaired<'_> {
+    fn emit(self, m: &Metrics) {
+        m.state_repairs
+            .with_label_values(&[self.store, self.kind])
+            .inc_by(self.count);
+        tracing::warn!(
+            store = self.store,
+            kind = self.kind,
+            count = self.count,
+            file = %self.file,
+            "{}",
+            self.detail
+        );
+    }
+}
+
+/// A write to the state dir that failed (`egresswatch_state_write_errors_total{store}`).
+pub struct StateWriteFailed<'a> {
+    /// One of [`crate::metrics::STATE_STORES`].
+    pub store: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    /// What is lost or done again because of it.
+    pub consequence: &'a str,
+}
+
+impl Event for StateWriteFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.state_write_errors.with_label_values(&[self.store]).inc();
+        tracing::error!(store = self.store, error = %self.error, "{}", self.consequence);
+    }
+}
+
+/// How a CloudWatch log stream changed under the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamChange {
+    /// Made again under the same name: read from its start.
+    Recreated,
+    /// Its saved token was refused: read from its start.
+    TokenRefused,
+    /// Gone from the group's listing or aged past its retention: its position is dropped.
+    Retired,
+    /// Deleted while being read.
+    Gone,
+}
+
+impl StreamChange {
+    fn label(self) -> &'static str {
+        match self {
+            StreamChange::Recreated => "recreated",
+            StreamChange::TokenRefused => "token_refused",
+            StreamChange::Retired => "retired",
+            StreamChange::Gone => "gone",
+        }
+    }
+}
+
+/// Log streams that changed under the daemon (`egresswatch_cloudwatch_stream_changes_total`).
+pub struct StreamsChanged<'a> {
+    pub change: StreamChange,
+    pub streams: u64,
+    /// The stream, when it is one.
+    pub stream: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+impl Event for StreamsChanged<'_> {
+    fn emit(self, m: &Metrics) {
+        m.cloudwatch_stream_changes
+            .with_label_values(&[self.change.label()])
+            .inc_by(self.streams);
+        let stream = self.stream.unwrap_or("");
+        let error = self.error.unwrap_or("");
+        match self.change {
+            StreamChange::Recreated => {
+                tracing::warn!(
+                    stream,
+                    "log stream was re-created; reading it from its start"
+                )
+            }
+            StreamChange::TokenRefused => tracing::warn!(
+                stream,
+                error,
+                "saved token refused; reading the stream from its start"
+            ),
+            StreamChange::Retired => tracing::info!(
+                streams = self.streams,
+                "log streams gone from the group or past its retention; dropped from the checkpoint"
+            ),
+            StreamChange::Gone => {
+                tracing::info!(stream, "log stream deleted; dropped from the checkpoint")
+            }
+        }
+    }
+}
+
+/// What the daemon knows of the stack's network at start
+/// (`egresswatch_topology_nat_interfaces`, `_s3_ranges`).
+pub struct TopologyKnown<'a> {
+    /// Where it came from: the outputs file or `[topology]`, or the stack's tags.
+    pub from: &'a str,
+    pub topology: &'a crate::topology::Topology,
+    /// Why the S3 prefix list's ranges could not be asked for again, when they could not
+    /// (the failed call itself is an [`AwsCallFailed`]).
+    pub s3_refresh_error: Option<&'a str>,
+}
+
+impl Event for TopologyKnown<'_> {
+    fn emit(self, m: &Metrics) {
+        let t = self.topology;
+        m.topology_nat_interfaces
+            .set(i64::try_from(t.nat_interfaces.len()).unwrap_or(i64::MAX));
+        m.topology_s3_ranges
+            .set(i64::try_from(t.s3_cidrs.len()).unwrap_or(i64::MAX));
+        tracing::info!(
+            from = self.from,
+            vpc = ?t.vpc_id,
+            nat_interfaces = ?t.nat_interfaces,
+            s3_ranges = t.s3_cidrs.len(),
+            "stack network known"
+        );
+        if let Some(error) = self.s3_refresh_error {
+            tracing::warn!(
+                error,
+                "S3 prefix list ranges not refreshed; using the {} known",
+                t.s3_cidrs.len()
+            );
+        }
+        if t.nat_interfaces.is_empty() && t.nat_private_ips.is_empty() {
+            tracing::warn!("no NAT interface is known: no record can be judged NAT egress");
+        }
+    }
+}
+
+/// Many flows judged and none of them NAT egress: the network description does not match
+/// the flow logs (`egresswatch_topology_mismatch` at 1).
+pub struct TopologyMismatch<'a> {
+    pub flows: u64,
+    pub topology: &'a crate::topology::Topology,
+}
+
+impl Event for TopologyMismatch<'_> {
+    fn emit(self, m: &Metrics) {
+        m.topology_mismatch.set(1);
+        let t = self.topology;
+        tracing::warn!(
+            flows = self.flows,
+            nat_interfaces = ?t.nat_interfaces,
+            nat_private_ips = ?t.nat_private_ips,
+            vpc_cidrs = ?t.vpc_cidrs,
+            "no record was NAT egress in {} flows: the network description (outputs-file or [topology]) does not seem to match these flow logs, so the egress rules see nothing",
+            self.flows
+        );
+    }
+}
+
+/// Alerts a sink has not acknowledged, kept in the outbox: found at start (and sent again)
+/// or left at shutdown (sent at the next start). Sets `egresswatch_alerts_pending{sink}`.
+pub enum AlertsCarried<'a> {
+    AtStart { sink: &'a str, alerts: usize },
+    AtShutdown { sink: &'a str, alerts: usize },
+}
+
+impl Event for AlertsCarried<'_> {
+    fn emit(self, m: &Metrics) {
+        let (sink, alerts) = match self {
+            AlertsCarried::AtStart { sink, alerts }
+            | AlertsCarried::AtShutdown { sink, alerts } => (sink, alerts),
+        };
+        m.alerts_pending
+            .with_label_values(&[sink])
+            .set(i64::try_from(alerts).unwrap_or(i64::MAX));
+        if alerts == 0 {
+            return;
+        }
+        match self {
+            AlertsCarried::AtStart { .. } => tracing::info!(
+                sink,
+                alerts,
+                "resending alerts this sink had not acknowledged"
+            ),
+            AlertsCarried::AtShutdown { .. } => tracing::warn!(
+                sink,
+                alerts,
+                "alerts not yet delivered at shutdown; kept in the outbox and sent at the next start"
+            ),
+        }
+    }
+}
+
+/// What the rules had learnt, read back from the state dir at start. Its failures are
+/// [`StateRepaired`]; this only says how long it took.
+pub struct RulesRestored<'a> {
+    pub file: &'a dyn std::fmt::Display,
+    pub bytes: usize,
+    pub took: std::time::Duration,
+}
+
+impl Event for RulesRestored<'_> {
+    fn emit(self, _m: &Metrics) {
+        // Once per start: the log line is the record; the snapshot's size and time are
+        // exported when it is written (egresswatch_rules_snapshot_duration_seconds).
+        tracing::info!(file = %self.file, bytes = self.bytes, millis = self.took.as_millis() as u64, "restored what the rules had learnt");
+    }
+}
+
+/// The periodic status line: the figures are the metrics' own (records, findings, the
+/// newest record's age), said in the log for those who read it rather than scrape it.
+pub struct Status<'a> {
+    pub source: &'a dyn std::fmt::Display,
+    pub records: u64,
+    pub records_per_second: u64,
+    pub newest_record_age_seconds: Option<u64>,
+    pub findings: u64,
+    pub findings_total: u64,
+}
+
+impl Event for Status<'_> {
+    fn emit(self, _m: &Metrics) {
+        tracing::info!(
+            source = %self.source,
+            records = self.records,
+            records_per_second = self.records_per_second,
+            newest_record_age_seconds = self.newest_record_age_seconds,
+            findings = self.findings,
+            findings_total = self.findings_total,
+            "reading"
+        );
+    }
+}
+
+/// Something that happened to a file of the file source: rotated, replaced, truncated, a
+/// broken gzip stream, a missing path (`egresswatch_file_changes_total{change}`).
+pub struct FileChanged<'a> {
+    pub origin: &'a str,
+    pub note: &'a crate::source::file::FileNote,
+}
+
+impl Event for FileChanged<'_> {
+    fn emit(self, m: &Metrics) {
+        let change = self.note.change.label();
+        m.file_changes.with_label_values(&[change]).inc();
+        tracing::warn!(origin = self.origin, change, "{}", self.note.text);
+    }
+}
+
+/// The daemon's life: started, asked to reload or stop, stopped. Nothing to count: the
+/// process's start time, `egresswatch_config_last_reload_*` and the exit status are the record.
+pub enum Lifecycle<'a> {
+    Starting {
+        listen: std::net::SocketAddr,
+        /// The source, or the stacks of a daemon that watches several.
+        reading: &'a str,
+    },
+    SignalHandlersMissing,
+    ReloadRequested {
+        signal: &'a str,
+    },
+    ShuttingDown,
+    Finished {
+        records: u64,
+        /// Records of a backfill that started outside its range, read and not judged.
+        outside_range: u64,
+    },
+}
+
+impl ProcessEvent for Lifecycle<'_> {
+    fn emit(self) {
+        match self {
+            Lifecycle::Starting { listen, reading } => {
+                tracing::info!(%listen, reading, "egresswatch monitor starting")
+            }
+            Lifecycle::SignalHandlersMissing => tracing::error!(
+                "cannot install signal handlers: SIGTERM and SIGHUP are not taken up"
+            ),
+            Lifecycle::ReloadRequested { signal } => {
+                tracing::info!(signal, "reloading the configuration")
+            }
+            Lifecycle::ShuttingDown => {
+                tracing::info!("shutting down: finishing the batch in flight")
+            }
+            Lifecycle::Finished {
+                records,
+                outside_range,
+            } => tracing::info!(
+                records,
+                judged = records.saturating_sub(outside_range),
+                outside_range,
+                "egresswatch monitor stopped"
+            ),
+        }
+    }
+}
+
+/// A stack's pipeline, the metrics endpoint or a source's task stopped on an error: the
+/// daemon exits with the first two; a source's task is started again at its next poll.
+pub struct Stopped<'a> {
+    pub what: &'a str,
+    pub error: &'a str,
+}
+
+impl ProcessEvent for Stopped<'_> {
+    fn emit(self) {
+        // Nothing to count: the process ends, and its exit status is the record.
+        tracing::error!(error = self.error, "{} stopped", self.what);
+    }
+}
+
+/// A stack asked for CloudWatch call rates other than those another stack of the process
+/// set for the same account and region: the budget is the account's, so the first one's apply.
+pub struct BudgetAlreadySet<'a> {
+    pub region: &'a str,
+}
+
+impl ProcessEvent for BudgetAlreadySet<'_> {
+    fn emit(self) {
+        // Once per stack at start, and a matter of configuration: the log line is the record.
+        tracing::warn!(
+            region = self.region,
+            "another source in this process set the CloudWatch call budget for {} first; its rates apply",
+            self.region
+        );
+    }
+}
+
+/// The systemd watchdog ping withheld: the main loop made no progress within `WatchdogSec`
+/// (`egresswatch_watchdog_withheld_total`), so systemd restarts the daemon.
+pub struct WatchdogWithheld {
+    pub idle_seconds: u64,
+}
+
+impl ProcessEvent for WatchdogWithheld {
+    fn emit(self) {
+        crate::metrics::process().watchdog_withheld.inc();
+        tracing::error!(
+            idle_seconds = self.idle_seconds,
+            "main loop made no progress; withholding the watchdog ping"
+        );
+    }
+}
+
+/// The metrics endpoint could not accept a connection (`egresswatch_http_accept_errors_total`);
+/// logged at most once a minute by the caller.
+pub struct AcceptFailed<'a> {
+    pub error: &'a std::io::Error,
+    pub listen: std::net::SocketAddr,
+    pub log: bool,
+}
+
+impl ProcessEvent for AcceptFailed<'_> {
+    fn emit(self) {
+        crate::metrics::process().http_accept_errors.inc();
+        if self.log {
+            tracing::warn!(error = %self.error, listen = %self.listen, "metrics endpoint cannot accept connections; retrying");
+        }
+    }
+}
+
+/// A connection to the metrics endpoint closed to make room past its cap
+/// (`egresswatch_http_connections_shed_total`).
+pub struct ConnectionShed;
+
+impl ProcessEvent for ConnectionShed {
+    fn emit(self) {
+        crate::metrics::process().http_connections_shed.inc();
+        tracing::debug!("metrics endpoint connection shed past the connection cap");
+    }
+}
+
+/// What became of an announced S3 object that was not unreadable
+/// (`egresswatch_s3_objects_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Outcome {
+    /// Every line passed.
+    Read,
+    /// Announced again after it was read: not counted twice.
+    Duplicate,
+    /// Not in the stack's bucket and prefix: not read.
+    OutsidePrefix,
+    /// Written again since its notification: the newer object has its own.
+    Superseded,
+}
+
+pub struct S3ObjectDone<'a> {
+    pub object: &'a str,
+    pub outcome: S3Outcome,
+}
+
+impl Event for S3ObjectDone<'_> {
+    fn emit(self, m: &Metrics) {
+        let label = match self.outcome {
+            S3Outcome::Read => "read",
+            S3Outcome::Duplicate => "duplicate",
+            S3Outcome::OutsidePrefix => "outside_prefix",
+            S3Outcome::Superseded => "superseded",
+        };
+        m.s3_objects.with_label_values(&[label]).inc();
+        match self.outcome {
+            S3Outcome::OutsidePrefix => tracing::warn!(
+                object = self.object,
+                "announced object is outside the stack's bucket and prefix: not read"
+            ),
+            _ => tracing::debug!(object = self.object, outcome = label, "S3 object"),
+        }
+    }
+}
+
+/// A backfill's listing: the objects of the prefix in the time range, read next.
+pub struct BackfillListed<'a> {
+    pub objects: usize,
+    pub bucket: &'a str,
+    pub prefix: &'a str,
+}
+
+impl Event for BackfillListed<'_> {
+    fn emit(self, _m: &Metrics) {
+        // Once per backfill; its progress is egresswatch_s3_objects_total{outcome="read"}.
+        tracing::info!(
+            objects = self.objects,
+            bucket = self.bucket,
+            prefix = self.prefix,
+            "backfill: objects in the range"
+        );
     }
 }
 
@@ -304,6 +782,9 @@ mod tests {
         AwsCallFailed {
             operation: "GetLogEvents",
             code: Some("ThrottlingException"),
+            error: "Rate exceeded",
+            about: "eni-1-all",
+            then: None,
         }
         .emit(&m);
         assert_eq!(
@@ -319,6 +800,9 @@ mod tests {
         AwsCallFailed {
             operation: "GetLogEvents",
             code: Some("AccessDeniedException"),
+            error: "not allowed",
+            about: "eni-1-all",
+            then: Some("retrying next poll"),
         }
         .emit(&m);
         assert_eq!(
@@ -348,5 +832,111 @@ mod tests {
         .emit(&m);
         assert_eq!(m.config_last_reload_successful.get(), 1);
         assert_eq!(m.config_last_reload_success_timestamp.get(), 1_800_000_000);
+    }
+
+    #[test]
+    fn state_stream_topology_and_file_events_move_their_series() {
+        let m = Metrics::new();
+        StateRepaired {
+            store: "outbox",
+            kind: "corrupt_line",
+            count: 3,
+            file: &"state/x.outbox",
+            detail: &"three lines",
+        }
+        .emit(&m);
+        assert_eq!(
+            m.state_repairs
+                .with_label_values(&["outbox", "corrupt_line"])
+                .get(),
+            3
+        );
+        StateWriteFailed {
+            store: "delivery_acks",
+            error: &"disk full",
+            consequence: "sent again",
+        }
+        .emit(&m);
+        assert_eq!(
+            m.state_write_errors
+                .with_label_values(&["delivery_acks"])
+                .get(),
+            1
+        );
+        StreamsChanged {
+            change: StreamChange::Retired,
+            streams: 40,
+            stream: None,
+            error: None,
+        }
+        .emit(&m);
+        assert_eq!(
+            m.cloudwatch_stream_changes
+                .with_label_values(&["retired"])
+                .get(),
+            40
+        );
+        let t = crate::topology::Topology {
+            nat_interfaces: vec!["eni-nat".into()],
+            s3_cidrs: vec![
+                "52.216.0.0/15".parse().unwrap(),
+                "3.5.0.0/19".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        TopologyKnown {
+            from: "the stack's tags",
+            topology: &t,
+            s3_refresh_error: Some("AccessDenied"),
+        }
+        .emit(&m);
+        assert_eq!(m.topology_nat_interfaces.get(), 1);
+        assert_eq!(m.topology_s3_ranges.get(), 2);
+        assert_eq!(m.topology_mismatch.get(), 0);
+        TopologyMismatch {
+            flows: 10_000,
+            topology: &t,
+        }
+        .emit(&m);
+        assert_eq!(m.topology_mismatch.get(), 1);
+        let note = crate::source::file::FileNote {
+            change: crate::source::file::FileChange::Rotated,
+            text: "rotated".into(),
+        };
+        FileChanged {
+            origin: "flow.log",
+            note: &note,
+        }
+        .emit(&m);
+        assert_eq!(m.file_changes.with_label_values(&["rotated"]).get(), 1);
+        AlertsCarried::AtShutdown {
+            sink: "webhook",
+            alerts: 7,
+        }
+        .emit(&m);
+        assert_eq!(m.alerts_pending.with_label_values(&["webhook"]).get(), 7);
+        S3ObjectDone {
+            object: "s3://b/k",
+            outcome: S3Outcome::Superseded,
+        }
+        .emit(&m);
+        assert_eq!(m.s3_objects.with_label_values(&["superseded"]).get(), 1);
+        // Every declared series is exported from the start, at zero until it moves.
+        let text = m.render();
+        for (store, kind) in crate::metrics::STATE_REPAIRS {
+            assert!(
+                text.contains(&format!(
+                    "egresswatch_state_repairs_total{{kind=\"{kind}\",store=\"{store}\"}}"
+                )),
+                "{store} {kind}"
+            );
+        }
+        let before = crate::metrics::process().watchdog_withheld.get();
+        WatchdogWithheld { idle_seconds: 90 }.emit();
+        assert_eq!(
+            crate::metrics::process().watchdog_withheld.get(),
+            before + 1
+        );
+        assert!(text.contains("egresswatch_watchdog_withheld_total"));
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::daemon::unix_now;
+use crate::events::Event;
 
 /// Where a state dir keeps its findings.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -42,6 +43,8 @@ impl Default for Retention {
 pub struct FindingStore {
     dir: PathBuf,
     retention: Retention,
+    /// Where a failure to remove an old file is counted.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The UTC day (`YYYY-MM-DD`) of a Unix time.
@@ -68,7 +71,11 @@ fn day_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 impl FindingStore {
     /// The store of `state_dir`, or None when the retention keeps nothing.
-    pub fn new(state_dir: &Path, retention: &Retention) -> Result<Option<Self>, String> {
+    pub fn new(
+        state_dir: &Path,
+        retention: &Retention,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Option<Self>, String> {
         if retention.keep_days == 0 {
             return Ok(None);
         }
@@ -77,6 +84,7 @@ impl FindingStore {
         Ok(Some(FindingStore {
             dir,
             retention: retention.clone(),
+            metrics,
         }))
     }
 
@@ -123,7 +131,13 @@ impl FindingStore {
                 match std::fs::remove_file(&path) {
                     Ok(()) => total = total.saturating_sub(len),
                     Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot remove an old findings file")
+                        let error = format!("{}: {e}", path.display());
+                        crate::events::StateWriteFailed {
+                            store: "findings",
+                            error: &error,
+                            consequence: "cannot remove an old findings file; the store stays over its bounds until it can",
+                        }
+                        .emit(&self.metrics);
                     }
                 }
             }
@@ -290,7 +304,7 @@ mod tests {
     fn findings_read_back_filtered_one_per_id_and_old_days_go() {
         let state = std::env::temp_dir().join(format!("ew-findings-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
-        let store = FindingStore::new(&state, &Retention::default())
+        let store = FindingStore::new(&state, &Retention::default(), Default::default())
             .unwrap()
             .unwrap();
         store
@@ -360,7 +374,9 @@ mod tests {
             keep_days: 10_000,
             max_bytes: 100,
         };
-        let store = FindingStore::new(&state, &retention).unwrap().unwrap();
+        let store = FindingStore::new(&state, &retention, Default::default())
+            .unwrap()
+            .unwrap();
         let d = dir(&state);
         std::fs::write(d.join("2026-01-01.jsonl"), vec![b'x'; 80]).unwrap();
         std::fs::write(d.join("2026-01-02.jsonl"), vec![b'x'; 80]).unwrap();
@@ -381,7 +397,8 @@ mod tests {
             &Retention {
                 keep_days: 0,
                 max_bytes: 1
-            }
+            },
+            Default::default()
         )
         .unwrap()
         .is_none());

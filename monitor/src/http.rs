@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
+use crate::events::ProcessEvent;
 use crate::metrics::Metrics;
 
 /// The bounds on the server's connections.
@@ -134,19 +135,23 @@ fn serve_app(
                 Err(e) => {
                     // Out of file descriptors (or another transient failure): wait for
                     // connections to end instead of spinning, and say so at most once a minute.
-                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                        tracing::warn!(error = %e, listen = %local, "metrics endpoint cannot accept connections; retrying");
+                    let log = last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                    if log {
                         last_warning = Some(Instant::now());
                     }
+                    crate::events::AcceptFailed {
+                        error: &e,
+                        listen: local,
+                        log,
+                    }
+                    .emit();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let (conn, shed) = table.admit(limits.max_connections);
             if shed {
-                if let Some(m) = app.metrics.first() {
-                    m.http_connections_shed.inc();
-                }
+                crate::events::ConnectionShed.emit();
             }
             tokio::spawn(connection(
                 stream,

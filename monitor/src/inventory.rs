@@ -100,8 +100,8 @@ where
 {
     m.source_calls.with_label_values(&[op]).inc();
     result.map_err(|e| {
-        crate::daemon::count_error(m, op, e.code());
-        format!("{op}: {}", crate::daemon::aws_error(&e))
+        let error = crate::daemon::aws_call_failed(m, op, &e, "", None);
+        format!("{op}: {error}")
     })
 }
 

@@ -52,9 +52,59 @@ pub struct Metrics {
     pub top_workloads: IntGaugeVec,
     pub top_remotes: IntGaugeVec,
     pub rule_state_evictions: IntCounterVec,
+    /// State found damaged or missing at start (or a reload) and repaired, by store and kind.
+    pub state_repairs: IntCounterVec,
+    /// Writes to the state dir that failed, by store.
+    pub state_write_errors: IntCounterVec,
+    /// Log streams re-created, whose saved token was refused, retired or gone.
+    pub cloudwatch_stream_changes: IntCounterVec,
+    /// What the daemon knows of the stack's network: NAT interfaces and S3 ranges.
+    pub topology_nat_interfaces: IntGauge,
+    pub topology_s3_ranges: IntGauge,
+    /// 1 once many flows were judged and none was NAT egress: the network description does
+    /// not match the flow logs.
+    pub topology_mismatch: IntGauge,
+    /// What happened to the file source's files: rotation, truncation, a broken gzip stream.
+    pub file_changes: IntCounterVec,
+}
+
+/// Series of the process rather than of a stack: the metrics endpoint and the systemd
+/// watchdog. Exported once, without a `stack` label.
+pub struct ProcessMetrics {
+    registry: Registry,
     /// Connections to this endpoint closed to make room past its connection cap: a client
     /// holding many idle connections open.
     pub http_connections_shed: IntCounter,
+    /// Connections the endpoint could not accept (out of file descriptors, say).
+    pub http_accept_errors: IntCounter,
+    /// Watchdog pings withheld because the main loop made no progress.
+    pub watchdog_withheld: IntCounter,
+}
+
+static PROCESS_METRICS: std::sync::LazyLock<ProcessMetrics> = std::sync::LazyLock::new(|| {
+    let r = Registry::new();
+    let counter =
+        |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid counter"));
+    ProcessMetrics {
+        http_connections_shed: counter(
+            "egresswatch_http_connections_shed_total",
+            "Connections to the metrics endpoint closed to make room for a new one past its cap of open connections (a client holding many idle connections).",
+        ),
+        http_accept_errors: counter(
+            "egresswatch_http_accept_errors_total",
+            "Connections the metrics endpoint could not accept (out of file descriptors, or another failure of accept).",
+        ),
+        watchdog_withheld: counter(
+            "egresswatch_watchdog_withheld_total",
+            "systemd watchdog pings withheld because the main loop made no progress within WatchdogSec.",
+        ),
+        registry: r,
+    }
+});
+
+/// The process's own series.
+pub fn process() -> &'static ProcessMetrics {
+    &PROCESS_METRICS
 }
 
 /// The process's peak resident memory in KiB (VmHWM), for benchmarks and `evaluate`;
@@ -103,6 +153,22 @@ pub const S3_OBJECT_ERRORS: [&str; 7] = [
     "parquet_schema",
     "not_a_flow_log",
 ];
+
+/// The (store, kind) pairs of `egresswatch_state_repairs_total`.
+pub const STATE_REPAIRS: [(&str, &str); 6] = [
+    ("outbox", "torn_write"),
+    ("outbox", "corrupt_line"),
+    ("checkpoint_journal", "torn_write"),
+    ("rules_snapshot", "missing"),
+    ("rules_snapshot", "rule_not_restored"),
+    ("rules_snapshot", "rule_not_carried_over"),
+];
+
+/// The stores of `egresswatch_state_write_errors_total`.
+pub const STATE_STORES: [&str; 4] = ["checkpoint", "outbox", "delivery_acks", "findings"];
+
+/// The changes of `egresswatch_cloudwatch_stream_changes_total`.
+pub const STREAM_CHANGES: [&str; 4] = ["recreated", "token_refused", "retired", "gone"];
 
 /// Series the top-k gauges export.
 pub const TOP_K: usize = 10;
@@ -265,10 +331,16 @@ impl Metrics {
         let sqs_messages = counter_vec(
             &r,
             "egresswatch_sqs_messages_total",
-            "SQS messages of the S3 source, by outcome: received, deleted (every object committed), test_event, not_a_notification (left for the dead-letter queue).",
+            "SQS messages of the S3 source, by outcome: received, deleted (every object committed), delete_failed (delivered again; its objects are recognised as read), test_event, not_a_notification (left for the dead-letter queue).",
             &["outcome"],
         );
-        for o in ["received", "deleted", "test_event", "not_a_notification"] {
+        for o in [
+            "received",
+            "deleted",
+            "delete_failed",
+            "test_event",
+            "not_a_notification",
+        ] {
             sqs_messages.with_label_values(&[o]);
         }
         let records_outside_range = register(
@@ -415,13 +487,55 @@ impl Metrics {
             "Entries the behavioural rules forgot to stay within rules.state-entries, by rule.",
             &["rule"],
         );
-        let http_connections_shed = register(
+        let state_repairs = counter_vec(
             &r,
-            IntCounter::new(
-                "egresswatch_http_connections_shed_total",
-                "Connections to the metrics endpoint closed to make room for a new one past its cap of open connections (a client holding many idle connections).",
-            )
-            .expect("valid counter"),
+            "egresswatch_state_repairs_total",
+            "State in the state dir found damaged or missing and repaired, by store (outbox, checkpoint_journal, rules_snapshot) and kind (torn_write, corrupt_line, missing, rule_not_restored, rule_not_carried_over).",
+            &["store", "kind"],
+        );
+        for (store, kind) in STATE_REPAIRS {
+            state_repairs.with_label_values(&[store, kind]);
+        }
+        let state_write_errors = counter_vec(
+            &r,
+            "egresswatch_state_write_errors_total",
+            "Writes to the state dir that failed, by store (checkpoint, outbox, delivery_acks, findings).",
+            &["store"],
+        );
+        for store in STATE_STORES {
+            state_write_errors.with_label_values(&[store]);
+        }
+        let cloudwatch_stream_changes = counter_vec(
+            &r,
+            "egresswatch_cloudwatch_stream_changes_total",
+            "Log streams of the CloudWatch source that changed under the daemon: recreated (read again from the start), token_refused (saved token unknown; read from the start), retired (aged out of retention or gone from the listing), gone (deleted while read).",
+            &["change"],
+        );
+        for change in STREAM_CHANGES {
+            cloudwatch_stream_changes.with_label_values(&[change]);
+        }
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid gauge"));
+        let topology_nat_interfaces = gauge(
+            "egresswatch_topology_nat_interfaces",
+            "NAT gateway interfaces the daemon knows for the stack: flows through them are NAT egress. 0 means no rule sees egress.",
+        );
+        let topology_s3_ranges = gauge(
+            "egresswatch_topology_s3_ranges",
+            "Address ranges of the S3 prefix list the daemon knows: NAT traffic to them is counted as S3, not internet egress.",
+        );
+        let file_changes = counter_vec(
+            &r,
+            "egresswatch_file_changes_total",
+            "What happened to the file source's files: rotated, read_from_start (replaced or truncated: not the file of the saved position), corrupt_gzip (a gzip stream broke off; its complete lines kept), path_missing.",
+            &["change"],
+        );
+        for c in crate::source::file::FileChange::ALL {
+            file_changes.with_label_values(&[c.label()]);
+        }
+        let topology_mismatch = gauge(
+            "egresswatch_topology_mismatch",
+            "1 once many flows were judged and none was NAT egress: the network description (outputs file or [topology]) does not match these flow logs.",
         );
         // Series with known label values start at zero, so rates and alerts see them before the
         // first event (Prometheus's advice for labelled counters).
@@ -442,7 +556,13 @@ impl Metrics {
             top_workloads,
             top_remotes,
             rule_state_evictions,
-            http_connections_shed,
+            state_repairs,
+            state_write_errors,
+            cloudwatch_stream_changes,
+            topology_nat_interfaces,
+            topology_s3_ranges,
+            topology_mismatch,
+            file_changes,
             rules_snapshot_seconds,
             registry: r,
             records,
@@ -502,6 +622,7 @@ pub fn render_all<M: std::borrow::Borrow<Metrics>>(all: &[M]) -> String {
     // The process's own series (CPU, memory, file descriptors, start time) once, whatever
     // the number of stacks: they describe the process, not a stack.
     let mut families: Vec<prometheus::proto::MetricFamily> = PROCESS.gather();
+    families.extend(PROCESS_METRICS.registry.gather());
     for m in all {
         for family in m.borrow().registry.gather() {
             match families.iter_mut().find(|f| f.name() == family.name()) {

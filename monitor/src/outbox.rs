@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Decided, Repeat, Tally};
+use crate::events::Event;
 
 /// One line of the outbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,8 @@ pub struct Recovered {
     pub torn_bytes: u64,
     /// Lines inside the log that failed their checksum or did not parse, skipped.
     pub corrupt_lines: u64,
+    /// Where the first of them was (`file:line`).
+    pub first_corrupt: Option<String>,
 }
 
 /// Segments removed to stay within the limits.
@@ -75,6 +78,8 @@ pub struct Trimmed {
     pub gone_below: u64,
     pub segments: usize,
     pub forced: bool,
+    /// A segment that could not be removed (trimming stops there until it can).
+    pub remove_error: Option<String>,
 }
 
 fn now() -> u64 {
@@ -168,7 +173,9 @@ impl Outbox {
                     None => {
                         good_end += line.len();
                         recovered.corrupt_lines += 1;
-                        tracing::error!(file = %path.display(), line = n + 1, "outbox line failed its checksum; skipped");
+                        recovered
+                            .first_corrupt
+                            .get_or_insert_with(|| format!("{}:{}", path.display(), n + 1));
                     }
                 }
             }
@@ -317,7 +324,7 @@ impl Outbox {
                 break;
             }
             if let Err(e) = std::fs::remove_file(&seg.path) {
-                tracing::error!(file = %seg.path.display(), error = %e, "cannot remove an outbox segment");
+                trimmed.remove_error = Some(format!("{}: {e}", seg.path.display()));
                 break;
             }
             trimmed.forced |= forced && !done;
@@ -364,10 +371,31 @@ impl AlertLog {
         };
         let (outbox, recovered) = Outbox::open(&dir, limits)?;
         if recovered.torn_bytes > 0 {
-            tracing::warn!(dir = %dir.display(), bytes = recovered.torn_bytes, "the outbox ended in a write a crash interrupted; cut off (its batch is read again)");
+            crate::events::StateRepaired {
+                store: "outbox",
+                kind: "torn_write",
+                count: 1,
+                file: &dir.display(),
+                detail: &format!(
+                    "the outbox ended in a write a crash interrupted: {} bytes cut off (its batch is read again)",
+                    recovered.torn_bytes
+                ),
+            }
+            .emit(&metrics);
         }
         if recovered.corrupt_lines > 0 {
-            tracing::error!(dir = %dir.display(), lines = recovered.corrupt_lines, "outbox lines failed their checksum and were skipped");
+            crate::events::StateRepaired {
+                store: "outbox",
+                kind: "corrupt_line",
+                count: recovered.corrupt_lines,
+                file: &dir.display(),
+                detail: &format!(
+                    "{} outbox line(s) failed their checksum and were skipped, the first at {}",
+                    recovered.corrupt_lines,
+                    recovered.first_corrupt.as_deref().unwrap_or("?")
+                ),
+            }
+            .emit(&metrics);
         }
         // The router resumes as it was at the checkpoint. What it decided after that came from
         // records the source reads again: those alerts are made again with the same ids and
@@ -426,6 +454,14 @@ impl AlertLog {
         if trimmed.forced {
             self.delivery.forget_below(trimmed.gone_below);
         }
+        if let Some(error) = &trimmed.remove_error {
+            crate::events::StateWriteFailed {
+                store: "outbox",
+                error,
+                consequence: "cannot remove an outbox segment; the outbox grows until it can",
+            }
+            .emit(&self.metrics);
+        }
         self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
         Ok(())
     }
@@ -442,10 +478,12 @@ impl AlertLog {
 
     pub async fn shutdown(self, grace: std::time::Duration) {
         if self.has_unwritten() {
-            tracing::error!(
-                alerts = self.unwritten.alerts.len(),
-                "alerts could not be written to the outbox; their records are read again at the next start"
-            );
+            crate::events::StateWriteFailed {
+                store: "outbox",
+                error: &format!("{} alert(s) not written", self.unwritten.alerts.len()),
+                consequence: "alerts could not be written to the outbox; their records are read again at the next start",
+            }
+            .emit(&self.metrics);
         }
         self.delivery.shutdown(grace).await;
     }
@@ -540,6 +578,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (mut ob, rec) = Outbox::open(&d, LIMITS).unwrap();
         assert_eq!(rec.corrupt_lines, 1);
+        let first = rec.first_corrupt.as_deref().unwrap();
+        assert!(first.ends_with(&format!("{}:2", path.display())), "{first}");
         assert_eq!(rec.torn_bytes, 22);
         let seqs: Vec<u64> = rec.entries.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 3, 4, 5]);

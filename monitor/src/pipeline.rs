@@ -191,7 +191,16 @@ impl Pipeline {
         let snapshot = self.save_state();
         self.detectors = detectors;
         for e in self.load_state(&snapshot) {
-            tracing::warn!(error = %e, "rule state not carried over the reload");
+            crate::events::StateRepaired {
+                store: "rules_snapshot",
+                kind: "rule_not_carried_over",
+                count: 1,
+                file: &"(in memory)",
+                detail: &format!(
+                    "rule state not carried over the reload ({e}); that rule learns afresh"
+                ),
+            }
+            .emit(&self.metrics);
         }
     }
 

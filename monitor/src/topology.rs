@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use egresswatch_stack::Outputs;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -107,9 +106,6 @@ impl Topology {
         use aws_sdk_ec2::types::Filter;
         let filter = |name: &str, value: &str| Filter::builder().name(name).values(value).build();
         let count = |op: &str| m.source_calls.with_label_values(&[op]).inc();
-        let failed = |op: &str, e: &dyn ProvideErrorMetadata| {
-            crate::daemon::count_error(m, op, e.code());
-        };
         count("DescribeVpcs");
         let vpcs = ec2
             .describe_vpcs()
@@ -120,8 +116,8 @@ impl Topology {
             .send()
             .await
             .map_err(|e| {
-                failed("DescribeVpcs", &e);
-                format!("DescribeVpcs: {}", crate::daemon::aws_error(&e))
+                let error = crate::daemon::aws_call_failed(m, "DescribeVpcs", &e, stack, None);
+                format!("DescribeVpcs: {error}")
             })?;
         let vpc = match vpcs.vpcs() {
             [one] => one,
@@ -164,8 +160,9 @@ impl Topology {
             .send()
             .await
             .map_err(|e| {
-                failed("DescribeNatGateways", &e);
-                format!("DescribeNatGateways: {}", crate::daemon::aws_error(&e))
+                let error =
+                    crate::daemon::aws_call_failed(m, "DescribeNatGateways", &e, &vpc_id, None);
+                format!("DescribeNatGateways: {error}")
             })?;
         for address in nats
             .nat_gateways()
@@ -194,8 +191,8 @@ impl Topology {
             .send()
             .await
             .map_err(|e| {
-                failed("DescribePrefixLists", &e);
-                format!("DescribePrefixLists: {}", crate::daemon::aws_error(&e))
+                let error = crate::daemon::aws_call_failed(m, "DescribePrefixLists", &e, "", None);
+                format!("DescribePrefixLists: {error}")
             })?;
         t.s3_prefix_list_id = lists
             .prefix_lists()

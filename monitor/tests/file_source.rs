@@ -59,7 +59,13 @@ impl Seen {
     fn absorb(&mut self, chunk: Chunk) {
         self.chunks += 1;
         self.oversize += chunk.oversize_lines;
-        self.notes.extend(chunk.notes);
+        // The change's label leads, so a test checks what kind of change the source saw.
+        self.notes.extend(
+            chunk
+                .notes
+                .into_iter()
+                .map(|n| format!("{}: {}", n.change.label(), n.text)),
+        );
         if chunk.position.is_some() {
             self.position = chunk.position;
         }
@@ -234,7 +240,9 @@ async fn truncation_while_following_reads_the_new_content_from_the_top() {
     assert_eq!(seen.lines[100].0, 1);
     assert_eq!(seen.lines[149].0, 50);
     assert!(
-        seen.notes.iter().any(|n| n.contains("truncated to")),
+        seen.notes
+            .iter()
+            .any(|n| n.starts_with("read_from_start:") && n.contains("truncated to")),
         "{:?}",
         seen.notes
     );
@@ -291,14 +299,14 @@ async fn rotation_while_following_finishes_the_old_file_then_reads_the_new_one()
     assert_eq!(seen.lines[old_count - 1].0, old_count as u64);
     assert_eq!(seen.lines[old_count].0, 1);
     assert!(
-        seen.notes.iter().any(|n| n.contains("rotated")),
+        seen.notes.iter().any(|n| n.starts_with("rotated:")),
         "{:?}",
         seen.notes
     );
     assert!(
         seen.notes
             .iter()
-            .any(|n| n.contains("waiting for the path")),
+            .any(|n| n.starts_with("path_missing:") && n.contains("waiting for the path")),
         "{:?}",
         seen.notes
     );
@@ -336,7 +344,7 @@ async fn a_file_replaced_or_rewritten_while_down_is_read_from_its_start() {
     assert_eq!(seen.texts(), replacement);
     numbers_from_one(&seen);
     assert!(
-        seen.notes[0].contains("is another file"),
+        seen.notes[0].starts_with("read_from_start:") && seen.notes[0].contains("is another file"),
         "{:?}",
         seen.notes
     );

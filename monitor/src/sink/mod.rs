@@ -233,17 +233,11 @@ impl Delivery {
                     }
                 }
             }
-            if !queue.waiting.is_empty() {
-                tracing::info!(
-                    sink = name,
-                    alerts = queue.waiting.len(),
-                    "resending alerts this sink had not acknowledged"
-                );
+            crate::events::AlertsCarried::AtStart {
+                sink: name,
+                alerts: queue.waiting.len(),
             }
-            metrics
-                .alerts_pending
-                .with_label_values(&[name])
-                .set(queue.waiting.len() as i64);
+            .emit(&metrics);
             let lane = Arc::new(Lane {
                 sink,
                 queue: Mutex::new(queue),
@@ -341,13 +335,11 @@ impl Delivery {
         }
         for lane in &self.lanes {
             let left = lane.queue.lock().map(|q| q.waiting.len()).unwrap_or(0);
-            if left > 0 {
-                tracing::warn!(
-                    sink = lane.sink.name(),
-                    alerts = left,
-                    "alerts not yet delivered at shutdown; kept in the outbox and sent at the next start"
-                );
+            crate::events::AlertsCarried::AtShutdown {
+                sink: lane.sink.name(),
+                alerts: left,
             }
+            .emit(&self.metrics);
         }
     }
 }
@@ -417,8 +409,12 @@ async fn deliver(
                 }
                 .emit(&metrics);
                 if let Err(e) = save_acks(&lane.acks_path, &acks) {
-                    // Delivered but not recorded: sent again after a restart, never lost.
-                    tracing::warn!(sink = name, error = %e, "cannot record delivered alerts");
+                    crate::events::StateWriteFailed {
+                        store: "delivery_acks",
+                        error: &format!("sink {name}: {e}"),
+                        consequence: "cannot record delivered alerts; they are sent again after a restart, never lost",
+                    }
+                    .emit(&metrics);
                 }
                 let spacing = lane.sink.spacing();
                 if !spacing.is_zero() && deadline.is_none() {

@@ -180,10 +180,9 @@ pub fn shared(clients: &crate::aws::Clients, rates: Rates) -> Arc<Budget> {
         Arc::ptr_eq(chain, &clients.chain) && *region == clients.region
     }) {
         if b.rates != rates {
-            tracing::warn!(
-                "another source in this process set the CloudWatch call budget for {} first; its rates apply",
-                clients.region
-            );
+            crate::events::ProcessEvent::emit(crate::events::BudgetAlreadySet {
+                region: &clients.region,
+            });
         }
         return b.clone();
     }

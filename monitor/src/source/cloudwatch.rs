@@ -39,7 +39,8 @@ use super::budget::{Budget, Operation, Rates};
 use super::{Batch, Decoding, Lines, Next, Position, Source};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::daemon::{aws_error, count_error};
+use crate::daemon::{aws_call_failed, aws_error};
+use crate::events::Event;
 use crate::metrics::Metrics;
 
 /// Most events GetLogEvents returns in one call, and most bytes: a page with fewer of both
@@ -144,7 +145,7 @@ struct CallError {
 
 impl CallError {
     fn throttled(&self) -> bool {
-        self.code.contains("Throttl") || self.code.contains("LimitExceeded")
+        crate::events::is_throttle(Some(&self.code))
     }
 }
 
@@ -365,8 +366,8 @@ impl CloudWatchSource {
             .send()
             .await
             .map_err(|e| {
-                count_error(m, "DescribeFlowLogs", e.code());
-                format!("DescribeFlowLogs for log group {group}: {}", aws_error(&e))
+                let error = aws_call_failed(m, "DescribeFlowLogs", &e, group, None);
+                format!("DescribeFlowLogs for log group {group}: {error}")
             })?;
         let f = got
             .flow_logs()
@@ -405,11 +406,16 @@ impl CloudWatchSource {
                     .map(|days| i64::from(days).saturating_mul(86_400_000))
             }
             Err(e) => {
-                count_error(m, "DescribeLogGroups", e.code());
-                if e.code().is_some_and(|c| c.contains("Throttl")) {
+                if crate::events::is_throttle(e.code()) {
                     self.budget.throttled(Operation::Describe);
                 }
-                tracing::warn!(group = %self.group, error = %aws_error(&e), "DescribeLogGroups failed; no stream is retired for age until it works");
+                aws_call_failed(
+                    m,
+                    "DescribeLogGroups",
+                    &e,
+                    &self.group,
+                    Some("no stream is retired for age until it works"),
+                );
                 None
             }
         }
@@ -489,7 +495,13 @@ impl CloudWatchSource {
             });
             if s.position.created != l.created {
                 // Made again under the same name: the old token points into the old stream.
-                tracing::warn!(stream = %name, "log stream was re-created; reading it from its start");
+                crate::events::StreamsChanged {
+                    change: crate::events::StreamChange::Recreated,
+                    streams: 1,
+                    stream: Some(&name),
+                    error: None,
+                }
+                .emit(&self.metrics);
                 s.position = StreamPosition {
                     token: None,
                     created: l.created,
@@ -531,10 +543,13 @@ impl CloudWatchSource {
             }
         }
         if !unlisted.is_empty() {
-            tracing::info!(
-                streams = unlisted.len(),
-                "log streams gone from the group or past its retention; dropped from the checkpoint"
-            );
+            crate::events::StreamsChanged {
+                change: crate::events::StreamChange::Retired,
+                streams: unlisted.len() as u64,
+                stream: None,
+                error: None,
+            }
+            .emit(&self.metrics);
             for name in unlisted {
                 self.streams.remove(&name);
                 self.forgotten.push(name);
@@ -588,7 +603,10 @@ impl CloudWatchSource {
                 self.next_listing = Instant::now() + self.poll_interval;
                 return Some(Next::Unavailable(e));
             }
-            Err(e) => tracing::error!(error = %e, "the stream listing task failed"),
+            Err(e) => crate::events::ProcessEvent::emit(crate::events::Stopped {
+                what: "the stream listing task (started again at the next poll)",
+                error: &e.to_string(),
+            }),
         }
         None
     }
@@ -653,27 +671,60 @@ impl CloudWatchSource {
         let page = match f.outcome {
             Ok(page) => page,
             Err(e) => {
+                fn failed<'a>(
+                    e: &'a CallError,
+                    stream: &'a str,
+                    then: Option<&'a str>,
+                ) -> crate::events::AwsCallFailed<'a> {
+                    crate::events::AwsCallFailed {
+                        operation: "GetLogEvents",
+                        code: Some(&e.code),
+                        error: &e.text,
+                        about: stream,
+                        then,
+                    }
+                }
                 if e.throttled() {
                     self.budget.throttled(Operation::GetLogEvents);
-                    tracing::warn!(stream = %f.stream, error = %e.text, "GetLogEvents throttled; every read pauses, then this one is made again");
+                    failed(
+                        &e,
+                        &f.stream,
+                        Some("throttled: every read pauses, then this one is made again"),
+                    )
+                    .emit(&self.metrics);
                     self.enqueue(f.stream, true);
                     return None;
                 }
                 if matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException" {
                     // A token this stream does not know: read it from its start rather than
                     // never again.
-                    tracing::warn!(stream = %f.stream, error = %e.text, "saved token refused; reading the stream from its start");
+                    failed(&e, &f.stream, None).emit(&self.metrics);
+                    crate::events::StreamsChanged {
+                        change: crate::events::StreamChange::TokenRefused,
+                        streams: 1,
+                        stream: Some(&f.stream),
+                        error: Some(&e.text),
+                    }
+                    .emit(&self.metrics);
                     s.position.token = None;
                     s.position.seen = Seen::default();
                     self.enqueue(f.stream, true);
                     return None;
                 }
                 if e.code == "ResourceNotFoundException" {
+                    failed(&e, &f.stream, None).emit(&self.metrics);
+                    crate::events::StreamsChanged {
+                        change: crate::events::StreamChange::Gone,
+                        streams: 1,
+                        stream: Some(&f.stream),
+                        error: Some(&e.text),
+                    }
+                    .emit(&self.metrics);
                     self.streams.remove(&f.stream);
                     self.forgotten.push(f.stream);
                     return None;
                 }
-                tracing::warn!(stream = %f.stream, error = %e.text, "GetLogEvents failed; retrying next poll");
+                failed(&e, &f.stream, Some("retrying next poll")).emit(&self.metrics);
                 if let Some(r) = &mut self.round {
                     r.failed += 1;
                 }
@@ -794,17 +845,20 @@ async fn describe_streams(
         let page = match r {
             Ok(page) => page,
             Err(e) => {
-                count_error(m, "DescribeLogStreams", e.code());
-                if e.code().is_some_and(|c| c.contains("Throttl")) && throttles < LIST_RETRIES {
+                if crate::events::is_throttle(e.code()) && throttles < LIST_RETRIES {
                     throttles += 1;
                     budget.throttled(Operation::Describe);
-                    tracing::warn!(group = %group, error = %aws_error(&e), "DescribeLogStreams throttled; every listing call pauses");
+                    aws_call_failed(
+                        m,
+                        "DescribeLogStreams",
+                        &e,
+                        &group,
+                        Some("throttled: every listing call pauses, then this one is made again"),
+                    );
                     continue;
                 }
-                return Err(format!(
-                    "DescribeLogStreams for log group {group}: {}",
-                    aws_error(&e)
-                ));
+                let error = aws_call_failed(m, "DescribeLogStreams", &e, &group, None);
+                return Err(format!("DescribeLogStreams for log group {group}: {error}"));
             }
         };
         budget.succeeded(Operation::Describe);
@@ -887,13 +941,11 @@ async fn fetch(
                 bytes,
             })
         }
-        Err(e) => {
-            count_error(&metrics, "GetLogEvents", e.code());
-            Err(CallError {
-                code: e.code().unwrap_or("").to_string(),
-                text: aws_error(&e),
-            })
-        }
+        // Counted and logged in `finished`, which knows what is done about it.
+        Err(e) => Err(CallError {
+            code: e.code().unwrap_or("").to_string(),
+            text: aws_error(&e),
+        }),
     };
     Fetched {
         stream,

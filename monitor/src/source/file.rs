@@ -43,6 +43,51 @@ const READ_BYTES: usize = 128 * 1024;
 /// processing, few enough that a slow daemon holds the reader back instead of growing memory.
 const CHANNEL_CHUNKS: usize = 4;
 
+/// What happened to a file of the file source that the operator should hear of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// A gzip stream broke off: its complete lines were kept.
+    CorruptGzip,
+    /// Not the file of the saved position any more (replaced, or shorter): read from its start.
+    ReadFromStart,
+    /// Rotated: the old file read to its end, the new one from its start.
+    Rotated,
+    /// The path is gone (for now).
+    PathMissing,
+}
+
+impl FileChange {
+    pub const ALL: [FileChange; 4] = [
+        FileChange::CorruptGzip,
+        FileChange::ReadFromStart,
+        FileChange::Rotated,
+        FileChange::PathMissing,
+    ];
+
+    /// The label of `egresswatch_file_changes_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FileChange::CorruptGzip => "corrupt_gzip",
+            FileChange::ReadFromStart => "read_from_start",
+            FileChange::Rotated => "rotated",
+            FileChange::PathMissing => "path_missing",
+        }
+    }
+}
+
+/// A [`FileChange`] and what the log says of it.
+#[derive(Clone, Debug)]
+pub struct FileNote {
+    pub change: FileChange,
+    pub text: String,
+}
+
+impl FileNote {
+    fn new(change: FileChange, text: String) -> Self {
+        FileNote { change, text }
+    }
+}
+
 /// Where a file was read up to: enough to resume after a restart and to tell that the file at
 /// the path is another one now.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +120,9 @@ pub struct Chunk {
     pub oversize_lines: u64,
     /// The position after this chunk: commit it once the chunk is processed. None for streams.
     pub position: Option<FilePosition>,
-    /// Things the operator should see in the log: truncation, rotation, a replaced file, a
-    /// broken gzip stream.
-    pub notes: Vec<String>,
+    /// What happened to the file that the operator should see: truncation, rotation, a
+    /// replaced file, a broken gzip stream.
+    pub notes: Vec<FileNote>,
 }
 
 #[derive(Clone, Debug)]
@@ -190,8 +235,9 @@ impl FileSource {
         if let Some(pos) = resume {
             match id.matches(&file, &pos, gz).map_err(open_err)? {
                 Ok(()) => start_at = Some(pos),
-                Err(why) => notes.push(format!(
-                    "{name} {why} than at the saved position; reading it from the start"
+                Err(why) => notes.push(FileNote::new(
+                    FileChange::ReadFromStart,
+                    format!("{name} {why} than at the saved position; reading it from the start"),
                 )),
             }
         }
@@ -537,7 +583,7 @@ struct Worker {
     cut: Cutter,
     /// Lines ended (kept or oversize) before the cutter's current chunk.
     lines: u64,
-    notes: Vec<String>,
+    notes: Vec<FileNote>,
     buf: Vec<u8>,
     /// Decoded bytes to discard before reading on (resuming a gzip file).
     gz_skip: u64,
@@ -706,10 +752,13 @@ impl Worker {
             } else {
                 "gzip stream corrupt"
             };
-            self.notes.push(format!(
+            self.notes.push(FileNote::new(
+                FileChange::CorruptGzip,
+                format!(
                 "{}: {what} after {decoded} decoded bytes; kept {kept} complete lines, dropped a \
                  partial line of {partial} bytes",
                 self.name
+            ),
             ));
         }
         if let Err(halt) = self.send(tx) {
@@ -770,10 +819,13 @@ impl Worker {
         self.input = Input::Gz(Box::new(MultiGzDecoder::new(reader)));
         self.cut.restart(0);
         self.lines = 0;
-        self.notes.push(format!(
+        self.notes.push(FileNote::new(
+            FileChange::ReadFromStart,
+            format!(
             "{} decodes to {skipped} bytes, fewer than the saved position's {}; reading it from \
              the start",
             self.name, self.gz_skip
+        ),
         ));
         Ok(())
     }
@@ -810,8 +862,10 @@ impl Worker {
             self.id = Some(FileId::of(file).map_err(|e| read_err(0, e))?);
             self.cut.restart(0);
             self.lines = 0;
-            self.notes
-                .push(format!("{}: {why}; reading it from the start", self.name));
+            self.notes.push(FileNote::new(
+                FileChange::ReadFromStart,
+                format!("{}: {why}; reading it from the start", self.name),
+            ));
             return Ok(Poll::Again);
         }
 
@@ -833,10 +887,13 @@ impl Worker {
             Err(e) => {
                 if !self.missing_noted {
                     self.missing_noted = true;
-                    self.notes.push(format!(
-                        "{}: {e}; reading on from the file that was there and waiting for the \
+                    self.notes.push(FileNote::new(
+                        FileChange::PathMissing,
+                        format!(
+                            "{}: {e}; reading on from the file that was there and waiting for the \
                          path to return",
-                        self.name
+                            self.name
+                        ),
                     ));
                 }
                 Ok(Poll::Idle)
@@ -858,10 +915,13 @@ impl Worker {
                 self.lines = 0;
                 self.draining = false;
                 self.missing_noted = false;
-                self.notes.push(format!(
-                    "{}: rotated; the old file was read to its end, reading the new one from \
+                self.notes.push(FileNote::new(
+                    FileChange::Rotated,
+                    format!(
+                        "{}: rotated; the old file was read to its end, reading the new one from \
                      its start",
-                    self.name
+                        self.name
+                    ),
                 ));
                 Poll::Again
             }
@@ -870,9 +930,12 @@ impl Worker {
             Err(e) => {
                 if !self.missing_noted {
                     self.missing_noted = true;
-                    self.notes.push(format!(
-                        "{}: rotated, but the new file cannot be opened yet: {e}",
-                        self.name
+                    self.notes.push(FileNote::new(
+                        FileChange::PathMissing,
+                        format!(
+                            "{}: rotated, but the new file cannot be opened yet: {e}",
+                            self.name
+                        ),
                     ));
                 }
                 Poll::Idle

@@ -51,7 +51,7 @@ pub struct Batch {
     /// Lines the source dropped unread (longer than `max-line-bytes`), counted as bad lines.
     pub oversize_lines: u64,
     /// Things the operator should see in the log (a rotated file, a re-created stream).
-    pub notes: Vec<String>,
+    pub notes: Vec<crate::source::file::FileNote>,
 }
 
 impl Batch {

@@ -634,13 +634,21 @@ impl S3Source {
         out
     }
 
+    /// A failed call, counted and logged; `then` says what is done about it when the error is
+    /// not handed on.
     fn failed(
         &self,
         op: &str,
         e: &(impl std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata),
+        then: Option<&str>,
     ) -> String {
-        self.metrics.source_errors.with_label_values(&[op]).inc();
-        format!("{op}: {}", crate::daemon::aws_error(e))
+        let about = self
+            .queue_url
+            .as_deref()
+            .or(self.bucket.as_deref())
+            .unwrap_or("");
+        let error = crate::daemon::aws_call_failed(&self.metrics, op, e, about, then);
+        format!("{op}: {error}")
     }
 
     fn object_error(&self, object: &ObjectRef, e: &Unreadable) {
@@ -674,8 +682,11 @@ impl S3Source {
             match r {
                 Ok(_) => self.messages[i].renewed = Instant::now(),
                 Err(e) => {
-                    let e = self.failed("ChangeMessageVisibility", &e);
-                    tracing::warn!("{e}: another reader may get the message meanwhile (its objects are still counted once)");
+                    self.failed(
+                        "ChangeMessageVisibility",
+                        &e,
+                        Some("another reader may get the message meanwhile (its objects are still counted once)"),
+                    );
                 }
             }
         }
@@ -700,7 +711,7 @@ impl S3Source {
             .visibility_timeout(i32::try_from(self.visibility.as_secs()).unwrap_or(i32::MAX))
             .send()
             .await
-            .map_err(|e| self.failed("ReceiveMessage", &e))?;
+            .map_err(|e| self.failed("ReceiveMessage", &e, None))?;
         for m in got.messages() {
             let Some(receipt) = m.receipt_handle() else {
                 continue;
@@ -758,7 +769,7 @@ impl S3Source {
             .send();
         while let Some(page) = pages.next().await {
             self.call("ListObjectsV2");
-            let page = page.map_err(|e| self.failed("ListObjectsV2", &e))?;
+            let page = page.map_err(|e| self.failed("ListObjectsV2", &e, None))?;
             for o in page.contents() {
                 let Some(key) = o.key() else {
                     continue;
@@ -776,7 +787,12 @@ impl S3Source {
                 }
             }
         }
-        tracing::info!(objects = found.len(), bucket = %bucket, prefix = %self.prefix, "backfill: objects in the range");
+        crate::events::BackfillListed {
+            objects: found.len(),
+            bucket: &bucket,
+            prefix: &self.prefix,
+        }
+        .emit(&self.metrics);
         self.backfill = Some(found.into());
         Ok(())
     }
@@ -786,20 +802,21 @@ impl S3Source {
         let id = object.id();
         let done = self.progress.get(&id).cloned().unwrap_or_default();
         if done.complete {
-            self.metrics
-                .s3_objects
-                .with_label_values(&["duplicate"])
-                .inc();
+            crate::events::S3ObjectDone {
+                object: &object.origin(),
+                outcome: crate::events::S3Outcome::Duplicate,
+            }
+            .emit(&self.metrics);
             return Ok(None);
         }
         let outside = self.bucket.as_deref().is_some_and(|b| b != object.bucket)
             || !object.key.starts_with(&self.prefix);
         if outside {
-            self.metrics
-                .s3_objects
-                .with_label_values(&["outside_prefix"])
-                .inc();
-            tracing::warn!(object = %object.origin(), "announced object is outside the stack's bucket and prefix: not read");
+            crate::events::S3ObjectDone {
+                object: &object.origin(),
+                outcome: crate::events::S3Outcome::OutsidePrefix,
+            }
+            .emit(&self.metrics);
             return Ok(None);
         }
         self.call("GetObject");
@@ -814,15 +831,16 @@ impl S3Source {
             Ok(got) => got,
             Err(e) => {
                 let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(String::from);
-                let msg = self.failed("GetObject", &e);
+                let msg = self.failed("GetObject", &e, None);
                 return Err(match code.as_deref() {
                     Some("NoSuchKey") => unreadable("no_such_key", msg),
                     Some("PreconditionFailed") => {
                         // Written again since: the newer object has its own notification.
-                        self.metrics
-                            .s3_objects
-                            .with_label_values(&["superseded"])
-                            .inc();
+                        crate::events::S3ObjectDone {
+                            object: &object.origin(),
+                            outcome: crate::events::S3Outcome::Superseded,
+                        }
+                        .emit(&self.metrics);
                         return Ok(None);
                     }
                     _ => unreadable("download", msg),
@@ -914,7 +932,11 @@ impl Source for S3Source {
                     notes: Vec::new(),
                 };
                 if complete {
-                    self.metrics.s3_objects.with_label_values(&["read"]).inc();
+                    crate::events::S3ObjectDone {
+                        object: &batch.origin,
+                        outcome: crate::events::S3Outcome::Read,
+                    }
+                    .emit(&self.metrics);
                     self.open = None;
                     let _ = std::fs::remove_file(&self.download);
                 }
@@ -1016,13 +1038,22 @@ impl S3Source {
                         note: None,
                     }
                     .emit(&self.metrics);
-                    for f in out.failed() {
-                        tracing::warn!(code = f.code(), "a message could not be deleted: it will be delivered again and its objects recognised as read");
+                    if let Some(first) = out.failed().first() {
+                        let note = format!("{} message(s) could not be deleted ({}: {}): they will be delivered again and their objects recognised as read", out.failed().len(), first.code(), first.message().unwrap_or(""));
+                        crate::events::SqsMessages {
+                            outcome: "delete_failed",
+                            count: u64::try_from(out.failed().len()).unwrap_or(0),
+                            note: Some(&note),
+                        }
+                        .emit(&self.metrics);
                     }
                 }
                 Err(e) => {
-                    let e = self.failed("DeleteMessageBatch", &e);
-                    tracing::warn!("{e}: the messages will be delivered again and their objects recognised as read");
+                    self.failed(
+                        "DeleteMessageBatch",
+                        &e,
+                        Some("the messages will be delivered again and their objects recognised as read"),
+                    );
                 }
             }
         }
