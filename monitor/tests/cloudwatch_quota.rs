@@ -252,10 +252,19 @@ stdout = false
         2 * POLL
     );
     assert_eq!(count, expected - 200);
-    // The target, two poll intervals, is measured and printed above; what is asserted is a
-    // generous functional bound, as moto on a loaded machine answers far slower than AWS.
+    // The target, two poll intervals, is a timing: `scripts/bench cloudwatch` runs this test
+    // alone with EGRESSWATCH_LATENCY_TARGET set and holds it to it. In the test suite, with
+    // other tests loading moto and both cores, a generous functional bound is asserted.
     let generous = read_delays(&metrics, 6 * POLL).0 - delays_before_generous;
     assert_eq!(generous, count, "events read later than six poll intervals");
+    if std::env::var_os("EGRESSWATCH_LATENCY_TARGET").is_some() {
+        assert_eq!(
+            within,
+            count,
+            "events read later than two poll intervals ({} s) after their ingestion",
+            2 * POLL
+        );
+    }
     let elapsed = window.elapsed().as_secs_f64();
     let after = proxy.calls();
     let rate = |op: &str| {
