@@ -27,5 +27,5 @@ mod value;
 pub use decode::{line_kind, Decoder, Line, LineKind};
 pub use field::{Field, Kind, FIELD_COUNT};
 pub use format::{Format, FormatError, DEFAULT_FIELDS, DEFAULT_FORMAT_STRING};
-pub use record::{ErrorKind, ParseError, Record};
+pub use record::{value_of_int, value_of_text, ErrorKind, ParseError, Record};
 pub use value::{Action, FlowDirection, IpType, LogStatus, TcpFlags, TrafficPath, Value};

@@ -367,9 +367,77 @@ fn convert_into<'a>(
     Ok(())
 }
 
+/// A field's value from a cell that already stands alone (a string column of a columnar
+/// file): converted and checked as the same token of a line would be. `-` and an empty
+/// cell are absent.
+#[inline]
+pub fn value_of_text(kind: Kind, text: &str) -> Result<Value<'_>, ErrorKind> {
+    if text.is_empty() {
+        return Ok(Value::Absent);
+    }
+    let mut slot = Value::Absent;
+    // A space would split the field in a line; here it is part of the cell's text.
+    convert_into(kind, text.as_bytes(), true, &mut slot)?;
+    Ok(slot)
+}
+
+/// A field's value from an integer cell (an integer column of a columnar file), checked
+/// against the field's range as the same number in a line would be.
+#[inline]
+pub fn value_of_int(kind: Kind, n: i64) -> Result<Value<'static>, ErrorKind> {
+    let Ok(n) = u64::try_from(n) else {
+        return Err(ErrorKind::InvalidNumber {
+            text: n.to_string(),
+        });
+    };
+    let out_of_range = |max: u64| ErrorKind::OutOfRange {
+        text: n.to_string(),
+        max,
+    };
+    let within = |max: u64| {
+        if n > max {
+            Err(out_of_range(max))
+        } else {
+            Ok(Value::Int(n))
+        }
+    };
+    match kind {
+        Kind::Port => within(u16::MAX as u64),
+        Kind::Protocol | Kind::Version | Kind::TcpFlags | Kind::Code => within(u8::MAX as u64),
+        Kind::Count => Ok(Value::Int(n)),
+        Kind::Timestamp => {
+            if n > TIMESTAMP_LIMIT {
+                return Err(out_of_range(TIMESTAMP_LIMIT));
+            }
+            Ok(Value::Int(if n >= MILLISECOND_THRESHOLD {
+                n / 1000
+            } else {
+                n
+            }))
+        }
+        Kind::TrafficPath => u8::try_from(n)
+            .ok()
+            .and_then(TrafficPath::from_code)
+            .map(Value::TrafficPath)
+            .ok_or_else(|| out_of_range(8)),
+        // Text, an address or a word: a number is none of them. (A text field that a
+        // writer stored as a number is the caller's to turn into text, which it must own.)
+        Kind::Text
+        | Kind::Addr
+        | Kind::Action
+        | Kind::LogStatus
+        | Kind::IpType
+        | Kind::FlowDirection => Err(ErrorKind::InvalidValue {
+            text: n.to_string(),
+            expected: "text, not a number",
+        }),
+    }
+}
+
 impl<'a> Record<'a> {
     /// A record of the given format with every field absent; fill it with
-    /// [`Record::parse_into`] to reuse one record for many lines.
+    /// [`Record::parse_into`] to reuse one record for many lines, or with
+    /// [`Record::set`] from typed cells.
     pub fn empty(format: &'a Format) -> Self {
         Record {
             format,
@@ -438,6 +506,15 @@ impl<'a> Record<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Sets the value of the format's column `column` (from [`value_of_text`] or
+    /// [`value_of_int`]); a column past the format's end is ignored.
+    #[inline]
+    pub fn set(&mut self, column: usize, value: Value<'a>) {
+        if column < self.format.len() {
+            self.values[column] = value;
+        }
     }
 
     /// The format the record was parsed in.

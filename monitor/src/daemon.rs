@@ -777,6 +777,18 @@ async fn drive<S: Source>(
                     at = end + 1;
                 }
             }
+            Lines::Rows { rows, first_line } => {
+                let format = match &batch.format {
+                    Decoding::Pinned(f) | Decoding::Headers(f) => f,
+                };
+                let row_origin = format!("{} row=", batch.origin);
+                rows.for_each(format, |row, record| {
+                    let n = first_line.saturating_add(row as u64);
+                    if s.p.judge(record, &Origin(&row_origin, n)).is_some() {
+                        lines += 1;
+                    }
+                });
+            }
             Lines::Events(events) => {
                 let label = format!("{}@", batch.origin);
                 for (timestamp, message) in events {
@@ -824,7 +836,7 @@ struct Origin<'a>(&'a str, u64);
 
 impl std::fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.ends_with('@') {
+        if self.0.ends_with(['@', '=']) {
             write!(f, "{}{}", self.0, self.1)
         } else {
             write!(f, "{}:{}", self.0, self.1)

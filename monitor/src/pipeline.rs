@@ -222,10 +222,24 @@ impl Pipeline {
         line: &[u8],
         origin: &dyn std::fmt::Display,
     ) -> Option<()> {
+        match decoder.decode(line) {
+            Ok(Line::Record(r)) => self.judge(Ok(r), origin),
+            Ok(_) => None,
+            Err(e) => self.judge(Err(e), origin),
+        }
+    }
+
+    /// Runs one record (from a line, or from a columnar row) through every stage; a record
+    /// that could not be made is counted and logged as a bad line. Returns what
+    /// [`Pipeline::line`] does.
+    pub fn judge(
+        &mut self,
+        record: Result<flowlog::Record<'_>, flowlog::ParseError>,
+        origin: &dyn std::fmt::Display,
+    ) -> Option<()> {
         let m = &*self.metrics;
-        let record = match decoder.decode(line) {
-            Ok(Line::Record(r)) => r,
-            Ok(_) => return None,
+        let record = match record {
+            Ok(r) => r,
             Err(e) => {
                 crate::events::BadLine { origin, error: &e }.emit(m);
                 return Some(());

@@ -78,6 +78,12 @@ pub enum Lines {
     Numbered { text: Vec<u8>, first_line: u64 },
     /// Log events, each located by its timestamp (ms); one event may hold several lines.
     Events(Vec<(i64, String)>),
+    /// Rows of a columnar object (Parquet), numbered from `first_line` without gaps, made
+    /// into records from their typed cells.
+    Rows {
+        rows: crate::source::parquet_rows::RowBatch,
+        first_line: u64,
+    },
 }
 
 /// How the lines name their fields.

@@ -1,311 +1,388 @@
-//! Parquet flow-log objects read a column at a time: each column's values of a batch of rows
-//! are decoded with the typed column readers, then the rows are written as text lines in the
-//! format the file's columns name, for the same parser every other source feeds. AWS writes
-//! flow logs to Parquet as flat columns of INT32, INT64 and strings (BYTE_ARRAY), each
-//! optional; a column of another type is written as `-` (flow logs have none).
+//! Parquet flow-log objects read as Arrow record batches, and each row made into a
+//! [`Record`] straight from its typed cells: no text is written and parsed again. AWS writes
+//! flow logs to Parquet as flat, optional columns of INT32, INT64 and strings; string columns
+//! are read as dictionaries, so a value repeated down a batch (an interface, an address, an
+//! action) is converted once per batch rather than once per row.
 //!
-//! The row API (`RowIter`) builds a `Row` of boxed `Field`s for every row, which costs far
-//! more than the records' parsing; column batches cost a few copies per value.
+//! A cell that does not fit its field (a port of 70000, an address that is not one) makes
+//! its row a bad line with the field named, as the same value in a text line would.
 
 use std::fs::File;
+use std::sync::Arc;
 
-use parquet::column::reader::ColumnReader;
-use parquet::data_type::ByteArray;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Schema};
+use flowlog::{
+    value_of_int, value_of_text, ErrorKind, Field, Format, Kind, ParseError, Record, Value,
+};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 
-/// One column of the file and where its text goes in a line (None: the format does not
-/// know this field, a field newer than this build).
-struct Column {
-    at: Option<usize>,
-    max_def_level: i16,
-    reader: Option<ColumnReader>,
-}
+/// Where a column of the file goes in a record: its place in the format and its kind. None
+/// for a column the format does not know (a field newer than this build).
+type Placement = Option<(usize, Kind)>;
 
-/// The text of one column for the rows of a batch: every cell in `text`, ending at `ends`.
-#[derive(Default)]
-struct Cells {
-    text: Vec<u8>,
-    ends: Vec<usize>,
-}
-
+/// The rows of an object, a batch at a time.
 pub struct ParquetRows {
-    file: SerializedFileReader<File>,
-    row_group: usize,
-    columns: Vec<Column>,
-    /// The format's width: how many cells a line has.
-    width: usize,
-    cells: Vec<Cells>,
-    defs: Vec<i16>,
-    ints: Vec<i32>,
-    longs: Vec<i64>,
-    bytes: Vec<ByteArray>,
+    reader: ParquetRecordBatchReader,
+    placements: Arc<[Placement]>,
+    /// What is left of the last batch when a caller asked for fewer rows than it held.
+    rest: Option<RecordBatch>,
 }
 
-/// `n` in decimal, appended.
-fn push_int(out: &mut Vec<u8>, n: i64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    let negative = n < 0;
-    let mut v = n.unsigned_abs();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if negative {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[at..]);
-}
-
-/// A string value as a cell: empty is `-`, and a space (which would shift every column after
-/// it) becomes `_`.
-fn push_text(out: &mut Vec<u8>, value: &[u8]) {
-    if value.is_empty() {
-        out.push(b'-');
-        return;
-    }
-    let start = out.len();
-    out.extend_from_slice(value);
-    for b in &mut out[start..] {
-        if *b == b' ' || *b == b'\n' {
-            *b = b'_';
-        }
-    }
+/// Some rows of an object, in the file's columns.
+pub struct RowBatch {
+    batch: RecordBatch,
+    placements: Arc<[Placement]>,
 }
 
 impl ParquetRows {
-    /// Reads from `file`; `positions[i]` is where the file's column `i` goes in a line of
-    /// `width` cells.
-    pub fn new(
-        file: SerializedFileReader<File>,
-        positions: Vec<Option<usize>>,
-        width: usize,
-    ) -> Self {
-        let schema = file.metadata().file_metadata().schema_descr_ptr();
-        let columns = positions
-            .into_iter()
-            .enumerate()
-            .map(|(i, at)| Column {
-                at,
-                max_def_level: schema.column(i).max_def_level(),
-                reader: None,
+    /// Opens `path` (read twice: once for the schema, once with string columns asked for as
+    /// dictionaries) and names the fields of its columns. Returns the reader and the format
+    /// its known columns make, in the file's order. An error comes with its reason
+    /// (`download`, `corrupt_parquet`, `parquet_schema`).
+    pub fn open(
+        path: &std::path::Path,
+        batch_rows: usize,
+    ) -> Result<(Self, Format), (&'static str, String)> {
+        let file = || File::open(path).map_err(|e| ("download", e.to_string()));
+        let plain = ParquetRecordBatchReaderBuilder::try_new(file()?)
+            .map_err(|e| ("corrupt_parquet", e.to_string()))?;
+        let schema = plain.schema().clone();
+        drop(plain);
+        let known: Vec<Field> = schema
+            .fields()
+            .iter()
+            .filter_map(|f| Field::from_name(f.name()))
+            .collect();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let format = Format::new(&known)
+            .map_err(|e| ("parquet_schema", format!("columns {names:?}: {e}")))?;
+        let placements: Arc<[Placement]> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let field = Field::from_name(f.name())?;
+                Some((format.position(field)?, field.kind()))
             })
             .collect();
-        ParquetRows {
-            file,
-            row_group: 0,
-            columns,
-            width,
-            cells: (0..width).map(|_| Cells::default()).collect(),
-            defs: Vec::new(),
-            ints: Vec::new(),
-            longs: Vec::new(),
-            bytes: Vec::new(),
-        }
-    }
-
-    /// Opens the next row group's column readers; false when there is none.
-    fn next_row_group(&mut self) -> parquet::errors::Result<bool> {
-        if self.row_group >= self.file.num_row_groups() {
-            return Ok(false);
-        }
-        let group = self.file.get_row_group(self.row_group)?;
-        for (i, c) in self.columns.iter_mut().enumerate() {
-            c.reader = Some(group.get_column_reader(i)?);
-        }
-        self.row_group += 1;
-        Ok(true)
-    }
-
-    /// Appends up to `most` rows to `out` as text lines; returns how many (0: the file ended).
-    pub fn read(&mut self, most: usize, out: &mut Vec<u8>) -> parquet::errors::Result<usize> {
-        loop {
-            if self.columns.iter().any(|c| c.reader.is_none()) && !self.next_row_group()? {
-                return Ok(0);
-            }
-            let rows = self.read_cells(most)?;
-            if rows == 0 {
-                // This row group is done: on to the next.
-                for c in &mut self.columns {
-                    c.reader = None;
-                }
-                continue;
-            }
-            for row in 0..rows {
-                for (p, cells) in self.cells.iter().enumerate() {
-                    if p > 0 {
-                        out.push(b' ');
-                    }
-                    if cells.ends.is_empty() {
-                        out.push(b'-');
-                        continue;
-                    }
-                    let start = if row == 0 { 0 } else { cells.ends[row - 1] };
-                    out.extend_from_slice(&cells.text[start..cells.ends[row]]);
-                }
-                out.push(b'\n');
-            }
-            return Ok(rows);
-        }
-    }
-
-    /// Decodes up to `most` rows of every column into `cells`; every column gives the same
-    /// number of rows (they are one row group's).
-    fn read_cells(&mut self, most: usize) -> parquet::errors::Result<usize> {
-        for c in &mut self.cells {
-            c.text.clear();
-            c.ends.clear();
-        }
-        let mut rows: Option<usize> = None;
-        let width = self.width;
-        for column in &mut self.columns {
-            let Some(reader) = column.reader.as_mut() else {
-                continue;
-            };
-            let mut scratch = Cells::default();
-            let cells = match column.at {
-                Some(at) if at < width => &mut self.cells[at],
-                _ => &mut scratch,
-            };
-            let read = read_column(
+        let hinted = Schema::new_with_metadata(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(
+                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    )),
+                    _ => f.clone(),
+                })
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        );
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(hinted));
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file()?, options)
+            .and_then(|b| b.with_batch_size(batch_rows.max(1)).build())
+            .map_err(|e| ("corrupt_parquet", e.to_string()))?;
+        Ok((
+            ParquetRows {
                 reader,
-                column.max_def_level,
-                most,
-                cells,
-                &mut self.defs,
-                &mut self.ints,
-                &mut self.longs,
-                &mut self.bytes,
-            )?;
-            match rows {
-                None => rows = Some(read),
-                Some(n) if n != read => {
-                    return Err(parquet::errors::ParquetError::General(format!(
-                        "columns of one row group hold different numbers of rows ({n} and {read})"
-                    )))
+                placements,
+                rest: None,
+            },
+            format,
+        ))
+    }
+
+    /// The next rows, at most `most`; None when the file has ended.
+    pub fn next_rows(&mut self, most: usize) -> Result<Option<RowBatch>, String> {
+        let batch = match self.rest.take() {
+            Some(b) => b,
+            None => loop {
+                match self.reader.next() {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(b)) if b.num_rows() == 0 => continue,
+                    Some(Ok(b)) => break b,
                 }
-                Some(_) => {}
-            }
-        }
-        Ok(rows.unwrap_or(0))
+            },
+        };
+        let batch = if batch.num_rows() > most {
+            self.rest = Some(batch.slice(most, batch.num_rows() - most));
+            batch.slice(0, most)
+        } else {
+            batch
+        };
+        Ok(Some(RowBatch {
+            batch,
+            placements: self.placements.clone(),
+        }))
     }
 }
 
-/// Reads up to `most` rows of one column into `cells`, one cell per row (`-` for a null).
-#[allow(clippy::too_many_arguments)]
-fn read_column(
-    reader: &mut ColumnReader,
-    max_def_level: i16,
-    most: usize,
-    cells: &mut Cells,
-    defs: &mut Vec<i16>,
-    ints: &mut Vec<i32>,
-    longs: &mut Vec<i64>,
-    bytes: &mut Vec<ByteArray>,
-) -> parquet::errors::Result<usize> {
-    defs.clear();
-    // Reads until `most` rows or the column chunk's end: a call may stop at a page boundary.
-    macro_rules! fill {
-        ($r:expr, $values:expr) => {{
-            $values.clear();
-            let mut rows = 0;
-            while rows < most {
-                let (n, _, _) = $r.read_records(
-                    most - rows,
-                    (max_def_level > 0).then_some(&mut *defs),
-                    None,
-                    &mut *$values,
-                )?;
-                if n == 0 {
-                    break;
+/// One column of a batch, as its cells are read.
+enum Cells<'a> {
+    Int32(&'a arrow_array::Int32Array),
+    Int64(&'a arrow_array::Int64Array),
+    Text(&'a arrow_array::StringArray),
+    /// Dictionary-encoded strings: a key per row into the column chunk's values. (The
+    /// values can be the whole chunk's dictionary, far more than a batch uses: converting
+    /// the entries a row names costs less than keeping a table of them per batch.)
+    Dictionary {
+        keys: &'a arrow_array::Int32Array,
+        values: &'a arrow_array::StringArray,
+    },
+    /// A text field a writer stored as numbers: the numbers as text, owned here.
+    NumbersAsText(Vec<Option<String>>),
+    /// A type flow logs never have: absent.
+    Other,
+}
+
+impl<'a> Cells<'a> {
+    fn of(array: &'a ArrayRef, kind: Kind) -> Self {
+        let numbers_as_text = |numbers: Vec<Option<i64>>| {
+            Cells::NumbersAsText(
+                numbers
+                    .into_iter()
+                    .map(|n| n.map(|n| n.to_string()))
+                    .collect(),
+            )
+        };
+        match array.data_type() {
+            DataType::Int32 => {
+                let a = array.as_primitive::<Int32Type>();
+                if kind == Kind::Text {
+                    numbers_as_text(a.iter().map(|n| n.map(i64::from)).collect())
+                } else {
+                    Cells::Int32(a)
                 }
-                rows += n;
             }
-            rows
-        }};
-    }
-    let rows = match reader {
-        ColumnReader::Int32ColumnReader(r) => fill!(r, ints),
-        ColumnReader::Int64ColumnReader(r) => fill!(r, longs),
-        ColumnReader::ByteArrayColumnReader(r) => fill!(r, bytes),
-        // Flow logs have no other types; their rows are skipped as values, written as `-`.
-        ColumnReader::BoolColumnReader(r) => {
-            let mut skipped = Vec::new();
-            let skipped = &mut skipped;
-            fill!(r, skipped)
-        }
-        ColumnReader::FloatColumnReader(r) => {
-            let mut skipped = Vec::new();
-            let skipped = &mut skipped;
-            fill!(r, skipped)
-        }
-        ColumnReader::DoubleColumnReader(r) => {
-            let mut skipped = Vec::new();
-            let skipped = &mut skipped;
-            fill!(r, skipped)
-        }
-        ColumnReader::Int96ColumnReader(r) => {
-            let mut skipped = Vec::new();
-            let skipped = &mut skipped;
-            fill!(r, skipped)
-        }
-        ColumnReader::FixedLenByteArrayColumnReader(r) => {
-            let mut skipped = Vec::new();
-            let skipped = &mut skipped;
-            fill!(r, skipped)
-        }
-    };
-    let mut next_value = 0usize;
-    for row in 0..rows {
-        let present = max_def_level == 0 || defs.get(row) == Some(&max_def_level);
-        if present {
-            match reader {
-                ColumnReader::Int32ColumnReader(_) => match ints.get(next_value) {
-                    Some(v) => push_int(&mut cells.text, i64::from(*v)),
-                    None => cells.text.push(b'-'),
-                },
-                ColumnReader::Int64ColumnReader(_) => match longs.get(next_value) {
-                    Some(v) => push_int(&mut cells.text, *v),
-                    None => cells.text.push(b'-'),
-                },
-                ColumnReader::ByteArrayColumnReader(_) => match bytes.get(next_value) {
-                    Some(v) => push_text(&mut cells.text, v.data()),
-                    None => cells.text.push(b'-'),
-                },
-                _ => cells.text.push(b'-'),
+            DataType::Int64 => {
+                let a = array.as_primitive::<Int64Type>();
+                if kind == Kind::Text {
+                    numbers_as_text(a.iter().collect())
+                } else {
+                    Cells::Int64(a)
+                }
             }
-            next_value += 1;
-        } else {
-            cells.text.push(b'-');
+            DataType::Utf8 => Cells::Text(array.as_string::<i32>()),
+            DataType::Dictionary(key, value)
+                if **key == DataType::Int32 && **value == DataType::Utf8 =>
+            {
+                let d = array.as_dictionary::<Int32Type>();
+                Cells::Dictionary {
+                    keys: d.keys(),
+                    values: d.values().as_string::<i32>(),
+                }
+            }
+            _ => Cells::Other,
         }
-        cells.ends.push(cells.text.len());
     }
-    Ok(rows)
+}
+
+impl RowBatch {
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.num_rows() == 0
+    }
+
+    /// Calls `each` with every row in order: its index in the batch and its record, or
+    /// what is wrong with it.
+    pub fn for_each(
+        &self,
+        format: &Format,
+        mut each: impl for<'r> FnMut(usize, Result<Record<'r>, ParseError>),
+    ) {
+        let mut columns: Vec<(usize, usize, Kind, Cells<'_>)> = self
+            .placements
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let (at, kind) = (*p)?;
+                Some((i, at, kind, Cells::of(self.batch.column(i), kind)))
+            })
+            .collect();
+        for row in 0..self.batch.num_rows() {
+            let mut record = Record::empty(format);
+            let mut failed = None;
+            for (i, at, kind, cells) in &mut columns {
+                match cell(cells, *kind, row) {
+                    Ok(v) => record.set(*at, v),
+                    Err(kind) => {
+                        failed = Some(ParseError {
+                            kind,
+                            field: format.fields().get(*at).copied(),
+                            column: *i + 1,
+                        });
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => each(row, Ok(record)),
+                Some(e) => each(row, Err(e)),
+            }
+        }
+    }
+}
+
+/// The value of one cell.
+#[inline]
+fn cell<'c, 'a: 'c>(
+    cells: &'c mut Cells<'a>,
+    kind: Kind,
+    row: usize,
+) -> Result<Value<'c>, ErrorKind> {
+    match cells {
+        Cells::Int32(a) => match a.is_valid(row) {
+            true => value_of_int(kind, i64::from(a.value(row))),
+            false => Ok(Value::Absent),
+        },
+        Cells::Int64(a) => match a.is_valid(row) {
+            true => value_of_int(kind, a.value(row)),
+            false => Ok(Value::Absent),
+        },
+        Cells::Text(a) => match a.is_valid(row) {
+            true => value_of_text(kind, a.value(row)),
+            false => Ok(Value::Absent),
+        },
+        Cells::Dictionary { keys, values } => {
+            if !keys.is_valid(row) {
+                return Ok(Value::Absent);
+            }
+            // Arrow checked every key against the dictionary when it built the array.
+            let key = usize::try_from(keys.value(row)).unwrap_or(usize::MAX);
+            if key >= values.len() || !values.is_valid(key) {
+                return Ok(Value::Absent);
+            }
+            value_of_text(kind, values.value(key))
+        }
+        Cells::NumbersAsText(texts) => match texts.get(row) {
+            Some(Some(t)) => Ok(Value::Text(t)),
+            _ => Ok(Value::Absent),
+        },
+        Cells::Other => Ok(Value::Absent),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
-    #[test]
-    fn integers_are_written_in_decimal() {
-        let mut out = Vec::new();
-        for n in [0, 7, 443, -1, 1_764_547_200, i64::MIN, i64::MAX] {
-            out.clear();
-            push_int(&mut out, n);
-            assert_eq!(String::from_utf8(out.clone()).unwrap(), n.to_string());
-        }
+    /// Rows in AWS's Parquet schema for flow logs (INT32 ports and protocol, INT64
+    /// counters and times, strings for the rest, every column optional), written by pyarrow:
+    /// row 2 has nulls, row 3 a destination port no TCP header can hold.
+    fn aws_shaped(path: &std::path::Path) {
+        let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+n = 10
+t = pa.table({
+    "version": pa.array([2] * n, pa.int32()),
+    "account_id": pa.array(["123456789012"] * n, pa.string()),
+    "interface_id": pa.array(["eni-0a1"] * n, pa.string()),
+    "srcaddr": pa.array([f"10.0.1.{i}" for i in range(n)], pa.string()),
+    "dstaddr": pa.array(["52.94.0.7", None] + ["2001:db8::1"] * (n - 2), pa.string()),
+    "srcport": pa.array([40000 + i for i in range(n)], pa.int32()),
+    "dstport": pa.array([443, None, 70000] + [22] * (n - 3), pa.int32()),
+    "protocol": pa.array([6] * n, pa.int32()),
+    "packets": pa.array([3] * n, pa.int64()),
+    "bytes": pa.array([1500 * i for i in range(n)], pa.int64()),
+    "start": pa.array([1764547200] * n, pa.int64()),
+    "end": pa.array([1764547260000] * n, pa.int64()),
+    "action": pa.array(["ACCEPT", "REJECT"] * (n // 2), pa.string()),
+    "log_status": pa.array(["OK"] * n, pa.string()),
+    "a_column_of_a_later_release": pa.array([1.5] * n, pa.float64()),
+})
+pq.write_table(t, sys.argv[1], compression="gzip", row_group_size=4)
+"#;
+        let ok = Command::new(egresswatch_testkit::python_with_pyarrow())
+            .args(["-c", script])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
     }
 
     #[test]
-    fn a_text_value_never_splits_a_line() {
-        let mut out = Vec::new();
-        push_text(&mut out, b"a b\nc");
-        push_text(&mut out, b"");
-        assert_eq!(out, b"a_b_c-");
+    fn rows_become_records_from_their_typed_cells_and_a_bad_cell_names_its_field() {
+        let dir = std::env::temp_dir().join(format!("ew-parquet-rows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.parquet");
+        aws_shaped(&path);
+        let (mut rows, format) = ParquetRows::open(&path, 3).unwrap();
+        assert_eq!(
+            format.to_aws_string(),
+            "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status}"
+        );
+        // Batches of three, one of them cut to two, across row groups of four.
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        let mut most = 3;
+        while let Some(batch) = rows.next_rows(most).unwrap() {
+            sizes.push(batch.len());
+            batch.for_each(&format, |_, r| {
+                seen.push(match r {
+                    Ok(r) => Ok((
+                        r.account_id().map(String::from),
+                        r.srcaddr(),
+                        r.dstaddr(),
+                        r.dstport(),
+                        r.bytes(),
+                        r.end(),
+                        r.action(),
+                    )),
+                    Err(e) => Err((e.reason(), e.field.map(|f| f.name()), e.to_string())),
+                })
+            });
+            most = if most == 3 { 2 } else { 3 };
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 10, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 3), "{sizes:?}");
+        assert_eq!(seen.len(), 10);
+        let first = seen[0].clone().unwrap();
+        assert_eq!(first.0.as_deref(), Some("123456789012"));
+        assert_eq!(first.1, Some("10.0.1.0".parse().unwrap()));
+        assert_eq!(first.2, Some("52.94.0.7".parse().unwrap()));
+        assert_eq!(first.3, Some(443));
+        assert_eq!(first.4, Some(0));
+        // Milliseconds are seconds, as in a text line.
+        assert_eq!(first.5, Some(1_764_547_260));
+        assert_eq!(first.6, Some(flowlog::Action::Accept));
+        // Null cells are absent fields.
+        let second = seen[1].clone().unwrap();
+        assert_eq!((second.2, second.3), (None, None));
+        assert_eq!(second.6, Some(flowlog::Action::Reject));
+        // A port of 70,000: that row is a bad line, with the field and the reason.
+        let (reason, field, text) = seen[2].clone().unwrap_err();
+        assert_eq!((reason, field), ("out_of_range", Some("dstport")));
+        assert!(text.contains("70000"), "{text}");
+        let last = seen[9].clone().unwrap();
+        assert_eq!(last.2, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(last.4, Some(13_500));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cell_that_is_not_its_field_is_a_bad_row_not_a_failure() {
+        assert!(matches!(
+            value_of_text(Kind::Addr, "10.0.0.300"),
+            Err(ErrorKind::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            value_of_int(Kind::Port, -1),
+            Err(ErrorKind::InvalidNumber { .. })
+        ));
+        assert!(matches!(
+            value_of_int(Kind::Addr, 167_772_161),
+            Err(ErrorKind::InvalidValue { .. })
+        ));
+        assert_eq!(value_of_text(Kind::Port, "-"), Ok(Value::Absent));
+        assert_eq!(value_of_text(Kind::Text, ""), Ok(Value::Absent));
     }
 }

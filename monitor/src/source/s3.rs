@@ -258,8 +258,11 @@ pub enum ObjectReader {
 
 /// What one read of an object gives.
 pub struct Chunk {
+    /// Lines of a text object; empty for Parquet.
     pub text: Vec<u8>,
-    /// The number (1-based) of the first line in `text`.
+    /// Rows of a Parquet object.
+    pub rows: Option<super::parquet_rows::RowBatch>,
+    /// The number (1-based) of the first line (row) in the chunk.
     pub first_line: u64,
     pub oversize_lines: u64,
     pub ended: bool,
@@ -300,28 +303,10 @@ impl ObjectReader {
                 })
             }
             b"PAR1" => {
-                use parquet::file::reader::{FileReader, SerializedFileReader};
-                let reader =
-                    SerializedFileReader::new(f).map_err(|e| unreadable("corrupt_parquet", e))?;
-                let names: Vec<String> = reader
-                    .metadata()
-                    .file_metadata()
-                    .schema_descr()
-                    .columns()
-                    .iter()
-                    .map(|c| c.name().to_string())
-                    .collect();
-                let known: Vec<Field> = names.iter().filter_map(|n| Field::from_name(n)).collect();
-                let format = Format::new(&known)
-                    .map_err(|e| unreadable("parquet_schema", format!("columns {names:?}: {e}")))?;
+                drop(f);
+                let (rows, format) = super::parquet_rows::ParquetRows::open(path, BATCH_ROWS)
+                    .map_err(|(reason, detail)| unreadable(reason, detail))?;
                 needs(&format).map_err(|e| unreadable("parquet_schema", e.detail))?;
-                // For each column of the file, its place in `format`, or None for a column
-                // the format does not know (a field newer than this build): left out.
-                let columns = names
-                    .iter()
-                    .map(|n| Field::from_name(n).and_then(|f| format.position(f)))
-                    .collect();
-                let rows = super::parquet_rows::ParquetRows::new(reader, columns, format.len());
                 Ok(ObjectReader::Parquet {
                     rows: Box::new(rows),
                     format,
@@ -433,6 +418,7 @@ impl ObjectReader {
                 }
                 Ok(Chunk {
                     text,
+                    rows: None,
                     first_line,
                     oversize_lines: oversize,
                     ended,
@@ -440,16 +426,17 @@ impl ObjectReader {
             }
             ObjectReader::Parquet { rows, read, .. } => {
                 let first_line = read.saturating_add(1);
-                let mut text = Vec::with_capacity(BATCH_BYTES);
-                let n = rows.read(BATCH_ROWS.min(most), &mut text).map_err(|e| {
+                let batch = rows.next_rows(BATCH_ROWS.min(most)).map_err(|e| {
                     unreadable(
                         "corrupt_parquet",
                         format!("row {}: {e}", read.saturating_add(1)),
                     )
                 })?;
+                let n = batch.as_ref().map_or(0, |b| b.len());
                 *read = read.saturating_add(n as u64);
                 Ok(Chunk {
-                    text,
+                    text: Vec::new(),
+                    rows: batch,
                     first_line,
                     oversize_lines: 0,
                     ended: n == 0,
@@ -919,9 +906,15 @@ impl Source for S3Source {
                 self.progress.insert(open.id.clone(), progress.clone());
                 let batch = Batch {
                     origin: open.object.origin(),
-                    lines: Lines::Numbered {
-                        text: chunk.text,
-                        first_line: chunk.first_line,
+                    lines: match chunk.rows {
+                        Some(rows) => Lines::Rows {
+                            rows,
+                            first_line: chunk.first_line,
+                        },
+                        None => Lines::Numbered {
+                            text: chunk.text,
+                            first_line: chunk.first_line,
+                        },
                     },
                     format: Decoding::Pinned(open.reader.format().clone()),
                     position: Position::S3Object {
