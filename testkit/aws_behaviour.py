@@ -48,7 +48,6 @@ Behaviours:
                                         subnets and VPC refuse deletion M times with
                                         DependencyViolation (mount targets leaving).
 """
-import http.client
 import http.server
 import json
 import re
@@ -56,6 +55,8 @@ import sys
 import threading
 import urllib.parse
 import uuid
+
+import forwarding
 
 PORT = int(sys.argv[1])
 UPSTREAM = urllib.parse.urlparse(sys.argv[2])
@@ -125,13 +126,7 @@ def json_ok(value):
 
 
 def upstream(method, path, headers, body):
-    conn = http.client.HTTPConnection(UPSTREAM.hostname, UPSTREAM.port, timeout=120)
-    conn.request(method, path, body=body, headers=headers)
-    r = conn.getresponse()
-    data = r.read()
-    out = {k: v for k, v in r.getheaders() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
-    conn.close()
-    return r.status, out, data
+    return forwarding.upstream(UPSTREAM, method, path, headers, body)
 
 
 def ec2_call(params):
@@ -415,23 +410,7 @@ def after_ec2(action, params, status, data):
         release_refusals[0] = ON["release-after-nat"].get("refusals", 2)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: with Nagle's algorithm on, the second waits for
-    # the client's delayed ACK (40 ms a call).
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, headers, body):
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(forwarding.Handler):
     def do_GET(self):
         parts = urllib.parse.urlsplit(self.path)
         if parts.query == "policy" and parts.path in bucket_policies:

@@ -14,7 +14,6 @@ Files: DIR/calls.json     {"calls": {op: n}, "throttled": {op: n}}, rewritten af
        DIR/journal.jsonl  one line per injected throttle: {"behaviour", "action", "source"}
 """
 import collections
-import http.client
 import http.server
 import json
 import os
@@ -22,6 +21,8 @@ import sys
 import threading
 import time
 import urllib.parse
+
+import forwarding
 
 PORT = int(sys.argv[1])
 UPSTREAM = urllib.parse.urlparse(sys.argv[2])
@@ -64,30 +65,10 @@ def admit(op):
         return ok
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, headers, body):
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(forwarding.Handler):
     def forward(self, method, body):
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-        conn = http.client.HTTPConnection(UPSTREAM.hostname, UPSTREAM.port, timeout=120)
-        conn.request(method, self.path, body=body, headers=headers)
-        r = conn.getresponse()
-        data = r.read()
-        out = {k: v for k, v in r.getheaders() if k.lower() not in ("transfer-encoding", "connection", "content-length")}
-        conn.close()
-        self.answer(r.status, out, data)
+        self.answer(*forwarding.upstream(UPSTREAM, method, self.path, headers, body))
 
     def do_GET(self):
         self.forward("GET", None)

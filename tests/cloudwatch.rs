@@ -335,56 +335,71 @@ dedupe-window-seconds = 3600
     let (m, summary) = run_until(config.clone(), 11, &moto.endpoint()).await;
     assert_eq!(summary.records, 11);
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="https"}"#
+    // Each series as read back from the daemon's registry, against what the records hold.
+    let expected: &[(&str, f64)] = &[
+        (
+            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="https"}"#,
+            2.0,
         ),
-        2.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="ssh"}"#
+        (
+            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="ssh"}"#,
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="dns"}"#
+        (
+            r#"egresswatch_flow_records_total{action="ACCEPT",path="nat_egress",port_class="dns"}"#,
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_bytes_total{action="ACCEPT",path="nat_egress",port_class="https"}"#
+        (
+            r#"egresswatch_flow_bytes_total{action="ACCEPT",path="nat_egress",port_class="https"}"#,
+            1700.0,
         ),
-        1700.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_flow_bytes_total{action="ACCEPT",path="nat_egress",port_class="ssh"}"#),
-        5000.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_records_total{action="ACCEPT",path="s3_endpoint",port_class="https"}"#
+        (
+            r#"egresswatch_flow_bytes_total{action="ACCEPT",path="nat_egress",port_class="ssh"}"#,
+            5000.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_bytes_total{action="ACCEPT",path="s3_endpoint",port_class="https"}"#
+        (
+            r#"egresswatch_flow_records_total{action="ACCEPT",path="s3_endpoint",port_class="https"}"#,
+            1.0,
         ),
-        7000.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_flow_records_total{action="ACCEPT",path="intra_vpc",port_class="nfs"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(
-            r#"egresswatch_flow_records_total{action="REJECT",path="rejected_egress",port_class="rdp"}"#
+        (
+            r#"egresswatch_flow_bytes_total{action="ACCEPT",path="s3_endpoint",port_class="https"}"#,
+            7000.0,
         ),
-        1.0
-    );
+        (
+            r#"egresswatch_flow_records_total{action="ACCEPT",path="intra_vpc",port_class="nfs"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_flow_records_total{action="REJECT",path="rejected_egress",port_class="rdp"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_bad_lines_total{reason="invalid_number"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_findings_total{rule="non_https_egress",severity="high"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_findings_total{rule="dns_bypass",severity="high"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_findings_total{rule="rejected_egress",severity="medium"}"#,
+            1.0,
+        ),
+        (
+            r#"egresswatch_findings_total{rule="denylisted_destination",severity="critical"}"#,
+            1.0,
+        ),
+    ];
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(series, want)| get(series) != *want)
+        .map(|(series, want)| format!("{series}: {:?}, expected {want}", m.get(*series)))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
     let duplicates: f64 = m
         .iter()
         .filter(|(k, _)| {
@@ -393,26 +408,6 @@ dedupe-window-seconds = 3600
         .map(|(_, v)| v)
         .sum();
     assert_eq!(duplicates, 3.0);
-    assert_eq!(
-        get(r#"egresswatch_bad_lines_total{reason="invalid_number"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_findings_total{rule="non_https_egress",severity="high"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_findings_total{rule="dns_bypass",severity="high"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_findings_total{rule="rejected_egress",severity="medium"}"#),
-        1.0
-    );
-    assert_eq!(
-        get(r#"egresswatch_findings_total{rule="denylisted_destination",severity="critical"}"#),
-        1.0
-    );
     let findings_total: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("egresswatch_findings_total"))

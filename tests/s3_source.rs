@@ -24,6 +24,32 @@ async fn clients(endpoint: &str) -> Clients {
         .unwrap()
 }
 
+/// What each test starts from: moto behind the AWS layer, and a stack delivering to S3
+/// provisioned in it, its outputs in a fresh directory.
+struct World {
+    // Held for the test's length: dropping them stops the services.
+    _moto: egresswatch_testkit::Service,
+    layer: egresswatch_testkit::AwsBehaviour,
+    c: Clients,
+    dir: std::path::PathBuf,
+    out: provision::Outputs,
+}
+
+async fn world(dir_name: &str, stack_name: &str) -> World {
+    let moto = egresswatch_testkit::moto();
+    let layer = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
+    let c = clients(&layer.endpoint()).await;
+    let dir = fresh_dir(dir_name);
+    let out = stack(&c, stack_name, &dir).await;
+    World {
+        _moto: moto,
+        layer,
+        c,
+        dir,
+        out,
+    }
+}
+
 /// A stack delivering to S3, its outputs written to `dir/outputs.json`.
 async fn stack(c: &Clients, name: &str, dir: &Path) -> provision::Outputs {
     let spec = StackSpec {
@@ -256,11 +282,13 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_and_parquet_objects_are_each_counted_once_and_their_messages_deleted() {
-    let moto = egresswatch_testkit::moto();
-    let layer = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
-    let c = clients(&layer.endpoint()).await;
-    let dir = fresh_dir("s3-objects");
-    let out = stack(&c, "objects", &dir).await;
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-objects", "objects").await;
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
     // Three text objects of 3,000 records and a Parquet one of 2,500.
@@ -346,11 +374,13 @@ async fn text_and_parquet_objects_are_each_counted_once_and_their_messages_delet
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read() {
-    let moto = egresswatch_testkit::moto();
-    let layer = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
-    let c = clients(&layer.endpoint()).await;
-    let dir = fresh_dir("s3-poison");
-    let out = stack(&c, "poison", &dir).await;
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-poison", "poison").await;
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
     // Two receives before the dead-letter queue (the stack says 5), seen within seconds.
@@ -463,11 +493,13 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
-    let moto = egresswatch_testkit::moto();
-    let layer = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
-    let c = clients(&layer.endpoint()).await;
-    let dir = fresh_dir("s3-kill9");
-    let out = stack(&c, "crashing", &dir).await;
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-kill9", "crashing").await;
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
     std::fs::write(
@@ -539,11 +571,13 @@ async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_judges_exactly_the_records_of_its_range() {
-    let moto = egresswatch_testkit::moto();
-    let layer = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
-    let c = clients(&layer.endpoint()).await;
-    let dir = fresh_dir("s3-backfill");
-    let out = stack(&c, "history", &dir).await;
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-backfill", "history").await;
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
     // Four objects of 1,000 records, one a second, starting 08:00:00Z on 2026-11-29 and

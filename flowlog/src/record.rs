@@ -437,7 +437,7 @@ pub fn value_of_int(kind: Kind, n: i64) -> Result<Value<'static>, ErrorKind> {
 impl<'a> Record<'a> {
     /// A record of the given format with every field absent; fill it with
     /// [`Record::parse_into`] to reuse one record for many lines, or with
-    /// [`Record::set`] from typed cells.
+    /// [`Record::fill`] from typed cells.
     pub fn empty(format: &'a Format) -> Self {
         Record {
             format,
@@ -508,13 +508,13 @@ impl<'a> Record<'a> {
         Ok(())
     }
 
-    /// Sets the value of the format's column `column` (from [`value_of_text`] or
-    /// [`value_of_int`]); a column past the format's end is ignored.
+    /// Takes its values, in column order, from typed cells (made with [`value_of_text`] or
+    /// [`value_of_int`]): one record reused for every row of a columnar batch. Values past
+    /// the format's width are ignored; columns past `values` keep what they held.
     #[inline]
-    pub fn set(&mut self, column: usize, value: Value<'a>) {
-        if column < self.format.len() {
-            self.values[column] = value;
-        }
+    pub fn fill(&mut self, values: &[Value<'a>]) {
+        let n = values.len().min(self.format.len());
+        self.values[..n].copy_from_slice(&values[..n]);
     }
 
     /// The format the record was parsed in.

@@ -939,4 +939,22 @@ mod tests {
         );
         assert!(text.contains("egresswatch_watchdog_withheld_total"));
     }
+
+    #[test]
+    fn every_exported_series_is_in_the_readme_table() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let text = Metrics::new().render();
+        let undocumented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|name| name.starts_with("egresswatch_"))
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in README's metrics table: {undocumented:?}"
+        );
+    }
 }

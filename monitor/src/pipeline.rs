@@ -223,7 +223,7 @@ impl Pipeline {
         origin: &dyn std::fmt::Display,
     ) -> Option<()> {
         match decoder.decode(line) {
-            Ok(Line::Record(r)) => self.judge(Ok(r), origin),
+            Ok(Line::Record(r)) => self.judge(Ok(&r), origin),
             Ok(_) => None,
             Err(e) => self.judge(Err(e), origin),
         }
@@ -234,7 +234,7 @@ impl Pipeline {
     /// [`Pipeline::line`] does.
     pub fn judge(
         &mut self,
-        record: Result<flowlog::Record<'_>, flowlog::ParseError>,
+        record: Result<&flowlog::Record<'_>, flowlog::ParseError>,
         origin: &dyn std::fmt::Display,
     ) -> Option<()> {
         let m = &*self.metrics;
@@ -263,7 +263,7 @@ impl Pipeline {
             }
             _ => {}
         }
-        let Some(flow) = classify(&record, &self.topology) else {
+        let Some(flow) = classify(record, &self.topology) else {
             m.records
                 .with_label_values(&[Path::Other.as_str(), "none", "-"])
                 .inc();

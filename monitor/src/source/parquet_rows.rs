@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Schema};
 use flowlog::{
     value_of_int, value_of_text, ErrorKind, Field, Format, Kind, ParseError, Record, Value,
@@ -69,6 +69,20 @@ impl ParquetRows {
                 Some((format.position(field)?, field.kind()))
             })
             .collect();
+        // A known field in a type no flow-log writer uses would be read as absent in every
+        // row: refused, with the column named, rather than judged on nothing.
+        for (f, placed) in schema.fields().iter().zip(placements.iter()) {
+            if placed.is_some() && !readable(f.data_type()) {
+                return Err((
+                    "parquet_schema",
+                    format!(
+                        "column {} is {}, not a type flow logs are written in (INT32, INT64, string)",
+                        f.name(),
+                        f.data_type()
+                    ),
+                ));
+            }
+        }
         let hinted = Schema::new_with_metadata(
             schema
                 .fields()
@@ -122,62 +136,47 @@ impl ParquetRows {
     }
 }
 
-/// One column of a batch, as its cells are read.
-enum Cells<'a> {
-    Int32(&'a arrow_array::Int32Array),
-    Int64(&'a arrow_array::Int64Array),
-    Text(&'a arrow_array::StringArray),
-    /// Dictionary-encoded strings: a key per row into the column chunk's values. (The
-    /// values can be the whole chunk's dictionary, far more than a batch uses: converting
-    /// the entries a row names costs less than keeping a table of them per batch.)
-    Dictionary {
-        keys: &'a arrow_array::Int32Array,
-        values: &'a arrow_array::StringArray,
-    },
-    /// A text field a writer stored as numbers: the numbers as text, owned here.
-    NumbersAsText(Vec<Option<String>>),
-    /// A type flow logs never have: absent.
-    Other,
+/// A column's numbers written as text, all in one string, and where each row's is (None
+/// for a null).
+type NumbersAsText = (String, Vec<Option<(usize, usize)>>);
+
+/// Whether a column of this type can be read into a field.
+fn readable(t: &DataType) -> bool {
+    match t {
+        DataType::Int32 | DataType::Int64 | DataType::Utf8 | DataType::LargeUtf8 => true,
+        DataType::Dictionary(k, v) => **k == DataType::Int32 && **v == DataType::Utf8,
+        _ => false,
+    }
 }
 
-impl<'a> Cells<'a> {
-    fn of(array: &'a ArrayRef, kind: Kind) -> Self {
-        let numbers_as_text = |numbers: Vec<Option<i64>>| {
-            Cells::NumbersAsText(
-                numbers
-                    .into_iter()
-                    .map(|n| n.map(|n| n.to_string()))
-                    .collect(),
-            )
-        };
-        match array.data_type() {
-            DataType::Int32 => {
-                let a = array.as_primitive::<Int32Type>();
-                if kind == Kind::Text {
-                    numbers_as_text(a.iter().map(|n| n.map(i64::from)).collect())
-                } else {
-                    Cells::Int32(a)
-                }
-            }
-            DataType::Int64 => {
-                let a = array.as_primitive::<Int64Type>();
-                if kind == Kind::Text {
-                    numbers_as_text(a.iter().collect())
-                } else {
-                    Cells::Int64(a)
-                }
-            }
-            DataType::Utf8 => Cells::Text(array.as_string::<i32>()),
-            DataType::Dictionary(key, value)
-                if **key == DataType::Int32 && **value == DataType::Utf8 =>
-            {
-                let d = array.as_dictionary::<Int32Type>();
-                Cells::Dictionary {
-                    keys: d.keys(),
-                    values: d.values().as_string::<i32>(),
-                }
-            }
-            _ => Cells::Other,
+/// Rows converted together: their values (rows × width) stay in the core's cache while
+/// each column is written into them and each row is read out.
+const BLOCK_ROWS: usize = 256;
+
+/// Converts a column's cells of rows `first..first + rows` into `values` (row-major, `width`
+/// values a row) at `at`: a null is absent; a cell that does not fit its field is pushed to
+/// `errors` with its row in the block.
+#[allow(clippy::too_many_arguments)]
+fn convert<'v>(
+    first: usize,
+    rows: usize,
+    width: usize,
+    at: usize,
+    values: &mut [Value<'v>],
+    errors: &mut Vec<(usize, usize, ErrorKind)>,
+    column: usize,
+    valid: impl Fn(usize) -> bool,
+    cell: impl Fn(usize) -> Result<Value<'v>, ErrorKind>,
+) {
+    for row in 0..rows {
+        let slot = &mut values[row * width + at];
+        if !valid(first + row) {
+            *slot = Value::Absent;
+            continue;
+        }
+        match cell(first + row) {
+            Ok(v) => *slot = v,
+            Err(e) => errors.push((row, column, e)),
         }
     }
 }
@@ -192,81 +191,190 @@ impl RowBatch {
     }
 
     /// Calls `each` with every row in order: its index in the batch and its record, or
-    /// what is wrong with it.
+    /// what is wrong with it. The cells are converted a column at a time (one loop per
+    /// column's type, no dispatch per cell), then each row's values fill one record.
     pub fn for_each(
         &self,
         format: &Format,
-        mut each: impl for<'r> FnMut(usize, Result<Record<'r>, ParseError>),
+        mut each: impl for<'r> FnMut(usize, Result<&Record<'r>, ParseError>),
     ) {
-        let mut columns: Vec<(usize, usize, Kind, Cells<'_>)> = self
+        let rows = self.batch.num_rows();
+        let width = format.len();
+        let placed: Vec<(usize, usize, Kind)> = self
             .placements
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| {
-                let (at, kind) = (*p)?;
-                Some((i, at, kind, Cells::of(self.batch.column(i), kind)))
+            .filter_map(|(i, p)| p.map(|(at, kind)| (i, at, kind)))
+            .filter(|(_, at, _)| *at < width)
+            .collect();
+        // Text fields a writer stored as numbers: their text, owned for the batch, all in one
+        // string (a row's number is at `spans[row]`; None for a null).
+        let numbers_as_text: Vec<NumbersAsText> = placed
+            .iter()
+            .map(|(i, _, kind)| {
+                let a = self.batch.column(*i);
+                let numbers: Vec<Option<i64>> = match (kind, a.data_type()) {
+                    (Kind::Text, DataType::Int32) => a
+                        .as_primitive::<Int32Type>()
+                        .iter()
+                        .map(|n| n.map(i64::from))
+                        .collect(),
+                    (Kind::Text, DataType::Int64) => a.as_primitive::<Int64Type>().iter().collect(),
+                    _ => Vec::new(),
+                };
+                let mut text = String::new();
+                let spans = numbers
+                    .into_iter()
+                    .map(|n| {
+                        n.map(|n| {
+                            use std::fmt::Write as _;
+                            let start = text.len();
+                            let _ = write!(text, "{n}");
+                            (start, text.len())
+                        })
+                    })
+                    .collect();
+                (text, spans)
             })
             .collect();
-        for row in 0..self.batch.num_rows() {
-            let mut record = Record::empty(format);
-            let mut failed = None;
-            for (i, at, kind, cells) in &mut columns {
-                match cell(cells, *kind, row) {
-                    Ok(v) => record.set(*at, v),
-                    Err(kind) => {
-                        failed = Some(ParseError {
-                            kind,
-                            field: format.fields().get(*at).copied(),
-                            column: *i + 1,
-                        });
-                        break;
+        let number_text = |n: usize, row: usize| -> Option<&str> {
+            let (text, spans) = &numbers_as_text[n];
+            let (start, end) = (*spans.get(row)?)?;
+            text.get(start..end)
+        };
+        let block = BLOCK_ROWS.min(rows);
+        let mut values: Vec<Value<'_>> = vec![Value::Absent; block.saturating_mul(width)];
+        let mut errors: Vec<(usize, usize, ErrorKind)> = Vec::new();
+        let mut record = Record::empty(format);
+        let mut first = 0;
+        while first < rows {
+            let n_rows = block.min(rows - first);
+            errors.clear();
+            for (n, &(i, at, kind)) in placed.iter().enumerate() {
+                let array = self.batch.column(i);
+                let (v, e) = (&mut values, &mut errors);
+                match array.data_type() {
+                    DataType::Int32 | DataType::Int64 if kind == Kind::Text => convert(
+                        first,
+                        n_rows,
+                        width,
+                        at,
+                        v,
+                        e,
+                        n,
+                        |r| array.is_valid(r),
+                        |r| Ok(number_text(n, r).map_or(Value::Absent, Value::Text)),
+                    ),
+                    DataType::Int32 => {
+                        let a = array.as_primitive::<Int32Type>();
+                        convert(
+                            first,
+                            n_rows,
+                            width,
+                            at,
+                            v,
+                            e,
+                            n,
+                            |r| a.is_valid(r),
+                            |r| value_of_int(kind, i64::from(a.value(r))),
+                        )
                     }
+                    DataType::Int64 => {
+                        let a = array.as_primitive::<Int64Type>();
+                        convert(
+                            first,
+                            n_rows,
+                            width,
+                            at,
+                            v,
+                            e,
+                            n,
+                            |r| a.is_valid(r),
+                            |r| value_of_int(kind, a.value(r)),
+                        )
+                    }
+                    DataType::Utf8 => {
+                        let a = array.as_string::<i32>();
+                        convert(
+                            first,
+                            n_rows,
+                            width,
+                            at,
+                            v,
+                            e,
+                            n,
+                            |r| a.is_valid(r),
+                            |r| value_of_text(kind, a.value(r)),
+                        )
+                    }
+                    DataType::LargeUtf8 => {
+                        let a = array.as_string::<i64>();
+                        convert(
+                            first,
+                            n_rows,
+                            width,
+                            at,
+                            v,
+                            e,
+                            n,
+                            |r| a.is_valid(r),
+                            |r| value_of_text(kind, a.value(r)),
+                        )
+                    }
+                    DataType::Dictionary(k, d)
+                        if **k == DataType::Int32 && **d == DataType::Utf8 =>
+                    {
+                        let a = array.as_dictionary::<Int32Type>();
+                        let keys = a.keys();
+                        let dictionary = a.values().as_string::<i32>();
+                        convert(
+                            first,
+                            n_rows,
+                            width,
+                            at,
+                            v,
+                            e,
+                            n,
+                            |r| keys.is_valid(r),
+                            |r| {
+                                // Arrow checked every key against the dictionary when it built
+                                // the array.
+                                match usize::try_from(keys.value(r)) {
+                                    Ok(k) if k < dictionary.len() && dictionary.is_valid(k) => {
+                                        value_of_text(kind, dictionary.value(k))
+                                    }
+                                    _ => Ok(Value::Absent),
+                                }
+                            },
+                        )
+                    }
+                    // Refused at open for the fields this build reads.
+                    _ => {}
                 }
             }
-            match failed {
-                None => each(row, Ok(record)),
-                Some(e) => each(row, Err(e)),
+            // The first cell at fault in each bad row, by column order.
+            errors.sort_by_key(|(row, n, _)| (*row, *n));
+            errors.dedup_by_key(|(row, _, _)| *row);
+            let mut bad = errors.drain(..).peekable();
+            for row in 0..n_rows {
+                if let Some((_, n, kind)) = bad.next_if(|(r, _, _)| *r == row) {
+                    let (i, at, _) = placed[n];
+                    each(
+                        first + row,
+                        Err(ParseError {
+                            kind,
+                            field: format.fields().get(at).copied(),
+                            column: i + 1,
+                        }),
+                    );
+                    continue;
+                }
+                record.fill(&values[row * width..(row + 1) * width]);
+                each(first + row, Ok(&record));
             }
+            drop(bad);
+            first += n_rows;
         }
-    }
-}
-
-/// The value of one cell.
-#[inline]
-fn cell<'c, 'a: 'c>(
-    cells: &'c mut Cells<'a>,
-    kind: Kind,
-    row: usize,
-) -> Result<Value<'c>, ErrorKind> {
-    match cells {
-        Cells::Int32(a) => match a.is_valid(row) {
-            true => value_of_int(kind, i64::from(a.value(row))),
-            false => Ok(Value::Absent),
-        },
-        Cells::Int64(a) => match a.is_valid(row) {
-            true => value_of_int(kind, a.value(row)),
-            false => Ok(Value::Absent),
-        },
-        Cells::Text(a) => match a.is_valid(row) {
-            true => value_of_text(kind, a.value(row)),
-            false => Ok(Value::Absent),
-        },
-        Cells::Dictionary { keys, values } => {
-            if !keys.is_valid(row) {
-                return Ok(Value::Absent);
-            }
-            // Arrow checked every key against the dictionary when it built the array.
-            let key = usize::try_from(keys.value(row)).unwrap_or(usize::MAX);
-            if key >= values.len() || !values.is_valid(key) {
-                return Ok(Value::Absent);
-            }
-            value_of_text(kind, values.value(key))
-        }
-        Cells::NumbersAsText(texts) => match texts.get(row) {
-            Some(Some(t)) => Ok(Value::Text(t)),
-            _ => Ok(Value::Absent),
-        },
-        Cells::Other => Ok(Value::Absent),
     }
 }
 
@@ -277,14 +385,15 @@ mod tests {
 
     /// Rows in AWS's Parquet schema for flow logs (INT32 ports and protocol, INT64
     /// counters and times, strings for the rest, every column optional), written by pyarrow:
-    /// row 2 has nulls, row 3 a destination port no TCP header can hold.
+    /// row 2 has nulls, row 3 a destination port no TCP header can hold. The account id is
+    /// stored as a number, as a writer that sees only digits stores it: read as its text.
     fn aws_shaped(path: &std::path::Path) {
         let script = r#"
 import sys, pyarrow as pa, pyarrow.parquet as pq
 n = 10
 t = pa.table({
     "version": pa.array([2] * n, pa.int32()),
-    "account_id": pa.array(["123456789012"] * n, pa.string()),
+    "account_id": pa.array([123456789012] * (n - 1) + [None], pa.int64()),
     "interface_id": pa.array(["eni-0a1"] * n, pa.string()),
     "srcaddr": pa.array([f"10.0.1.{i}" for i in range(n)], pa.string()),
     "dstaddr": pa.array(["52.94.0.7", None] + ["2001:db8::1"] * (n - 2), pa.string()),
@@ -363,8 +472,31 @@ pq.write_table(t, sys.argv[1], compression="gzip", row_group_size=4)
         assert_eq!((reason, field), ("out_of_range", Some("dstport")));
         assert!(text.contains("70000"), "{text}");
         let last = seen[9].clone().unwrap();
+        assert_eq!(last.0, None, "a null account id is absent");
+        assert_eq!(seen[8].clone().unwrap().0.as_deref(), Some("123456789012"));
         assert_eq!(last.2, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(last.4, Some(13_500));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_known_field_in_a_type_no_writer_uses_refuses_the_object() {
+        let dir = std::env::temp_dir().join(format!("ew-parquet-type-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("floats.parquet");
+        let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+pq.write_table(pa.table({"srcaddr": pa.array(["10.0.0.1"]), "bytes": pa.array([1.5])}), sys.argv[1])
+"#;
+        let ok = Command::new(egresswatch_testkit::python_with_pyarrow())
+            .args(["-c", script])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let (reason, detail) = ParquetRows::open(&path, 8).err().unwrap();
+        assert_eq!(reason, "parquet_schema");
+        assert!(detail.contains("column bytes is Float64"), "{detail}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
