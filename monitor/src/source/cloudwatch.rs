@@ -664,13 +664,17 @@ impl CloudWatchSource {
         let origin = format!("{}/{}", self.group, f.stream);
         let s = self.streams.get_mut(&f.stream)?;
         s.in_flight = false;
-        if std::mem::take(&mut s.again) {
-            s.queued = true;
-            self.queue.push_back(f.stream.clone());
-        }
+        // Listed again while this read was in flight: read it once more, unless this read
+        // already reached what that listing showed (a read spent for nothing would come out
+        // of the budget every other stream waits on).
+        let again = std::mem::take(&mut s.again);
         let page = match f.outcome {
             Ok(page) => page,
             Err(e) => {
+                if again && !s.queued {
+                    s.queued = true;
+                    self.queue.push_back(f.stream.clone());
+                }
                 fn failed<'a>(
                     e: &'a CallError,
                     stream: &'a str,
@@ -760,9 +764,18 @@ impl CloudWatchSource {
                 self.queue.push_front(f.stream.clone());
             }
         } else if let Some(l) = s.listed {
-            // Read to its end after the listing: everything the listing showed is read.
-            seen.event = seen.event.max(l.last_event);
-            seen.ingestion = seen.ingestion.max(l.last_ingestion);
+            // The newest listing may have come while this read was in flight: it showed
+            // something this read began too early to see only if its times are past what
+            // the read found.
+            let behind = l.last_ingestion > seen.ingestion || l.last_event > seen.event;
+            if again && behind && !s.queued {
+                s.queued = true;
+                self.queue.push_back(f.stream.clone());
+            } else {
+                // Read to its end after the listing: everything the listing showed is read.
+                seen.event = seen.event.max(l.last_event);
+                seen.ingestion = seen.ingestion.max(l.last_ingestion);
+            }
         }
         seen.checked = now;
         s.position.seen = seen;
