@@ -122,6 +122,8 @@ struct Stream {
     queued: bool,
     /// Found due while its read was in flight: queued again once that read is done.
     again: bool,
+    /// Lively: in `rotation`, due for its next read one poll after its last.
+    rotating: bool,
 }
 
 /// Where a read starts.
@@ -188,6 +190,10 @@ pub struct CloudWatchSource {
     last_full_listing: Option<Instant>,
     /// Streams to drop from the checkpoint, handed out as a batch of their own.
     forgotten: Vec<String>,
+    /// Lively streams by when their next read is due (wall clock ms): one poll after their
+    /// last read, whether or not a listing has come since. With more to read than the budget
+    /// covers in a poll, a stream then waits for the budget, not also for the next listing.
+    rotation: std::collections::BTreeSet<(i64, String)>,
 }
 
 fn unix_ms() -> i64 {
@@ -242,6 +248,7 @@ impl CloudWatchSource {
                         in_flight: false,
                         queued: false,
                         again: false,
+                        rotating: false,
                     },
                 )
             })
@@ -273,6 +280,7 @@ impl CloudWatchSource {
             next_listing: Instant::now(),
             last_full_listing: None,
             forgotten: Vec::new(),
+            rotation: Default::default(),
         })
     }
 
@@ -492,6 +500,7 @@ impl CloudWatchSource {
                 in_flight: false,
                 queued: false,
                 again: false,
+                rotating: false,
             });
             if s.position.created != l.created {
                 // Made again under the same name: the old token points into the old stream.
@@ -513,10 +522,11 @@ impl CloudWatchSource {
             let within_lag = l.last_event >= recent || l.created >= recent;
             if s.position.token.is_none() {
                 fresh.push(name);
-            } else if l.last_ingestion > seen.ingestion
-                || l.last_event > seen.event
-                || l.last_ingestion >= lively
-            {
+            } else if l.last_ingestion > seen.ingestion || l.last_event > seen.event {
+                active.push((seen.checked, name));
+            } else if l.last_ingestion >= lively && !s.rotating {
+                // Nothing new shown yet, but likely on the way; a stream in the rotation is
+                // read when its turn comes.
                 active.push((seen.checked, name));
             } else if within_lag {
                 if now.saturating_sub(seen.checked) >= ms(self.settings.quiet_recheck_seconds) {
@@ -601,6 +611,7 @@ impl CloudWatchSource {
             Ok(Ok((listed, complete))) => self.listed(listed, complete),
             Ok(Err(e)) => {
                 self.next_listing = Instant::now() + self.poll_interval;
+                self.stop_rotation();
                 return Some(Next::Unavailable(e));
             }
             Err(e) => crate::events::ProcessEvent::emit(crate::events::Stopped {
@@ -629,8 +640,48 @@ impl CloudWatchSource {
         }
     }
 
+    /// Queues the lively streams whose turn has come: read a poll ago or longer. One read
+    /// more recently (the listing showed it something new) waits a poll from that read.
+    fn rotate(&mut self) {
+        let now = unix_ms();
+        let poll = ms(self.poll_interval.as_secs());
+        while self.rotation.first().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, name)) = self.rotation.pop_first() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&name) else {
+                continue;
+            };
+            let next = s.position.seen.checked.saturating_add(poll);
+            if next > now {
+                self.rotation.insert((next, name));
+                continue;
+            }
+            s.rotating = false;
+            self.enqueue(name, false);
+        }
+    }
+
+    /// Stops reading streams on their turn until a listing works again: a group that cannot
+    /// be listed may be gone, and one made again under its name must be seen by a listing
+    /// (its streams' creation times) before an old token is used in it.
+    fn stop_rotation(&mut self) {
+        self.rotation.clear();
+        for s in self.streams.values_mut() {
+            s.rotating = false;
+        }
+    }
+
+    /// When the next lively stream's turn comes.
+    fn next_turn(&self) -> Option<tokio::time::Instant> {
+        let (due, _) = self.rotation.first()?;
+        let wait = u64::try_from(due.saturating_sub(unix_ms())).unwrap_or(0);
+        Some(tokio::time::Instant::now() + Duration::from_millis(wait))
+    }
+
     /// Starts reads from the queue while calls in flight stay within the concurrency.
     fn dispatch(&mut self) {
+        self.rotate();
         while self.fetches.len() < self.settings.concurrency.max(1) {
             let Some(name) = self.queue.pop_front() else {
                 return;
@@ -779,6 +830,14 @@ impl CloudWatchSource {
         }
         seen.checked = now;
         s.position.seen = seen;
+        let lively_since = now.saturating_sub(ms(self.poll_interval.as_secs().saturating_mul(2)));
+        let lively = seen.ingestion >= lively_since
+            || s.listed.is_some_and(|l| l.last_ingestion >= lively_since);
+        if lively && !s.rotating {
+            s.rotating = true;
+            let due = now.saturating_add(ms(self.poll_interval.as_secs()));
+            self.rotation.insert((due, f.stream.clone()));
+        }
         // A read that found nothing still moves the re-check's time, so a restart does not
         // make it again at once.
         let position = s.position.clone();
@@ -1000,6 +1059,7 @@ impl Source for CloudWatchSource {
             if self.listing.is_none() && Instant::now() >= self.next_listing {
                 if let Err(e) = self.start_listing().await {
                     self.next_listing = Instant::now() + self.poll_interval;
+                    self.stop_rotation();
                     return Next::Unavailable(e);
                 }
             }
@@ -1011,6 +1071,7 @@ impl Source for CloudWatchSource {
                 } else {
                     deadline
                 };
+                let wake = self.next_turn().map_or(wake, |t| t.min(wake));
                 tokio::select! {
                     done = self.fetches.join_next(), if !self.fetches.is_empty() => {
                         if let Some(Ok(f)) = done {
@@ -1050,11 +1111,12 @@ impl Source for CloudWatchSource {
                 return self.round_over(round);
             }
             let listing = tokio::time::Instant::from_std(self.next_listing);
-            if listing >= deadline {
+            let wake = self.next_turn().map_or(listing, |t| t.min(listing));
+            if wake >= deadline {
                 tokio::time::sleep_until(deadline).await;
                 return Next::Idle;
             }
-            tokio::time::sleep_until(listing).await;
+            tokio::time::sleep_until(wake).await;
         }
     }
 }
