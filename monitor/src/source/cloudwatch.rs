@@ -190,9 +190,10 @@ pub struct CloudWatchSource {
     last_full_listing: Option<Instant>,
     /// Streams to drop from the checkpoint, handed out as a batch of their own.
     forgotten: Vec<String>,
-    /// Lively streams by when their next read is due (wall clock ms): one poll after their
-    /// last read, whether or not a listing has come since. With more to read than the budget
-    /// covers in a poll, a stream then waits for the budget, not also for the next listing.
+    /// Lively streams by when their next read is due (wall clock ms): a turn ([`Self::turn_ms`])
+    /// after their last read, whether or not a listing has come since. With more to read than
+    /// the budget covers in a poll, a stream then waits for the budget, not also for the next
+    /// listing.
     rotation: std::collections::BTreeSet<(i64, String)>,
 }
 
@@ -522,11 +523,14 @@ impl CloudWatchSource {
             let within_lag = l.last_event >= recent || l.created >= recent;
             if s.position.token.is_none() {
                 fresh.push(name);
-            } else if l.last_ingestion > seen.ingestion || l.last_event > seen.event {
-                active.push((seen.checked, name));
-            } else if l.last_ingestion >= lively && !s.rotating {
-                // Nothing new shown yet, but likely on the way; a stream in the rotation is
-                // read when its turn comes.
+            } else if s.rotating {
+                // Read when its turn comes, a poll after its last read: reading it sooner
+                // because something new came would take the budget from the streams that have
+                // waited longer.
+            } else if l.last_ingestion > seen.ingestion
+                || l.last_event > seen.event
+                || l.last_ingestion >= lively
+            {
                 active.push((seen.checked, name));
             } else if within_lag {
                 if now.saturating_sub(seen.checked) >= ms(self.settings.quiet_recheck_seconds) {
@@ -644,7 +648,7 @@ impl CloudWatchSource {
     /// more recently (the listing showed it something new) waits a poll from that read.
     fn rotate(&mut self) {
         let now = unix_ms();
-        let poll = ms(self.poll_interval.as_secs());
+        let poll = self.turn_ms();
         while self.rotation.first().is_some_and(|(due, _)| *due <= now) {
             let Some((_, name)) = self.rotation.pop_first() else {
                 break;
@@ -660,6 +664,17 @@ impl CloudWatchSource {
             s.rotating = false;
             self.enqueue(name, false);
         }
+    }
+
+    /// How long a lively stream waits between its reads: a poll, or, when the lively
+    /// streams are more than the budget reads in a poll, as long as the budget takes to read
+    /// them all. Turns then come evenly as the budget allows, instead of in bursts that
+    /// queue behind each other.
+    fn turn_ms(&self) -> i64 {
+        let poll = ms(self.poll_interval.as_secs());
+        let rate = self.settings.get_log_events_per_second.max(0.001);
+        let all = (self.rotation.len().saturating_add(1) as f64 / rate * 1000.0) as i64;
+        poll.max(all)
     }
 
     /// Stops reading streams on their turn until a listing works again: a group that cannot
@@ -712,6 +727,7 @@ impl CloudWatchSource {
     /// a failure to retry later).
     fn finished(&mut self, f: Fetched) -> Option<Batch> {
         let now = unix_ms();
+        let turn = self.turn_ms();
         let origin = format!("{}/{}", self.group, f.stream);
         let s = self.streams.get_mut(&f.stream)?;
         s.in_flight = false;
@@ -835,7 +851,7 @@ impl CloudWatchSource {
             || s.listed.is_some_and(|l| l.last_ingestion >= lively_since);
         if lively && !s.rotating {
             s.rotating = true;
-            let due = now.saturating_add(ms(self.poll_interval.as_secs()));
+            let due = now.saturating_add(turn);
             self.rotation.insert((due, f.stream.clone()));
         }
         // A read that found nothing still moves the re-check's time, so a restart does not

@@ -1,8 +1,9 @@
 //! Parquet flow-log objects read as Arrow record batches, and each row made into a
 //! [`Record`] straight from its typed cells: no text is written and parsed again. AWS writes
 //! flow logs to Parquet as flat, optional columns of INT32, INT64 and strings; string columns
-//! are read as dictionaries, so a value repeated down a batch (an interface, an address, an
-//! action) is converted once per batch rather than once per row.
+//! are read as dictionaries (keys into the column chunk's values), which spares copying each
+//! string out of the page. Cells are converted a column at a time over blocks of rows that
+//! stay in cache, and one record is filled from each row's values.
 //!
 //! A cell that does not fit its field (a port of 70000, an address that is not one) makes
 //! its row a bad line with the field named, as the same value in a text line would.
@@ -153,30 +154,37 @@ fn readable(t: &DataType) -> bool {
 /// each column is written into them and each row is read out.
 const BLOCK_ROWS: usize = 256;
 
-/// Converts a column's cells of rows `first..first + rows` into `values` (row-major, `width`
-/// values a row) at `at`: a null is absent; a cell that does not fit its field is pushed to
-/// `errors` with its row in the block.
-#[allow(clippy::too_many_arguments)]
-fn convert<'v>(
+/// Where one column's cells of a block go: rows `first..first + rows` of the batch, into
+/// `values` (row-major, `width` values a row) at `at`; `column` is its place among the
+/// placed columns, for the errors.
+struct Put {
     first: usize,
     rows: usize,
     width: usize,
     at: usize,
-    values: &mut [Value<'v>],
-    errors: &mut Vec<(usize, usize, ErrorKind)>,
     column: usize,
-    valid: impl Fn(usize) -> bool,
-    cell: impl Fn(usize) -> Result<Value<'v>, ErrorKind>,
-) {
-    for row in 0..rows {
-        let slot = &mut values[row * width + at];
-        if !valid(first + row) {
-            *slot = Value::Absent;
-            continue;
-        }
-        match cell(first + row) {
-            Ok(v) => *slot = v,
-            Err(e) => errors.push((row, column, e)),
+}
+
+impl Put {
+    /// Converts the cells: a null is absent; a cell that does not fit its field is pushed to
+    /// `errors` with its row in the block.
+    fn cells<'v>(
+        &self,
+        values: &mut [Value<'v>],
+        errors: &mut Vec<(usize, usize, ErrorKind)>,
+        valid: impl Fn(usize) -> bool,
+        cell: impl Fn(usize) -> Result<Value<'v>, ErrorKind>,
+    ) {
+        for row in 0..self.rows {
+            let slot = &mut values[row * self.width + self.at];
+            if !valid(self.first + row) {
+                *slot = Value::Absent;
+                continue;
+            }
+            match cell(self.first + row) {
+                Ok(v) => *slot = v,
+                Err(e) => errors.push((row, self.column, e)),
+            }
         }
     }
 }
@@ -253,73 +261,40 @@ impl RowBatch {
             for (n, &(i, at, kind)) in placed.iter().enumerate() {
                 let array = self.batch.column(i);
                 let (v, e) = (&mut values, &mut errors);
+                let put = Put {
+                    first,
+                    rows: n_rows,
+                    width,
+                    at,
+                    column: n,
+                };
                 match array.data_type() {
-                    DataType::Int32 | DataType::Int64 if kind == Kind::Text => convert(
-                        first,
-                        n_rows,
-                        width,
-                        at,
+                    DataType::Int32 | DataType::Int64 if kind == Kind::Text => put.cells(
                         v,
                         e,
-                        n,
                         |r| array.is_valid(r),
                         |r| Ok(number_text(n, r).map_or(Value::Absent, Value::Text)),
                     ),
                     DataType::Int32 => {
                         let a = array.as_primitive::<Int32Type>();
-                        convert(
-                            first,
-                            n_rows,
-                            width,
-                            at,
+                        put.cells(
                             v,
                             e,
-                            n,
                             |r| a.is_valid(r),
                             |r| value_of_int(kind, i64::from(a.value(r))),
                         )
                     }
                     DataType::Int64 => {
                         let a = array.as_primitive::<Int64Type>();
-                        convert(
-                            first,
-                            n_rows,
-                            width,
-                            at,
-                            v,
-                            e,
-                            n,
-                            |r| a.is_valid(r),
-                            |r| value_of_int(kind, a.value(r)),
-                        )
+                        put.cells(v, e, |r| a.is_valid(r), |r| value_of_int(kind, a.value(r)))
                     }
                     DataType::Utf8 => {
                         let a = array.as_string::<i32>();
-                        convert(
-                            first,
-                            n_rows,
-                            width,
-                            at,
-                            v,
-                            e,
-                            n,
-                            |r| a.is_valid(r),
-                            |r| value_of_text(kind, a.value(r)),
-                        )
+                        put.cells(v, e, |r| a.is_valid(r), |r| value_of_text(kind, a.value(r)))
                     }
                     DataType::LargeUtf8 => {
                         let a = array.as_string::<i64>();
-                        convert(
-                            first,
-                            n_rows,
-                            width,
-                            at,
-                            v,
-                            e,
-                            n,
-                            |r| a.is_valid(r),
-                            |r| value_of_text(kind, a.value(r)),
-                        )
+                        put.cells(v, e, |r| a.is_valid(r), |r| value_of_text(kind, a.value(r)))
                     }
                     DataType::Dictionary(k, d)
                         if **k == DataType::Int32 && **d == DataType::Utf8 =>
@@ -327,14 +302,9 @@ impl RowBatch {
                         let a = array.as_dictionary::<Int32Type>();
                         let keys = a.keys();
                         let dictionary = a.values().as_string::<i32>();
-                        convert(
-                            first,
-                            n_rows,
-                            width,
-                            at,
+                        put.cells(
                             v,
                             e,
-                            n,
                             |r| keys.is_valid(r),
                             |r| {
                                 // Arrow checked every key against the dictionary when it built
