@@ -742,62 +742,60 @@ impl CloudWatchSource {
                     s.queued = true;
                     self.queue.push_back(f.stream.clone());
                 }
-                fn failed<'a>(
-                    e: &'a CallError,
-                    stream: &'a str,
-                    then: Option<&'a str>,
-                ) -> crate::events::AwsCallFailed<'a> {
-                    crate::events::AwsCallFailed {
-                        operation: "GetLogEvents",
-                        code: Some(&e.code),
-                        error: &e.text,
-                        about: stream,
-                        then,
-                    }
-                }
-                if e.throttled() {
-                    self.budget.throttled(Operation::GetLogEvents);
-                    failed(
-                        &e,
-                        &f.stream,
+                use crate::events::StreamChange;
+                let token_refused =
+                    matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException";
+                let (then, change) = if e.throttled() {
+                    (
                         Some("throttled: every read pauses, then this one is made again"),
+                        None,
                     )
-                    .emit(&self.metrics);
-                    self.enqueue(f.stream, true);
-                    return None;
+                } else if token_refused {
+                    (None, Some(StreamChange::TokenRefused))
+                } else if e.code == "ResourceNotFoundException" {
+                    (None, Some(StreamChange::Gone))
+                } else {
+                    (Some("retrying next poll"), None)
+                };
+                crate::events::AwsCallFailed {
+                    operation: "GetLogEvents",
+                    code: Some(&e.code),
+                    error: &e.text,
+                    about: &f.stream,
+                    then,
                 }
-                if matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException" {
+                .emit(&self.metrics);
+                if let Some(change) = change {
+                    crate::events::StreamsChanged {
+                        change,
+                        streams: 1,
+                        stream: Some(&f.stream),
+                        error: Some(&e.text),
+                    }
+                    .emit(&self.metrics);
+                }
+                match change {
+                    _ if e.throttled() => {
+                        self.budget.throttled(Operation::GetLogEvents);
+                        self.enqueue(f.stream, true);
+                    }
                     // A token this stream does not know: read it from its start rather than
                     // never again.
-                    failed(&e, &f.stream, None).emit(&self.metrics);
-                    crate::events::StreamsChanged {
-                        change: crate::events::StreamChange::TokenRefused,
-                        streams: 1,
-                        stream: Some(&f.stream),
-                        error: Some(&e.text),
+                    Some(StreamChange::TokenRefused) => {
+                        s.position.token = None;
+                        s.position.seen = Seen::default();
+                        self.enqueue(f.stream, true);
                     }
-                    .emit(&self.metrics);
-                    s.position.token = None;
-                    s.position.seen = Seen::default();
-                    self.enqueue(f.stream, true);
-                    return None;
-                }
-                if e.code == "ResourceNotFoundException" {
-                    failed(&e, &f.stream, None).emit(&self.metrics);
-                    crate::events::StreamsChanged {
-                        change: crate::events::StreamChange::Gone,
-                        streams: 1,
-                        stream: Some(&f.stream),
-                        error: Some(&e.text),
+                    // Gone: deleted while it was read.
+                    Some(_) => {
+                        self.streams.remove(&f.stream);
+                        self.forgotten.push(f.stream);
                     }
-                    .emit(&self.metrics);
-                    self.streams.remove(&f.stream);
-                    self.forgotten.push(f.stream);
-                    return None;
-                }
-                failed(&e, &f.stream, Some("retrying next poll")).emit(&self.metrics);
-                if let Some(r) = &mut self.round {
-                    r.failed += 1;
+                    None => {
+                        if let Some(r) = &mut self.round {
+                            r.failed += 1;
+                        }
+                    }
                 }
                 return None;
             }

@@ -19,7 +19,8 @@ use flowlog::{
     value_of_int, value_of_text, ErrorKind, Field, Format, Kind, ParseError, Record, Value,
 };
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 
 /// Where a column of the file goes in a record: its place in the format and its kind. None
@@ -41,19 +42,19 @@ pub struct RowBatch {
 }
 
 impl ParquetRows {
-    /// Opens `path` (read twice: once for the schema, once with string columns asked for as
-    /// dictionaries) and names the fields of its columns. Returns the reader and the format
+    /// Opens `path` and names the fields of its columns. Returns the reader and the format
     /// its known columns make, in the file's order. An error comes with its reason
     /// (`download`, `corrupt_parquet`, `parquet_schema`).
     pub fn open(
         path: &std::path::Path,
         batch_rows: usize,
     ) -> Result<(Self, Format), (&'static str, String)> {
-        let file = || File::open(path).map_err(|e| ("download", e.to_string()));
-        let plain = ParquetRecordBatchReaderBuilder::try_new(file()?)
-            .map_err(|e| ("corrupt_parquet", e.to_string()))?;
+        let file = File::open(path).map_err(|e| ("download", e.to_string()))?;
+        let corrupt = |e: parquet::errors::ParquetError| ("corrupt_parquet", e.to_string());
+        // The footer is read once; the schema it gives is then read again with string columns
+        // as dictionaries.
+        let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(corrupt)?;
         let schema = plain.schema().clone();
-        drop(plain);
         let known: Vec<Field> = schema
             .fields()
             .iter()
@@ -98,9 +99,13 @@ impl ParquetRows {
             schema.metadata().clone(),
         );
         let options = ArrowReaderOptions::new().with_schema(Arc::new(hinted));
-        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file()?, options)
-            .and_then(|b| b.with_batch_size(batch_rows.max(1)).build())
-            .map_err(|e| ("corrupt_parquet", e.to_string()))?;
+        let reader = ArrowReaderMetadata::try_new(plain.metadata().clone(), options)
+            .and_then(|m| {
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, m)
+                    .with_batch_size(batch_rows.max(1))
+                    .build()
+            })
+            .map_err(corrupt)?;
         Ok((
             ParquetRows {
                 reader,
