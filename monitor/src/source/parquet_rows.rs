@@ -454,6 +454,54 @@ pq.write_table(t, sys.argv[1], compression="gzip", row_group_size=4)
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A file another project wrote (flowlogs-reader's test data, written with pandas):
+    /// numbers as strings, an account id as a number, and nulls written as the text `None`.
+    #[test]
+    fn a_parquet_file_written_by_another_project_is_read_row_by_row() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/flowlogs-reader/flows.parquet"
+        );
+        let (mut rows, format) = ParquetRows::open(std::path::Path::new(path), 8).unwrap();
+        assert_eq!(
+            format.to_aws_string(),
+            flowlog::Format::default_v2().to_aws_string()
+        );
+        let batch = rows.next_rows(8).unwrap().unwrap();
+        let mut seen = Vec::new();
+        batch.for_each(&format, |_, r| {
+            seen.push(match r {
+                Ok(r) => Ok((
+                    r.account_id().map(String::from),
+                    r.srcaddr(),
+                    r.srcport(),
+                    r.dstport(),
+                    r.bytes(),
+                    r.action(),
+                )),
+                Err(e) => Err((e.reason(), e.field.map(|f| f.name()))),
+            })
+        });
+        assert!(rows.next_rows(8).unwrap().is_none());
+        assert_eq!(
+            seen,
+            vec![
+                Ok((
+                    Some("123456789010".to_string()),
+                    Some("198.51.100.1".parse().unwrap()),
+                    Some(443),
+                    Some(49152),
+                    Some(840),
+                    Some(flowlog::Action::Accept),
+                )),
+                // `None` is not a port: the row is a bad line naming the first field at fault.
+                Err(("invalid_number", Some("srcport"))),
+                // Nor is 8080 a protocol number.
+                Err(("out_of_range", Some("protocol"))),
+            ]
+        );
+    }
+
     #[test]
     fn a_known_field_in_a_type_no_writer_uses_refuses_the_object() {
         let dir = std::env::temp_dir().join(format!("ew-parquet-type-{}", std::process::id()));
