@@ -338,6 +338,15 @@ async fn text_and_parquet_objects_are_each_counted_once_and_their_messages_delet
         metric(port, "egresswatch_s3_objects_total{outcome=\"read\"}"),
         4.0
     );
+    // Each object downloaded once, the next while one is read: the duplicate is not
+    // downloaded again, and no download made ahead was thrown away.
+    assert_eq!(
+        metric(
+            port,
+            "egresswatch_source_requests_total{operation=\"GetObject\"}"
+        ),
+        4.0
+    );
     // S3 sends a test event when a notification is set up: deleted as well.
     assert_eq!(
         metric(

@@ -386,9 +386,9 @@ pub enum StreamChange {
     Recreated,
     /// Its saved token was refused: read from its start.
     TokenRefused,
-    /// Gone from the group's listing or aged past its retention: its position is dropped.
+    /// Every event it holds aged past the group's retention: its position is dropped.
     Retired,
-    /// Deleted while being read.
+    /// Deleted: a read found it no longer exists.
     Gone,
 }
 
@@ -433,7 +433,7 @@ impl Event for StreamsChanged<'_> {
             ),
             StreamChange::Retired => tracing::info!(
                 streams = self.streams,
-                "log streams gone from the group or past its retention; dropped from the checkpoint"
+                "log streams whose events all aged past the group's retention; dropped from the checkpoint"
             ),
             StreamChange::Gone => {
                 tracing::info!(stream, "log stream deleted; dropped from the checkpoint")

@@ -31,13 +31,15 @@ pub struct Rates {
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 
-/// One token bucket holding a single token: calls are spaced at least 1/rate apart, so no
-/// one-second window sees more than rate + 1 of them (a bucket holding a second's worth would
-/// allow twice the rate in a window straddling the burst, which AWS would throttle).
+/// Calls of one operation, spaced at least 1/rate apart: no one-second window sees more than
+/// rate + 1 of them (a bucket holding a second's worth would allow twice the rate in a window
+/// straddling the burst, which AWS would throttle). Each caller books the next free time and
+/// waits for it, so callers go in the order they came: waiters that each slept until "a token
+/// is there" and raced for it let one read wait seconds while later ones went ahead.
 struct Bucket {
     rate: f64,
-    tokens: f64,
-    last: Instant,
+    /// The earliest time the next call may be booked for.
+    next: Instant,
     /// No call before this: the service throttled us.
     paused_until: Option<Instant>,
     pause: Duration,
@@ -47,30 +49,33 @@ impl Bucket {
     fn new(rate: f64) -> Self {
         Bucket {
             rate,
-            tokens: 1.0,
-            last: Instant::now(),
+            next: Instant::now(),
             paused_until: None,
             pause: Duration::ZERO,
         }
     }
 
-    /// Takes a token if one is there; otherwise how long until one is.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    fn spacing(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rate.max(0.001))
+    }
+
+    /// Books the next call: when it may be made.
+    fn book(&mut self, now: Instant) -> Instant {
+        let mut at = self.next.max(now);
         if let Some(until) = self.paused_until {
-            if now < until {
-                return Err(until - now);
+            if until > now {
+                at = at.max(until);
+            } else {
+                self.paused_until = None;
             }
-            self.paused_until = None;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(1.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
-        }
-        let missing = 1.0 - self.tokens;
-        Err(Duration::from_secs_f64(missing / self.rate))
+        self.next = at + self.spacing();
+        at
+    }
+
+    /// Whether a throttle came after a call was booked, and pauses it.
+    fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
     }
 
     fn throttled(&mut self, now: Instant) {
@@ -83,8 +88,9 @@ impl Bucket {
         let spread = self
             .pause
             .mul_f64(f64::from(now.elapsed().subsec_nanos() % 250) / 1000.0);
-        self.paused_until = Some(now + self.pause + spread);
-        self.tokens = 0.0;
+        let until = now + self.pause + spread;
+        self.paused_until = Some(until);
+        self.next = self.next.max(until);
     }
 
     fn succeeded(&mut self) {
@@ -138,18 +144,21 @@ impl Budget {
                 .expect("a new semaphore has a permit"),
         };
         loop {
-            let wait = {
+            let at = {
                 let mut b = self.bucket(op).lock().unwrap_or_else(|e| e.into_inner());
-                b.take(Instant::now())
+                b.book(Instant::now())
             };
-            match wait {
-                Ok(()) => {
-                    return Permit {
-                        _slot: slot,
-                        waited: started.elapsed(),
-                    }
-                }
-                Err(d) => tokio::time::sleep(d).await,
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let paused = {
+                let b = self.bucket(op).lock().unwrap_or_else(|e| e.into_inner());
+                b.paused(Instant::now())
+            };
+            // Throttled while this call waited: it is booked again, after the pause.
+            if !paused {
+                return Permit {
+                    _slot: slot,
+                    waited: started.elapsed(),
+                };
             }
         }
     }
@@ -199,45 +208,83 @@ mod tests {
     fn a_bucket_gives_its_rate_and_no_more() {
         let t0 = Instant::now();
         let mut b = Bucket::new(8.0);
+        b.next = t0;
         // One at once, then one every 125 ms.
-        assert_eq!(b.take(t0), Ok(()));
-        let wait = b.take(t0).unwrap_err();
-        assert!(
-            (wait.as_secs_f64() - 0.125).abs() < 1e-6,
-            "{wait:?} before the second call"
-        );
-        let mut granted = 0;
-        let mut now = t0;
-        for _ in 0..10_000 {
-            now += Duration::from_millis(1);
-            if b.take(now).is_ok() {
-                granted += 1;
-            }
-        }
-        // Ten seconds at 8/s.
-        assert_eq!(granted, 80);
+        assert_eq!(b.book(t0), t0);
+        assert_eq!(b.book(t0), t0 + Duration::from_millis(125));
+        // Callers that come while others wait are booked after them, in order.
+        let later: Vec<Instant> = (0..78).map(|_| b.book(t0)).collect();
+        assert!(later.windows(2).all(|w| w[1] > w[0]));
+        // Eighty calls in ten seconds at 8/s.
+        assert!(later[77] < t0 + Duration::from_secs(10));
+        assert!(b.book(t0) >= t0 + Duration::from_secs(10));
+        // Time without calls does not save up a burst.
+        let idle = t0 + Duration::from_secs(60);
+        assert_eq!(b.book(idle), idle);
+        assert_eq!(b.book(idle), idle + Duration::from_millis(125));
     }
 
     #[test]
     fn throttles_in_a_row_pause_longer_and_a_success_resets() {
         let t0 = Instant::now();
         let mut b = Bucket::new(8.0);
+        b.next = t0;
         b.throttled(t0);
-        let first = b.take(t0).unwrap_err();
+        assert!(b.paused(t0));
+        let first = b.book(t0) - t0;
         assert!(first >= FIRST_PAUSE && first < FIRST_PAUSE * 2, "{first:?}");
         b.throttled(t0);
         b.throttled(t0);
-        let third = b.take(t0).unwrap_err();
+        let third = b.book(t0) - t0;
         assert!(third >= FIRST_PAUSE * 4, "{third:?}");
         for _ in 0..10 {
             b.throttled(t0);
         }
-        assert!(b.take(t0).unwrap_err() <= MAX_PAUSE + MAX_PAUSE / 4);
-        b.succeeded();
-        b.throttled(t0);
-        assert!(b.take(t0).unwrap_err() < FIRST_PAUSE * 2);
-        // After the pause, tokens come back at the rate.
-        let later = t0 + Duration::from_secs(3);
-        assert_eq!(b.take(later), Ok(()));
+        let longest = b.book(t0) - t0;
+        assert!(
+            longest >= MAX_PAUSE && longest <= MAX_PAUSE + MAX_PAUSE / 4,
+            "{longest:?}"
+        );
+        // After a success the next throttle pauses for the shortest time again.
+        let mut fresh = Bucket::new(8.0);
+        fresh.throttled(t0);
+        fresh.throttled(t0);
+        fresh.succeeded();
+        let t1 = t0 + Duration::from_secs(10);
+        fresh.throttled(t1);
+        let again = fresh.book(t1) - t1;
+        assert!(again < FIRST_PAUSE * 2, "{again:?}");
+        // After the pause, calls come at the rate.
+        let after = t1 + Duration::from_secs(3);
+        assert!(!fresh.paused(after));
+        assert_eq!(fresh.book(after), after);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn callers_are_let_through_in_the_order_they_came() {
+        let budget = Arc::new(Budget::new(Rates {
+            get_log_events: 200.0,
+            describe: 5.0,
+            concurrency: 4,
+        }));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let budget = budget.clone();
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let permit = budget.acquire(Operation::GetLogEvents).await;
+                order.lock().unwrap().push(i);
+                // A call of varying length: later callers must still not overtake.
+                tokio::time::sleep(Duration::from_millis((i % 3) as u64)).await;
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, (0..40).collect::<Vec<_>>());
     }
 }

@@ -9,24 +9,28 @@
 //!   (`orderBy=LastEventTime`, descending) and stops paging once streams are older than the
 //!   timestamps' documented lag (`lastEventTimestamp` and `lastIngestionTime` are eventually
 //!   consistent, "typically less than an hour"); every `full-listing-seconds` it pages down to
-//!   the oldest event the group's retention keeps.
+//!   the oldest event the group's retention keeps. A listing of several pages is made twice,
+//!   as a stream written between two pages moves onto a page already fetched.
 //! - A listed stream whose `lastIngestionTime`/`lastEventTimestamp` is past what was read from
-//!   it, or that was written to within the last two polls, is read now. One whose listing
-//!   shows nothing new is still read every
-//!   `quiet-recheck-seconds` while it is within the lag, and every `dormant-recheck-seconds`
-//!   once it is older, because the listing may not show its newest events yet.
-//! - A stream whose newest event has aged out of the group's retention, or that is gone, is
-//!   forgotten: its position leaves the checkpoint. Should it be written again, it is read
-//!   from the oldest event the retention keeps.
-//! - Reads of streams with news come first; catching up new streams and re-checks share what
-//!   is left of a poll's budget (at least a quarter of it), so a backlog of thousands of
-//!   streams never delays the active ones by more than that.
+//!   it is read now. A stream written to within the last two polls takes turns: it is read
+//!   again a poll after its last read (or as long after as the budget takes to read all that
+//!   wait), with or without a listing since. One whose listing shows nothing new is still read
+//!   every `quiet-recheck-seconds` while it is within the lag, and every
+//!   `dormant-recheck-seconds` once it is older, because the listing may not show its newest
+//!   events yet.
+//! - A stream whose newest event has aged out of the group's retention is forgotten: its
+//!   position leaves the checkpoint. One that a listing should have shown and did not is
+//!   read: the read finds it deleted (then it is forgotten) or finds what it missed.
+//! - Reads wait in one queue, most urgent first ([`Urgency`]): the streams whose records can
+//!   have waited longest. Catching up new streams and re-checks share what is left of a
+//!   poll's budget (at least a quarter of it), so a backlog of thousands of streams never
+//!   delays the active ones by more than that.
 //!
 //! Every call goes through the account's and region's [`Budget`]: calls per second per
 //! operation, calls in flight, and a shared pause when AWS throttles. The SDK's own retries
 //! are off for this client, so every call the budget allows is one call AWS counts.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +114,8 @@ struct Listed {
     created: i64,
     last_event: i64,
     last_ingestion: i64,
+    /// When the listing's page that showed this was asked for (wall clock ms).
+    at: i64,
 }
 
 #[derive(Debug)]
@@ -118,12 +124,47 @@ struct Stream {
     /// What the listing that scheduled its current read showed.
     listed: Option<Listed>,
     in_flight: bool,
-    /// Waiting in the queue.
-    queued: bool,
+    /// Its place in the queue, when it waits there.
+    queued: Option<(Urgency, u64)>,
     /// Found due while its read was in flight: queued again once that read is done.
     again: bool,
     /// Lively: in `rotation`, due for its next read one poll after its last.
     rotating: bool,
+    /// When a listing since its last read last showed nothing unread in it (wall clock ms).
+    clear_at: i64,
+}
+
+/// How soon a queued read is made: the rest of a read first, then the streams with records to
+/// read, those whose records can have waited longest first, then re-checks of streams nothing
+/// new is known to have come to. Reading by how long records can have waited, rather than in
+/// the order streams were found or came due, keeps the longest wait near the budget's cycle:
+/// a listing that finds a hundred streams at once reads first the one written just after the
+/// last listing, not the one written just before this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Urgency {
+    /// More pages of a read, or a read made again after a throttle or a refused token.
+    Continue,
+    /// Records to read: the oldest they can be, then, of streams alike in that, the time of
+    /// the newest a listing showed (wall clock ms; none shown goes last).
+    Waiting(i64, i64),
+    /// Nothing new known; read longest ago first (wall clock ms).
+    Recheck(i64),
+}
+
+impl Stream {
+    /// The oldest its unread records can be: ingested after its last read, and after the
+    /// last listing since that showed nothing unread in it. A bound, never a guess: keyed by
+    /// its newest record instead, a stream holding two was read after streams holding one
+    /// younger than its older record, which then waited two polls.
+    fn waiting(&self) -> Urgency {
+        let seen = &self.position.seen;
+        let newest = self
+            .listed
+            .map(|l| l.last_ingestion)
+            .filter(|&t| t > seen.ingestion)
+            .unwrap_or(i64::MAX);
+        Urgency::Waiting(seen.checked.max(self.clear_at), newest)
+    }
 }
 
 /// Where a read starts.
@@ -179,7 +220,9 @@ pub struct CloudWatchSource {
     /// The group's retention (ms), from the last full listing; None: kept forever.
     retention: Option<i64>,
     streams: HashMap<String, Stream>,
-    queue: VecDeque<String>,
+    /// Reads to make, most urgent first; the number orders reads of equal urgency as queued.
+    queue: std::collections::BTreeSet<(Urgency, u64, String)>,
+    queued_so_far: u64,
     fetches: JoinSet<Fetched>,
     round: Option<Round>,
     /// The listing in progress, run beside the reads so that they never wait for it.
@@ -247,9 +290,10 @@ impl CloudWatchSource {
                         position,
                         listed: None,
                         in_flight: false,
-                        queued: false,
+                        queued: None,
                         again: false,
                         rotating: false,
+                        clear_at: 0,
                     },
                 )
             })
@@ -273,7 +317,8 @@ impl CloudWatchSource {
             format: None,
             retention: None,
             streams,
-            queue: VecDeque::new(),
+            queue: Default::default(),
+            queued_so_far: 0,
             fetches: JoinSet::new(),
             round: None,
             listing: None,
@@ -499,9 +544,10 @@ impl CloudWatchSource {
                 },
                 listed: None,
                 in_flight: false,
-                queued: false,
+                queued: None,
                 again: false,
                 rotating: false,
+                clear_at: 0,
             });
             if s.position.created != l.created {
                 // Made again under the same name: the old token points into the old stream.
@@ -519,10 +565,15 @@ impl CloudWatchSource {
                 };
             }
             s.listed = Some(l);
+            if l.last_ingestion <= s.position.seen.ingestion
+                && l.last_event <= s.position.seen.event
+            {
+                s.clear_at = s.clear_at.max(l.at);
+            }
             let seen = s.position.seen;
             let within_lag = l.last_event >= recent || l.created >= recent;
             if s.position.token.is_none() {
-                fresh.push(name);
+                fresh.push((l.created, name));
             } else if s.rotating {
                 // Read when its turn comes, a poll after its last read: reading it sooner
                 // because something new came would take the budget from the streams that have
@@ -531,7 +582,7 @@ impl CloudWatchSource {
                 || l.last_event > seen.event
                 || l.last_ingestion >= lively
             {
-                active.push((seen.checked, name));
+                active.push(name);
             } else if within_lag {
                 if now.saturating_sub(seen.checked) >= ms(self.settings.quiet_recheck_seconds) {
                     quiet.push((seen.checked, name));
@@ -542,14 +593,23 @@ impl CloudWatchSource {
             }
         }
         let mut unlisted = Vec::new();
+        let mut missed = Vec::new();
         for (name, s) in &mut self.streams {
             if seen_names.contains(name) {
                 continue;
             }
             s.listed = None;
             if full || complete {
-                // Gone from the group, or its newest event is older than the retention keeps.
-                unlisted.push(name.clone());
+                if floor.is_none_or(|f| s.position.seen.event >= f) {
+                    // It holds events the retention keeps, so the listing should have shown
+                    // it: deleted, or written while the listing's pages were fetched and
+                    // missed by both passes. A read tells which; retiring it here would read
+                    // it again from its start once a listing shows it.
+                    missed.push(name.clone());
+                } else {
+                    // Its newest event is older than the retention keeps.
+                    unlisted.push(name.clone());
+                }
             } else if now.saturating_sub(s.position.seen.checked)
                 >= ms(self.settings.dormant_recheck_seconds)
             {
@@ -569,13 +629,17 @@ impl CloudWatchSource {
                 self.forgotten.push(name);
             }
         }
+        for name in missed {
+            if let Some(urgency) = self.streams.get(&name).map(Stream::waiting) {
+                self.enqueue(name, urgency);
+            }
+        }
         if full {
             self.last_full_listing = Some(started);
         }
-        // Streams read longest ago go first: each active stream is then read once a poll at
-        // about the same point of it, so the time between its reads stays one poll's length
-        // however the listing orders it. Re-checks, likewise.
-        active.sort();
+        // Re-checks of streams read longest ago go first; reads of streams with something
+        // new are ordered in the queue by how long their records have waited.
+        fresh.sort();
         quiet.sort();
         dormant.sort();
         let per_poll = (self.settings.get_log_events_per_second * self.poll_interval.as_secs_f64())
@@ -585,25 +649,29 @@ impl CloudWatchSource {
             .saturating_sub(active.len())
             .max(per_poll / 4)
             .max(1);
+        // A new stream's records are as old as the stream can be.
         let backlog = fresh
             .into_iter()
-            .chain(quiet.into_iter().map(|(_, n)| n))
-            .chain(dormant.into_iter().map(|(_, n)| n));
+            .map(|(created, n)| (Urgency::Waiting(created, created), n))
+            .chain(
+                quiet
+                    .into_iter()
+                    .chain(dormant)
+                    .map(|(checked, n)| (Urgency::Recheck(checked), n)),
+            );
         let mut deferred = 0;
-        let due: Vec<String> = active
-            .into_iter()
-            .map(|(_, n)| n)
-            .chain(backlog.enumerate().filter_map(|(i, name)| {
-                if i < spare {
-                    Some(name)
-                } else {
-                    deferred += 1;
-                    None
-                }
-            }))
-            .collect();
-        for name in due {
-            self.enqueue(name, false);
+        for name in active {
+            let Some(urgency) = self.streams.get(&name).map(Stream::waiting) else {
+                continue;
+            };
+            self.enqueue(name, urgency);
+        }
+        for (i, (urgency, name)) in backlog.enumerate() {
+            if i < spare {
+                self.enqueue(name, urgency);
+            } else {
+                deferred += 1;
+            }
         }
         self.round.get_or_insert_with(Round::default).deferred = deferred;
     }
@@ -626,22 +694,26 @@ impl CloudWatchSource {
         None
     }
 
-    /// Queues a read of `name` unless one is queued already; one in flight is made again
-    /// once it is done.
-    fn enqueue(&mut self, name: String, front: bool) {
+    /// Queues a read of `name`, or makes its queued read as urgent as `urgency` if it is
+    /// less; one in flight is made again once it is done.
+    fn enqueue(&mut self, name: String, urgency: Urgency) {
         let Some(s) = self.streams.get_mut(&name) else {
             return;
         };
         if s.in_flight {
             s.again = true;
-        } else if !s.queued {
-            s.queued = true;
-            if front {
-                self.queue.push_front(name);
-            } else {
-                self.queue.push_back(name);
-            }
+            return;
         }
+        match s.queued {
+            Some((queued, _)) if queued <= urgency => return,
+            Some((queued, order)) => {
+                self.queue.remove(&(queued, order, name.clone()));
+            }
+            None => {}
+        }
+        self.queued_so_far = self.queued_so_far.saturating_add(1);
+        s.queued = Some((urgency, self.queued_so_far));
+        self.queue.insert((urgency, self.queued_so_far, name));
     }
 
     /// Queues the lively streams whose turn has come: read a poll ago or longer. One read
@@ -662,18 +734,25 @@ impl CloudWatchSource {
                 continue;
             }
             s.rotating = false;
-            self.enqueue(name, false);
+            let urgency = s.waiting();
+            self.enqueue(name, urgency);
         }
     }
 
-    /// How long a lively stream waits between its reads: a poll, or, when the lively
-    /// streams are more than the budget reads in a poll, as long as the budget takes to read
-    /// them all. Turns then come evenly as the budget allows, instead of in bursts that
-    /// queue behind each other.
+    /// How long a lively stream waits between its reads: a poll, or, when the streams to
+    /// read (lively, queued, being read) are more than the budget reads in a poll, as long as
+    /// the budget takes to read them all. Turns then come evenly as the budget allows,
+    /// instead of in bursts that queue behind each other.
     fn turn_ms(&self) -> i64 {
         let poll = ms(self.poll_interval.as_secs());
         let rate = self.settings.get_log_events_per_second.max(0.001);
-        let all = (self.rotation.len().saturating_add(1) as f64 / rate * 1000.0) as i64;
+        let to_read = self
+            .rotation
+            .len()
+            .saturating_add(self.queue.len())
+            .saturating_add(self.fetches.len())
+            .saturating_add(1);
+        let all = (to_read as f64 / rate * 1000.0) as i64;
         poll.max(all)
     }
 
@@ -698,13 +777,13 @@ impl CloudWatchSource {
     fn dispatch(&mut self) {
         self.rotate();
         while self.fetches.len() < self.settings.concurrency.max(1) {
-            let Some(name) = self.queue.pop_front() else {
+            let Some((_, _, name)) = self.queue.pop_first() else {
                 return;
             };
             let Some(s) = self.streams.get_mut(&name) else {
                 continue;
             };
-            s.queued = false;
+            s.queued = None;
             if s.in_flight {
                 continue;
             }
@@ -738,10 +817,11 @@ impl CloudWatchSource {
         let page = match f.outcome {
             Ok(page) => page,
             Err(e) => {
-                if again && !s.queued {
-                    s.queued = true;
-                    self.queue.push_back(f.stream.clone());
+                let urgency = s.waiting();
+                if again {
+                    self.enqueue(f.stream.clone(), urgency);
                 }
+                let s = self.streams.get_mut(&f.stream)?;
                 use crate::events::StreamChange;
                 let token_refused =
                     matches!(f.from, From::Token(_)) && e.code == "InvalidParameterException";
@@ -777,14 +857,14 @@ impl CloudWatchSource {
                 match change {
                     _ if e.throttled() => {
                         self.budget.throttled(Operation::GetLogEvents);
-                        self.enqueue(f.stream, true);
+                        self.enqueue(f.stream, Urgency::Continue);
                     }
                     // A token this stream does not know: read it from its start rather than
                     // never again.
                     Some(StreamChange::TokenRefused) => {
                         s.position.token = None;
                         s.position.seen = Seen::default();
-                        self.enqueue(f.stream, true);
+                        self.enqueue(f.stream, Urgency::Continue);
                     }
                     // Gone: deleted while it was read.
                     Some(_) => {
@@ -823,19 +903,17 @@ impl CloudWatchSource {
                 .observe(now.saturating_sub(*ingested).max(0) as f64 / 1000.0);
         }
         let more = full_page || (page.events.is_empty() && moved);
+        let mut requeue = None;
         if more {
-            if !s.queued {
-                s.queued = true;
-                self.queue.push_front(f.stream.clone());
-            }
+            requeue = Some(Urgency::Continue);
         } else if let Some(l) = s.listed {
             // The newest listing may have come while this read was in flight: it showed
             // something this read began too early to see only if its times are past what
             // the read found.
             let behind = l.last_ingestion > seen.ingestion || l.last_event > seen.event;
-            if again && behind && !s.queued {
-                s.queued = true;
-                self.queue.push_back(f.stream.clone());
+            if again && behind {
+                // What it holds came after this read began, so after the read before it.
+                requeue = Some(Urgency::Waiting(s.position.seen.checked, l.last_ingestion));
             } else {
                 // Read to its end after the listing: everything the listing showed is read.
                 seen.event = seen.event.max(l.last_event);
@@ -855,6 +933,9 @@ impl CloudWatchSource {
         // A read that found nothing still moves the re-check's time, so a restart does not
         // make it again at once.
         let position = s.position.clone();
+        if let Some(urgency) = requeue {
+            self.enqueue(f.stream.clone(), urgency);
+        }
         Some(Batch {
             origin,
             lines: Lines::Events(page.events.into_iter().map(|(t, m, _)| (t, m)).collect()),
@@ -899,6 +980,13 @@ impl CloudWatchSource {
 
 /// Pages DescribeLogStreams, newest events first, until the streams are older than
 /// `stop_below` (ms) or the group has no more; true when every stream was listed.
+///
+/// A listing of more than one page is made twice. The order is by last event, so a stream
+/// written while the pages are fetched moves ahead, onto a page already fetched, and the
+/// pages after it shift back by one: one pass does not show it. Against moto a group written
+/// at a steady rate had the same ten streams missed listing after listing, their records
+/// waiting until the writes stopped. The second pass shows what moved during the first; one
+/// stream moving during both is shown by the next listing.
 async fn describe_streams(
     logs: aws_sdk_cloudwatchlogs::Client,
     budget: Arc<Budget>,
@@ -906,8 +994,44 @@ async fn describe_streams(
     group: String,
     stop_below: i64,
 ) -> Result<(Vec<(String, Listed)>, bool), String> {
-    let m = &metrics;
+    let (first, complete, pages) = list_pass(&logs, &budget, &metrics, &group, stop_below).await?;
+    if pages < 2 {
+        return Ok((first, complete));
+    }
+    let (second, complete_again, _) =
+        list_pass(&logs, &budget, &metrics, &group, stop_below).await?;
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(first.len());
+    let mut out: Vec<(String, Listed)> = Vec::with_capacity(first.len());
+    for (name, l) in first.into_iter().chain(second) {
+        match at.get(&name) {
+            Some(&i) => {
+                let kept = &mut out[i].1;
+                // The newer view; of two alike, the later (it vouches for longer).
+                if (l.last_ingestion, l.last_event) >= (kept.last_ingestion, kept.last_event) {
+                    *kept = l;
+                }
+            }
+            None => {
+                at.insert(name.clone(), out.len());
+                out.push((name, l));
+            }
+        }
+    }
+    Ok((out, complete && complete_again))
+}
+
+/// One pass over the group's streams, newest first, down to `stop_below`: the streams, whether
+/// every stream of the group was listed, and the pages it took.
+async fn list_pass(
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    budget: &Budget,
+    metrics: &Metrics,
+    group: &str,
+    stop_below: i64,
+) -> Result<(Vec<(String, Listed)>, bool, usize), String> {
+    let m = metrics;
     let mut out = Vec::new();
+    let mut pages = 0usize;
     let mut token: Option<String> = None;
     let mut throttles = 0u32;
     loop {
@@ -918,9 +1042,11 @@ async fn describe_streams(
         m.source_calls
             .with_label_values(&["DescribeLogStreams"])
             .inc();
+        let listed_at = unix_ms();
+        pages = pages.saturating_add(1);
         let r = logs
             .describe_log_streams()
-            .log_group_name(&group)
+            .log_group_name(group)
             .order_by(aws_sdk_cloudwatchlogs::types::OrderBy::LastEventTime)
             .descending(true)
             .limit(LIST_PAGE)
@@ -938,12 +1064,12 @@ async fn describe_streams(
                         m,
                         "DescribeLogStreams",
                         &e,
-                        &group,
+                        group,
                         Some("throttled: every listing call pauses, then this one is made again"),
                     );
                     continue;
                 }
-                let error = aws_call_failed(m, "DescribeLogStreams", &e, &group, None);
+                let error = aws_call_failed(m, "DescribeLogStreams", &e, group, None);
                 return Err(format!("DescribeLogStreams for log group {group}: {error}"));
             }
         };
@@ -957,6 +1083,7 @@ async fn describe_streams(
                 created: s.creation_time().unwrap_or(0),
                 last_event: s.last_event_timestamp().unwrap_or(0),
                 last_ingestion: s.last_ingestion_time().unwrap_or(0),
+                at: listed_at,
             };
             // The order is by last event alone (a stream may be created long after the
             // events it was given, which may be old).
@@ -965,10 +1092,10 @@ async fn describe_streams(
         }
         token = page.next_token().map(String::from);
         if token.is_none() || page.log_streams().is_empty() {
-            return Ok((out, true));
+            return Ok((out, true, pages));
         }
         if oldest < stop_below {
-            return Ok((out, false));
+            return Ok((out, false, pages));
         }
     }
 }
@@ -1119,9 +1246,10 @@ impl Source for CloudWatchSource {
                 // A read that panicked leaves its stream marked; the next poll may try again.
                 for s in self.streams.values_mut() {
                     s.in_flight = false;
-                    s.queued = false;
+                    s.queued = None;
                     s.again = false;
                 }
+                self.queue.clear();
                 return self.round_over(round);
             }
             let listing = tokio::time::Instant::from_std(self.next_listing);
@@ -1138,6 +1266,61 @@ impl Source for CloudWatchSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stream(checked: i64, ingestion: i64) -> Stream {
+        Stream {
+            position: StreamPosition {
+                token: Some("t".into()),
+                created: 0,
+                seen: Seen {
+                    event: ingestion,
+                    ingestion,
+                    checked,
+                },
+            },
+            listed: None,
+            in_flight: false,
+            queued: None,
+            again: false,
+            rotating: false,
+            clear_at: 0,
+        }
+    }
+
+    fn listed(at: i64, last_ingestion: i64) -> Listed {
+        Listed {
+            created: 0,
+            last_event: last_ingestion,
+            last_ingestion,
+            at,
+        }
+    }
+
+    #[test]
+    fn reads_go_by_how_long_their_records_can_have_waited() {
+        // Read at 1,000: what it holds came after that.
+        let read = stream(1_000, 900);
+        assert_eq!(read.waiting(), Urgency::Waiting(1_000, i64::MAX));
+        // A listing at 5,000 showed nothing new: what it holds came after 5,000 (the source
+        // records this as `clear_at` when the listing comes).
+        let mut cleared = stream(1_000, 900);
+        cleared.listed = Some(listed(5_000, 900));
+        cleared.clear_at = 5_000;
+        assert_eq!(cleared.waiting(), Urgency::Waiting(5_000, i64::MAX));
+        // A listing showed a record ingested at 8,000: of two streams that can have waited
+        // as long, the one whose newest record is older goes first.
+        let mut shown = stream(1_000, 900);
+        shown.listed = Some(listed(9_000, 8_000));
+        let mut shown_older = stream(1_000, 900);
+        shown_older.listed = Some(listed(9_000, 7_000));
+        assert!(shown_older.waiting() < shown.waiting());
+        // Its newest record does not make it less urgent than its last read says: it may
+        // hold an older one too.
+        assert!(shown.waiting() < cleared.waiting());
+        // The rest of a read before any stream; re-checks after every stream with records.
+        assert!(Urgency::Continue < read.waiting());
+        assert!(Urgency::Waiting(i64::MAX, i64::MAX) < Urgency::Recheck(0));
+    }
 
     #[tokio::test]
     async fn the_log_group_is_the_configs_else_the_outputs_else_the_stacks_name() {

@@ -14,7 +14,8 @@
 //! it stays for a person to look at. The daemon goes on with the next message.
 //!
 //! Objects are downloaded to a file and read from there, so memory does not grow with an
-//! object's size (Parquet's footer is at the end: it needs the whole object anyway).
+//! object's size (Parquet's footer is at the end: it needs the whole object anyway). The next
+//! object is downloaded while one is read, so the rules do not wait for S3 between objects.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -473,6 +474,54 @@ struct Message {
     renewed: Instant,
 }
 
+/// Why a download failed: the call, or writing what it returned.
+enum DownloadFailed {
+    Call(Box<aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::get_object::GetObjectError>>),
+    Write(String),
+}
+
+/// The next object, downloading (or downloaded) while the one before it is read.
+struct Prefetch {
+    id: String,
+    path: PathBuf,
+    task: tokio::task::JoinHandle<Result<(), DownloadFailed>>,
+}
+
+impl Prefetch {
+    /// Drops a download that is not wanted after all; its file goes with it.
+    fn discard(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Downloads the object a notification names (not a later write to the same key) to `path`.
+async fn download(
+    s3: aws_sdk_s3::Client,
+    object: ObjectRef,
+    path: PathBuf,
+) -> Result<(), DownloadFailed> {
+    let mut req = s3.get_object().bucket(&object.bucket).key(&object.key);
+    if let Some(v) = &object.version {
+        req = req.version_id(v);
+    } else if let Some(e) = &object.etag {
+        req = req.if_match(format!("\"{e}\""));
+    }
+    let got = req
+        .send()
+        .await
+        .map_err(|e| DownloadFailed::Call(Box::new(e)))?;
+    let mut body = got.body.into_async_read();
+    let write = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        // Not synced: after a crash the object is downloaded again.
+        tokio::io::copy(&mut body, &mut file).await.map(|_| ())
+    };
+    write
+        .await
+        .map_err(|e| DownloadFailed::Write(format!("{}: {e}", path.display())))
+}
+
 /// The object being read.
 struct Open {
     object: ObjectRef,
@@ -500,6 +549,10 @@ pub struct S3Source {
     /// Messages with nothing to commit: deleted before the next receive.
     spent: Vec<String>,
     open: Option<Open>,
+    prefetch: Option<Prefetch>,
+    /// Prefetches started, for their files' names: one that is discarded may still be
+    /// writing its file, so the next never reuses it.
+    prefetches: u64,
     /// A backfill's objects still to read, and its time range.
     backfill: Option<VecDeque<ObjectRef>>,
     range: Option<(u64, u64)>,
@@ -553,6 +606,16 @@ impl S3Source {
             .clone()
             .unwrap_or_else(|| config.state_dir.clone());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Downloads of an earlier run that stopped before reading them.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("s3-object.next-") && name.ends_with(".download") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(S3Source {
             s3: clients.s3.clone(),
             sqs: clients.sqs.clone(),
@@ -575,6 +638,8 @@ impl S3Source {
             finished: Vec::new(),
             spent: Vec::new(),
             open: None,
+            prefetch: None,
+            prefetches: 0,
             backfill: range.map(|_| VecDeque::new()),
             range,
             listed: false,
@@ -789,6 +854,11 @@ impl S3Source {
         let id = object.id();
         let done = self.progress.get(&id).cloned().unwrap_or_default();
         if done.complete {
+            if self.prefetch.as_ref().is_some_and(|p| p.id == id) {
+                if let Some(p) = self.prefetch.take() {
+                    p.discard();
+                }
+            }
             crate::events::S3ObjectDone {
                 object: &object.origin(),
                 outcome: crate::events::S3Outcome::Duplicate,
@@ -806,19 +876,34 @@ impl S3Source {
             .emit(&self.metrics);
             return Ok(None);
         }
-        self.call("GetObject");
-        let mut req = self.s3.get_object().bucket(&object.bucket).key(&object.key);
-        // The object the notification is about, not a later write to the same key.
-        if let Some(v) = &object.version {
-            req = req.version_id(v);
-        } else if let Some(e) = &object.etag {
-            req = req.if_match(format!("\"{e}\""));
-        }
-        let got = match req.send().await {
-            Ok(got) => got,
-            Err(e) => {
-                let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(String::from);
-                let msg = self.failed("GetObject", &e, None);
+        let downloaded = match self.prefetch.take() {
+            Some(p) if p.id == id => match p.task.await {
+                Ok(Ok(())) => std::fs::rename(&p.path, &self.download)
+                    .map_err(|e| DownloadFailed::Write(format!("{}: {e}", p.path.display()))),
+                Ok(Err(e)) => {
+                    let _ = std::fs::remove_file(&p.path);
+                    Err(e)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&p.path);
+                    Err(DownloadFailed::Write(format!("the download task: {e}")))
+                }
+            },
+            other => {
+                if let Some(p) = other {
+                    p.discard();
+                }
+                self.call("GetObject");
+                download(self.s3.clone(), object.clone(), self.download.clone()).await
+            }
+        };
+        match downloaded {
+            Ok(()) => {}
+            Err(DownloadFailed::Write(e)) => return Err(unreadable("download", e)),
+            Err(DownloadFailed::Call(e)) => {
+                let code =
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(e.as_ref()).map(String::from);
+                let msg = self.failed("GetObject", e.as_ref(), None);
                 return Err(match code.as_deref() {
                     Some("NoSuchKey") => unreadable("no_such_key", msg),
                     Some("PreconditionFailed") => {
@@ -833,15 +918,7 @@ impl S3Source {
                     _ => unreadable("download", msg),
                 });
             }
-        };
-        let mut body = got.body.into_async_read();
-        let mut file = tokio::fs::File::create(&self.download)
-            .await
-            .map_err(|e| unreadable("download", format!("{}: {e}", self.download.display())))?;
-        tokio::io::copy(&mut body, &mut file)
-            .await
-            .map_err(|e| unreadable("download", e))?;
-        drop(file);
+        }
         let mut reader = ObjectReader::open(&self.download)?;
         reader.skip(done.lines, self.max_line_bytes)?;
         Ok(Some(Open {
@@ -849,6 +926,38 @@ impl S3Source {
             id,
             reader,
         }))
+    }
+
+    /// Starts downloading the object after the one just opened, unless it is read already,
+    /// outside the prefix, or being downloaded.
+    fn prefetch_next(&mut self) {
+        let next = match &self.backfill {
+            Some(list) => list.front(),
+            None => self.messages.iter().find_map(|m| m.objects.front()),
+        };
+        let Some(object) = next else {
+            return;
+        };
+        let id = object.id();
+        // The one being read, named again by a notification delivered twice, is complete by
+        // the time its turn comes.
+        let wanted = !self.progress.get(&id).is_some_and(|p| p.complete)
+            && self.open.as_ref().is_none_or(|o| o.id != id)
+            && self.bucket.as_deref().is_none_or(|b| b == object.bucket)
+            && object.key.starts_with(&self.prefix);
+        if !wanted || self.prefetch.as_ref().is_some_and(|p| p.id == id) {
+            return;
+        }
+        if let Some(p) = self.prefetch.take() {
+            p.discard();
+        }
+        self.prefetches = self.prefetches.saturating_add(1);
+        let path = self
+            .download
+            .with_file_name(format!("s3-object.next-{}.download", self.prefetches));
+        self.call("GetObject");
+        let task = tokio::spawn(download(self.s3.clone(), object.clone(), path.clone()));
+        self.prefetch = Some(Prefetch { id, path, task });
     }
 
     /// The next object to read, from the front message or the backfill's list.
@@ -876,6 +985,14 @@ impl S3Source {
     fn abandon(&mut self) {
         if self.backfill.is_none() {
             self.messages.pop_front();
+        }
+    }
+}
+
+impl Drop for S3Source {
+    fn drop(&mut self) {
+        if let Some(p) = self.prefetch.take() {
+            p.discard();
         }
     }
 }
@@ -948,6 +1065,7 @@ impl Source for S3Source {
                             m.read = true;
                         }
                         self.open = Some(open);
+                        self.prefetch_next();
                     }
                     Ok(None) => {}
                     Err(e) => {
