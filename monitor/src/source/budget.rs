@@ -30,8 +30,12 @@ pub struct Rates {
 /// short enough that a daemon is not blind for minutes.
 const MAX_PAUSE: Duration = Duration::from_secs(60);
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// Timers wake up to a millisecond late. Held to the full spacing from the call before, every
+/// caller would wait that much longer than the one before it, the lag would grow call by call
+/// until callers booked later went first.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
-/// Calls of one operation, spaced at least 1/rate apart: no one-second window sees more than
+/// Calls of one operation, spaced 1/rate apart (less the timer's slack): no one-second window sees more than
 /// rate + 1 of them (a bucket holding a second's worth would allow twice the rate in a window
 /// straddling the burst, which AWS would throttle). Each caller books the next free time and
 /// waits for it, so callers go in the order they came: waiters that each slept until "a token
@@ -40,6 +44,10 @@ struct Bucket {
     rate: f64,
     /// The earliest time the next call may be booked for.
     next: Instant,
+    /// When the last call was let through. A caller woken late (the runtime busy decoding a
+    /// page) must not go together with the next one booked: the spacing holds between the
+    /// calls as made, not only as booked, less the timer's slack ([`TIMER_SLACK`]).
+    last_grant: Option<Instant>,
     /// No call before this: the service throttled us.
     paused_until: Option<Instant>,
     pause: Duration,
@@ -50,6 +58,7 @@ impl Bucket {
         Bucket {
             rate,
             next: Instant::now(),
+            last_grant: None,
             paused_until: None,
             pause: Duration::ZERO,
         }
@@ -76,6 +85,21 @@ impl Bucket {
     /// Whether a throttle came after a call was booked, and pauses it.
     fn paused(&self, now: Instant) -> bool {
         self.paused_until.is_some_and(|until| until > now)
+    }
+
+    /// Lets a booked call through at `now`, or says how long it must still wait for the
+    /// spacing from the last call let through.
+    fn grant(&mut self, now: Instant) -> Result<(), Instant> {
+        if let Some(last) = self.last_grant {
+            let slack = TIMER_SLACK.min(self.spacing() / 10);
+            let earliest = last + self.spacing() - slack;
+            if now < earliest {
+                return Err(earliest);
+            }
+        }
+        self.last_grant = Some(now);
+        self.next = self.next.max(now + self.spacing());
+        Ok(())
     }
 
     fn throttled(&mut self, now: Instant) {
@@ -149,16 +173,29 @@ impl Budget {
                 b.book(Instant::now())
             };
             tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-            let paused = {
-                let b = self.bucket(op).lock().unwrap_or_else(|e| e.into_inner());
-                b.paused(Instant::now())
-            };
-            // Throttled while this call waited: it is booked again, after the pause.
-            if !paused {
-                return Permit {
-                    _slot: slot,
-                    waited: started.elapsed(),
+            loop {
+                let verdict = {
+                    let mut b = self.bucket(op).lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    if b.paused(now) {
+                        None
+                    } else {
+                        Some(b.grant(now))
+                    }
                 };
+                match verdict {
+                    Some(Ok(())) => {
+                        return Permit {
+                            _slot: slot,
+                            waited: started.elapsed(),
+                        }
+                    }
+                    Some(Err(earliest)) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(earliest)).await
+                    }
+                    // Throttled while this call waited: it is booked again, after the pause.
+                    None => break,
+                }
             }
         }
     }
@@ -225,6 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn callers_woken_late_still_go_a_spacing_apart() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(8.0);
+        b.next = t0;
+        let first = b.book(t0);
+        let second = b.book(t0);
+        assert_eq!(second, t0 + Duration::from_millis(125));
+        // Both woken a second late, together: the second waits a spacing after the first.
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(b.grant(late.max(first)), Ok(()));
+        let earliest = late + Duration::from_millis(125) - TIMER_SLACK;
+        assert_eq!(b.grant(late), Err(earliest));
+        assert_eq!(b.grant(earliest), Ok(()));
+        // And the next booked comes a spacing after the calls as made.
+        assert_eq!(b.book(earliest), earliest + Duration::from_millis(125));
+    }
+
+    #[test]
     fn throttles_in_a_row_pause_longer_and_a_success_resets() {
         let t0 = Instant::now();
         let mut b = Bucket::new(8.0);
@@ -263,7 +318,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn callers_are_let_through_in_the_order_they_came() {
         let budget = Arc::new(Budget::new(Rates {
-            get_log_events: 200.0,
+            get_log_events: 40.0,
             describe: 5.0,
             concurrency: 4,
         }));

@@ -134,21 +134,20 @@ struct Stream {
     clear_at: i64,
 }
 
-/// How soon a queued read is made: the rest of a read first, then the streams with records to
-/// read, those whose records can have waited longest first, then re-checks of streams nothing
-/// new is known to have come to. Reading by how long records can have waited, rather than in
-/// the order streams were found or came due, keeps the longest wait near the budget's cycle:
-/// a listing that finds a hundred streams at once reads first the one written just after the
-/// last listing, not the one written just before this one.
+/// How soon a queued read is made: the rest of a read first, then the other reads, those of
+/// streams whose records can have waited longest first. Reading by how long records can have
+/// waited, rather than in the order streams were found or came due, keeps the longest wait
+/// near the budget's cycle: a listing that finds a hundred streams at once reads first the one
+/// written just after the last listing, not the one written just before this one. Re-checks of
+/// streams nothing new is known to have come to go by the same measure (since their last
+/// read); how many a listing queues is what bounds their share of the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Urgency {
     /// More pages of a read, or a read made again after a throttle or a refused token.
     Continue,
-    /// Records to read: the oldest they can be, then, of streams alike in that, the time of
-    /// the newest a listing showed (wall clock ms; none shown goes last).
+    /// The oldest its records can be, then, of streams alike in that, the time of the newest
+    /// a listing showed (wall clock ms; none shown goes last).
     Waiting(i64, i64),
-    /// Nothing new known; read longest ago first (wall clock ms).
-    Recheck(i64),
 }
 
 impl Stream {
@@ -529,7 +528,13 @@ impl CloudWatchSource {
         let mut dormant = Vec::new();
         for (name, l) in listed {
             seen_names.insert(name.clone());
-            if floor.is_some_and(|f| l.last_event > 0 && l.last_event < f) {
+            // A listing's timestamps lag: one that read newer events knows better.
+            let read_since = |f: i64| {
+                self.streams
+                    .get(&name)
+                    .is_some_and(|s| s.position.seen.event >= f)
+            };
+            if floor.is_some_and(|f| l.last_event > 0 && l.last_event < f && !read_since(f)) {
                 // Every event it holds has aged out of the retention: nothing left to read.
                 if self.streams.remove(&name).is_some() {
                     self.forgotten.push(name);
@@ -637,8 +642,7 @@ impl CloudWatchSource {
         if full {
             self.last_full_listing = Some(started);
         }
-        // Re-checks of streams read longest ago go first; reads of streams with something
-        // new are ordered in the queue by how long their records have waited.
+        // Of the backlog, new streams first, then re-checks of the streams read longest ago.
         fresh.sort();
         quiet.sort();
         dormant.sort();
@@ -657,7 +661,7 @@ impl CloudWatchSource {
                 quiet
                     .into_iter()
                     .chain(dormant)
-                    .map(|(checked, n)| (Urgency::Recheck(checked), n)),
+                    .map(|(checked, n)| (Urgency::Waiting(checked, i64::MAX), n)),
             );
         let mut deferred = 0;
         for name in active {
@@ -777,12 +781,16 @@ impl CloudWatchSource {
     fn dispatch(&mut self) {
         self.rotate();
         while self.fetches.len() < self.settings.concurrency.max(1) {
-            let Some((_, _, name)) = self.queue.pop_first() else {
+            let Some((urgency, order, name)) = self.queue.pop_first() else {
                 return;
             };
             let Some(s) = self.streams.get_mut(&name) else {
                 continue;
             };
+            // Left behind by a stream that was dropped, and since listed again.
+            if s.queued != Some((urgency, order)) {
+                continue;
+            }
             s.queued = None;
             if s.in_flight {
                 continue;
@@ -998,8 +1006,12 @@ async fn describe_streams(
     if pages < 2 {
         return Ok((first, complete));
     }
-    let (second, complete_again, _) =
-        list_pass(&logs, &budget, &metrics, &group, stop_below).await?;
+    // The first pass stands on its own: a second that fails only leaves what moved unseen.
+    let Ok((second, complete_again, _)) =
+        list_pass(&logs, &budget, &metrics, &group, stop_below).await
+    else {
+        return Ok((first, false));
+    };
     let mut at: HashMap<String, usize> = HashMap::with_capacity(first.len());
     let mut out: Vec<(String, Listed)> = Vec::with_capacity(first.len());
     for (name, l) in first.into_iter().chain(second) {
@@ -1043,7 +1055,6 @@ async fn list_pass(
             .with_label_values(&["DescribeLogStreams"])
             .inc();
         let listed_at = unix_ms();
-        pages = pages.saturating_add(1);
         let r = logs
             .describe_log_streams()
             .log_group_name(group)
@@ -1074,6 +1085,7 @@ async fn list_pass(
             }
         };
         budget.succeeded(Operation::Describe);
+        pages = pages.saturating_add(1);
         let mut oldest = i64::MAX;
         for s in page.log_streams() {
             let Some(name) = s.log_stream_name() else {
@@ -1317,9 +1329,8 @@ mod tests {
         // Its newest record does not make it less urgent than its last read says: it may
         // hold an older one too.
         assert!(shown.waiting() < cleared.waiting());
-        // The rest of a read before any stream; re-checks after every stream with records.
+        // The rest of a read before any stream.
         assert!(Urgency::Continue < read.waiting());
-        assert!(Urgency::Waiting(i64::MAX, i64::MAX) < Urgency::Recheck(0));
     }
 
     #[tokio::test]

@@ -495,10 +495,18 @@ impl Prefetch {
     }
 }
 
-/// Downloads the object a notification names (not a later write to the same key) to `path`.
+/// Creates the file a download goes to. Before the download starts, so that one discarded
+/// finds its file to remove: later writes of an aborted task go to a file no longer there.
+fn download_file(path: &std::path::Path) -> Result<File, DownloadFailed> {
+    File::create(path).map_err(|e| DownloadFailed::Write(format!("{}: {e}", path.display())))
+}
+
+/// Downloads the object a notification names (not a later write to the same key) into `file`
+/// (at `path`).
 async fn download(
     s3: aws_sdk_s3::Client,
     object: ObjectRef,
+    file: File,
     path: PathBuf,
 ) -> Result<(), DownloadFailed> {
     let mut req = s3.get_object().bucket(&object.bucket).key(&object.key);
@@ -513,7 +521,7 @@ async fn download(
         .map_err(|e| DownloadFailed::Call(Box::new(e)))?;
     let mut body = got.body.into_async_read();
     let write = async {
-        let mut file = tokio::fs::File::create(&path).await?;
+        let mut file = tokio::fs::File::from_std(file);
         // Not synced: after a crash the object is downloaded again.
         tokio::io::copy(&mut body, &mut file).await.map(|_| ())
     };
@@ -878,8 +886,10 @@ impl S3Source {
         }
         let downloaded = match self.prefetch.take() {
             Some(p) if p.id == id => match p.task.await {
-                Ok(Ok(())) => std::fs::rename(&p.path, &self.download)
-                    .map_err(|e| DownloadFailed::Write(format!("{}: {e}", p.path.display()))),
+                Ok(Ok(())) => std::fs::rename(&p.path, &self.download).map_err(|e| {
+                    let _ = std::fs::remove_file(&p.path);
+                    DownloadFailed::Write(format!("{}: {e}", p.path.display()))
+                }),
                 Ok(Err(e)) => {
                     let _ = std::fs::remove_file(&p.path);
                     Err(e)
@@ -893,8 +903,13 @@ impl S3Source {
                 if let Some(p) = other {
                     p.discard();
                 }
-                self.call("GetObject");
-                download(self.s3.clone(), object.clone(), self.download.clone()).await
+                match download_file(&self.download) {
+                    Ok(file) => {
+                        self.call("GetObject");
+                        download(self.s3.clone(), object.clone(), file, self.download.clone()).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         match downloaded {
@@ -955,8 +970,17 @@ impl S3Source {
         let path = self
             .download
             .with_file_name(format!("s3-object.next-{}.download", self.prefetches));
+        // Not made: the object is downloaded when its turn comes.
+        let Ok(file) = download_file(&path) else {
+            return;
+        };
         self.call("GetObject");
-        let task = tokio::spawn(download(self.s3.clone(), object.clone(), path.clone()));
+        let task = tokio::spawn(download(
+            self.s3.clone(),
+            object.clone(),
+            file,
+            path.clone(),
+        ));
         self.prefetch = Some(Prefetch { id, path, task });
     }
 
