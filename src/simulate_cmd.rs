@@ -452,7 +452,8 @@ pub fn score(args: ScoreArgs) -> ExitCode {
             &[],
             &labels,
             &HashMap::new(),
-            &|_| Vec::new(),
+            // The labels do not say which benign profile made which traffic.
+            None,
         );
         Ok(report)
     })();
@@ -524,9 +525,11 @@ fn print_report(r: &Report, seeds: usize) {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         println!("false findings by rule: {}", parts.join(", "));
-        println!("false findings by rule / benign profile whose traffic they are about:");
-        for (k, v) in &r.false_by_rule_and_profile {
-            println!("  {k:<48} {v}");
+        if !r.false_by_rule_and_profile.is_empty() {
+            println!("false findings by rule / benign profile whose traffic they are about:");
+            for (k, v) in &r.false_by_rule_and_profile {
+                println!("  {k:<48} {v}");
+            }
         }
         for f in r.false_examples.iter().take(5) {
             println!(

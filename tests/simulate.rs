@@ -197,6 +197,49 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
     }
     // Every finding belongs to an attack.
     assert!(explained >= findings.len(), "{findings:#?}");
+    // `score` agrees, and counts a finding about no attack as false by rule. The labels do
+    // not say which benign profile made which traffic, so it blames none.
+    let mut scored = findings.clone();
+    let mut stray = findings[0].clone();
+    stray["workload"] = Value::from("10.0.250.250");
+    stray["remote"] = Value::from("203.0.113.9");
+    scored.push(stray.clone());
+    let findings_file = dir.join("findings.jsonl");
+    std::fs::write(
+        &findings_file,
+        scored
+            .iter()
+            .map(|f| f.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let score = |output: &str| {
+        bin()
+            .args(["score", "-o", output, "--labels"])
+            .arg(dir.join("labels.jsonl"))
+            .arg("--findings")
+            .arg(&findings_file)
+            .output()
+            .unwrap()
+    };
+    let out = score("json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["detected"] == true));
+    assert_eq!(report["false_findings"], 1);
+    assert_eq!(report["false_by_rule"][stray["rule"].as_str().unwrap()], 1);
+    assert_eq!(report["false_by_rule_and_profile"], serde_json::json!({}));
+    let text = String::from_utf8_lossy(&score("text").stdout).to_string();
+    assert!(text.contains("false findings by rule:"), "{text}");
+    assert!(!text.contains("benign profile"), "{text}");
     // Each at a severity its rule's series were started at.
     for f in &findings {
         let rule = f["rule"].as_str().unwrap();

@@ -160,7 +160,7 @@ pub fn evaluate(
             &raised,
             sim.labels(),
             &first_delivery,
-            &blame,
+            Some(&blame),
         );
         report.workload_days += sim_workloads as f64 * sim_days;
     }
@@ -171,8 +171,13 @@ pub fn evaluate(
     Ok(report)
 }
 
+/// The benign profiles whose traffic a finding is about.
+pub type Blame<'a> = dyn Fn(&Finding) -> Vec<Profile> + 'a;
+
 /// Matches findings to the labels of one run and adds the outcomes to `report`. `raised`
-/// holds, per finding, the delivery time of the record that raised it, where known.
+/// holds, per finding, the delivery time of the record that raised it, where known. `blame`
+/// names the benign profiles whose traffic a false finding is about, when the run that made
+/// the traffic is at hand; without it false findings are counted by rule only.
 pub fn score_into(
     report: &mut Report,
     seed: u64,
@@ -180,7 +185,7 @@ pub fn score_into(
     raised: &[Option<u64>],
     labels: &[Label],
     first_delivery: &HashMap<u32, u64>,
-    blame: &dyn Fn(&Finding) -> Vec<Profile>,
+    blame: Option<&Blame<'_>>,
 ) {
     let mut by_label: HashMap<u32, Vec<(&Finding, Option<u64>)>> = HashMap::new();
     for (n, f) in findings.iter().enumerate() {
@@ -189,18 +194,20 @@ pub fn score_into(
         if hits.is_empty() {
             report.false_findings += 1;
             *report.false_by_rule.entry(f.rule).or_default() += 1;
-            let profiles = blame(f);
-            if profiles.is_empty() {
-                *report
-                    .false_by_rule_and_profile
-                    .entry(format!("{} / unknown", f.rule))
-                    .or_default() += 1;
-            }
-            for p in profiles {
-                *report
-                    .false_by_rule_and_profile
-                    .entry(format!("{} / {}", f.rule, p.name()))
-                    .or_default() += 1;
+            if let Some(blame) = blame {
+                let profiles = blame(f);
+                if profiles.is_empty() {
+                    *report
+                        .false_by_rule_and_profile
+                        .entry(format!("{} / unknown", f.rule))
+                        .or_default() += 1;
+                }
+                for p in profiles {
+                    *report
+                        .false_by_rule_and_profile
+                        .entry(format!("{} / {}", f.rule, p.name()))
+                        .or_default() += 1;
+                }
             }
             if report.false_examples.len() < 20 {
                 report.false_examples.push(f.clone());
