@@ -9,8 +9,8 @@
 //!   (`orderBy=LastEventTime`, descending) and stops paging once streams are older than the
 //!   timestamps' documented lag (`lastEventTimestamp` and `lastIngestionTime` are eventually
 //!   consistent, "typically less than an hour"); every `full-listing-seconds` it pages down to
-//!   the oldest event the group's retention keeps. A listing of several pages is made twice,
-//!   as a stream written between two pages moves onto a page already fetched.
+//!   the oldest event the group's retention keeps. A poll's listing of several pages is made
+//!   twice, as a stream written between two pages moves onto a page already fetched.
 //! - A listed stream whose `lastIngestionTime`/`lastEventTimestamp` is past what was read from
 //!   it is read now. A stream written to within the last two polls takes turns: it is read
 //!   again a poll after its last read (or as long after as the budget takes to read all that
@@ -502,6 +502,10 @@ impl CloudWatchSource {
             self.metrics.clone(),
             self.group.clone(),
             stop_below,
+            // A full listing pages down to the retention: made twice it would hold the next
+            // listing back twice as long, and what it misses moved, so is recent, and is shown
+            // by the next (a stream it should have shown is read, not retired).
+            !full,
         )));
         self.listing_started = (now, started, full);
         self.next_listing = started + self.poll_interval;
@@ -989,7 +993,7 @@ impl CloudWatchSource {
 /// Pages DescribeLogStreams, newest events first, until the streams are older than
 /// `stop_below` (ms) or the group has no more; true when every stream was listed.
 ///
-/// A listing of more than one page is made twice. The order is by last event, so a stream
+/// A listing of more than one page is made twice when `twice`. The order is by last event, so a stream
 /// written while the pages are fetched moves ahead, onto a page already fetched, and the
 /// pages after it shift back by one: one pass does not show it. Against moto a group written
 /// at a steady rate had the same ten streams missed listing after listing, their records
@@ -1001,9 +1005,10 @@ async fn describe_streams(
     metrics: Arc<Metrics>,
     group: String,
     stop_below: i64,
+    twice: bool,
 ) -> Result<(Vec<(String, Listed)>, bool), String> {
     let (first, complete, pages) = list_pass(&logs, &budget, &metrics, &group, stop_below).await?;
-    if pages < 2 {
+    if pages < 2 || !twice {
         return Ok((first, complete));
     }
     // The first pass stands on its own: a second that fails only leaves what moved unseen.
