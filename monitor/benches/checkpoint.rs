@@ -18,7 +18,6 @@ fn main() {
     let mut store = CheckpointStore::new(&dir, "bench").expect("store");
     let metrics = egresswatch_monitor::Metrics::new();
     let mut cp = store.load(&metrics).expect("load");
-    let name = |i: usize| format!("eni-{i:08x}-all");
     for i in 0..streams {
         cp.streams
             .insert(name(i), format!("f/3790{i:030}/s/{i:010}"));
@@ -57,10 +56,15 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The log stream of interface `i`.
+fn name(i: usize) -> String {
+    format!("eni-{i:08x}-all")
+}
+
 /// The 100 active streams read once more: new tokens and times.
 fn move_active(cp: &mut Checkpoint, commit: usize, streams: usize) {
     for i in 0..100.min(streams) {
-        let name = format!("eni-{i:08x}-all");
+        let name = name(i);
         let t = 1_764_000_000_000 + (commit as i64 + 1) * 10_000;
         cp.streams
             .insert(name.clone(), format!("f/3790{commit:015}{i:015}/s/{i:010}"));

@@ -35,9 +35,9 @@ const FIRST_PAUSE: Duration = Duration::from_secs(1);
 /// until callers booked later went first.
 const TIMER_SLACK: Duration = Duration::from_millis(2);
 
-/// Calls of one operation, spaced 1/rate apart (less the timer's slack): no one-second window sees more than
-/// rate + 1 of them (a bucket holding a second's worth would allow twice the rate in a window
-/// straddling the burst, which AWS would throttle). Each caller books the next free time and
+/// Calls of one operation, spaced 1/rate apart (less the timer's slack): no one-second window
+/// sees more than rate + 1 of them (a bucket holding a second's worth would allow twice the
+/// rate in a window straddling the burst, which AWS would throttle). Each caller books the next free time and
 /// waits for it, so callers go in the order they came: waiters that each slept until "a token
 /// is there" and raced for it let one read wait seconds while later ones went ahead.
 struct Bucket {
@@ -51,6 +51,16 @@ struct Bucket {
     /// No call before this: the service throttled us.
     paused_until: Option<Instant>,
     pause: Duration,
+}
+
+/// What a booked call does when its time comes.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Go,
+    /// The call before it went late: it waits for the spacing from that one.
+    WaitUntil(Instant),
+    /// Throttled while it waited: it is booked again, after the pause.
+    BookAgain,
 }
 
 impl Bucket {
@@ -87,19 +97,21 @@ impl Bucket {
         self.paused_until.is_some_and(|until| until > now)
     }
 
-    /// Lets a booked call through at `now`, or says how long it must still wait for the
-    /// spacing from the last call let through.
-    fn grant(&mut self, now: Instant) -> Result<(), Instant> {
+    /// What a call booked for `now` or earlier does now.
+    fn grant(&mut self, now: Instant) -> Verdict {
+        if self.paused(now) {
+            return Verdict::BookAgain;
+        }
         if let Some(last) = self.last_grant {
             let slack = TIMER_SLACK.min(self.spacing() / 10);
             let earliest = last + self.spacing() - slack;
             if now < earliest {
-                return Err(earliest);
+                return Verdict::WaitUntil(earliest);
             }
         }
         self.last_grant = Some(now);
         self.next = self.next.max(now + self.spacing());
-        Ok(())
+        Verdict::Go
     }
 
     fn throttled(&mut self, now: Instant) {
@@ -176,25 +188,19 @@ impl Budget {
             loop {
                 let verdict = {
                     let mut b = self.bucket(op).lock().unwrap_or_else(|e| e.into_inner());
-                    let now = Instant::now();
-                    if b.paused(now) {
-                        None
-                    } else {
-                        Some(b.grant(now))
-                    }
+                    b.grant(Instant::now())
                 };
                 match verdict {
-                    Some(Ok(())) => {
+                    Verdict::Go => {
                         return Permit {
                             _slot: slot,
                             waited: started.elapsed(),
                         }
                     }
-                    Some(Err(earliest)) => {
+                    Verdict::WaitUntil(earliest) => {
                         tokio::time::sleep_until(tokio::time::Instant::from_std(earliest)).await
                     }
-                    // Throttled while this call waited: it is booked again, after the pause.
-                    None => break,
+                    Verdict::BookAgain => break,
                 }
             }
         }
@@ -271,10 +277,10 @@ mod tests {
         assert_eq!(second, t0 + Duration::from_millis(125));
         // Both woken a second late, together: the second waits a spacing after the first.
         let late = t0 + Duration::from_secs(1);
-        assert_eq!(b.grant(late.max(first)), Ok(()));
+        assert_eq!(b.grant(late.max(first)), Verdict::Go);
         let earliest = late + Duration::from_millis(125) - TIMER_SLACK;
-        assert_eq!(b.grant(late), Err(earliest));
-        assert_eq!(b.grant(earliest), Ok(()));
+        assert_eq!(b.grant(late), Verdict::WaitUntil(earliest));
+        assert_eq!(b.grant(earliest), Verdict::Go);
         // And the next booked comes a spacing after the calls as made.
         assert_eq!(b.book(earliest), earliest + Duration::from_millis(125));
     }
@@ -286,6 +292,7 @@ mod tests {
         b.next = t0;
         b.throttled(t0);
         assert!(b.paused(t0));
+        assert_eq!(b.grant(t0), Verdict::BookAgain);
         let first = b.book(t0) - t0;
         assert!(first >= FIRST_PAUSE && first < FIRST_PAUSE * 2, "{first:?}");
         b.throttled(t0);

@@ -151,6 +151,19 @@ enum Urgency {
 }
 
 impl Stream {
+    /// A stream at `position`, neither queued nor being read.
+    fn new(position: StreamPosition) -> Stream {
+        Stream {
+            position,
+            listed: None,
+            in_flight: false,
+            queued: None,
+            again: false,
+            rotating: false,
+            clear_at: 0,
+        }
+    }
+
     /// The oldest its unread records can be: ingested after its last read, and after the
     /// last listing since that showed nothing unread in it. A bound, never a guess: keyed by
     /// its newest record instead, a stream holding two was read after streams holding one
@@ -283,18 +296,7 @@ impl CloudWatchSource {
                     created: *created,
                     seen: cp.stream_seen.get(name).copied().unwrap_or_default(),
                 };
-                (
-                    name.clone(),
-                    Stream {
-                        position,
-                        listed: None,
-                        in_flight: false,
-                        queued: None,
-                        again: false,
-                        rotating: false,
-                        clear_at: 0,
-                    },
-                )
+                (name.clone(), Stream::new(position))
             })
             .collect();
         // The log group the stack's flow log writes to, as its outputs record it: a stack
@@ -545,18 +547,12 @@ impl CloudWatchSource {
                 }
                 continue;
             }
-            let s = self.streams.entry(name.clone()).or_insert_with(|| Stream {
-                position: StreamPosition {
+            let s = self.streams.entry(name.clone()).or_insert_with(|| {
+                Stream::new(StreamPosition {
                     token: None,
                     created: l.created,
                     seen: Seen::default(),
-                },
-                listed: None,
-                in_flight: false,
-                queued: None,
-                again: false,
-                rotating: false,
-                clear_at: 0,
+                })
             });
             if s.position.created != l.created {
                 // Made again under the same name: the old token points into the old stream.
@@ -639,9 +635,7 @@ impl CloudWatchSource {
             }
         }
         for name in missed {
-            if let Some(urgency) = self.streams.get(&name).map(Stream::waiting) {
-                self.enqueue(name, urgency);
-            }
+            self.enqueue_waiting(name);
         }
         if full {
             self.last_full_listing = Some(started);
@@ -669,10 +663,7 @@ impl CloudWatchSource {
             );
         let mut deferred = 0;
         for name in active {
-            let Some(urgency) = self.streams.get(&name).map(Stream::waiting) else {
-                continue;
-            };
-            self.enqueue(name, urgency);
+            self.enqueue_waiting(name);
         }
         for (i, (urgency, name)) in backlog.enumerate() {
             if i < spare {
@@ -700,6 +691,13 @@ impl CloudWatchSource {
             }),
         }
         None
+    }
+
+    /// Queues a read of `name` as urgent as its records' wait ([`Stream::waiting`]).
+    fn enqueue_waiting(&mut self, name: String) {
+        if let Some(urgency) = self.streams.get(&name).map(Stream::waiting) {
+            self.enqueue(name, urgency);
+        }
     }
 
     /// Queues a read of `name`, or makes its queued read as urgent as `urgency` if it is
@@ -742,8 +740,7 @@ impl CloudWatchSource {
                 continue;
             }
             s.rotating = false;
-            let urgency = s.waiting();
-            self.enqueue(name, urgency);
+            self.enqueue_waiting(name);
         }
     }
 
@@ -829,9 +826,8 @@ impl CloudWatchSource {
         let page = match f.outcome {
             Ok(page) => page,
             Err(e) => {
-                let urgency = s.waiting();
                 if again {
-                    self.enqueue(f.stream.clone(), urgency);
+                    self.enqueue_waiting(f.stream.clone());
                 }
                 let s = self.streams.get_mut(&f.stream)?;
                 use crate::events::StreamChange;
@@ -1285,23 +1281,15 @@ mod tests {
     use super::*;
 
     fn stream(checked: i64, ingestion: i64) -> Stream {
-        Stream {
-            position: StreamPosition {
-                token: Some("t".into()),
-                created: 0,
-                seen: Seen {
-                    event: ingestion,
-                    ingestion,
-                    checked,
-                },
+        Stream::new(StreamPosition {
+            token: Some("t".into()),
+            created: 0,
+            seen: Seen {
+                event: ingestion,
+                ingestion,
+                checked,
             },
-            listed: None,
-            in_flight: false,
-            queued: None,
-            again: false,
-            rotating: false,
-            clear_at: 0,
-        }
+        })
     }
 
     fn listed(at: i64, last_ingestion: i64) -> Listed {

@@ -487,9 +487,10 @@ struct Prefetch {
     task: tokio::task::JoinHandle<Result<(), DownloadFailed>>,
 }
 
-impl Prefetch {
-    /// Drops a download that is not wanted after all; its file goes with it.
-    fn discard(self) {
+impl Drop for Prefetch {
+    /// A download not wanted after all is stopped and its file removed (one adopted was
+    /// renamed away first).
+    fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
     }
@@ -862,11 +863,6 @@ impl S3Source {
         let id = object.id();
         let done = self.progress.get(&id).cloned().unwrap_or_default();
         if done.complete {
-            if self.prefetch.as_ref().is_some_and(|p| p.id == id) {
-                if let Some(p) = self.prefetch.take() {
-                    p.discard();
-                }
-            }
             crate::events::S3ObjectDone {
                 object: &object.origin(),
                 outcome: crate::events::S3Outcome::Duplicate,
@@ -874,9 +870,7 @@ impl S3Source {
             .emit(&self.metrics);
             return Ok(None);
         }
-        let outside = self.bucket.as_deref().is_some_and(|b| b != object.bucket)
-            || !object.key.starts_with(&self.prefix);
-        if outside {
+        if !self.in_prefix(object) {
             crate::events::S3ObjectDone {
                 object: &object.origin(),
                 outcome: crate::events::S3Outcome::OutsidePrefix,
@@ -885,24 +879,16 @@ impl S3Source {
             return Ok(None);
         }
         let downloaded = match self.prefetch.take() {
-            Some(p) if p.id == id => match p.task.await {
-                Ok(Ok(())) => std::fs::rename(&p.path, &self.download).map_err(|e| {
-                    let _ = std::fs::remove_file(&p.path);
-                    DownloadFailed::Write(format!("{}: {e}", p.path.display()))
-                }),
-                Ok(Err(e)) => {
-                    let _ = std::fs::remove_file(&p.path);
-                    Err(e)
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&p.path);
-                    Err(DownloadFailed::Write(format!("the download task: {e}")))
-                }
+            Some(mut p) if p.id == id => match (&mut p.task).await {
+                Ok(Ok(())) => std::fs::rename(&p.path, &self.download)
+                    .map_err(|e| DownloadFailed::Write(format!("{}: {e}", p.path.display()))),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(DownloadFailed::Write(format!("the download task: {e}"))),
             },
             other => {
-                if let Some(p) = other {
-                    p.discard();
-                }
+                // One made ahead of another object is not wanted: dropped before this one
+                // is downloaded.
+                drop(other);
                 match download_file(&self.download) {
                     Ok(file) => {
                         self.call("GetObject");
@@ -943,6 +929,12 @@ impl S3Source {
         }))
     }
 
+    /// Whether `object` is in the bucket and prefix this source reads.
+    fn in_prefix(&self, object: &ObjectRef) -> bool {
+        self.bucket.as_deref().is_none_or(|b| b == object.bucket)
+            && object.key.starts_with(&self.prefix)
+    }
+
     /// Starts downloading the object after the one just opened, unless it is read already,
     /// outside the prefix, or being downloaded.
     fn prefetch_next(&mut self) {
@@ -958,14 +950,11 @@ impl S3Source {
         // the time its turn comes.
         let wanted = !self.progress.get(&id).is_some_and(|p| p.complete)
             && self.open.as_ref().is_none_or(|o| o.id != id)
-            && self.bucket.as_deref().is_none_or(|b| b == object.bucket)
-            && object.key.starts_with(&self.prefix);
+            && self.in_prefix(object);
         if !wanted || self.prefetch.as_ref().is_some_and(|p| p.id == id) {
             return;
         }
-        if let Some(p) = self.prefetch.take() {
-            p.discard();
-        }
+        self.prefetch = None;
         self.prefetches = self.prefetches.saturating_add(1);
         let path = self
             .download
@@ -1009,14 +998,6 @@ impl S3Source {
     fn abandon(&mut self) {
         if self.backfill.is_none() {
             self.messages.pop_front();
-        }
-    }
-}
-
-impl Drop for S3Source {
-    fn drop(&mut self) {
-        if let Some(p) = self.prefetch.take() {
-            p.discard();
         }
     }
 }
