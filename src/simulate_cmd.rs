@@ -525,6 +525,12 @@ fn print_report(r: &Report, seeds: usize) {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         println!("false findings by rule: {}", parts.join(", "));
+        let by_severity: Vec<String> = r
+            .false_by_severity
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("false findings by severity: {}", by_severity.join(", "));
         if !r.false_by_rule_and_profile.is_empty() {
             println!("false findings by rule / benign profile whose traffic they are about:");
             for (k, v) in &r.false_by_rule_and_profile {

@@ -67,6 +67,9 @@ pub struct Flow<'a> {
     pub remote: Option<IpAddr>,
     /// The remote end's port (the destination port for outbound traffic).
     pub remote_port: Option<u16>,
+    /// This view's own port at the near end (the workload's, or the NAT's on its outer leg):
+    /// with the remote and its port, it tells one connection from the next.
+    pub local_port: Option<u16>,
     pub protocol: Option<u8>,
     pub bytes: u64,
     pub packets: u64,
@@ -106,6 +109,7 @@ pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
         workload: None,
         remote: None,
         remote_port: None,
+        local_port: None,
         protocol: record.protocol(),
         bytes: record.bytes().unwrap_or(0),
         packets: record.packets().unwrap_or(0),
@@ -127,12 +131,14 @@ pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
         f.workload = Some(workload);
         f.remote = Some(remote);
         f.remote_port = record.dstport();
+        f.local_port = record.srcport();
     };
     let inbound = |f: &mut Flow, path: Path, workload: IpAddr, remote: IpAddr| {
         f.path = path;
         f.workload = Some(workload);
         f.remote = Some(remote);
         f.remote_port = record.srcport();
+        f.local_port = record.dstport();
     };
     if on_nat {
         if topo.is_nat_ip(dst) && !topo.is_nat_ip(src) && topo.in_vpc(src) && !topo.in_vpc(pkt_dst)

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::rules::beaconing::BeaconingRule;
+use crate::rules::long_connection::LongConnectionRule;
 use crate::rules::new_remote_port::NewRemotePortRule;
 use crate::rules::port_scan::PortScanRule;
 use crate::rules::rare_destination::RareDestinationRule;
 use crate::rules::s3_endpoint_upload::S3EndpointUploadRule;
 use crate::rules::slow_drip::SlowDripRule;
 use crate::rules::traffic_volume::TrafficVolumeRule;
+use crate::rules::upload_volume::UploadVolumeRule;
 use crate::topology::Topology;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -394,6 +396,8 @@ pub struct Rules {
     pub rare_destination: RareDestinationRule,
     pub slow_drip: SlowDripRule,
     pub s3_endpoint_upload: S3EndpointUploadRule,
+    pub upload_volume: UploadVolumeRule,
+    pub long_connection: LongConnectionRule,
     pub beaconing: BeaconingRule,
     pub port_scan: PortScanRule,
 }
@@ -489,6 +493,8 @@ impl Default for Rules {
             rare_destination: RareDestinationRule::default(),
             slow_drip: SlowDripRule::default(),
             s3_endpoint_upload: S3EndpointUploadRule::default(),
+            upload_volume: UploadVolumeRule::default(),
+            long_connection: LongConnectionRule::default(),
             beaconing: BeaconingRule::default(),
             port_scan: PortScanRule::default(),
         }
@@ -666,7 +672,7 @@ impl Rules {
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
         // decides, far above any sensible setting, so reaching one is a mistake (a value in
         // milliseconds, a stray digit) rather than a deployment that needs more.
-        let bounded: [(&str, u64, u64, u64); 17] = [
+        let bounded: [(&str, u64, u64, u64); 25] = [
             // Up to two tables of this many entries per behavioural rule, tens to hundreds of
             // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
             ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
@@ -763,6 +769,58 @@ impl Rules {
                 1,
                 u64::MAX,
             ),
+            (
+                "rules.s3-endpoint-upload.history-seconds",
+                self.s3_endpoint_upload.history_seconds,
+                0,
+                30 * DAY,
+            ),
+            // The same sliding sum as the S3 rule's, with the same bounds.
+            (
+                "rules.upload-volume.window-seconds",
+                self.upload_volume.window_seconds,
+                60,
+                DAY,
+            ),
+            (
+                "rules.upload-volume.late-seconds",
+                self.upload_volume.late_seconds,
+                0,
+                self.upload_volume.window_seconds,
+            ),
+            (
+                "rules.upload-volume.min-bytes",
+                self.upload_volume.min_bytes,
+                1,
+                u64::MAX,
+            ),
+            (
+                "rules.upload-volume.history-seconds",
+                self.upload_volume.history_seconds,
+                0,
+                30 * DAY,
+            ),
+            // A connection is at least a minute (one record); past a week every session is
+            // long.
+            (
+                "rules.long-connection.min-duration-seconds",
+                self.long_connection.min_duration_seconds,
+                60,
+                7 * DAY,
+            ),
+            // Past an hour of silence no NAT keeps a TCP flow (AWS: 350 s).
+            (
+                "rules.long-connection.max-gap-seconds",
+                self.long_connection.max_gap_seconds,
+                60,
+                3_600,
+            ),
+            (
+                "rules.long-connection.learning-seconds",
+                self.long_connection.learning_seconds,
+                0,
+                30 * DAY,
+            ),
             // Scan keys are kept for a few windows; a scan spread over more than an hour is
             // no longer told apart from ordinary traffic by counts per window.
             (
@@ -802,6 +860,10 @@ impl Rules {
             (
                 "rules.beaconing.max-workloads",
                 self.beaconing.max_workloads,
+            ),
+            (
+                "rules.long-connection.max-workloads",
+                self.long_connection.max_workloads,
             ),
         ] {
             // The rules remember up to four workloads per remote.
@@ -843,6 +905,14 @@ impl Rules {
             (
                 "rules.s3-endpoint-upload.peak-factor",
                 self.s3_endpoint_upload.peak_factor,
+            ),
+            (
+                "rules.upload-volume.deviations",
+                self.upload_volume.deviations,
+            ),
+            (
+                "rules.upload-volume.peak-factor",
+                self.upload_volume.peak_factor,
             ),
         ] {
             if !(v.is_finite() && v >= 0.0) {

@@ -111,7 +111,7 @@ pub struct Evidence {
 }
 
 /// Every rule the daemon has, by the name findings and metrics carry.
-pub const RULES: [&str; 12] = [
+pub const RULES: [&str; 14] = [
     "non_https_egress",
     "rejected_egress",
     "denylisted_destination",
@@ -121,6 +121,8 @@ pub const RULES: [&str; 12] = [
     "rare_destination",
     "slow_drip",
     "s3_endpoint_upload",
+    "upload_volume_unusual",
+    "long_connection",
     "beaconing",
     "port_scan",
     "port_sweep",
@@ -132,7 +134,9 @@ pub fn severities(rule: &str) -> &'static [Severity] {
     use Severity::*;
     match rule {
         "denylisted_destination" => &[High, Critical],
-        "non_https_egress" | "beaconing" => &[Medium, High],
+        "non_https_egress" | "beaconing" | "upload_volume_unusual" => &[Medium, High],
+        "long_connection" => &[Medium],
+        "s3_endpoint_upload" => &[Low, High],
         "rejected_egress" => &[Low, Medium],
         "new_remote_port" | "port_scan" => &[Medium],
         _ => &[High],
@@ -178,6 +182,14 @@ pub fn taxonomy(rule: &str) -> (&'static str, &'static str) {
         "s3_endpoint_upload" => (
             "Exfiltration:EC2/S3EndpointVolumeUnusual",
             "Unusually large upload through the S3 gateway endpoint",
+        ),
+        "upload_volume_unusual" => (
+            "Exfiltration:EC2/UploadVolumeUnusual",
+            "A workload sent far more through the NAT than it usually does",
+        ),
+        "long_connection" => (
+            "Backdoor:EC2/LongConnection",
+            "A connection held open for hours to a network few workloads use",
         ),
         "beaconing" => (
             "Backdoor:EC2/C&CActivity.Beacon",

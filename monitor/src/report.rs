@@ -10,9 +10,9 @@ use serde_json::Value;
 
 /// Colours for rules, in the order of [`crate::finding::RULES`]: distinct on screen and in
 /// print.
-const PALETTE: [&str; 12] = [
+const PALETTE: [&str; 14] = [
     "#d62728", "#ff7f0e", "#8c564b", "#9467bd", "#1f77b4", "#2ca02c", "#17becf", "#bcbd22",
-    "#e377c2", "#7f7f7f", "#393b79", "#637939",
+    "#e377c2", "#ad494a", "#8c6d31", "#7f7f7f", "#393b79", "#637939",
 ];
 
 fn rule_colour(rule: &str) -> &'static str {

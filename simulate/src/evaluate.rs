@@ -40,6 +40,8 @@ pub struct Report {
     pub records: u64,
     pub false_findings: u64,
     pub false_by_rule: BTreeMap<&'static str, u64>,
+    /// False findings by severity: a low one goes to a daily channel, a high one pages.
+    pub false_by_severity: BTreeMap<&'static str, u64>,
     /// False findings by (rule, the benign profile whose traffic the finding is about);
     /// a finding that several profiles' traffic fits counts for each.
     pub false_by_rule_and_profile: BTreeMap<String, u64>,
@@ -194,6 +196,10 @@ pub fn score_into(
         if hits.is_empty() {
             report.false_findings += 1;
             *report.false_by_rule.entry(f.rule).or_default() += 1;
+            *report
+                .false_by_severity
+                .entry(f.severity.as_str())
+                .or_default() += 1;
             if let Some(blame) = blame {
                 let profiles = blame(f);
                 if profiles.is_empty() {

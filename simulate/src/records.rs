@@ -154,10 +154,22 @@ impl Simulator {
                 .min(settings.duration_seconds);
         for (n, scenario) in attack_list.into_iter().enumerate() {
             let id = n as u32 + 1;
-            let w = rng.random_range(0..workloads.len());
-            let latest = end
-                .saturating_sub(scenario.span_seconds())
-                .max(earliest + 1);
+            let mut w = rng.random_range(0..workloads.len());
+            if scenario == Scenario::SharedStorageUpload {
+                // A quiet workload: not one of the training jobs or nightly exporters whose
+                // own history has gigabytes an hour.
+                while workloads.len() > 4 && (w % 4 == 0 || w % 7 == 2 || w % 10 == 3) {
+                    w = (w + 1) % workloads.len();
+                }
+            }
+            let (earliest, latest) = if scenario.in_the_first_hour() {
+                (start, start + 3_600)
+            } else {
+                let latest = end
+                    .saturating_sub(scenario.span_seconds())
+                    .max(earliest + 1);
+                (earliest, latest)
+            };
             let at = rng.random_range(earliest..latest);
             let a = attack(
                 &mut rng,

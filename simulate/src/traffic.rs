@@ -860,6 +860,66 @@ pub(crate) fn attack(
                 remote_port: None,
             }
         }
+        Scenario::SharedStorageUpload => {
+            // 4-8 GB in parts of 50-300 MB over one to two hours, each part to whichever
+            // address of the storage network answers.
+            let base = Services::new().storage[rng.random_range(0..3)];
+            let total: u64 = rng.random_range(4_000_000_000..8_000_000_000);
+            let span = rng.random_range(3_600..7_200u64);
+            let mut remotes = Vec::new();
+            let mut sent_so_far = 0u64;
+            let mut t = start;
+            while sent_so_far < total {
+                let r = Ipv4Addr::new(base[0], base[1], base[2], rng.random_range(1..=254));
+                if !remotes.contains(&r) {
+                    remotes.push(r);
+                }
+                let sent = rng.random_range(50_000_000..300_000_000u64);
+                sent_so_far += sent;
+                conns.push(https(rng, w, r, t, sent, sent / 400, 40e6, l));
+                t += span * sent / total;
+            }
+            Attack {
+                conns,
+                accomplices: Vec::new(),
+                remotes,
+                remote_port: Some(443),
+            }
+        }
+        Scenario::FirstDayBeacon => {
+            let r = attacker_address(rng);
+            let mut t = start as f64;
+            let stop = (start + 6 * 3_600).min(end) as f64;
+            while t < stop {
+                let sent = rng.random_range(400..1_500);
+                let received = rng.random_range(200..4_000);
+                conns.push(https(rng, w, r, t as u64, sent, received, 1e6, l));
+                t += 300.0 * rng.random_range(0.7..1.3);
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::FirstHourUpload => {
+            let r = attacker_address(rng);
+            let total: u64 = rng.random_range(500_000_000..2_000_000_000);
+            for i in 0..3 {
+                let s = start + i * rng.random_range(30..300);
+                conns.push(https(rng, w, r, s, total / 3, total / 600, 2e6, l));
+            }
+            single(vec![r], 443, conns)
+        }
+        Scenario::ReverseShell => {
+            // One connection; the records spread its bytes over every minute it is open.
+            let r = attacker_address(rng);
+            let minutes = 6 * 60;
+            let per_minute_sent = rng.random_range(2_000..20_000u64);
+            let per_minute_received = rng.random_range(2_000..20_000u64);
+            let mut c = https(rng, w, r, start, 0, 0, 1.0, l);
+            c.duration = minutes * 60;
+            c.sent = per_minute_sent * minutes;
+            c.received = per_minute_received * minutes;
+            conns.push(c);
+            single(vec![r], 443, conns)
+        }
         Scenario::UnusualPort => {
             let r = attacker_address(rng);
             let port = [4444u16, 6667, 8088, 1337, 31337][rng.random_range(0..5)];

@@ -2,6 +2,8 @@
 //! the sleep) and vary what they send, so the rule judges the rhythm of connection starts
 //! over hours, to a network the workload alone talks to, and not their sizes.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::{encode, human_bytes, restore, Rule, Snapshot};
@@ -68,6 +70,10 @@ struct BeaconState {
     audience: BoundedMap<u64, Audience>,
     /// Event time of the first flow seen: the learning period runs from it.
     first_flow: LearningClock,
+    /// The series kept while learning have been judged: learning defers judgement, so the
+    /// moment it ends (or the input does) every series is judged without waiting for its
+    /// next connection, which a beacon that stopped would never make.
+    learning_judged: bool,
 }
 
 impl Snapshot for BeaconState {
@@ -82,7 +88,7 @@ impl Snapshot for BeaconState {
 /// halves the rule's memory and lasts until the 2150s.
 const SERIES_EPOCH: u64 = 1_600_000_000;
 
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize)]
 struct Series {
     /// In arrival order, which late records make differ from time order.
     starts: Vec<u32>,
@@ -94,6 +100,12 @@ struct Series {
     opened: u32,
     continued: u32,
     alerted: bool,
+    /// Who talks to whom, so a series can be judged with no flow at hand (when learning ends).
+    workload: IpAddr,
+    remote: IpAddr,
+    port: u16,
+    network: u64,
+    interface_id: Option<String>,
 }
 
 impl Beaconing {
@@ -104,7 +116,31 @@ impl Beaconing {
                 series: BoundedMap::new(entries),
                 audience: BoundedMap::new(entries),
                 first_flow: LearningClock::default(),
+                learning_judged: false,
             },
+        }
+    }
+
+    /// Judges every series kept while learning whose network is still one few workloads use;
+    /// `when` says in the finding's summary when that happened.
+    fn judge_learnt(&mut self, when: &str, out: &mut Vec<Finding>) {
+        self.state.learning_judged = true;
+        let audience = &self.state.audience;
+        let max_workloads = self.rule.max_workloads;
+        for (_, s) in self.state.series.values_mut() {
+            let shared = audience
+                .get(&s.network)
+                .is_some_and(|a| a.len() > max_workloads);
+            if shared {
+                continue;
+            }
+            if let Some(mut finding) = judge(&self.rule, s, None) {
+                finding.summary = format!(
+                    "{}; judged {when}, so it covers the learning period",
+                    finding.summary
+                );
+                out.push(finding);
+            }
         }
     }
 }
@@ -120,6 +156,94 @@ fn period_text(seconds: f64) -> String {
     }
 }
 
+/// A finding when `s` is a beacon: enough contacts, a period above the floor and gaps in band.
+/// `at` is the connection that completed the series, when one did.
+fn judge(rule: &BeaconingRule, s: &mut Series, at: Option<&Flow>) -> Option<Finding> {
+    if s.alerted || s.continued > s.opened || s.starts.len() < rule.min_connections {
+        return None;
+    }
+    let starts: Vec<u64> = s.starts.iter().map(|t| u64::from(*t)).collect();
+    let p = periodicity(&starts)?;
+    let contacts = p.gaps + 1;
+    let needed = if contacts < STRICT_BELOW_CONTACTS {
+        1.0
+    } else {
+        rule.score
+    };
+    if contacts < rule.min_connections
+        || p.period < rule.min_interval_seconds as f64
+        || p.in_band < needed
+    {
+        return None;
+    }
+    s.alerted = true;
+    let sizes: Vec<u64> = s.sizes.iter().map(|b| u64::from(*b)).collect();
+    let regular_sizes = size_regularity(&sizes);
+    let median_size = {
+        let mut v = sizes.clone();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let first = starts.iter().min().map_or(0, |t| t + SERIES_EPOCH);
+    let last = starts.iter().max().map_or(0, |t| t + SERIES_EPOCH);
+    let (r, port) = (s.remote, s.port);
+    let summary = format!(
+        "beacon-like connections to {r} port {port} (network {}): {contacts} connections about every {}, {:.0} % of the gaps within half a period of it (needed {:.0} %), about {} sent each",
+        network_cidr(r),
+        period_text(p.period),
+        p.in_band * 100.0,
+        needed * 100.0,
+        human_bytes(median_size as f64),
+    );
+    // A tight timer sending the same thing each time is unmistakable; a jittered one
+    // is as likely C2 but also what a home-made poller looks like.
+    let severity = if p.spread <= 0.1 && regular_sizes >= 0.8 {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    let kept;
+    let flow = match at {
+        Some(f) => f,
+        None => {
+            kept = Flow {
+                path: Path::NatEgress,
+                workload: Some(s.workload),
+                remote: Some(r),
+                remote_port: Some(port),
+                local_port: None,
+                protocol: Some(6),
+                bytes: median_size,
+                packets: 0,
+                action: Some("ACCEPT"),
+                end: last.saturating_add(60),
+                start: last,
+                interface_id: s.interface_id.as_deref(),
+                instance_id: None,
+                account_id: None,
+                vpc_id: None,
+                region: None,
+                outbound: true,
+                opens_connection: true,
+            };
+            &kept
+        }
+    };
+    let mut finding = Finding::from_flow("beaconing", severity, summary, flow);
+    finding.first_seen = first;
+    finding.records = contacts as u64;
+    Some(
+        finding.with_evidence(Evidence {
+            observed: p.in_band,
+            baseline: Some(p.period),
+            threshold: needed,
+            unit:
+                "share of gaps within half a period of the median gap (baseline: the median gap, s)"
+                    .into(),
+        }),
+    )
+}
+
 impl Rule for Beaconing {
     fn state_evictions(&self) -> u64 {
         self.state.series.evicted + self.state.audience.evicted
@@ -132,6 +256,13 @@ impl Rule for Beaconing {
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         if f.path != Path::NatEgress {
             return;
+        }
+        let learning = self
+            .state
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
+        if !learning && !self.state.learning_judged {
+            self.judge_learnt("when the learning period ended", out);
         }
         let (Some(w), Some(r), Some(port)) = (f.workload, f.remote, f.remote_port) else {
             return;
@@ -146,10 +277,11 @@ impl Rule for Beaconing {
             }
             return;
         }
+        let network = network_key(r);
         let shared = self
             .state
             .audience
-            .touch(network_key(r), f.end, Audience::default)
+            .touch(network, f.end, Audience::default)
             .add(key_of(w))
             > self.rule.max_workloads;
         if shared {
@@ -157,7 +289,18 @@ impl Rule for Beaconing {
             self.state.series.remove(&key);
             return;
         }
-        let s = self.state.series.touch(key, f.end, Series::default);
+        let s = self.state.series.touch(key, f.end, || Series {
+            starts: Vec::new(),
+            sizes: Vec::new(),
+            opened: 0,
+            continued: 0,
+            alerted: false,
+            workload: w,
+            remote: r,
+            port,
+            network,
+            interface_id: None,
+        });
         if s.starts.len() >= self.rule.history {
             s.starts.remove(0);
             s.sizes.remove(0);
@@ -166,67 +309,22 @@ impl Rule for Beaconing {
             .push(u32::try_from(f.start.saturating_sub(SERIES_EPOCH)).unwrap_or(u32::MAX));
         s.sizes.push(u16::try_from(f.bytes).unwrap_or(u16::MAX));
         s.opened = s.opened.saturating_add(1);
-        let learning = self
-            .state
-            .first_flow
-            .learning(f.start, f.end, self.rule.learning_seconds);
-        if s.alerted
-            || s.continued > s.opened
-            || s.starts.len() < self.rule.min_connections
-            || learning
-        {
+        s.remote = r;
+        if s.interface_id.as_deref() != f.interface_id {
+            s.interface_id = f.interface_id.map(String::from);
+        }
+        if learning {
             return;
         }
-        let starts: Vec<u64> = s.starts.iter().map(|t| u64::from(*t)).collect();
-        let Some(p) = periodicity(&starts) else {
-            return;
-        };
-        let contacts = p.gaps + 1;
-        let needed = if contacts < STRICT_BELOW_CONTACTS {
-            1.0
-        } else {
-            self.rule.score
-        };
-        if contacts < self.rule.min_connections
-            || p.period < self.rule.min_interval_seconds as f64
-            || p.in_band < needed
-        {
-            return;
+        if let Some(finding) = judge(&self.rule, s, Some(f)) {
+            out.push(finding);
         }
-        s.alerted = true;
-        let sizes: Vec<u64> = s.sizes.iter().map(|b| u64::from(*b)).collect();
-        let regular_sizes = size_regularity(&sizes);
-        let median_size = {
-            let mut v = sizes.clone();
-            v.sort_unstable();
-            v[v.len() / 2]
-        };
-        let first = starts.iter().min().map_or(f.start, |t| t + SERIES_EPOCH);
-        let summary = format!(
-            "beacon-like connections to {r} port {port} (network {}): {contacts} connections about every {}, {:.0} % of the gaps within half a period of it (needed {:.0} %), about {} sent each",
-            network_cidr(r),
-            period_text(p.period),
-            p.in_band * 100.0,
-            needed * 100.0,
-            human_bytes(median_size as f64),
-        );
-        // A tight timer sending the same thing each time is unmistakable; a jittered one
-        // is as likely C2 but also what a home-made poller looks like.
-        let severity = if p.spread <= 0.1 && regular_sizes >= 0.8 {
-            Severity::High
-        } else {
-            Severity::Medium
-        };
-        let mut finding = Finding::from_flow("beaconing", severity, summary, f);
-        finding.first_seen = first;
-        finding.records = contacts as u64;
-        out.push(finding.with_evidence(Evidence {
-            observed: p.in_band,
-            baseline: Some(p.period),
-            threshold: needed,
-            unit: "share of gaps within half a period of the median gap (baseline: the median gap, s)"
-                .into(),
-        }));
+    }
+
+    fn finish(&mut self, out: &mut Vec<Finding>) {
+        if !self.state.learning_judged {
+            self.judge_learnt("at the end of the input, within the learning period", out);
+        }
     }
 
     fn save_state(&self) -> Option<Vec<u8>> {
@@ -412,7 +510,48 @@ mod tests {
         let flows = beacon("203.0.113.9", (0..10).map(|i| 1_764_000_000 + i * 400), 512);
         let found = run(&mut d, &flows);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].last_seen >= 1_764_003_600, "{found:?}");
         assert_eq!(found[0].first_seen, 1_764_000_000);
+        assert!(
+            found[0].summary.contains("covers the learning period"),
+            "{}",
+            found[0].summary
+        );
+    }
+
+    /// A beacon that runs only while the rule learns (a new install's first hours) and stops
+    /// is judged when learning ends, with no later connection of its own to set that off.
+    #[test]
+    fn a_beacon_that_stopped_while_learning_is_judged_when_learning_ends() {
+        let rule = BeaconingRule {
+            learning_seconds: 86_400,
+            ..BeaconingRule::default()
+        };
+        let t0 = 1_764_000_000u64;
+        // 300 s with +-30 % jitter for 6 hours, then silence.
+        let mut t = t0;
+        let mut starts = Vec::new();
+        let mut i = 0u64;
+        while t < t0 + 6 * 3_600 {
+            starts.push(t);
+            i += 1;
+            t += 300 + (i * 7_919 % 181) - 90;
+        }
+        let mut flows = beacon("198.51.100.40", starts.into_iter(), 700);
+        // Other traffic goes on: the next day's first record ends learning.
+        flows.push(flow(Path::NatEgress, "192.0.2.1", 443, 10_000, t0 + 86_400));
+        let mut d = Beaconing::new(rule.clone(), 1_000);
+        let found = run(&mut d, &flows);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].remote, Some("198.51.100.40".parse().unwrap()));
+        assert!(found[0].last_seen < t0 + 6 * 3_600 + 120, "{found:?}");
+        // A finite input that ends while learning is judged at its end.
+        let mut d = Beaconing::new(rule, 1_000);
+        let found = crate::rules::testing::run_to_end(&mut d, &flows[..flows.len() - 1]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].summary.contains("end of the input"),
+            "{}",
+            found[0].summary
+        );
     }
 }

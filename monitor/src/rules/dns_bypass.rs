@@ -65,6 +65,7 @@ mod tests {
             workload: Some("10.0.1.5".parse().unwrap()),
             remote: Some(remote.parse().unwrap()),
             remote_port: Some(port),
+            local_port: None,
             protocol: Some(6),
             bytes: 900,
             packets: 3,

@@ -21,16 +21,19 @@ pub mod rejected_egress;
 // bounded tables, works in event time (records arrive late and out of order), and can save and
 // restore what it learnt so a restart does not start the learning over.
 pub mod beaconing;
+pub mod long_connection;
 pub mod new_remote_port;
 pub mod port_scan;
 pub mod rare_destination;
 pub mod s3_endpoint_upload;
 pub mod slow_drip;
 pub mod traffic_volume;
+pub mod upload_volume;
 
 use beaconing::Beaconing;
 use denylisted_destination::DenylistedDestination;
 use dns_bypass::DnsBypass;
+use long_connection::LongConnection;
 use new_remote_port::NewRemotePort;
 use non_https_egress::NonHttpsEgress;
 use port_scan::PortScan;
@@ -39,6 +42,7 @@ use rejected_egress::RejectedEgress;
 use s3_endpoint_upload::S3EndpointUpload;
 use slow_drip::SlowDrip;
 use traffic_volume::TrafficVolume;
+use upload_volume::UploadVolume;
 
 /// One detection rule.
 pub trait Rule: Send {
@@ -112,6 +116,18 @@ pub fn build(rules: &config::Rules) -> Result<Vec<Box<dyn Rule>>, String> {
     }
     if rules.slow_drip.enabled {
         v.push(Box::new(SlowDrip::new(rules.slow_drip.clone(), entries)));
+    }
+    if rules.upload_volume.enabled {
+        v.push(Box::new(UploadVolume::new(
+            rules.upload_volume.clone(),
+            entries,
+        )));
+    }
+    if rules.long_connection.enabled {
+        v.push(Box::new(LongConnection::new(
+            rules.long_connection.clone(),
+            entries,
+        )));
     }
     if rules.beaconing.enabled {
         v.push(Box::new(Beaconing::new(rules.beaconing.clone(), entries)));
@@ -212,6 +228,7 @@ pub(crate) mod testing {
             workload: Some(W.parse().unwrap()),
             remote: Some(remote.parse().unwrap()),
             remote_port: Some(port),
+            local_port: None,
             protocol: Some(6),
             bytes,
             packets: 1,

@@ -1,6 +1,8 @@
 //! rare_destination: exfiltration goes to a destination of the attacker's, which no workload
 //! in the fleet had contacted before.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot};
@@ -54,6 +56,9 @@ struct RareState {
     current: Bloom,
     previous: Bloom,
     new_destinations: BoundedMap<u64, NewDestination>,
+    /// The destinations first contacted while learning have been judged: learning defers
+    /// judgement, so an upload in a new install's first hours is found when learning ends.
+    learning_judged: bool,
 }
 
 impl Snapshot for RareState {
@@ -73,6 +78,16 @@ impl Snapshot for RareState {
 #[derive(Serialize, Deserialize)]
 struct NewDestination {
     first_seen: u64,
+    /// First contacted while learning: judged when learning ends, then forgotten.
+    while_learning: bool,
+    /// Who uploaded, where, for a finding made with no flow at hand.
+    workload: IpAddr,
+    remote: IpAddr,
+    port: Option<u16>,
+    last_seen: u64,
+    /// Hosts of the network that took part (up to four), so a summary about a network
+    /// does not read as one host's.
+    hosts: Audience,
     workloads: Audience,
     sent: u64,
     received: u64,
@@ -87,10 +102,101 @@ impl RareDestination {
                 current: Bloom::new(rule.filter_capacity),
                 previous: Bloom::new(rule.filter_capacity),
                 new_destinations: BoundedMap::new(entries),
+                learning_judged: false,
             },
             rule,
         }
     }
+
+    /// Judges the destinations first contacted while learning, as uploads to new
+    /// destinations, unless more than two workloads used them (a service the team shares),
+    /// and forgets them: they are known now.
+    fn judge_learnt(&mut self, when: &str, out: &mut Vec<Finding>) {
+        let s = &mut self.state;
+        s.learning_judged = true;
+        let mut judged = Vec::new();
+        for (key, d) in s.new_destinations.values_mut() {
+            if !d.while_learning {
+                continue;
+            }
+            judged.push(*key);
+            // A destination used all through the learning period has had up to a day to add
+            // up what a live one adds up within `new-for-seconds`; ten times the bar keeps a
+            // service one or two workloads send telemetry to all day (experiment tracking)
+            // apart from an upload.
+            if d.alerted
+                || d.workloads.len() > 2
+                || d.sent < self.rule.upload_bytes.saturating_mul(10)
+                || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
+            {
+                continue;
+            }
+            d.alerted = true;
+            let flow = Flow {
+                path: crate::classify::Path::NatEgress,
+                workload: Some(d.workload),
+                remote: Some(d.remote),
+                remote_port: d.port,
+                local_port: None,
+                protocol: Some(6),
+                bytes: d.sent,
+                packets: 0,
+                action: Some("ACCEPT"),
+                end: d.last_seen,
+                start: d.last_seen.saturating_sub(60),
+                interface_id: None,
+                instance_id: None,
+                account_id: None,
+                vpc_id: None,
+                region: None,
+                outbound: true,
+                opens_connection: false,
+            };
+            let mut finding = finding_for(&self.rule, d, &flow);
+            finding.summary = format!(
+                "{}; judged {when}: the destination was first contacted while the fleet's destinations were being learnt",
+                finding.summary
+            );
+            out.push(finding);
+        }
+        for key in judged {
+            s.new_destinations.remove(&key);
+        }
+    }
+}
+
+/// The finding for an upload of `d.sent` bytes to new destination `d`, `f` the flow at hand.
+fn finding_for(rule: &RareDestinationRule, d: &NewDestination, f: &Flow) -> Finding {
+    // Bytes add up over every workload: an upload split between several workloads,
+    // each sending little, is one upload to the destination.
+    let senders = match d.workloads.len() {
+        1 => "this workload alone".to_string(),
+        n if n >= 4 => "4 or more workloads together".to_string(),
+        n => format!("{n} workloads together"),
+    };
+    let r = d.remote;
+    let summary = format!(
+        "{senders} uploaded {} to network {} (received {}; {}, the last {r}), which no workload had contacted before it appeared {} ago; threshold {}",
+        human_bytes(d.sent as f64),
+        network_cidr(r),
+        human_bytes(d.received as f64),
+        match d.hosts.len() {
+            1 => "one host of it".to_string(),
+            n if n >= 4 => "4 or more hosts of it".to_string(),
+            n => format!("{n} hosts of it"),
+        },
+        hours(f.end.saturating_sub(d.first_seen)),
+        human_bytes(rule.upload_bytes as f64)
+    );
+    let mut finding = Finding::from_flow("rare_destination", Severity::High, summary, f);
+    finding.bytes = d.sent;
+    finding.first_seen = d.first_seen;
+    finding.with_evidence(Evidence {
+        observed: d.sent as f64,
+        baseline: Some(0.0),
+        threshold: rule.upload_bytes as f64,
+        unit: "bytes sent to a new destination".into(),
+    })
 }
 
 impl Rule for RareDestination {
@@ -106,13 +212,17 @@ impl Rule for RareDestination {
         let Some((sending, w, r)) = through_the_nat(f) else {
             return;
         };
+        let learning = self
+            .state
+            .first_flow
+            .learning(f.start, f.end, self.rule.learning_seconds);
+        if !learning && !self.state.learning_judged {
+            self.judge_learnt("when the learning period ended", out);
+        }
         let s = &mut self.state;
         // New destinations are tracked by network: parts sent to many hosts of one new
         // network add up, and an address new in a network the fleet already uses is not new.
         let rk = network_key(r);
-        let learning = s
-            .first_flow
-            .learning(f.start, f.end, self.rule.learning_seconds);
         if s.new_destinations.get(&rk).is_none() {
             let net = network_marker(r);
             if s.current.contains(net) || s.previous.contains(net) {
@@ -123,29 +233,38 @@ impl Rule for RareDestination {
                     std::mem::replace(&mut s.current, Bloom::new(self.rule.filter_capacity));
             }
             s.current.insert(net);
-            if learning {
-                return;
-            }
         }
         let d = s.new_destinations.touch(rk, f.end, || NewDestination {
             first_seen: f.start,
+            while_learning: learning,
+            workload: w,
+            remote: r,
+            port: f.remote_port,
+            last_seen: f.end,
+            hosts: Audience::default(),
             workloads: Audience::default(),
             sent: 0,
             received: 0,
             alerted: false,
         });
-        if f.end > d.first_seen.saturating_add(self.rule.new_for_seconds) {
+        if !d.while_learning && f.end > d.first_seen.saturating_add(self.rule.new_for_seconds) {
             // No longer new: it stays in the seen-filter only.
             s.new_destinations.remove(&rk);
             return;
         }
         d.workloads.add(key_of(w));
+        d.hosts.add(key_of(r));
+        d.last_seen = d.last_seen.max(f.end);
         if sending {
             d.sent = d.sent.saturating_add(f.bytes);
+            d.workload = w;
+            d.remote = r;
+            d.port = f.remote_port;
         } else {
             d.received = d.received.saturating_add(f.bytes);
         }
-        if !sending
+        if d.while_learning
+            || !sending
             || d.alerted
             || d.sent < self.rule.upload_bytes
             || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
@@ -153,30 +272,13 @@ impl Rule for RareDestination {
             return;
         }
         d.alerted = true;
-        // Bytes add up over every workload: an upload split between several workloads,
-        // each sending little, is one upload to the destination.
-        let senders = match d.workloads.len() {
-            1 => "this workload alone".to_string(),
-            n if n >= 4 => "4 or more workloads together".to_string(),
-            n => format!("{n} workloads together"),
-        };
-        let summary = format!(
-            "{senders} uploaded {} to {r} (received {}), in network {} that no workload had contacted before it appeared {} ago; threshold {}",
-            human_bytes(d.sent as f64),
-            human_bytes(d.received as f64),
-            network_cidr(r),
-            hours(f.end.saturating_sub(d.first_seen)),
-            human_bytes(self.rule.upload_bytes as f64)
-        );
-        let mut finding = Finding::from_flow("rare_destination", Severity::High, summary, f);
-        finding.bytes = d.sent;
-        finding.first_seen = d.first_seen;
-        out.push(finding.with_evidence(Evidence {
-            observed: d.sent as f64,
-            baseline: Some(0.0),
-            threshold: self.rule.upload_bytes as f64,
-            unit: "bytes sent to a new destination".into(),
-        }));
+        out.push(finding_for(&self.rule, d, f));
+    }
+
+    fn finish(&mut self, out: &mut Vec<Finding>) {
+        if !self.state.learning_judged {
+            self.judge_learnt("at the end of the input, within the learning period", out);
+        }
     }
 
     fn save_state(&self) -> Option<Vec<u8>> {

@@ -76,6 +76,11 @@ impl<K: Eq + Hash, V> BoundedMap<K, V> {
         &mut slot.1
     }
 
+    /// Every entry, in no particular order, without marking any touched.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, (_, v))| (k, v))
+    }
+
     /// Keeps only the entries whose key passes `keep`.
     pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.entries.retain(|k, _| keep(k));

@@ -8,3 +8,4 @@ pub mod ewma;
 pub mod learning;
 pub mod network;
 pub mod topk;
+pub mod window_sum;
