@@ -69,6 +69,25 @@ fn leg(
     ])
 }
 
+/// A moto server with a stack `name` provisioned in it (no Studio domain): the server, the
+/// clients and the stack's outputs.
+async fn provisioned(name: &str) -> (egresswatch_testkit::Service, Clients, provision::Outputs) {
+    let moto = egresswatch_testkit::moto();
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
+        .await
+        .unwrap();
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, name, Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    (moto, c, out)
+}
+
 async fn put(c: &Clients, group: &str, stream: &str, lines: &[String]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -140,19 +159,7 @@ async fn run_until(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn known_mix_gives_exact_counters_and_findings_and_resumes_after_restart() {
-    let moto = egresswatch_testkit::moto();
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
-        .await
-        .unwrap();
-    let spec = StackSpec {
-        studio_domain: false,
-        ..StackSpec::default()
-    };
-    let (_, out) = provision::reconcile(&c, &spec, "watch", Mode::Apply, |_| {})
-        .await
-        .unwrap();
+    let (moto, c, out) = provisioned("watch").await;
     let nat = &out.nat_gateways[0];
     let (nat_eni, nat_ip) = (nat.network_interface_id.as_str(), nat.private_ip.as_str());
     let group = out.log_group.clone();
@@ -505,19 +512,7 @@ dedupe-window-seconds = 3600
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_read_from_ec2_suppress_the_workloads_they_name() {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let moto = egresswatch_testkit::moto();
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let c = Clients::from_env(Some("us-east-1".into()), Some(moto.endpoint()))
-        .await
-        .unwrap();
-    let spec = StackSpec {
-        studio_domain: false,
-        ..StackSpec::default()
-    };
-    let (_, out) = provision::reconcile(&c, &spec, "tags", Mode::Apply, |_| {})
-        .await
-        .unwrap();
+    let (moto, c, out) = provisioned("tags").await;
     let nat = &out.nat_gateways[0];
     let (nat_eni, nat_ip) = (nat.network_interface_id.as_str(), nat.private_ip.as_str());
     let subnet = &out.private_subnets[0];
@@ -643,5 +638,86 @@ rule = "non_https_egress"
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0]["workload"], untagged_ip.as_str());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A first start reads the history the log group keeps back to `cloudwatch.history-seconds`
+/// (the warm start), and no further: a stream written three days ago is read, one written ten
+/// days ago is not, and the warm start is over once every stream was read to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_start_reads_the_retained_history_back_to_its_horizon() {
+    let (moto, c, out) = provisioned("warm").await;
+    let nat = &out.nat_gateways[0];
+    let (nat_eni, nat_ip) = (nat.network_interface_id.as_str(), nat.private_ip.as_str());
+    let group = out.log_group.clone();
+    let dir = std::env::temp_dir().join(format!("ew-warm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("outputs.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day_ms = 86_400_000i64;
+    let lines = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                leg(
+                    nat_eni,
+                    "10.42.16.5",
+                    nat_ip,
+                    &(41_000 + i).to_string(),
+                    "443",
+                    "6",
+                    "1000",
+                    "ACCEPT",
+                    "10.42.16.5",
+                    "93.184.216.34",
+                )
+            })
+            .collect()
+    };
+    for (stream, days_ago, n) in [
+        ("eni-0recent0000000000-all", 3, 5),
+        ("eni-0old000000000000-all", 10, 4),
+    ] {
+        let at = now_ms - days_ago * day_ms;
+        let events = (at..).zip(lines(n)).collect();
+        provision::logs::put_events(&c, &group, stream, events, |_| {})
+            .await
+            .unwrap();
+    }
+    let toml = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+state-dir = "{state}"
+stack = "warm"
+outputs-file = "{outputs}"
+poll-interval-seconds = 1
+[alerts]
+stdout = false
+"#,
+        port = egresswatch_testkit::free_port(),
+        state = dir.join("state").display(),
+        outputs = dir.join("outputs.json").display(),
+    );
+    let config = Config::from_toml(&toml, "test.toml").unwrap();
+    let (m, summary) = run_until(config, 5, &moto.endpoint()).await;
+    // The three-day-old stream's records, and not the ten-day-old one's.
+    assert_eq!(summary.records, 5);
+    assert_eq!(m["egresswatch_warm_start_streams_left"], 0.0);
+    let cp = read_checkpoint(&dir.join("state/cloudwatch.checkpoint.json")).unwrap();
+    assert!(
+        cp.streams.contains_key("eni-0recent0000000000-all"),
+        "{cp:?}"
+    );
+    assert!(
+        !cp.streams.contains_key("eni-0old000000000000-all"),
+        "{cp:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

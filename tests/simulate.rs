@@ -152,6 +152,42 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
         report["false_examples"]
     );
     assert!(report["benign_records"].as_u64().unwrap() > 500_000);
+
+    // The upload to the storage network the team shares, on its own (in `all` another
+    // attack's gigabytes can be the chosen workload's own history): found on every seed by
+    // the workload's own jump.
+    let out = bin()
+        .args([
+            "evaluate",
+            "--seeds",
+            "1,2,3,4,5",
+            "--duration",
+            "2d",
+            "--attacks-after",
+            "30h",
+            "--workloads",
+            "10",
+            "--scenario",
+            "benign,shared-storage-upload",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for o in report["outcomes"].as_array().unwrap() {
+        assert_eq!(o["detected"], true, "{o}");
+        assert!(o["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "upload_volume_unusual"));
+    }
 }
 
 #[test]

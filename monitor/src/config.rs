@@ -122,6 +122,11 @@ pub struct CloudWatch {
     /// Every stream the retention keeps is listed this often (streams gone or aged out are
     /// dropped from the checkpoint then).
     pub full_listing_seconds: u64,
+    /// How far back a stream with no position (every stream, at a first start) is read:
+    /// the warm start. The rules learn from these days before they judge live records, so a
+    /// new install has its baselines in minutes instead of a day; the group's retention
+    /// bounds it too. 0 reads what the retention keeps.
+    pub history_seconds: u64,
 }
 
 impl Default for CloudWatch {
@@ -134,6 +139,7 @@ impl Default for CloudWatch {
             quiet_recheck_seconds: 300,
             dormant_recheck_seconds: 6 * 3_600,
             full_listing_seconds: 900,
+            history_seconds: 7 * 86_400,
         }
     }
 }
@@ -159,6 +165,13 @@ impl CloudWatch {
             }
         }
         within("cloudwatch.concurrency", self.concurrency as u64, 1, 64)?;
+        // CloudWatch Logs keeps events ten years at most.
+        within(
+            "cloudwatch.history-seconds",
+            self.history_seconds,
+            0,
+            3_653 * 86_400,
+        )?;
         // A day: past that a stream's timestamps say nothing useful about it.
         within(
             "cloudwatch.timestamp-lag-seconds",
@@ -672,7 +685,7 @@ impl Rules {
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
         // decides, far above any sensible setting, so reaching one is a mistake (a value in
         // milliseconds, a stray digit) rather than a deployment that needs more.
-        let bounded: [(&str, u64, u64, u64); 25] = [
+        let bounded: [(&str, u64, u64, u64); 26] = [
             // Up to two tables of this many entries per behavioural rule, tens to hundreds of
             // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
             ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
@@ -776,6 +789,14 @@ impl Rules {
                 30 * DAY,
             ),
             // The same sliding sum as the S3 rule's, with the same bounds.
+            // The same bounded wait as the traffic-volume rule's: an hour is past any delivery
+            // delay AWS describes.
+            (
+                "rules.rare-destination.late-seconds",
+                self.rare_destination.late_seconds,
+                0,
+                3_600,
+            ),
             (
                 "rules.upload-volume.window-seconds",
                 self.upload_volume.window_seconds,

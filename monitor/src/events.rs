@@ -753,6 +753,54 @@ impl Event for S3ObjectDone<'_> {
     }
 }
 
+/// A first start reading the flow logs already retained, so the rules have learnt before
+/// they judge live records.
+pub enum WarmStart<'a> {
+    /// The streams to read and how far back.
+    Started {
+        group: &'a str,
+        streams: usize,
+        since: u64,
+    },
+    /// Streams still to be read to their end.
+    Progress {
+        left: usize,
+    },
+    Done {
+        streams: usize,
+        seconds: u64,
+    },
+}
+
+impl Event for WarmStart<'_> {
+    fn emit(self, m: &Metrics) {
+        match self {
+            WarmStart::Started {
+                group,
+                streams,
+                since,
+            } => {
+                m.warm_start_streams.set(streams as i64);
+                tracing::info!(
+                    group,
+                    streams,
+                    since = %crate::alert::rfc3339(since),
+                    "warm start: reading the retained flow logs before judging live records"
+                );
+            }
+            WarmStart::Progress { left } => m.warm_start_streams.set(left as i64),
+            WarmStart::Done { streams, seconds } => {
+                m.warm_start_streams.set(0);
+                tracing::info!(
+                    streams,
+                    seconds,
+                    "warm start done: the rules judge live records with what they learnt"
+                );
+            }
+        }
+    }
+}
+
 /// A backfill's listing: the objects of the prefix in the time range, read next.
 pub struct BackfillListed<'a> {
     pub objects: usize,

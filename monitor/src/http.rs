@@ -220,7 +220,22 @@ impl App {
             ),
             "/healthz" => (StatusCode::OK, text, Bytes::from_static(b"ok\n")),
             "/readyz" if self.ready.iter().all(|r| r.load(Ordering::SeqCst)) => {
-                (StatusCode::OK, text, Bytes::from_static(b"ready\n"))
+                let left: i64 = self
+                    .metrics
+                    .iter()
+                    .map(|m| m.warm_start_streams.get())
+                    .sum();
+                if left > 0 {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        text,
+                        Bytes::from(format!(
+                            "warming: learning from retained flow logs, {left} stream(s) left to read\n"
+                        )),
+                    )
+                } else {
+                    (StatusCode::OK, text, Bytes::from_static(b"ready\n"))
+                }
             }
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -413,6 +428,35 @@ mod tests {
                 Ok(Ok(_)) => continue,
             }
         }
+    }
+
+    /// A first start reading the retained history is not ready: the rules have not learnt.
+    #[tokio::test]
+    async fn readiness_waits_for_the_warm_start() {
+        let ready = Arc::new(AtomicBool::new(true));
+        let metrics = Arc::new(Metrics::new());
+        let (_tx, rx) = watch::channel(false);
+        let addr = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            ready,
+            rx,
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        metrics.warm_start_streams.set(3);
+        let r = ask(addr, &get("/readyz")).await;
+        assert!(
+            r.starts_with("HTTP/1.1 503 Service Unavailable")
+                && r.ends_with(
+                    "warming: learning from retained flow logs, 3 stream(s) left to read\n"
+                ),
+            "{r}"
+        );
+        metrics.warm_start_streams.set(0);
+        let r = ask(addr, &get("/readyz")).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
     }
 
     #[tokio::test]

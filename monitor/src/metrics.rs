@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Log streams the CloudWatch source tracks, read in the last poll, or left for a later
     /// poll's spare budget.
     pub cloudwatch_streams: IntGaugeVec,
+    /// Streams whose retained history a first start still reads before it is warm.
+    pub warm_start_streams: IntGauge,
     pub s3_objects: IntCounterVec,
     pub s3_object_errors: IntCounterVec,
     pub sqs_messages: IntCounterVec,
@@ -359,6 +361,14 @@ impl Metrics {
             )
             .expect("valid gauge"),
         );
+        let warm_start_streams = register(
+            &r,
+            IntGauge::new(
+                "egresswatch_warm_start_streams_left",
+                "Log streams whose retained history (back to cloudwatch.history-seconds) a first start is still reading; /readyz answers 503 'warming' until it is 0.",
+            )
+            .expect("valid gauge"),
+        );
         let checkpoint_records = register(
             &r,
             IntGauge::new(
@@ -578,6 +588,7 @@ impl Metrics {
             source_wait_seconds,
             cloudwatch_read_delay,
             cloudwatch_streams,
+            warm_start_streams,
             s3_objects,
             s3_object_errors,
             sqs_messages,

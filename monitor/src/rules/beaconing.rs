@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, human_bytes, restore, Rule, Snapshot};
+use super::{encode, human_bytes, kept_flow, restore, Rule, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::beacon::{periodicity, size_regularity};
@@ -206,26 +206,13 @@ fn judge(rule: &BeaconingRule, s: &mut Series, at: Option<&Flow>) -> Option<Find
     let flow = match at {
         Some(f) => f,
         None => {
-            kept = Flow {
-                path: Path::NatEgress,
-                workload: Some(s.workload),
-                remote: Some(r),
-                remote_port: Some(port),
-                local_port: None,
-                protocol: Some(6),
-                bytes: median_size,
-                packets: 0,
-                action: Some("ACCEPT"),
-                end: last.saturating_add(60),
-                start: last,
-                interface_id: s.interface_id.as_deref(),
-                instance_id: None,
-                account_id: None,
-                vpc_id: None,
-                region: None,
-                outbound: true,
-                opens_connection: true,
-            };
+            kept = kept_flow(
+                s.workload,
+                r,
+                Some(port),
+                last.saturating_add(60),
+                s.interface_id.as_deref(),
+            );
             &kept
         }
     };

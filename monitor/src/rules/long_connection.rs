@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot};
-use crate::classify::{Flow, Path};
+use super::{encode, hours, human_bytes, kept_flow, restore, through_the_nat, Rule, Snapshot};
+use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
 use crate::sketch::learning::LearningClock;
@@ -91,6 +91,25 @@ struct Run {
 }
 
 impl Run {
+    /// A connection whose first record (as far as has arrived) is `f`.
+    fn new(f: &Flow, workload: IpAddr, remote: IpAddr, port: u16) -> Run {
+        Run {
+            first_start: f.start,
+            last_end: f.end,
+            sent: 0,
+            received: 0,
+            records: 0,
+            opened: 0,
+            minutes: 0,
+            last_minute: 0,
+            alerted: false,
+            workload,
+            remote,
+            port,
+            interface_id: None,
+        }
+    }
+
     fn duration(&self) -> u64 {
         self.last_end.saturating_sub(self.first_start)
     }
@@ -161,26 +180,13 @@ fn judge(rule: &LongConnectionRule, run: &mut Run, at: Option<&Flow>) -> Option<
     let flow = match at {
         Some(f) => f,
         None => {
-            kept = Flow {
-                path: Path::NatEgress,
-                workload: Some(run.workload),
-                remote: Some(run.remote),
-                remote_port: Some(run.port),
-                local_port: None,
-                protocol: Some(6),
-                bytes: 0,
-                packets: 0,
-                action: Some("ACCEPT"),
-                end: run.last_end,
-                start: run.last_end.saturating_sub(60),
-                interface_id: run.interface_id.as_deref(),
-                instance_id: None,
-                account_id: None,
-                vpc_id: None,
-                region: None,
-                outbound: true,
-                opens_connection: false,
-            };
+            kept = kept_flow(
+                run.workload,
+                run.remote,
+                Some(run.port),
+                run.last_end,
+                run.interface_id.as_deref(),
+            );
             &kept
         }
     };
@@ -234,40 +240,15 @@ impl Rule for LongConnection {
         let local = f.local_port.map_or(0, |p| u64::from(p) << 16);
         let key = pair_key(w, r) ^ (u64::from(port) | local).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let gap = self.rule.max_gap_seconds;
-        let run = self.state.runs.touch(key, f.end, || Run {
-            first_start: f.start,
-            last_end: f.end,
-            sent: 0,
-            received: 0,
-            records: 0,
-            opened: 0,
-            minutes: 0,
-            last_minute: 0,
-            alerted: false,
-            workload: w,
-            remote: r,
-            port,
-            interface_id: None,
-        });
+        let run = self
+            .state
+            .runs
+            .touch(key, f.end, || Run::new(f, w, r, port));
         let reopened = sending && f.opens_connection && run.opened > 0 && f.start > run.first_start;
         if f.start > run.last_end.saturating_add(gap) || reopened {
             // A silence the NAT would have closed the connection in, or a new connection
             // (a session reopened every hour is not one held for hours): a new one begins.
-            *run = Run {
-                first_start: f.start,
-                last_end: f.end,
-                sent: 0,
-                received: 0,
-                records: 0,
-                opened: 0,
-                minutes: 0,
-                last_minute: 0,
-                alerted: false,
-                workload: w,
-                remote: r,
-                port,
-                interface_id: None,
-            };
+            *run = Run::new(f, w, r, port);
         } else if f.end.saturating_add(gap) < run.first_start
             || (run.opened > 0 && f.start < run.first_start)
         {
@@ -323,6 +304,7 @@ impl Rule for LongConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::Path;
     use crate::rules::testing::{flow, run, run_to_end};
 
     const T0: u64 = 1_764_547_200;

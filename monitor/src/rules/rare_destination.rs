@@ -1,11 +1,13 @@
 //! rare_destination: exfiltration goes to a destination of the attacker's, which no workload
 //! in the fleet had contacted before.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot};
+use super::{encode, hours, human_bytes, kept_flow, restore, through_the_nat, Rule, Snapshot};
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bloom::Bloom;
@@ -27,6 +29,10 @@ pub struct RareDestinationRule {
     pub upload_ratio: f64,
     /// Destinations the seen-filter holds per generation (two generations are kept).
     pub filter_capacity: usize,
+    /// Event-time seconds an upload waits for the other direction's records before it is
+    /// judged: AWS delivers a window's records late and in any order, and the benign profile
+    /// is a download of gigabytes whose ACKs (tens of megabytes up) arrive before its data.
+    pub late_seconds: u64,
 }
 
 impl Default for RareDestinationRule {
@@ -38,6 +44,7 @@ impl Default for RareDestinationRule {
             upload_bytes: 10_000_000,
             upload_ratio: 2.0,
             filter_capacity: 1_000_000,
+            late_seconds: 600,
         }
     }
 }
@@ -59,6 +66,11 @@ struct RareState {
     /// The destinations first contacted while learning have been judged: learning defers
     /// judgement, so an upload in a new install's first hours is found when learning ends.
     learning_judged: bool,
+    /// Uploads waiting for late records of either direction: (event time to judge at,
+    /// destination), earliest first.
+    due: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Newest window end seen: event time, by which waiting uploads become due.
+    watermark: u64,
 }
 
 impl Snapshot for RareState {
@@ -92,6 +104,28 @@ struct NewDestination {
     sent: u64,
     received: u64,
     alerted: bool,
+    /// Waiting in `due` to be judged.
+    due: bool,
+    interface_id: Option<String>,
+}
+
+impl NewDestination {
+    /// The upload as a flow, for a finding made with no record at hand.
+    fn flow(&self) -> Flow<'_> {
+        let mut f = kept_flow(
+            self.workload,
+            self.remote,
+            self.port,
+            self.last_seen,
+            self.interface_id.as_deref(),
+        );
+        f.bytes = self.sent;
+        f
+    }
+
+    fn is_upload(&self, bytes: u64, ratio: f64) -> bool {
+        self.sent >= bytes && (self.sent as f64) >= ratio * self.received as f64
+    }
 }
 
 impl RareDestination {
@@ -103,6 +137,8 @@ impl RareDestination {
                 previous: Bloom::new(rule.filter_capacity),
                 new_destinations: BoundedMap::new(entries),
                 learning_judged: false,
+                due: BinaryHeap::new(),
+                watermark: 0,
             },
             rule,
         }
@@ -126,33 +162,15 @@ impl RareDestination {
             // apart from an upload.
             if d.alerted
                 || d.workloads.len() > 2
-                || d.sent < self.rule.upload_bytes.saturating_mul(10)
-                || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
+                || !d.is_upload(
+                    self.rule.upload_bytes.saturating_mul(10),
+                    self.rule.upload_ratio,
+                )
             {
                 continue;
             }
             d.alerted = true;
-            let flow = Flow {
-                path: crate::classify::Path::NatEgress,
-                workload: Some(d.workload),
-                remote: Some(d.remote),
-                remote_port: d.port,
-                local_port: None,
-                protocol: Some(6),
-                bytes: d.sent,
-                packets: 0,
-                action: Some("ACCEPT"),
-                end: d.last_seen,
-                start: d.last_seen.saturating_sub(60),
-                interface_id: None,
-                instance_id: None,
-                account_id: None,
-                vpc_id: None,
-                region: None,
-                outbound: true,
-                opens_connection: false,
-            };
-            let mut finding = finding_for(&self.rule, d, &flow);
+            let mut finding = finding_for(&self.rule, d, &d.flow());
             finding.summary = format!(
                 "{}; judged {when}: the destination was first contacted while the fleet's destinations were being learnt",
                 finding.summary
@@ -161,6 +179,27 @@ impl RareDestination {
         }
         for key in judged {
             s.new_destinations.remove(&key);
+        }
+    }
+
+    /// Judges the uploads whose wait for late records is over (all of them with `all`), with
+    /// both directions as they now stand.
+    fn judge_due(&mut self, all: bool, out: &mut Vec<Finding>) {
+        let s = &mut self.state;
+        while let Some(&Reverse((at, key))) = s.due.peek() {
+            if !all && at > s.watermark {
+                break;
+            }
+            s.due.pop();
+            let Some(d) = s.new_destinations.get_mut(&key) else {
+                continue;
+            };
+            d.due = false;
+            if d.alerted || !d.is_upload(self.rule.upload_bytes, self.rule.upload_ratio) {
+                continue;
+            }
+            d.alerted = true;
+            out.push(finding_for(&self.rule, d, &d.flow()));
         }
     }
 }
@@ -209,6 +248,10 @@ impl Rule for RareDestination {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        if f.end > self.state.watermark {
+            self.state.watermark = f.end;
+            self.judge_due(false, out);
+        }
         let Some((sending, w, r)) = through_the_nat(f) else {
             return;
         };
@@ -246,6 +289,8 @@ impl Rule for RareDestination {
             sent: 0,
             received: 0,
             alerted: false,
+            due: false,
+            interface_id: None,
         });
         if !d.while_learning && f.end > d.first_seen.saturating_add(self.rule.new_for_seconds) {
             // No longer new: it stays in the seen-filter only.
@@ -263,19 +308,25 @@ impl Rule for RareDestination {
         } else {
             d.received = d.received.saturating_add(f.bytes);
         }
+        if sending && d.interface_id.as_deref() != f.interface_id {
+            d.interface_id = f.interface_id.map(String::from);
+        }
         if d.while_learning
             || !sending
             || d.alerted
-            || d.sent < self.rule.upload_bytes
-            || (d.sent as f64) < self.rule.upload_ratio * d.received as f64
+            || d.due
+            || !d.is_upload(self.rule.upload_bytes, self.rule.upload_ratio)
         {
             return;
         }
-        d.alerted = true;
-        out.push(finding_for(&self.rule, d, f));
+        // Judged once the other direction's late records have had time to arrive.
+        d.due = true;
+        let at = f.end.saturating_add(self.rule.late_seconds);
+        s.due.push(Reverse((at, rk)));
     }
 
     fn finish(&mut self, out: &mut Vec<Finding>) {
+        self.judge_due(true, out);
         if !self.state.learning_judged {
             self.judge_learnt("at the end of the input, within the learning period", out);
         }
@@ -296,7 +347,7 @@ mod tests {
 
     use super::*;
     use crate::classify::Path;
-    use crate::rules::testing::{flow, run};
+    use crate::rules::testing::{flow, run, run_to_end};
 
     #[test]
     fn rare_destination_uploads() {
@@ -331,10 +382,11 @@ mod tests {
             flow(Path::NatReturn, "203.0.114.10", 443, 90_000_000, t),
             flow(Path::NatEgress, "203.0.114.10", 443, 12_000_000, t),
         ];
-        let found = run(&mut d, &flows);
+        // Judged once the other direction has had time to arrive: the whole upload by then.
+        let found = run_to_end(&mut d, &flows);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].remote, Some("203.0.113.9".parse().unwrap()));
-        assert_eq!(found[0].bytes, 12_000_000);
+        assert_eq!(found[0].bytes, 18_000_000);
         // An upload split between three workloads, 4 MB each, is one upload to the new
         // destination: flagged on the part that takes the total over 10 MB.
         let mut split = Vec::new();
@@ -344,7 +396,7 @@ mod tests {
             split.push(f);
         }
         split.push(other);
-        let found = run(&mut d, &split);
+        let found = run_to_end(&mut d, &split);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].workload, Some("10.0.1.9".parse().unwrap()));
         assert_eq!(found[0].bytes, 12_000_000);
@@ -397,7 +449,7 @@ mod tests {
         };
         let mut d = RareDestination::new(rule, 1_000);
         assert!(run(&mut d, &[up("203.0.113.5")]).is_empty());
-        let found = run(&mut d, &[up("203.0.113.5"), up("203.0.113.5")]);
+        let found = run_to_end(&mut d, &[up("203.0.113.5"), up("203.0.113.5")]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].bytes, u64::MAX);
         let r: IpAddr = "203.0.113.5".parse().unwrap();
@@ -414,5 +466,56 @@ mod tests {
                 .received,
             u64::MAX
         );
+    }
+
+    /// A download's ACKs arrive before its data (another interface's records, delivered
+    /// later): the upload is judged after the wait for late records, with what came back.
+    #[test]
+    fn acks_of_a_download_are_not_an_upload_once_the_data_arrives() {
+        let rule = RareDestinationRule {
+            learning_seconds: 0,
+            ..RareDestinationRule::default()
+        };
+        let t = 1_764_150_000;
+        let mut d = RareDestination::new(rule, 1_000);
+        let mut flows: Vec<Flow> = (0..5)
+            .map(|i| flow(Path::NatEgress, "151.101.9.10", 443, 3_000_000, t + i * 60))
+            .collect();
+        // The data, delivered five minutes after its ACKs.
+        flows.extend((0..5).map(|i| {
+            flow(
+                Path::NatReturn,
+                "151.101.9.10",
+                443,
+                900_000_000,
+                t + i * 60,
+            )
+        }));
+        // Time moves on past the wait.
+        flows.push(flow(Path::NatEgress, "192.0.2.1", 443, 100, t + 3_600));
+        assert!(run(&mut d, &flows).is_empty());
+        // The same ACKs with no data: an upload, found when the wait ends, not before.
+        let mut d = RareDestination::new(rule_no_learning(), 1_000);
+        let acks: Vec<Flow> = (0..5)
+            .map(|i| flow(Path::NatEgress, "151.101.9.10", 443, 3_000_000, t + i * 60))
+            .collect();
+        assert!(run(&mut d, &acks).is_empty());
+        let found = run(
+            &mut d,
+            &[flow(Path::NatEgress, "192.0.2.1", 443, 100, t + 3_600)],
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].summary.contains("one host of it"),
+            "{}",
+            found[0].summary
+        );
+    }
+
+    fn rule_no_learning() -> RareDestinationRule {
+        RareDestinationRule {
+            learning_seconds: 0,
+            ..RareDestinationRule::default()
+        }
     }
 }

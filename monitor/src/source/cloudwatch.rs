@@ -218,6 +218,13 @@ struct Round {
     deferred: usize,
 }
 
+/// A first start's reading of the retained history.
+struct WarmUp {
+    left: HashSet<String>,
+    streams: usize,
+    started: Instant,
+}
+
 pub struct CloudWatchSource {
     group: String,
     configured_format: Option<String>,
@@ -250,6 +257,10 @@ pub struct CloudWatchSource {
     /// the budget covers in a poll, a stream then waits for the budget, not also for the next
     /// listing.
     rotation: std::collections::BTreeSet<(i64, String)>,
+    /// At a first start, the streams whose retained history is still being read to its end.
+    warm_up: Option<WarmUp>,
+    /// The first full listing decided whether this start warms up.
+    warm_checked: bool,
 }
 
 fn unix_ms() -> i64 {
@@ -328,7 +339,21 @@ impl CloudWatchSource {
             last_full_listing: None,
             forgotten: Vec::new(),
             rotation: Default::default(),
+            warm_up: None,
+            warm_checked: false,
         })
+    }
+
+    /// Where a stream with no position is read from: the warm start's horizon
+    /// (`history-seconds` back) or the oldest event the retention keeps, whichever is later.
+    fn start_floor(&self, now: i64) -> Option<i64> {
+        let retention = self.retention.map(|r| now.saturating_sub(r));
+        let history = (self.settings.history_seconds > 0)
+            .then(|| now.saturating_sub(ms(self.settings.history_seconds)));
+        match (retention, history) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// What `monitor --check` asks of CloudWatch Logs and EC2: the flow log's format, the log
@@ -532,8 +557,15 @@ impl CloudWatchSource {
         let mut fresh = Vec::new();
         let mut quiet = Vec::new();
         let mut dormant = Vec::new();
+        let history_floor = self.start_floor(now);
         for (name, l) in listed {
             seen_names.insert(name.clone());
+            if !self.streams.contains_key(&name)
+                && history_floor.is_some_and(|f| l.last_event > 0 && l.last_event < f)
+            {
+                // Nothing in it is within the warm start's horizon: not worth a read.
+                continue;
+            }
             // A listing's timestamps lag: one that read newer events knows better.
             let read_since = |f: i64| {
                 self.streams
@@ -639,6 +671,26 @@ impl CloudWatchSource {
         }
         if full {
             self.last_full_listing = Some(started);
+        }
+        if full && !self.warm_checked {
+            self.warm_checked = true;
+            // No position for any stream: a first start, which reads the retained history
+            // before it is warm. A restart with positions is warm already.
+            let first_start = self.streams.values().all(|s| s.position.token.is_none());
+            if first_start && !self.streams.is_empty() {
+                let left: HashSet<String> = self.streams.keys().cloned().collect();
+                crate::events::WarmStart::Started {
+                    group: &self.group,
+                    streams: left.len(),
+                    since: u64::try_from(history_floor.unwrap_or(0) / 1_000).unwrap_or(0),
+                }
+                .emit(&self.metrics);
+                self.warm_up = Some(WarmUp {
+                    streams: left.len(),
+                    left,
+                    started: Instant::now(),
+                });
+            }
         }
         // Of the backlog, new streams first, then re-checks of the streams read longest ago.
         fresh.sort();
@@ -797,10 +849,13 @@ impl CloudWatchSource {
                 continue;
             }
             s.in_flight = true;
-            let floor = self.retention.map(|r| unix_ms().saturating_sub(r));
             let from = match &s.position.token {
                 Some(t) => From::Token(t.clone()),
-                None => From::Time(floor),
+                None => From::Time(None),
+            };
+            let from = match from {
+                From::Time(_) => From::Time(self.start_floor(unix_ms())),
+                token => token,
             };
             let logs = self.logs.clone();
             let budget = self.budget.clone();
@@ -911,6 +966,22 @@ impl CloudWatchSource {
                 .observe(now.saturating_sub(*ingested).max(0) as f64 / 1000.0);
         }
         let more = full_page || (page.events.is_empty() && moved);
+        if !more {
+            if let Some(w) = &mut self.warm_up {
+                w.left.remove(&f.stream);
+                if w.left.is_empty() {
+                    crate::events::WarmStart::Done {
+                        streams: w.streams,
+                        seconds: w.started.elapsed().as_secs(),
+                    }
+                    .emit(&self.metrics);
+                    self.warm_up = None;
+                }
+            }
+        }
+        let Some(s) = self.streams.get_mut(&f.stream) else {
+            return None;
+        };
         let mut requeue = None;
         if more {
             requeue = Some(Urgency::Continue);
@@ -959,6 +1030,9 @@ impl CloudWatchSource {
 
     /// The round is over: gauges, the log, and whether the source reads at all.
     fn round_over(&mut self, round: Round) -> Next {
+        if let Some(w) = &self.warm_up {
+            crate::events::WarmStart::Progress { left: w.left.len() }.emit(&self.metrics);
+        }
         let m = &self.metrics;
         m.cloudwatch_streams
             .with_label_values(&["tracked"])
