@@ -979,9 +979,7 @@ impl CloudWatchSource {
                 }
             }
         }
-        let Some(s) = self.streams.get_mut(&f.stream) else {
-            return None;
-        };
+        let s = self.streams.get_mut(&f.stream)?;
         let mut requeue = None;
         if more {
             requeue = Some(Urgency::Continue);
