@@ -50,8 +50,10 @@ min-flows = 1
         format!("eni-nat 10.0.1.5 10.0.0.220 40000 443 6 {HUGE} {HUGE} 1764150000 1764150060 ACCEPT OK 10.0.1.5 203.0.113.5 2"),
         // The same connection on the NAT's outer leg (a duplicate view).
         format!("eni-nat 10.0.0.220 203.0.113.5 40000 443 6 {HUGE} {HUGE} 1764150000 1764150060 ACCEPT OK 10.0.0.220 203.0.113.5 2"),
-        // A download from another remote, through the NAT's inner leg.
-        format!("eni-nat 10.0.0.220 10.0.1.5 443 40001 6 {HUGE} {HUGE} 1764150000 1764150060 ACCEPT OK 203.0.113.6 10.0.1.5 18"),
+        // A download from a remote of another network (one of the upload's network would
+        // count against it: the new-destination rule judges a network's two directions
+        // together), through the NAT's inner leg.
+        format!("eni-nat 10.0.0.220 10.0.1.5 443 40001 6 {HUGE} {HUGE} 1764150000 1764150060 ACCEPT OK 198.51.100.6 10.0.1.5 18"),
     ];
     // Several passes: every sum goes past u64::MAX more than once.
     for _ in 0..4 {
