@@ -26,7 +26,9 @@ pub struct TrafficArgs {
     /// s3-endpoint, batched-delivery. Attacks: ssh-exfil, https-upload, spray-upload,
     /// split-upload, slow-drip, s3-exfil, beaconing, jittered-beacon, long-beacon, port-scan,
     /// port-sweep, denylisted, tor, dns-outside, dns-over-https, dns-over-tls, blocked-tunnel,
-    /// unusual-port.
+    /// unusual-port, first-day-beacon, first-hour-upload, reverse-shell. By name only (not in
+    /// `all`): shared-storage-upload, s3-under-floor, slow-ramp (each played by a quiet
+    /// workload) and sparse-beacon (built where flow logs are blind).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Simulated time span [default: 6h for simulate, 7d for evaluate].
@@ -387,7 +389,7 @@ pub fn evaluate(args: EvaluateArgs) -> ExitCode {
             } else {
                 print_report(&r, args.seeds.len());
             }
-            let missed = r.outcomes.iter().any(|o| !o.detected);
+            let missed = r.outcomes.iter().any(|o| !o.as_expected());
             if missed {
                 ExitCode::from(3)
             } else {
@@ -464,7 +466,7 @@ pub fn score(args: ScoreArgs) -> ExitCode {
             } else {
                 print_report(&r, 1);
             }
-            if r.outcomes.iter().all(|o| o.detected) {
+            if r.outcomes.iter().all(|o| o.as_expected()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -502,6 +504,11 @@ fn print_report(r: &Report, seeds: usize) {
             show(delivered.as_ref()),
             rules.into_iter().collect::<Vec<_>>().join(", ")
         );
+    }
+    for (scenario, outs) in &by_scenario {
+        if let Some(why) = outs.first().and_then(|o| o.blind) {
+            println!("{scenario} is built where flow logs are blind: {why}");
+        }
     }
     println!();
     if r.records > 0 {

@@ -153,22 +153,23 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
     );
     assert!(report["benign_records"].as_u64().unwrap() > 500_000);
 
-    // The upload to the storage network the team shares, on its own (in `all` another
-    // attack's gigabytes can be the chosen workload's own history): found on every seed by
-    // the workload's own jump.
+    // The attacks played by a quiet workload (in `all` another attack's gigabytes can be the
+    // chosen workload's own history), each built to hide under a volume rule's bar: found on
+    // every seed by the rule named. The one built where flow logs are blind is reported
+    // with the reason and does not fail the run.
     let out = bin()
         .args([
             "evaluate",
             "--seeds",
             "1,2,3,4,5",
             "--duration",
-            "2d",
+            "3d",
             "--attacks-after",
             "30h",
             "--workloads",
             "10",
             "--scenario",
-            "benign,shared-storage-upload",
+            "benign,shared-storage-upload,s3-under-floor,slow-ramp,sparse-beacon",
             "--output",
             "json",
         ])
@@ -180,13 +181,24 @@ fn evaluate_detects_every_attack_on_five_seeds_without_false_findings() {
         String::from_utf8_lossy(&out.stdout)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for o in report["outcomes"].as_array().unwrap() {
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 20, "four attacks on five seeds");
+    for o in outcomes {
+        let expected = match o["scenario"].as_str().unwrap() {
+            "shared-storage-upload" | "slow-ramp" => "upload_volume_unusual",
+            "s3-under-floor" => "s3_endpoint_upload",
+            "sparse-beacon" => {
+                assert!(o["blind"].as_str().unwrap().contains("six gaps"), "{o}");
+                continue;
+            }
+            other => panic!("unexpected scenario {other}"),
+        };
         assert_eq!(o["detected"], true, "{o}");
-        assert!(o["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r == "upload_volume_unusual"));
+        assert!(o["blind"].is_null(), "{o}");
+        assert!(
+            o["rules"].as_array().unwrap().iter().any(|r| r == expected),
+            "{o}"
+        );
     }
 }
 

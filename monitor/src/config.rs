@@ -685,7 +685,7 @@ impl Rules {
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
         // decides, far above any sensible setting, so reaching one is a mistake (a value in
         // milliseconds, a stray digit) rather than a deployment that needs more.
-        let bounded: [(&str, u64, u64, u64); 26] = [
+        let bounded: [(&str, u64, u64, u64); 28] = [
             // Up to two tables of this many entries per behavioural rule, tens to hundreds of
             // bytes each: 4 Mi entries (72 times the default) is gigabytes with every rule on.
             ("rules.state-entries", self.state_entries as u64, 1, 1 << 22),
@@ -787,6 +787,20 @@ impl Rules {
                 self.s3_endpoint_upload.history_seconds,
                 0,
                 30 * DAY,
+            ),
+            // At least the hour's window (the wait for late records fits in it too) and at
+            // most a day, like the hour's.
+            (
+                "rules.s3-endpoint-upload.long-window-seconds",
+                self.s3_endpoint_upload.long_window_seconds,
+                self.s3_endpoint_upload.window_seconds,
+                DAY,
+            ),
+            (
+                "rules.s3-endpoint-upload.long-min-bytes",
+                self.s3_endpoint_upload.long_min_bytes,
+                1,
+                u64::MAX,
             ),
             // The same sliding sum as the S3 rule's, with the same bounds.
             // The same bounded wait as the traffic-volume rule's: an hour is past any delivery
@@ -934,6 +948,14 @@ impl Rules {
             (
                 "rules.upload-volume.peak-factor",
                 self.upload_volume.peak_factor,
+            ),
+            (
+                "rules.s3-endpoint-upload.earlier-days-factor",
+                self.s3_endpoint_upload.earlier_days_factor,
+            ),
+            (
+                "rules.upload-volume.earlier-days-factor",
+                self.upload_volume.earlier_days_factor,
             ),
         ] {
             if !(v.is_finite() && v >= 0.0) {

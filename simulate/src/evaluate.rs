@@ -25,12 +25,22 @@ pub struct Outcome {
     pub scenario: &'static str,
     pub workload: IpAddr,
     pub detected: bool,
+    /// Why flow logs cannot show this attack, for a scenario built to show where they
+    /// cannot; such an outcome is reported, not counted as a miss.
+    pub blind: Option<&'static str>,
     pub latency_seconds: Option<u64>,
     /// Delivery time from the attack's first record the rules judge (not a duplicate view)
     /// reaching the log group to the record that produced the first finding.
     pub after_delivery_seconds: Option<u64>,
     pub rules: Vec<&'static str>,
     pub records: u64,
+}
+
+impl Outcome {
+    /// Detected, or a scenario flow logs are known to be blind to.
+    pub fn as_expected(&self) -> bool {
+        self.detected || self.blind.is_some()
+    }
 }
 
 #[derive(serde::Serialize, Default)]
@@ -233,6 +243,7 @@ pub fn score_into(
             scenario: l.scenario.name(),
             workload: l.workload,
             detected: !found.is_empty(),
+            blind: l.scenario.blind(),
             latency_seconds: found
                 .iter()
                 .map(|(f, _)| f.last_seen.saturating_sub(l.start))

@@ -74,12 +74,20 @@ pub enum Scenario {
     /// One TCP connection on 443 to a new remote held for six hours, a few kilobytes each way
     /// every minute (an interactive reverse shell): no volume and no rhythm to find.
     ReverseShell,
+    /// 450 MB an hour (nine tenths of the S3 rule's hourly floor) to a bucket through the
+    /// gateway endpoint for four hours, by a quiet workload: under the hour's floor every hour.
+    S3UnderFloor,
+    /// An upload to the storage network the team shares that starts at 20 MB an hour and
+    /// grows by 30 % each hour for a day, by a quiet workload: each hour a little over the
+    /// last, so a baseline that follows the workload follows the ramp.
+    SlowRamp,
+    /// Seven check-ins ten minutes apart to a new address, one under the beacon rule's
+    /// `min-connections`.
+    SparseBeacon,
 }
 
 impl Scenario {
-    /// Every attack `all` and `attacks` select. `shared-storage-upload` is left out until it
-    /// is found on every seed: it is missed where the chosen workload's own history already
-    /// holds hours of gigabytes (another attack's upload among them); select it by name.
+    /// Every attack `all` and `attacks` select. `BY_NAME_ONLY` are left out.
     pub const ATTACKS: [Scenario; 21] = [
         Scenario::SshExfil,
         Scenario::HttpsUpload,
@@ -102,6 +110,16 @@ impl Scenario {
         Scenario::FirstDayBeacon,
         Scenario::FirstHourUpload,
         Scenario::ReverseShell,
+    ];
+
+    /// Attacks selected only by name: those played by a quiet workload (in `all` another
+    /// attack's gigabytes can become the chosen workload's own history, and the attack then
+    /// hides there as flow logs allow) and the ones built to show where flow logs are blind.
+    pub const BY_NAME_ONLY: [Scenario; 4] = [
+        Scenario::SharedStorageUpload,
+        Scenario::S3UnderFloor,
+        Scenario::SlowRamp,
+        Scenario::SparseBeacon,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +146,9 @@ impl Scenario {
             Scenario::FirstDayBeacon => "first-day-beacon",
             Scenario::FirstHourUpload => "first-hour-upload",
             Scenario::ReverseShell => "reverse-shell",
+            Scenario::S3UnderFloor => "s3-under-floor",
+            Scenario::SlowRamp => "slow-ramp",
+            Scenario::SparseBeacon => "sparse-beacon",
         }
     }
 
@@ -140,7 +161,31 @@ impl Scenario {
             Scenario::SlowDrip => 6 * 3_600,
             Scenario::SplitUpload | Scenario::SharedStorageUpload => 3 * 3_600,
             Scenario::FirstDayBeacon | Scenario::ReverseShell => 7 * 3_600,
+            Scenario::S3UnderFloor => 5 * 3_600,
+            Scenario::SlowRamp => 25 * 3_600,
             _ => 3_600,
+        }
+    }
+
+    /// Attacks built to hide under a volume rule's bar that a workload with gigabytes of its
+    /// own in its history would hide under anyway: they are played by a quiet workload (not
+    /// a training job, a nightly exporter or an S3 pipeline), and selected by name, since in
+    /// `all` another attack's gigabytes can become the chosen workload's history.
+    pub fn needs_a_quiet_workload(self) -> bool {
+        matches!(
+            self,
+            Scenario::SharedStorageUpload | Scenario::S3UnderFloor | Scenario::SlowRamp
+        )
+    }
+
+    /// Why flow logs cannot show an attack, for the scenarios built to show where they
+    /// cannot (`evaluate` reports them and does not count them as missed).
+    pub fn blind(self) -> Option<&'static str> {
+        match self {
+            Scenario::SparseBeacon => Some(
+                "seven check-ins of a few hundred bytes are seven connections to a new address: no rhythm can be told from six gaps, and no volume stands out",
+            ),
+            _ => None,
         }
     }
 
@@ -235,7 +280,12 @@ impl Selection {
             format!(
                 "known: all, benign, attacks, {}, {}",
                 Profile::ALL.map(|p| p.name()).join(", "),
-                Scenario::ATTACKS.map(|s| s.name()).join(", ") + ", shared-storage-upload"
+                Scenario::ATTACKS
+                    .into_iter()
+                    .chain(Scenario::BY_NAME_ONLY)
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let add_profile = |p: Profile, rate: f64, profiles: &mut Vec<(Profile, f64)>| {
@@ -270,7 +320,7 @@ impl Selection {
                         add_profile(p, rate.unwrap_or(1.0), &mut profiles);
                     } else if let Some(s) = Scenario::ATTACKS
                         .into_iter()
-                        .chain([Scenario::SharedStorageUpload])
+                        .chain(Scenario::BY_NAME_ONLY)
                         .find(|s| s.name() == name)
                     {
                         if rate.is_some() {

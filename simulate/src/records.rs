@@ -152,16 +152,23 @@ impl Simulator {
             + settings
                 .attacks_after_seconds
                 .min(settings.duration_seconds);
+        let mut played: Vec<usize> = Vec::new();
         for (n, scenario) in attack_list.into_iter().enumerate() {
             let id = n as u32 + 1;
             let mut w = rng.random_range(0..workloads.len());
-            if scenario == Scenario::SharedStorageUpload {
-                // A quiet workload: not one of the training jobs or nightly exporters whose
-                // own history has gigabytes an hour.
-                while workloads.len() > 4 && (w % 4 == 0 || w % 7 == 2 || w % 10 == 3) {
+            if scenario.needs_a_quiet_workload() {
+                // A quiet workload: not one of the training jobs, nightly exporters or S3
+                // pipelines whose own history has gigabytes an hour, nor one another attack
+                // already plays (its gigabytes would be this one's history).
+                let busy = |w: usize| w.is_multiple_of(4) || w % 7 == 2 || w % 10 == 3;
+                for _ in 0..workloads.len() {
+                    if !busy(w) && !played.contains(&w) {
+                        break;
+                    }
                     w = (w + 1) % workloads.len();
                 }
             }
+            played.push(w);
             let (earliest, latest) = if scenario.in_the_first_hour() {
                 (start, start + 3_600)
             } else {

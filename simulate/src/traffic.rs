@@ -886,6 +886,61 @@ pub(crate) fn attack(
                 remote_port: Some(443),
             }
         }
+        Scenario::S3UnderFloor => {
+            // 45 MB every six minutes: 450 MB an hour for four hours.
+            let mut remotes = Vec::new();
+            for i in 0..40u64 {
+                let r = s3[rng.random_range(0..s3.len())];
+                if !remotes.contains(&r) {
+                    remotes.push(r);
+                }
+                let s = start + i * 360 + rng.random_range(0..30);
+                let mut c = https(rng, w, r, s, 45_000_000, 45_000, 30e6, l);
+                c.route = Route::S3;
+                conns.push(c);
+            }
+            Attack {
+                conns,
+                accomplices: Vec::new(),
+                remotes,
+                remote_port: Some(443),
+            }
+        }
+        Scenario::SlowRamp => {
+            // Hour k sends 20 MB x 1.3^k in parts of at most 100 MB, for 24 hours.
+            let base = Services::new().storage[rng.random_range(0..3)];
+            let mut remotes = Vec::new();
+            let mut hourly = 20e6f64;
+            for hour in 0..24u64 {
+                let parts = (hourly / 100e6).ceil().max(1.0) as u64;
+                for p in 0..parts {
+                    let r = Ipv4Addr::new(base[0], base[1], base[2], rng.random_range(1..=254));
+                    if !remotes.contains(&r) {
+                        remotes.push(r);
+                    }
+                    let sent = (hourly / parts as f64) as u64;
+                    let s = start + hour * 3_600 + p * 3_600 / parts;
+                    conns.push(https(rng, w, r, s, sent, sent / 400, 20e6, l));
+                }
+                hourly *= 1.3;
+            }
+            Attack {
+                conns,
+                accomplices: Vec::new(),
+                remotes,
+                remote_port: Some(443),
+            }
+        }
+        Scenario::SparseBeacon => {
+            let r = attacker_address(rng);
+            for i in 0..7u64 {
+                let s = start + i * 600 + rng.random_range(0..20);
+                let sent = rng.random_range(300..700);
+                let received = rng.random_range(200..900);
+                conns.push(https(rng, w, r, s, sent, received, 1e6, l));
+            }
+            single(vec![r], 443, conns)
+        }
         Scenario::FirstDayBeacon => {
             let r = attacker_address(rng);
             let mut t = start as f64;

@@ -1,7 +1,8 @@
 //! s3_endpoint_upload: a workload's bytes to S3 through the gateway endpoint in an hour,
 //! against its own history. Flow logs cannot name the bucket, so an upload to an attacker's
 //! bucket shows only as a jump in what the workload sends on this path, the decision
-//! record's residual exfiltration route past the NAT.
+//! record's residual exfiltration route past the NAT. Two windows are judged: an hour for a
+//! burst, six hours for an upload paced under the hour's floor.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,7 @@ use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
 use crate::sketch::network::key_of;
-use crate::sketch::window_sum::{Thresholds, WindowSum, STEPS};
+use crate::sketch::window_sum::{Thresholds, Unusual, WindowSum, STEPS};
 
 /// Bytes one workload sends through the S3 gateway endpoint in a sliding hour.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -40,6 +41,17 @@ pub struct S3EndpointUploadRule {
     /// that writes gigabytes an hour from its first minute.
     pub history_seconds: u64,
     pub no_history_bytes: u64,
+    /// The second, longer window, judged the same way against the workload's own windows of
+    /// that length. An upload paced just under `min-bytes` an hour (450 MB an hour for four
+    /// hours) is under the hour's floor every hour and over this window's.
+    pub long_window_seconds: u64,
+    /// The long window's floor: what an ordinary afternoon of reads and small writes sends
+    /// in `long-window-seconds`, with room to spare.
+    pub long_min_bytes: u64,
+    /// Also flag a window above this multiple of the workload's largest window of the same
+    /// length on the days before today (up to a week): the bar a ramp does not raise, since a
+    /// workload that adds a little each hour teaches the hour's bar to expect it.
+    pub earlier_days_factor: f64,
 }
 
 impl Default for S3EndpointUploadRule {
@@ -53,6 +65,9 @@ impl Default for S3EndpointUploadRule {
             late_seconds: 1_800,
             history_seconds: 3_600,
             no_history_bytes: 8_000_000_000,
+            long_window_seconds: 6 * 3_600,
+            long_min_bytes: 1_200_000_000,
+            earlier_days_factor: 10.0,
         }
     }
 }
@@ -64,7 +79,14 @@ pub struct S3EndpointUpload {
 
 #[derive(Serialize, Deserialize)]
 struct S3State {
-    workloads: BoundedMap<u64, WindowSum>,
+    workloads: BoundedMap<u64, S3Windows>,
+}
+
+/// One workload's two windows on the S3 path.
+#[derive(Serialize, Deserialize, Default)]
+struct S3Windows {
+    hour: WindowSum,
+    long: WindowSum,
 }
 
 impl Snapshot for S3State {
@@ -84,18 +106,27 @@ impl S3EndpointUpload {
         }
     }
 
-    fn step_seconds(&self) -> u64 {
-        (self.rule.window_seconds / STEPS).max(1)
-    }
-
-    fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            min_bytes: self.rule.min_bytes,
+    /// Step length and thresholds of the hour's window (`long == false`) or the long one.
+    fn measure(&self, long: bool) -> (u64, Thresholds) {
+        let (window, min_bytes) = if long {
+            (self.rule.long_window_seconds, self.rule.long_min_bytes)
+        } else {
+            (self.rule.window_seconds, self.rule.min_bytes)
+        };
+        let step_seconds = (window / STEPS).max(1);
+        // The no-history floor is the hour's scaled to the window, and holds until the
+        // workload has been known for a whole window (at least `history-seconds`).
+        let scale = window as f64 / self.rule.window_seconds.max(1) as f64;
+        let thresholds = Thresholds {
+            min_bytes,
             deviations: self.rule.deviations,
             peak_factor: self.rule.peak_factor,
-            history_steps: self.rule.history_seconds / self.step_seconds(),
-            no_history_bytes: self.rule.no_history_bytes,
-        }
+            history_steps: self.rule.history_seconds.max(window).div_ceil(step_seconds),
+            no_history_bytes: ((self.rule.no_history_bytes as f64 * scale) as u64).max(min_bytes),
+            steps_per_day: (86_400 / step_seconds).max(1),
+            earlier_days_factor: self.rule.earlier_days_factor,
+        };
+        (step_seconds, thresholds)
     }
 }
 
@@ -109,41 +140,84 @@ impl Rule for S3EndpointUpload {
     }
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
+        let Some(w) = f.workload else { return };
+        let (hour_step, hour) = self.measure(false);
+        let (long_step, long) = self.measure(true);
         if f.path != Path::S3Endpoint || !f.outbound {
+            // The workload's history on the S3 path starts when it is first seen on any
+            // path: one that wrote nothing to S3 for days is judged against that, not as a
+            // stranger under the no-history floor.
+            if f.path == Path::NatEgress
+                && f.outbound
+                && self.state.workloads.get(&key_of(w)).is_none()
+            {
+                let s = self
+                    .state
+                    .workloads
+                    .touch(key_of(w), f.end, S3Windows::default);
+                s.hour.seen(f.end / hour_step);
+                s.long.seen(f.end / long_step);
+            }
             return;
         }
-        let Some(w) = f.workload else { return };
-        let step_seconds = self.step_seconds();
-        let step = f.end / step_seconds;
-        let late_steps = self.rule.late_seconds.div_ceil(step_seconds);
-        let thresholds = self.thresholds();
+        let late = self.rule.late_seconds;
         let s = self
             .state
             .workloads
-            .touch(key_of(w), f.end, WindowSum::default);
-        let Some(sum) = s.add(step, late_steps, f.bytes) else {
-            return;
+            .touch(key_of(w), f.end, S3Windows::default);
+        let (hour_at, long_at) = (f.end / hour_step, f.end / long_step);
+        let found_hour = s
+            .hour
+            .judge(hour_at, late.div_ceil(hour_step), f.bytes, &hour);
+        let found_long = s
+            .long
+            .judge(long_at, late.div_ceil(long_step), f.bytes, &long);
+        // One rise, one finding: the hour's, when both windows cross.
+        let (u, window, step_seconds, step, judged) = match (found_hour, found_long) {
+            (Some(u), _) => {
+                s.long.found(long_at, long.steps_per_day);
+                (
+                    u,
+                    self.rule.window_seconds,
+                    hour_step,
+                    hour_at,
+                    s.hour.judged_text(&u),
+                )
+            }
+            (None, Some(u)) => {
+                s.hour.found(hour_at, hour.steps_per_day);
+                (
+                    u,
+                    self.rule.long_window_seconds,
+                    long_step,
+                    long_at,
+                    s.long.judged_text(&u),
+                )
+            }
+            (None, None) => return,
         };
-        let threshold = s.threshold(&thresholds);
-        if (sum as f64) < threshold {
-            return;
-        }
-        s.found(step);
-        let b = s.baseline;
+        let Unusual { sum, threshold, .. } = u;
         let summary = format!(
-            "sent {} to S3 through the gateway endpoint within {} ({}); threshold {}. Flow logs do not show the bucket: check CloudTrail data events for this workload's role",
+            "sent {} to S3 through the gateway endpoint within {} ({judged}); threshold {}. Flow logs do not show the bucket: check CloudTrail data events for this workload's role",
             human_bytes(sum as f64),
-            hours(self.rule.window_seconds),
-            s.usual_text(),
+            hours(window),
             human_bytes(threshold)
         );
         // Under the no-history floor a jump is also what a dataset of gigabytes saved now
         // and then looks like (the benign profile the old 8 GB floor was there for): worth a
         // look in the daily channel, not a page. Over it, or far over the habit, it pages.
-        let severity = if sum >= self.rule.no_history_bytes {
+        let severity = if (sum as f64)
+            >= self.rule.no_history_bytes as f64 * window as f64
+                / self.rule.window_seconds.max(1) as f64
+        {
             Severity::High
         } else {
             Severity::Low
+        };
+        let baseline = if window == self.rule.window_seconds {
+            s.hour.baseline
+        } else {
+            s.long.baseline
         };
         let mut finding = Finding::from_flow(self.name(), severity, summary, f);
         finding.remote = None;
@@ -152,9 +226,9 @@ impl Rule for S3EndpointUpload {
         finding.first_seen = step.saturating_sub(STEPS - 1).saturating_mul(step_seconds);
         out.push(finding.with_evidence(Evidence {
             observed: sum as f64,
-            baseline: (b.samples > 0).then_some(b.mean),
+            baseline: (baseline.samples > 0).then_some(baseline.mean),
             threshold,
-            unit: "bytes sent through the S3 endpoint per window".into(),
+            unit: format!("bytes sent through the S3 endpoint per {}", hours(window)),
         }));
     }
 
@@ -229,6 +303,42 @@ mod tests {
         assert!(run(&mut d, &under).is_empty());
     }
 
+    /// Paced under the hour's floor: 450 MB an hour for four hours by a workload that wrote a
+    /// few megabytes an hour for two days is found by the six-hour window, once.
+    #[test]
+    fn an_upload_paced_under_the_hours_floor_is_found_by_the_long_window() {
+        let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
+        assert!(run(&mut d, &steady(5_000_000, 48)).is_empty());
+        let t = T0 + 48 * 3_600;
+        let paced: Vec<Flow> = (0..40).map(|i| put(45_000_000, t + i * 360)).collect();
+        let found = run(&mut d, &paced);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].summary.contains("within 6.0 h"),
+            "{}",
+            found[0].summary
+        );
+        assert!(found[0].bytes >= 1_200_000_000, "{:?}", found[0]);
+    }
+
+    /// A workload seen on the NAT for a day and never on the S3 path is no stranger there:
+    /// its first gigabyte to S3 is judged against the floor, not the no-history floor.
+    #[test]
+    fn a_workload_known_elsewhere_has_history_on_the_s3_path() {
+        let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
+        let nat: Vec<Flow> = (0..24)
+            .map(|i| flow(Path::NatEgress, "192.0.2.10", 443, 10_000, T0 + i * 3_600))
+            .collect();
+        assert!(run(&mut d, &nat).is_empty());
+        let t = T0 + 24 * 3_600;
+        let jump: Vec<Flow> = (0..6).map(|i| put(GB / 3, t + i * 600)).collect();
+        let found = run(&mut d, &jump);
+        assert_eq!(found.len(), 1, "{found:?}");
+        // Never seen at all: the no-history floor (a new pipeline's first hour).
+        let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
+        assert!(run(&mut d, &jump).is_empty());
+    }
+
     #[test]
     fn ordinary_work_is_not_flagged() {
         let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
@@ -256,9 +366,10 @@ mod tests {
         flows.extend((0..3).map(|i| put(3 * GB, t + 100 * i)));
         let found = run(&mut d, &flows);
         assert_eq!(found.len(), 1, "{found:?}");
-        // Records older than the kept steps are too late to add to anything.
+        // Records older than the kept steps (two of the long window's) are too late to add
+        // to anything.
         let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
-        let flows = [put(1_000, T0 + 10 * 3_600), put(20 * GB, T0)];
+        let flows = [put(1_000, T0 + 30 * 3_600), put(20 * GB, T0)];
         assert!(run(&mut d, &flows).is_empty());
     }
 
@@ -269,7 +380,7 @@ mod tests {
         let mut restored = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
         restored.load_state(&d.save_state().unwrap()).unwrap();
         let w = key_of(crate::rules::testing::W.parse().unwrap());
-        let b = restored.state.workloads.get(&w).unwrap().baseline;
+        let b = restored.state.workloads.get(&w).unwrap().hour.baseline;
         assert!(b.samples > 100 && (b.mean - 3e9).abs() < 0.2e9, "{b:?}");
         let t = T0 + 24 * 3_600;
         let found = run(&mut restored, &[put(u64::MAX - 1, t), put(u64::MAX - 1, t)]);

@@ -14,7 +14,7 @@ use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
 use crate::sketch::network::{key_of, network_cidr};
-use crate::sketch::window_sum::{Thresholds, WindowSum, STEPS};
+use crate::sketch::window_sum::{Thresholds, Unusual, WindowSum, STEPS};
 
 /// Bytes one workload sends through the NAT in a sliding window, against its own windows.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -39,6 +39,11 @@ pub struct UploadVolumeRule {
     /// starts writing checkpoints of gigabytes in the first hour the daemon sees it.
     pub history_seconds: u64,
     pub no_history_bytes: u64,
+    /// Also flag an hour above this multiple of the workload's largest hour on the days
+    /// before today (up to a week), at least `min-bytes`: the bar a slow ramp does not raise.
+    /// Once a day at most, and not on a day the habit's bar already found, so a workload
+    /// whose work changes today (a first training run) is told once.
+    pub earlier_days_factor: f64,
 }
 
 impl Default for UploadVolumeRule {
@@ -52,6 +57,7 @@ impl Default for UploadVolumeRule {
             late_seconds: 1_800,
             history_seconds: 6 * 3_600,
             no_history_bytes: 20_000_000_000,
+            earlier_days_factor: 10.0,
         }
     }
 }
@@ -120,6 +126,8 @@ impl Rule for UploadVolume {
             peak_factor: self.rule.peak_factor,
             history_steps: self.rule.history_seconds / step_seconds,
             no_history_bytes: self.rule.no_history_bytes,
+            steps_per_day: (86_400 / step_seconds).max(1),
+            earlier_days_factor: self.rule.earlier_days_factor,
         };
         let late_steps = self.rule.late_seconds.div_ceil(step_seconds);
         let u = self
@@ -133,14 +141,10 @@ impl Rule for UploadVolume {
             u.top = Some((r, f.bytes));
             u.top_step = step;
         }
-        let Some(sum) = u.sum.add(step, late_steps, f.bytes) else {
+        let Some(unusual) = u.sum.judge(step, late_steps, f.bytes, &thresholds) else {
             return;
         };
-        let threshold = u.sum.threshold(&thresholds);
-        if (sum as f64) < threshold {
-            return;
-        }
-        u.sum.found(step);
+        let Unusual { sum, threshold, .. } = unusual;
         let b = u.sum.baseline;
         let (top, top_bytes) = u.top.unwrap_or((r, f.bytes));
         // A jump of a few gigabytes is also a training job's first checkpoints after a quiet
@@ -155,7 +159,7 @@ impl Rule for UploadVolume {
             "sent {} through the NAT within {} ({}); threshold {}; the largest part, {} in one record, went to {top} (network {})",
             human_bytes(sum as f64),
             hours(self.rule.window_seconds),
-            u.sum.usual_text(),
+            u.sum.judged_text(&unusual),
             human_bytes(threshold),
             human_bytes(top_bytes as f64),
             network_cidr(top),
@@ -216,6 +220,40 @@ mod tests {
         );
         // One finding per window: two hours make at most two.
         assert!(found.len() <= 2, "{found:?}");
+    }
+
+    /// A ramp: 20 MB in the first hour and 30 % more each hour after, to the storage network,
+    /// by a workload that sent 10 MB an hour for two days. Each hour is a little over the
+    /// last, so the habit's bar follows it; the earlier days' bar does not, and finds it once
+    /// the hour passes ten times the workload's largest hour on the days before.
+    #[test]
+    fn a_slow_ramp_is_found_against_the_days_before_it() {
+        let mut d = UploadVolume::new(UploadVolumeRule::default(), 100);
+        let quiet: Vec<Flow> = (0..48 * 6)
+            .map(|i| flow(Path::NatEgress, "192.0.2.10", 443, 1_700_000, T0 + i * 600))
+            .collect();
+        assert!(run(&mut d, &quiet).is_empty());
+        let t = T0 + 48 * 3_600;
+        let mut ramp = Vec::new();
+        let mut hourly = 20e6f64;
+        for hour in 0..20u64 {
+            for part in 0..6 {
+                let at = t + hour * 3_600 + part * 600;
+                ramp.push(flow(
+                    Path::NatEgress,
+                    "52.219.40.7",
+                    443,
+                    (hourly / 6.0) as u64,
+                    at,
+                ));
+            }
+            hourly *= 1.3;
+        }
+        let found = run(&mut d, &ramp);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert!(f.summary.contains("days before today"), "{}", f.summary);
+        assert!(f.bytes >= 1_000_000_000, "{f:?}");
     }
 
     #[test]
