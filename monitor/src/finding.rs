@@ -82,6 +82,49 @@ pub struct Finding {
     pub evidence: Option<Evidence>,
 }
 
+/// What a rule keeps of a record to make a finding from it later (a window waiting for its
+/// late records). Plain data with every field always written: a rule's snapshot uses a
+/// compact format that cannot read back a type whose empty fields are left out, as the
+/// finding's wire type leaves them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptRecord {
+    pub workload: Option<IpAddr>,
+    pub interface_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub remote: Option<IpAddr>,
+    pub remote_port: Option<u16>,
+    pub protocol: Option<u8>,
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub action: Option<String>,
+    pub account_id: Option<String>,
+    pub vpc_id: Option<String>,
+    pub region: Option<String>,
+}
+
+impl KeptRecord {
+    pub fn of(f: &Flow) -> Self {
+        KeptRecord {
+            workload: f.workload,
+            interface_id: f.interface_id.map(String::from),
+            instance_id: f.instance_id.map(String::from),
+            remote: f.remote,
+            remote_port: f.remote_port,
+            protocol: f.protocol,
+            bytes: f.bytes,
+            packets: f.packets,
+            first_seen: f.start,
+            last_seen: f.end,
+            action: f.action.map(String::from),
+            account_id: f.account_id.map(String::from),
+            vpc_id: f.vpc_id.map(String::from),
+            region: f.region.map(String::from),
+        }
+    }
+}
+
 /// A rule's name, as every finding and metric carries it. (An alias, so that serde reads it
 /// through `known_rule` rather than borrowing it from the input.)
 pub type RuleName = &'static str;
@@ -296,6 +339,37 @@ impl Finding {
             account_id: f.account_id.map(String::from),
             vpc_id: f.vpc_id.map(String::from),
             region: f.region.map(String::from),
+            stack: None,
+            evidence: None,
+        }
+    }
+
+    /// The finding a record kept in a rule's state makes.
+    pub fn from_kept(
+        rule: &'static str,
+        severity: Severity,
+        summary: String,
+        k: KeptRecord,
+    ) -> Self {
+        Finding {
+            rule,
+            severity,
+            summary,
+            workload: k.workload,
+            interface_id: k.interface_id,
+            instance_id: k.instance_id,
+            remote: k.remote,
+            remote_port: k.remote_port,
+            protocol: k.protocol,
+            bytes: k.bytes,
+            first_seen: k.first_seen,
+            last_seen: k.last_seen,
+            records: 1,
+            packets: k.packets,
+            action: k.action,
+            account_id: k.account_id,
+            vpc_id: k.vpc_id,
+            region: k.region,
             stack: None,
             evidence: None,
         }

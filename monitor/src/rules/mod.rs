@@ -293,6 +293,130 @@ pub(crate) mod testing {
     }
 }
 
+/// Every rule's state round-trips: a run cut by a snapshot and a restore into a fresh rule
+/// finds exactly what an uninterrupted run finds, pending judgements included.
+#[cfg(test)]
+mod round_trip {
+    use proptest::prelude::*;
+
+    use super::testing::flow;
+    use super::*;
+    use crate::finding::Finding;
+
+    /// A record of a small world (three workloads, a few remotes in two networks, 443 and
+    /// two other ports) `step` seconds after the previous one, up to 3 GB.
+    fn record() -> impl Strategy<Value = (u8, u8, u8, u8, u32, u64, u8, bool)> {
+        (
+            0u8..3,
+            0u8..6,
+            0u8..3,
+            0u8..5,
+            0u32..2_000,
+            0u64..3_000_000_000,
+            0u8..4,
+            any::<bool>(),
+        )
+    }
+
+    fn flows(spec: &[(u8, u8, u8, u8, u32, u64, u8, bool)]) -> Vec<Flow<'static>> {
+        let mut t = 1_764_547_200u64;
+        spec.iter()
+            .map(|&(w, r, port, path, step, bytes, size, late)| {
+                t += u64::from(step);
+                let path = [
+                    Path::NatEgress,
+                    Path::NatEgress,
+                    Path::NatReturn,
+                    Path::S3Endpoint,
+                    Path::RejectedEgress,
+                ][usize::from(path)];
+                let remote = format!(
+                    "{}.{}",
+                    ["198.51.100", "203.0.113"][usize::from(r % 2)],
+                    r + 1
+                );
+                let port = [443, 22, 8443][usize::from(port)];
+                // Most records are small; some carry an upload's bytes.
+                let bytes = if size == 0 { bytes } else { bytes % 100_000 };
+                // Now and then a record of a minute that has moved on: AWS delivers late.
+                let start = if late { t.saturating_sub(900) } else { t };
+                let mut f = flow(path, &remote, port, bytes, start);
+                f.workload = Some(IpAddr::from([10, 0, 1, 5 + w]));
+                f.local_port = Some(40_000 + u16::from(r));
+                f
+            })
+            .collect()
+    }
+
+    fn key(f: &Finding) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {} {} {} {}",
+            f.rule,
+            f.workload,
+            f.remote,
+            f.remote_port,
+            f.first_seen,
+            f.last_seen,
+            f.bytes,
+            f.summary
+        )
+    }
+
+    /// Rules with short learning periods, so that a few thousand records reach past them.
+    fn rules() -> config::Rules {
+        let mut r = config::Rules::default();
+        r.new_remote_port.learning_seconds = 600;
+        r.traffic_volume.learning_seconds = 600;
+        r.traffic_volume.learning_windows = 2;
+        r.rare_destination.learning_seconds = 1_800;
+        r.beaconing.learning_seconds = 1_800;
+        r.slow_drip.learning_seconds = 600;
+        r.long_connection.learning_seconds = 600;
+        r
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn a_snapshot_and_restore_change_no_finding(
+            spec in proptest::collection::vec(record(), 50..1_500),
+            cut in 0.0f64..1.0,
+        ) {
+            let flows = flows(&spec);
+            let cut = ((flows.len() as f64) * cut) as usize;
+            let config = rules();
+            let whole = build(&config).unwrap();
+            let first = build(&config).unwrap();
+            let fresh = build(&config).unwrap();
+            for ((mut whole, mut first), mut fresh) in whole.into_iter().zip(first).zip(fresh) {
+                let mut expected = Vec::new();
+                for f in &flows {
+                    whole.observe(f, &mut expected);
+                }
+                whole.finish(&mut expected);
+                let mut got = Vec::new();
+                for f in &flows[..cut] {
+                    first.observe(f, &mut got);
+                }
+                if let Some(bytes) = first.save_state() {
+                    fresh.load_state(&bytes).map_err(TestCaseError::fail)?;
+                } else {
+                    fresh = first;
+                }
+                for f in &flows[cut..] {
+                    fresh.observe(f, &mut got);
+                }
+                fresh.finish(&mut got);
+                let mut expected: Vec<String> = expected.iter().map(key).collect();
+                let mut got: Vec<String> = got.iter().map(key).collect();
+                expected.sort();
+                got.sort();
+                prop_assert_eq!(expected, got, "rule {} cut at {}", fresh.name(), cut);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::testing::{flow, run};

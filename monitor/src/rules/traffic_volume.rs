@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{encode, human_bytes, restore, through_the_nat, Rule, Snapshot};
 use crate::classify::Flow;
-use crate::finding::{Evidence, Finding, Severity};
+use crate::finding::{Evidence, Finding, KeptRecord, Severity};
 use crate::sketch::bounded::BoundedMap;
 use crate::sketch::ewma::Ewma;
 use crate::sketch::learning::LearningClock;
@@ -123,7 +123,7 @@ struct PairWindow {
 #[derive(Serialize, Deserialize)]
 struct Candidate {
     /// The record that made it a candidate, for the finding's fields.
-    finding: Finding,
+    record: KeptRecord,
     sent: u64,
     received: u64,
     records: u64,
@@ -187,7 +187,7 @@ impl TrafficVolume {
     fn judge(&mut self, pair: u64, window: u64, c: Candidate, out: &mut Vec<Finding>) {
         let rule = &self.rule;
         let history_windows = rule.history_seconds.div_ceil(rule.window_seconds.max(1));
-        let Some(r) = c.finding.remote else {
+        let Some(r) = c.record.remote else {
             return;
         };
         // Popularity as it stands now: a network other workloads took up during the wait
@@ -233,8 +233,7 @@ impl TrafficVolume {
                 String::new()
             }
         );
-        let mut finding = c.finding;
-        finding.summary = summary;
+        let mut finding = Finding::from_kept(self.name(), Severity::High, summary, c.record);
         finding.bytes = c.sent;
         finding.records = c.records;
         out.push(finding.with_evidence(Evidence {
@@ -322,8 +321,8 @@ impl Rule for TrafficVolume {
                     c.received = c.received.saturating_add(f.bytes);
                 }
                 c.records = c.records.saturating_add(1);
-                c.finding.first_seen = c.finding.first_seen.min(f.start);
-                c.finding.last_seen = c.finding.last_seen.max(f.end);
+                c.record.first_seen = c.record.first_seen.min(f.start);
+                c.record.last_seen = c.record.last_seen.max(f.end);
                 return;
             }
         }
@@ -363,7 +362,7 @@ impl Rule for TrafficVolume {
         self.state.pending.insert(
             (pair, window),
             Candidate {
-                finding: Finding::from_flow(self.name(), Severity::High, String::new(), f),
+                record: KeptRecord::of(f),
                 sent,
                 received,
                 records,
