@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct WorkloadEntry {
+    /// An address or a network (CIDR).
+    #[serde(deserialize_with = "crate::net::one")]
     pub address: IpNet,
     #[serde(default)]
     pub interface: Option<String>,
@@ -222,6 +224,7 @@ mod tests {
 workloads = [
   { address = "10.0.0.0/16", tags = { env = "prod" } },
   { address = "10.0.3.0/24", tags = { role = "build" } },
+  { address = "10.0.3.12", tags = { role = "gpu" } },
 ]
 "#,
         )
@@ -231,6 +234,8 @@ workloads = [
         let mut inv = Inventory::from_config(&entries);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(inv.lookup(ip("10.0.3.9")).unwrap().tags["role"], "build");
+        // A single address, as the README writes it, is the most specific network of all.
+        assert_eq!(inv.lookup(ip("10.0.3.12")).unwrap().tags["role"], "gpu");
         assert_eq!(inv.lookup(ip("10.0.4.9")).unwrap().tags["env"], "prod");
         assert!(inv.lookup(ip("10.1.0.1")).is_none());
         let mut described = HashMap::new();

@@ -18,6 +18,7 @@ pub mod findings;
 pub mod http;
 pub mod inventory;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod pipeline;
 pub mod reload;

@@ -20,10 +20,10 @@ pub struct Suppression {
     #[serde(default)]
     pub rule: Option<String>,
     /// The remote address or network (CIDR).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::net::optional")]
     pub remote: Option<IpNet>,
     /// The workload's address or network (CIDR).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::net::optional")]
     pub workload: Option<IpNet>,
     /// The workload's network interface, or the one the finding was seen on.
     #[serde(default)]
@@ -179,6 +179,31 @@ mod tests {
             suppress: Vec<Suppression>,
         }
         toml::from_str::<File>(toml_text).unwrap().suppress
+    }
+
+    /// A single address is what the README shows for both fields: it stands for itself.
+    #[test]
+    fn a_single_address_is_a_network_of_one() {
+        let s = Suppressions::new(&entries(
+            r#"
+[[suppress]]
+reason = "the vendor's one host"
+remote = "198.51.100.73"
+workload = "10.0.1.5"
+"#,
+        ))
+        .unwrap();
+        let hit = finding("non_https_egress", "198.51.100.73", 22);
+        assert_eq!(s.matching(&hit, 1_764_000_000, None).unwrap().0, 1);
+        let next_door = finding("non_https_egress", "198.51.100.74", 22);
+        assert!(s.matching(&next_door, 1_764_000_000, None).is_none());
+        let bad = toml::from_str::<Suppression>("reason = \"x\"\nremote = \"198.51.100.x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("`198.51.100.x`") && bad.contains("CIDR"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -13,12 +13,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Topology {
     /// The VPC's CIDR blocks.
+    #[serde(deserialize_with = "crate::net::many")]
     pub vpc_cidrs: Vec<IpNet>,
     /// NAT gateway network interface ids (`eni-…`).
     pub nat_interfaces: Vec<String>,
     /// NAT gateway private addresses.
     pub nat_private_ips: Vec<IpAddr>,
     /// Ranges behind the S3 gateway endpoint (the `pl-…` prefix list's CIDRs).
+    #[serde(deserialize_with = "crate::net::many")]
     pub s3_cidrs: Vec<IpNet>,
     /// The VPC's id, which scopes the workload inventory's EC2 calls.
     pub vpc_id: Option<String>,
