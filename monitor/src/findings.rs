@@ -251,9 +251,14 @@ pub fn read(stores: &[PathBuf], q: &Query) -> Result<(Vec<Value>, Vec<String>), 
     let mut problems = Vec::new();
     for store in stores {
         for (path, _) in day_files(store) {
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            // Lines are cut on bytes: one damaged line (not UTF-8, from a torn write or a
+            // disk error) is skipped and reported like any other, and the rest are read.
+            for (n, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+                let Ok(line) = std::str::from_utf8(raw) else {
+                    problems.push(format!("{}:{}: not UTF-8", path.display(), n + 1));
+                    continue;
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -328,12 +333,23 @@ mod tests {
             .append(true)
             .open(&today)
             .unwrap()
-            .write_all(b"{\"id\": \"c\", \"ru")
+            .write_all(b"{\"id\": \"c\", \"ru\n\xff\xfe\x00damaged\n")
+            .unwrap();
+        // What follows a damaged line is still read.
+        store
+            .append(&[doc(
+                "d",
+                "port_scan",
+                "low",
+                "2026-11-29T10:00:00Z",
+                "10.0.1.7",
+            )])
             .unwrap();
         let (all, problems) = read(&stores(&state), &Query::default()).unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 3);
         assert_eq!(all[0]["times_seen"], 3);
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].ends_with("not UTF-8"), "{problems:?}");
         let q = |f: &dyn Fn(&mut Query)| {
             let mut q = Query::default();
             f(&mut q);
@@ -345,8 +361,8 @@ mod tests {
         );
         assert_eq!(q(&|q| q.rule = Some("rejected_egress".into())), 1);
         assert_eq!(q(&|q| q.workload = Some("10.0.1.5".into())), 1);
-        assert_eq!(q(&|q| q.workload = Some("eni-1".into())), 2);
-        assert_eq!(q(&|q| q.since = Some(1795564800)), 1);
+        assert_eq!(q(&|q| q.workload = Some("eni-1".into())), 3);
+        assert_eq!(q(&|q| q.since = Some(1795564800)), 2);
         assert_eq!(q(&|q| q.stack = Some("clinical".into())), 0);
 
         // Days past keep-days are removed at the next write; today's stays.
