@@ -56,6 +56,9 @@ pub enum ErrorKind {
     },
     /// A byte sequence that is not UTF-8.
     NonUtf8,
+    /// A time no record can carry: before VPC flow logs existed, further in the future than
+    /// clocks drift, or a start after the end. Found by the reader, which knows the time.
+    ImplausibleTime { text: String, why: String },
 }
 
 impl ErrorKind {
@@ -69,11 +72,12 @@ impl ErrorKind {
             ErrorKind::InvalidAddress { .. } => "invalid_address",
             ErrorKind::InvalidValue { .. } => "invalid_value",
             ErrorKind::NonUtf8 => "non_utf8",
+            ErrorKind::ImplausibleTime { .. } => "implausible_time",
         }
     }
 
     /// Every reason [`ErrorKind::reason`] can return.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "too_few_fields",
         "too_many_fields",
         "out_of_range",
@@ -81,6 +85,7 @@ impl ErrorKind {
         "invalid_address",
         "invalid_value",
         "non_utf8",
+        "implausible_time",
     ];
 }
 
@@ -102,7 +107,9 @@ impl ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(field) = self.field {
+        if let (Some(field), 0) = (self.field, self.column) {
+            write!(f, "field `{field}`: ")?;
+        } else if let Some(field) = self.field {
             write!(f, "field `{field}` at column {}: ", self.column)?;
         } else {
             write!(f, "column {}: ", self.column)?;
@@ -131,6 +138,7 @@ impl fmt::Display for ParseError {
                 write!(f, "`{text}` is not one of {}", expected.trim_end())
             }
             ErrorKind::NonUtf8 => f.write_str("contains a byte that is not UTF-8"),
+            ErrorKind::ImplausibleTime { text, why } => write!(f, "`{text}` {why}"),
         }
     }
 }

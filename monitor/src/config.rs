@@ -53,6 +53,10 @@ pub struct Config {
     /// Longest line read from a file or stdin; a longer one is skipped unread and counted as
     /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
     pub max_line_bytes: usize,
+    /// How far past this host's clock a record's start or end may be; past it (or before
+    /// flow logs existed, 2015-06-10, or a start after the end) the record is a bad line
+    /// (reason `implausible_time`) and moves no learning clock.
+    pub max_future_skew_seconds: u64,
     /// Removed: refused with the reason (see [`SHARD_REMOVED`]).
     #[serde(rename = "shard")]
     pub removed_shard: Option<toml::Value>,
@@ -471,6 +475,7 @@ impl Default for Config {
             checkpoint_interval_seconds: 1,
             // A flow-log record is well under 1 KiB; CloudWatch caps an event at 256 KiB.
             max_line_bytes: 256 * 1024,
+            max_future_skew_seconds: crate::pipeline::DEFAULT_MAX_FUTURE_SKEW_SECONDS,
             removed_shard: None,
             cloudwatch: CloudWatch::default(),
             s3: S3::default(),
@@ -598,6 +603,13 @@ impl Config {
         )?;
         // 64 MiB: a line is held whole in memory while it is read.
         within("max-line-bytes", self.max_line_bytes as u64, 256, 64 << 20)?;
+        // A minute is within any NTP-kept clock's error and delivery's; a year is no bound.
+        within(
+            "max-future-skew-seconds",
+            self.max_future_skew_seconds,
+            60,
+            365 * 86_400,
+        )?;
         self.rules.validate()?;
         if let Some(f) = &self.format {
             flowlog::Format::parse(f).map_err(|e| format!("format: {e}"))?;

@@ -324,6 +324,7 @@ async fn run_stack(
     pipeline.suppressions = crate::suppress::Suppressions::new(&config.suppress)?;
     pipeline.explain = config.explain;
     pipeline.keep_suppressed = findings.is_some();
+    pipeline.max_future_skew_seconds = config.max_future_skew_seconds;
     if config.source == "s3" {
         pipeline.range = config.s3.range();
     }

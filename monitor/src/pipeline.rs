@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flowlog::{Decoder, Line, LogStatus};
+use flowlog::{Decoder, Field, Line, LogStatus};
 
 use crate::alert::Router;
 use crate::classify::{classify, Path};
@@ -53,12 +53,18 @@ pub struct Pipeline {
     /// A backfill's time range [from, to) in Unix seconds: records that start outside it are
     /// counted and left out.
     pub range: Option<(u64, u64)>,
+    /// How far past this host's clock a record's time may be before it is a bad line.
+    pub max_future_skew_seconds: u64,
     /// The stack's name in a daemon that watches several: it goes with every finding.
     pub stack: Option<String>,
 }
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
 const TOP_K_COUNTERS: usize = 1_024;
+/// VPC flow logs were launched on 2015-06-10: no record starts before.
+const FLOW_LOGS_BEGAN: u64 = 1_433_894_400;
+/// Clocks and delivery disagree by minutes; a day past this host's clock is no record's time.
+pub const DEFAULT_MAX_FUTURE_SKEW_SECONDS: u64 = 86_400;
 /// Judged flows between refreshes of the top-k gauges.
 const TOP_K_REFRESH: u64 = 20_000;
 
@@ -134,6 +140,7 @@ impl Pipeline {
             top_remotes: TopK::new(TOP_K_COUNTERS),
             counters: Default::default(),
             clock: now(),
+            max_future_skew_seconds: DEFAULT_MAX_FUTURE_SKEW_SECONDS,
             range: None,
             stack: None,
         }
@@ -204,6 +211,56 @@ impl Pipeline {
         }
     }
 
+    /// A record whose times cannot be true: it would move every learning clock (which runs
+    /// from the first record judged) and make findings that end before they begin.
+    fn implausible_time(&self, record: &flowlog::Record<'_>) -> Option<flowlog::ParseError> {
+        let bad = |field, text: u64, why: String| flowlog::ParseError {
+            kind: flowlog::ErrorKind::ImplausibleTime {
+                text: text.to_string(),
+                why,
+            },
+            field: Some(field),
+            column: 0,
+        };
+        let (start, end) = (record.start(), record.end());
+        for (field, t) in [(Field::Start, start), (Field::End, end)] {
+            let Some(t) = t else { continue };
+            if t < FLOW_LOGS_BEGAN {
+                return Some(bad(
+                    field,
+                    t,
+                    "is before VPC flow logs existed (2015-06-10)".into(),
+                ));
+            }
+            // The cached clock may be old after a quiet spell: the rare record past it is
+            // held against the clock as it is now.
+            if t > self.clock.saturating_add(self.max_future_skew_seconds) {
+                let clock = now();
+                if t > clock.saturating_add(self.max_future_skew_seconds) {
+                    return Some(bad(
+                        field,
+                        t,
+                        format!(
+                            "is {} s ahead of this host's clock (more than max-future-skew-seconds, {})",
+                            t - clock,
+                            self.max_future_skew_seconds
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some(s), Some(e)) = (start, end) {
+            if s > e {
+                return Some(bad(
+                    Field::Start,
+                    s,
+                    format!("is after the record's end, {e}"),
+                ));
+            }
+        }
+        None
+    }
+
     /// Processes one line; bad lines are counted by reason and logged with where they came from.
     /// Runs one line through every stage. Returns whether it was a record (or a bad line in
     /// place of one), not a header or a blank line: what the checkpoint counts.
@@ -245,6 +302,10 @@ impl Pipeline {
                 return Some(());
             }
         };
+        if let Some(e) = self.implausible_time(record) {
+            crate::events::BadLine { origin, error: &e }.emit(m);
+            return Some(());
+        }
         if let (Some((from, to)), Some(start)) = (self.range, record.start()) {
             if start < from || start >= to {
                 m.records_outside_range.inc();

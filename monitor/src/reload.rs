@@ -101,6 +101,7 @@ fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         poll_interval_seconds => "poll-interval-seconds",
         checkpoint_interval_seconds => "checkpoint-interval-seconds",
         max_line_bytes => "max-line-bytes",
+        max_future_skew_seconds => "max-future-skew-seconds",
         cloudwatch => "[cloudwatch]",
         s3 => "[s3]",
         stacks => "stacks",

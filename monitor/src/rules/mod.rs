@@ -303,9 +303,13 @@ mod round_trip {
     use super::*;
     use crate::finding::Finding;
 
+    /// (workload, remote, port, path, seconds after the previous record, bytes, size class,
+    /// late).
+    type Spec = (u8, u8, u8, u8, u32, u64, u8, bool);
+
     /// A record of a small world (three workloads, a few remotes in two networks, 443 and
     /// two other ports) `step` seconds after the previous one, up to 3 GB.
-    fn record() -> impl Strategy<Value = (u8, u8, u8, u8, u32, u64, u8, bool)> {
+    fn record() -> impl Strategy<Value = Spec> {
         (
             0u8..3,
             0u8..6,
@@ -318,7 +322,7 @@ mod round_trip {
         )
     }
 
-    fn flows(spec: &[(u8, u8, u8, u8, u32, u64, u8, bool)]) -> Vec<Flow<'static>> {
+    fn flows(spec: &[Spec]) -> Vec<Flow<'static>> {
         let mut t = 1_764_547_200u64;
         spec.iter()
             .map(|&(w, r, port, path, step, bytes, size, late)| {
