@@ -500,6 +500,80 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// One message naming several objects (S3 may batch records into one event): an unreadable
+/// one first does not stop the others being read; it is reported, and the message stays on
+/// the queue for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_naming_several_objects_reads_each_or_reports_it() {
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-multi", "multi").await;
+    let bucket = out.flow_log_bucket.clone();
+    let fmt = out.flow_log_format.clone();
+    // The bucket's own notifications are turned off, so the one message below is the only
+    // news of these objects.
+    c.s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
+        .send()
+        .await
+        .unwrap();
+    let elsewhere = |n: usize| key(&out, n, "log.gz");
+    let mut corrupt = text_object(&fmt, &records(&fmt, 50_000, 1_764_000_000, 2));
+    corrupt.truncate(corrupt.len() / 2);
+    put(&c, &bucket, &elsewhere(1), corrupt).await;
+    put(
+        &c,
+        &bucket,
+        &elsewhere(2),
+        b"<html>not a flow log</html>".to_vec(),
+    )
+    .await;
+    let good = text_object(&fmt, &records(&fmt, 1_000, 1_764_000_000, 1));
+    put(&c, &bucket, &elsewhere(3), good).await;
+    let record = |n: usize| {
+        serde_json::json!({
+            "eventSource": "aws:s3",
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": elsewhere(n)}},
+        })
+    };
+    let body = serde_json::json!({"Records": [record(1), record(2), record(3)]}).to_string();
+    c.sqs
+        .send_message()
+        .queue_url(&out.flow_log_queue_url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap();
+    let port = egresswatch_testkit::free_port();
+    let mut daemon = monitor(&layer.endpoint(), &dir, port, &[]);
+    wait_for("the good object", Duration::from_secs(60), || {
+        metric(port, "egresswatch_s3_objects_total{outcome=\"read\"}") >= 1.0
+    });
+    for reason in ["corrupt_gzip", "unknown_format"] {
+        let series = format!("egresswatch_s3_object_errors_total{{reason=\"{reason}\"}}");
+        assert!(metric(port, &series) >= 1.0, "{series}");
+    }
+    // Every record of the good object, and the complete ones before the corrupt object's
+    // cut, are committed.
+    let checkpoint = dir.join("state/s3.checkpoint.json");
+    wait_for("the commit", Duration::from_secs(60), || {
+        egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint)
+            .map(|cp| cp.records_committed > 1_000)
+            .unwrap_or(false)
+    });
+    // The message is not deleted: it waits on the queue for the unreadable objects.
+    terminate(&daemon);
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(queued(&c, &out.flow_log_queue_url).await, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_dash_nine_half_way_through_objects_counts_every_record_once() {
     let World {

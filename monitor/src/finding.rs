@@ -320,28 +320,7 @@ impl Finding {
     }
 
     pub fn from_flow(rule: &'static str, severity: Severity, summary: String, f: &Flow) -> Self {
-        Finding {
-            rule,
-            severity,
-            summary,
-            workload: f.workload,
-            interface_id: f.interface_id.map(String::from),
-            instance_id: f.instance_id.map(String::from),
-            remote: f.remote,
-            remote_port: f.remote_port,
-            protocol: f.protocol,
-            bytes: f.bytes,
-            first_seen: f.start,
-            last_seen: f.end,
-            records: 1,
-            packets: f.packets,
-            action: f.action.map(String::from),
-            account_id: f.account_id.map(String::from),
-            vpc_id: f.vpc_id.map(String::from),
-            region: f.region.map(String::from),
-            stack: None,
-            evidence: None,
-        }
+        Self::from_kept(rule, severity, summary, KeptRecord::of(f))
     }
 
     /// The finding a record kept in a rule's state makes.

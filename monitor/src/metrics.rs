@@ -157,9 +157,10 @@ pub const S3_OBJECT_ERRORS: [&str; 7] = [
 ];
 
 /// The (store, kind) pairs of `egresswatch_state_repairs_total`.
-pub const STATE_REPAIRS: [(&str, &str); 6] = [
+pub const STATE_REPAIRS: [(&str, &str); 7] = [
     ("outbox", "torn_write"),
     ("outbox", "corrupt_line"),
+    ("outbox", "removed"),
     ("checkpoint_journal", "torn_write"),
     ("rules_snapshot", "missing"),
     ("rules_snapshot", "rule_not_restored"),

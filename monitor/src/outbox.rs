@@ -222,6 +222,29 @@ impl Outbox {
     /// Writes what the router decided and makes it durable (fsync). On failure nothing of it
     /// counts as written: the file is cut back to where it was, and the caller keeps the
     /// batch to try again. Returns the entries written, with their sequence numbers.
+    /// Whether the active segment is still where it was opened: something may remove the
+    /// state dir (or the outbox in it) from under a running daemon, and appends to an
+    /// unlinked file reach no disk a restart can read. When it is gone the outbox is made
+    /// again, empty, and the number of entries whose segments went with it is returned.
+    pub fn recreate_if_removed(&mut self) -> Result<Option<u64>, String> {
+        let Some(active) = self.segments.back() else {
+            return Ok(None);
+        };
+        if active.path.exists() {
+            return Ok(None);
+        }
+        let gone: u64 = self
+            .segments
+            .iter()
+            .map(|s| s.last_seq.saturating_add(1).saturating_sub(s.first_seq))
+            .sum();
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("outbox {}: {e}", self.dir.display()))?;
+        self.segments.clear();
+        self.roll()?;
+        Ok(Some(gone))
+    }
+
     pub fn append(&mut self, decided: &Decided) -> Result<Vec<Entry>, String> {
         if decided.is_empty() {
             return Ok(Vec::new());
@@ -443,7 +466,30 @@ impl AlertLog {
         self.unwritten.alerts.append(&mut decided.alerts);
         self.unwritten.tallies.append(&mut decided.tallies);
         self.unwritten.repeats.append(&mut decided.repeats);
-        let entries = self.outbox.append(&self.unwritten)?;
+        if let Some(gone) = self.outbox.recreate_if_removed()? {
+            crate::events::StateRepaired {
+                store: "outbox",
+                kind: "removed",
+                count: gone,
+                file: &self.outbox.dir.display(),
+                detail: &format!(
+                    "the outbox was removed while the daemon ran and is made again; {gone} entry(ies) it held are gone from disk: those not yet delivered are still delivered by this run, but a restart before then cannot recover them"
+                ),
+            }
+            .emit(&self.metrics);
+        }
+        let entries = match self.outbox.append(&self.unwritten) {
+            Ok(entries) => entries,
+            Err(e) => {
+                crate::events::StateWriteFailed {
+                    store: "outbox",
+                    error: &e,
+                    consequence: "the batch's alerts wait in memory and the write is tried again; the read position does not move past them",
+                }
+                .emit(&self.metrics);
+                return Err(e);
+            }
+        };
         self.unwritten = Decided::default();
         self.delivery.push(&entries);
         let keep_after = router.watermark().saturating_sub(self.dedupe_window);
@@ -526,6 +572,25 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ew-outbox-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// The outbox directory removed under a running daemon: noticed at the next write, made
+    /// again, the entries it held counted as gone, and what is written next is on disk.
+    #[test]
+    fn a_removed_outbox_is_made_again_and_what_went_is_counted() {
+        let d = dir("removed");
+        let (mut ob, _) = Outbox::open(&d, LIMITS).unwrap();
+        ob.append(&decided(0..10)).unwrap();
+        assert_eq!(ob.recreate_if_removed().unwrap(), None);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(ob.recreate_if_removed().unwrap(), Some(10));
+        ob.append(&decided(10..15)).unwrap();
+        drop(ob);
+        let (ob, rec) = Outbox::open(&d, LIMITS).unwrap();
+        let seqs: Vec<u64> = rec.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (11..=15).collect::<Vec<_>>());
+        assert_eq!(ob.next_seq(), 16);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

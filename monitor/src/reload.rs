@@ -24,6 +24,9 @@ use crate::pipeline::Pipeline;
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// Asks every running pipeline to reload its configuration (what SIGHUP does).
+/// How long the config file must stay unmodified before a change to it is read.
+const CONFIG_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn request() {
     REQUESTS.fetch_add(1, Ordering::SeqCst);
 }
@@ -64,6 +67,16 @@ fn watched(config: &Config) -> Vec<(PathBuf, Option<SystemTime>)> {
 /// Reads the config file again, as the running pipeline would have it: one stack of several
 /// takes its share.
 fn read(running: &Config, path: &Path) -> Result<Config, String> {
+    // An editor or a deploy tool that truncates the file before writing it leaves it empty
+    // for a moment, and an empty file is a valid config of defaults: never take that for
+    // the team's intent.
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!(
+            "{}: the file is empty (being rewritten?); the running configuration stays",
+            path.display()
+        ));
+    }
     let whole = Config::from_file(path)?;
     if !running.one_of_several {
         return Ok(whole);
@@ -135,8 +148,17 @@ impl Reloader {
         let asked = requests != self.seen_requests;
         self.seen_requests = requests;
         let config_now = self.running.path.as_deref().and_then(modified);
-        let config_changed = config_now != self.config_stamp;
-        self.config_stamp = config_now;
+        // A change younger than the debounce waits for the next look: a file being written
+        // in several steps is read once it is still.
+        let settled = config_now.is_none_or(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .is_ok_and(|age| age >= CONFIG_DEBOUNCE)
+        });
+        let config_changed = config_now != self.config_stamp && settled;
+        if config_changed {
+            self.config_stamp = config_now;
+        }
         let mut file_changed = false;
         for (path, stamp) in &mut self.stamps {
             let now = modified(path);
@@ -357,6 +379,40 @@ mod tests {
         p.line(&mut decoder, ssh(1_764_150_180).as_bytes(), &"t");
         assert_eq!(counts(), (2, 1));
         assert_eq!(p.router.take().alerts.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A config file caught between its truncation and its rewrite is not a config: the
+    /// running one (its suppression) stays, and the refusal is on the metric.
+    #[tokio::test]
+    async fn an_emptied_config_file_is_refused_and_a_fresh_change_waits_to_settle() {
+        let dir = std::env::temp_dir().join(format!("ew-emptied-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("monitor.toml");
+        let full = format!(
+            "state-dir = \"{}\"\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[alerts]\nstdout = false\n[[suppress]]\nreason = \"r\"\nport = 22\n",
+            dir.display()
+        );
+        std::fs::write(&path, &full).unwrap();
+        set_modified(&path, 1_000);
+        let config = Config::from_file(&path).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline(&config, &metrics);
+        let mut reloader = Reloader::new(&config, metrics.clone());
+        std::fs::write(&path, "").unwrap();
+        set_modified(&path, 2_000);
+        reloader.reload_if_asked_or_changed(&mut p);
+        assert_eq!(metrics.config_last_reload_successful.get(), 0);
+        assert!(!p.suppressions.is_empty(), "the running config stays");
+        // Written just now: not read until it has been still for a moment.
+        std::fs::write(&path, full.replace("port = 22", "port = 23")).unwrap();
+        reloader.reload_if_asked_or_changed(&mut p);
+        assert_eq!(metrics.config_last_reload_successful.get(), 0);
+        std::thread::sleep(CONFIG_DEBOUNCE);
+        reloader.reload_if_asked_or_changed(&mut p);
+        assert_eq!(metrics.config_last_reload_successful.get(), 1);
+        assert!(!p.suppressions.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

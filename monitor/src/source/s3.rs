@@ -249,6 +249,9 @@ pub enum ObjectReader {
         /// An over-long line met after a chunk had text: it is reported with the next chunk,
         /// whose lines it comes just before.
         pending_oversize: u64,
+        /// Where the stream broke (a truncated or corrupt gzip), met after a chunk had complete
+        /// lines: those are handed out first, and the break with the next read.
+        cut: Option<Unreadable>,
     },
     Parquet {
         rows: Box<super::parquet_rows::ParquetRows>,
@@ -301,6 +304,7 @@ impl ObjectReader {
                     format,
                     read: 1,
                     pending_oversize: 0,
+                    cut: None,
                 })
             }
             b"PAR1" => {
@@ -357,8 +361,12 @@ impl ObjectReader {
                 lines,
                 read,
                 pending_oversize,
+                cut,
                 ..
             } => {
+                if let Some(e) = cut.take() {
+                    return Err(e);
+                }
                 let mut oversize = std::mem::take(pending_oversize);
                 let mut text = Vec::with_capacity(BATCH_BYTES + 4096);
                 let mut taken = 0usize;
@@ -371,16 +379,27 @@ impl ObjectReader {
                 let mut first_line = read.saturating_add(1);
                 while text.len() < BATCH_BYTES && taken < most {
                     let start = text.len();
-                    let n = lines
-                        .by_ref()
-                        .take(limit)
-                        .read_until(b'\n', &mut text)
-                        .map_err(|e| {
-                            unreadable(
+                    let n = match lines.by_ref().take(limit).read_until(b'\n', &mut text) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let e = unreadable(
                                 "corrupt_gzip",
-                                format!("line {}: {e}", read.saturating_add(1)),
-                            )
-                        })?;
+                                format!(
+                                    "line {}: {e} (the {} complete line(s) before it were read)",
+                                    read.saturating_add(1),
+                                    read.saturating_sub(1)
+                                ),
+                            );
+                            // The part of a line before the break is no record; the complete
+                            // lines before it are, and are handed out before the error.
+                            text.truncate(start);
+                            if text.is_empty() && oversize == 0 {
+                                return Err(e);
+                            }
+                            *cut = Some(e);
+                            break;
+                        }
+                    };
                     if n == 0 {
                         ended = true;
                         break;
@@ -470,6 +489,10 @@ struct Message {
     /// Some object of it was handed out to be read: it is deleted only once that is
     /// committed. One with only duplicates, test events or objects not read goes at once.
     read: bool,
+    /// One of its objects could not be read: the message is not deleted (the queue delivers
+    /// it again, and after its receive count moves it to the dead-letter queue), but its
+    /// other objects are still read, each now and, once committed, skipped when it returns.
+    failed: bool,
     /// When its visibility was last renewed (or it was received).
     renewed: Instant,
 }
@@ -808,6 +831,7 @@ impl S3Source {
                 receipt: receipt.to_string(),
                 objects: objects.into(),
                 read: false,
+                failed: false,
                 renewed: Instant::now(),
             });
         }
@@ -985,6 +1009,10 @@ impl S3Source {
             }
             // Every object of the front message is handed out.
             if let Some(m) = self.messages.pop_front() {
+                if m.failed {
+                    // Left on the queue; its visibility is no longer renewed.
+                    continue;
+                }
                 if m.read {
                     self.finished.push(m.receipt);
                 } else {
@@ -994,10 +1022,13 @@ impl S3Source {
         }
     }
 
-    /// Gives up on the front message: it is not deleted, so the queue delivers it again.
+    /// An object of the front message could not be read: the message is not deleted, so
+    /// the queue delivers it again; its other objects are read meanwhile.
     fn abandon(&mut self) {
         if self.backfill.is_none() {
-            self.messages.pop_front();
+            if let Some(m) = self.messages.front_mut() {
+                m.failed = true;
+            }
         }
     }
 }
@@ -1311,25 +1342,48 @@ mod tests {
             reason("d.parquet", b"PAR1 and then nothing"),
             Some("corrupt_parquet")
         );
-        // A gzip stream cut short fails when read, not before.
+        // A gzip stream cut short fails when read, not before, and only after every complete
+        // line before the cut has been handed out.
+        let line = "2 10.0.0.1 1.1.1.1 1 443 6 100 1700000000\n";
         let whole = gzip(&format!(
             "version srcaddr dstaddr srcport dstport protocol bytes start\n{}",
-            "2 10.0.0.1 1.1.1.1 1 443 6 100 1700000000\n".repeat(20_000)
+            line.repeat(20_000)
         ));
         let p = d.join("e.gz");
         std::fs::write(&p, &whole[..whole.len() / 2]).unwrap();
         let mut r = ObjectReader::open(&p).unwrap();
         let mut reason = None;
+        let mut complete = 0usize;
         for _ in 0..100 {
             match r.next_chunk(1024) {
                 Ok(c) if c.ended => break,
-                Ok(_) => {}
+                Ok(c) => {
+                    let text = String::from_utf8(c.text).unwrap();
+                    assert!(text.lines().all(|l| format!("{l}\n") == line), "{text}");
+                    complete += text.lines().count();
+                }
                 Err(e) => {
+                    assert!(
+                        e.detail.contains("complete line(s) before it were read"),
+                        "{e:?}"
+                    );
                     reason = Some(e.reason);
                     break;
                 }
             }
         }
         assert_eq!(reason, Some("corrupt_gzip"));
+        // Everything the half of the stream held, less at most the line the cut split: the
+        // decoder stops at the last whole deflate block it could check, a few kilobytes back.
+        let decodable = {
+            let mut out = Vec::new();
+            let _ = MultiGzDecoder::new(&whole[..whole.len() / 2]).read_to_end(&mut out);
+            out.split(|b| *b == b'\n').count().saturating_sub(2)
+        };
+        assert!(
+            complete > 0 && complete <= decodable,
+            "{complete} of {decodable}"
+        );
+        assert!(complete + 200 >= decodable, "{complete} of {decodable}");
     }
 }
