@@ -295,6 +295,9 @@ impl Event for SourceHealth<'_> {
                     tracing::info!("source reading again");
                 }
                 m.source_up.set(1);
+                if let Ok(mut r) = m.not_ready_reason.lock() {
+                    *r = None;
+                }
                 m.source_last_success_timestamp
                     .set(i64::try_from(at_unix).unwrap_or(i64::MAX));
             }
@@ -303,6 +306,9 @@ impl Event for SourceHealth<'_> {
                     tracing::error!(reason, "source cannot read; not ready until it can");
                 }
                 m.source_up.set(0);
+                if let Ok(mut r) = m.not_ready_reason.lock() {
+                    *r = Some(reason.to_string());
+                }
             }
         }
     }

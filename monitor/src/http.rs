@@ -205,6 +205,31 @@ struct App {
 }
 
 impl App {
+    /// Why /readyz answers 503: each stack that is not ready, with its reason when one is
+    /// known (the source cannot read, the outbox cannot be written), else "starting".
+    fn not_ready(&self) -> Bytes {
+        let mut body = String::new();
+        for (ready, m) in self.ready.iter().zip(&self.metrics) {
+            if ready.load(Ordering::SeqCst) {
+                continue;
+            }
+            let reason = m
+                .not_ready_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| "starting".into());
+            match &m.stack {
+                Some(stack) => body.push_str(&format!("stack {stack}: {reason}\n")),
+                None => body.push_str(&format!("{reason}\n")),
+            }
+        }
+        if body.is_empty() {
+            body.push_str("starting\n");
+        }
+        Bytes::from(body)
+    }
+
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let text = "text/plain; charset=utf-8";
         let (status, content_type, body) = match req.uri().path() {
@@ -237,11 +262,7 @@ impl App {
                     (StatusCode::OK, text, Bytes::from_static(b"ready\n"))
                 }
             }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                text,
-                Bytes::from_static(b"starting\n"),
-            ),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, text, self.not_ready()),
             _ => (
                 StatusCode::NOT_FOUND,
                 text,
@@ -387,6 +408,46 @@ async fn connection(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Of several stacks, /readyz names the one that is not ready and why.
+    #[tokio::test]
+    async fn readiness_names_the_stack_and_the_reason() {
+        use crate::events::{Event, SourceHealth};
+        let (a, b) = (
+            Arc::new(Metrics::for_stack(Some("research"))),
+            Arc::new(Metrics::for_stack(Some("clinical"))),
+        );
+        let ready = vec![
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        ];
+        let (tx, rx) = watch::channel(false);
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listen.local_addr().unwrap();
+        drop(listen);
+        let server = serve_until_closed(addr, vec![a, b.clone()], ready.clone(), rx)
+            .await
+            .unwrap();
+        let r = ask(addr, &get("/readyz")).await;
+        assert!(r.ends_with("\r\n\r\nstack clinical: starting\n"), "{r}");
+        SourceHealth::Failing {
+            reason: "cannot write alerts to the outbox: No space left on device",
+            new_reason: true,
+        }
+        .emit(&b);
+        let r = ask(addr, &get("/readyz")).await;
+        assert!(
+            r.starts_with("HTTP/1.1 503")
+                && r.ends_with(
+                    "stack clinical: cannot write alerts to the outbox: No space left on device\n"
+                ),
+            "{r}"
+        );
+        ready[1].store(true, Ordering::SeqCst);
+        assert!(ask(addr, &get("/readyz")).await.ends_with("ready\n"));
+        tx.send(true).unwrap();
+        server.await.unwrap();
+    }
 
     async fn start(limits: Limits) -> (SocketAddr, Arc<AtomicBool>, watch::Sender<bool>) {
         let ready = Arc::new(AtomicBool::new(false));

@@ -68,6 +68,11 @@ pub struct Metrics {
     pub topology_mismatch: IntGauge,
     /// What happened to the file source's files: rotation, truncation, a broken gzip stream.
     pub file_changes: IntCounterVec,
+    /// The stack these series are labelled with, in a daemon that watches several.
+    pub stack: Option<String>,
+    /// Why the stack's daemon is not ready (the source cannot read, the outbox cannot be
+    /// written): what /readyz answers, with the stack, while it lasts.
+    pub not_ready_reason: std::sync::Mutex<Option<String>>,
 }
 
 /// Series of the process rather than of a stack: the metrics endpoint and the systemd
@@ -564,6 +569,8 @@ impl Metrics {
             bad_lines.with_label_values(&[reason]);
         }
         Metrics {
+            stack: stack.map(String::from),
+            not_ready_reason: std::sync::Mutex::new(None),
             top_workloads,
             top_remotes,
             rule_state_evictions,
