@@ -486,17 +486,8 @@ impl Stages {
         if !p.suppressed.is_empty() {
             let documents = std::mem::take(&mut p.suppressed);
             if let Some(store) = findings {
-                if let Err(e) = store.append(&documents) {
-                    crate::events::StateWriteFailed {
-                        store: "findings",
-                        error: &e,
-                        consequence: &format!(
-                            "{} suppressed finding(s) not kept in the findings store",
-                            documents.len()
-                        ),
-                    }
-                    .emit(&p.metrics);
-                }
+                // A failure is counted and logged by the store.
+                let _ = store.append(&documents);
             }
         }
         progress.dirty = true;

@@ -98,6 +98,10 @@ impl FindingStore {
             text.push(b'\n');
         }
         let write = || -> std::io::Result<()> {
+            // Made again if something removed it under the running daemon.
+            if !self.dir.is_dir() {
+                std::fs::create_dir_all(&self.dir)?;
+            }
             let mut f = std::fs::File::options()
                 .create(true)
                 .append(true)
@@ -105,7 +109,19 @@ impl FindingStore {
             f.write_all(&text)?;
             f.sync_data()
         };
-        write().map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Err(e) = write() {
+            let error = format!("{}: {e}", path.display());
+            crate::events::StateWriteFailed {
+                store: "findings",
+                error: &error,
+                consequence: &format!(
+                    "{} finding document(s) not written to the findings store: alerts are tried again with the store's deliveries, suppressed findings are not kept",
+                    documents.len()
+                ),
+            }
+            .emit(&self.metrics);
+            return Err(error);
+        }
         self.enforce(now, &path);
         Ok(())
     }
@@ -303,6 +319,39 @@ mod tests {
             "id": id, "rule": rule, "severity": severity, "last_seen": last_seen,
             "workload": workload, "interface_id": "eni-1", "stack": "research",
         })
+    }
+
+    /// The store's directory removed under the daemon is made again; a write that cannot be
+    /// made is counted where state writes are, not as a sink's failure alone.
+    #[test]
+    fn a_removed_store_is_made_again_and_a_failed_write_is_counted() {
+        let state = std::env::temp_dir().join(format!("ew-findings-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let store = FindingStore::new(&state, &Retention::default(), metrics.clone())
+            .unwrap()
+            .unwrap();
+        let one = [doc(
+            "a",
+            "beaconing",
+            "high",
+            "2026-11-20T10:00:00Z",
+            "10.0.1.5",
+        )];
+        store.append(&one).unwrap();
+        std::fs::remove_dir_all(dir(&state)).unwrap();
+        store.append(&one).unwrap();
+        assert_eq!(read(&stores(&state), &Query::default()).unwrap().0.len(), 1);
+        // A file where the directory was: the write fails, and is counted.
+        std::fs::remove_dir_all(dir(&state)).unwrap();
+        std::fs::write(dir(&state), b"not a directory").unwrap();
+        assert!(store.append(&one).is_err());
+        let failed = metrics
+            .state_write_errors
+            .with_label_values(&["findings"])
+            .get();
+        assert_eq!(failed, 1);
+        std::fs::remove_dir_all(&state).unwrap();
     }
 
     #[test]
