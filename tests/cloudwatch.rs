@@ -709,7 +709,7 @@ stdout = false
     let (m, summary) = run_until(config, 5, &moto.endpoint()).await;
     // The three-day-old stream's records, and not the ten-day-old one's.
     assert_eq!(summary.records, 5);
-    assert_eq!(m["egresswatch_warm_start_streams_left"], 0.0);
+    assert_eq!(m["egresswatch_warm_start_left"], 0.0);
     let cp = read_checkpoint(&dir.join("state/cloudwatch.checkpoint.json")).unwrap();
     assert!(
         cp.streams.contains_key("eni-0recent0000000000-all"),

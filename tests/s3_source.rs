@@ -500,6 +500,75 @@ async fn an_unreadable_object_goes_to_the_dead_letter_queue_and_the_rest_is_read
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A first start reads the objects already in the bucket for the history it is given (by
+/// the time in their names), before and besides the queue: the rules learn from them. An
+/// object older than the history is not read; a restart does not read them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_start_reads_the_retained_objects_of_its_history() {
+    let World {
+        _moto,
+        layer,
+        c,
+        dir,
+        out,
+    } = world("s3-warm", "warm").await;
+    let bucket = out.flow_log_bucket.clone();
+    let fmt = out.flow_log_format.clone();
+    // Written before the daemon existed: no notification announces them.
+    c.s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
+        .send()
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let body = text_object(&fmt, &records(&fmt, 500, 1_764_000_000, n));
+        put(&c, &bucket, &key(&out, n, "log.gz"), body).await;
+    }
+    // From a year before: outside the history.
+    let old = key(&out, 9, "log.gz")
+        .replace("2026/11/29", "2025/11/29")
+        .replace("_20261129T", "_20251129T");
+    put(
+        &c,
+        &bucket,
+        &old,
+        text_object(&fmt, &records(&fmt, 700, 1_732_000_000, 9)),
+    )
+    .await;
+    // 2026-11-29 is a week or more ago: a history of a year takes it in.
+    std::fs::write(
+        dir.join("monitor.toml"),
+        "checkpoint-interval-seconds = 1\n[s3]\nhistory-seconds = 31536000\n",
+    )
+    .unwrap();
+    let port = egresswatch_testkit::free_port();
+    let mut daemon = monitor(&layer.endpoint(), &dir, port, &[]);
+    let checkpoint = dir.join("state/s3.checkpoint.json");
+    wait_for("the history's records", Duration::from_secs(90), || {
+        egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint)
+            .map(|cp| cp.records_committed >= 1_500)
+            .unwrap_or(false)
+    });
+    wait_for("the warm start's end", Duration::from_secs(30), || {
+        metric(port, "egresswatch_warm_start_left") == 0.0
+            && common::scrape(port).contains("egresswatch_warm_start_left 0")
+    });
+    let cp = egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint).unwrap();
+    assert_eq!(cp.records_committed, 1_500, "the old object is not read");
+    assert_eq!(cp.s3_objects.len(), 3);
+    terminate(&daemon);
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    // A restart with a checkpoint is no first start: nothing is listed or read again.
+    let mut daemon = monitor(&layer.endpoint(), &dir, port, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    terminate(&daemon);
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let cp = egresswatch_monitor::checkpoint::read_checkpoint(&checkpoint).unwrap();
+    assert_eq!(cp.records_committed, 1_500);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// One message naming several objects (S3 may batch records into one event): an unreadable
 /// one first does not stop the others being read; it is reported, and the message stays on
 /// the queue for it.

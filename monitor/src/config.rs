@@ -325,7 +325,7 @@ impl Config {
 
 /// Where the S3 source finds its objects, and how it treats the queue that announces them.
 /// Unset values come from the stack's outputs (`outputs-file`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct S3 {
     /// The SQS queue S3 announces new objects on.
@@ -343,6 +343,25 @@ pub struct S3 {
     /// prefix instead of the queue, only records that start within it, and stop.
     pub from: Option<String>,
     pub to: Option<String>,
+    /// A first start (no object in the checkpoint) reads the objects of this many seconds
+    /// back, listed under the prefix by the time in their names, before the queue's
+    /// notifications: the warm start, as `cloudwatch.history-seconds`. 0: none.
+    pub history_seconds: u64,
+}
+
+impl Default for S3 {
+    fn default() -> Self {
+        S3 {
+            queue_url: None,
+            bucket: None,
+            prefix: None,
+            visibility_timeout_seconds: 0,
+            download_dir: None,
+            from: None,
+            to: None,
+            history_seconds: 7 * 86_400,
+        }
+    }
 }
 
 impl S3 {
@@ -353,6 +372,8 @@ impl S3 {
             0,
             43_200,
         )?;
+        // S3 lifecycle rules keep objects as long as anyone likes: a year bounds the listing.
+        within("s3.history-seconds", self.history_seconds, 0, 366 * 86_400)?;
         if self.from.is_some() != self.to.is_some() {
             return Err(
                 "s3.from and s3.to go together: a backfill reads a closed time range".into(),

@@ -764,16 +764,18 @@ impl Event for S3ObjectDone<'_> {
 pub enum WarmStart<'a> {
     /// The streams to read and how far back.
     Started {
-        group: &'a str,
-        streams: usize,
+        /// The log group, or the bucket and prefix.
+        from: &'a str,
+        /// Log streams or objects to read.
+        count: usize,
         since: u64,
     },
-    /// Streams still to be read to their end.
+    /// Streams (objects) still to be read to their end.
     Progress {
         left: usize,
     },
     Done {
-        streams: usize,
+        count: usize,
         seconds: u64,
     },
 }
@@ -781,24 +783,20 @@ pub enum WarmStart<'a> {
 impl Event for WarmStart<'_> {
     fn emit(self, m: &Metrics) {
         match self {
-            WarmStart::Started {
-                group,
-                streams,
-                since,
-            } => {
-                m.warm_start_streams.set(streams as i64);
+            WarmStart::Started { from, count, since } => {
+                m.warm_start_left.set(count as i64);
                 tracing::info!(
-                    group,
-                    streams,
+                    from,
+                    count,
                     since = %crate::alert::rfc3339(since),
                     "warm start: reading the retained flow logs before judging live records"
                 );
             }
-            WarmStart::Progress { left } => m.warm_start_streams.set(left as i64),
-            WarmStart::Done { streams, seconds } => {
-                m.warm_start_streams.set(0);
+            WarmStart::Progress { left } => m.warm_start_left.set(left as i64),
+            WarmStart::Done { count, seconds } => {
+                m.warm_start_left.set(0);
                 tracing::info!(
-                    streams,
+                    count,
                     seconds,
                     "warm start done: the rules judge live records with what they learnt"
                 );

@@ -245,17 +245,13 @@ impl App {
             ),
             "/healthz" => (StatusCode::OK, text, Bytes::from_static(b"ok\n")),
             "/readyz" if self.ready.iter().all(|r| r.load(Ordering::SeqCst)) => {
-                let left: i64 = self
-                    .metrics
-                    .iter()
-                    .map(|m| m.warm_start_streams.get())
-                    .sum();
+                let left: i64 = self.metrics.iter().map(|m| m.warm_start_left.get()).sum();
                 if left > 0 {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         text,
                         Bytes::from(format!(
-                            "warming: learning from retained flow logs, {left} stream(s) left to read\n"
+                            "warming: learning from retained flow logs, {left} log stream(s) or object(s) left to read\n"
                         )),
                     )
                 } else {
@@ -506,16 +502,16 @@ mod tests {
         )
         .await
         .unwrap();
-        metrics.warm_start_streams.set(3);
+        metrics.warm_start_left.set(3);
         let r = ask(addr, &get("/readyz")).await;
         assert!(
             r.starts_with("HTTP/1.1 503 Service Unavailable")
                 && r.ends_with(
-                    "warming: learning from retained flow logs, 3 stream(s) left to read\n"
+                    "warming: learning from retained flow logs, 3 log stream(s) or object(s) left to read\n"
                 ),
             "{r}"
         );
-        metrics.warm_start_streams.set(0);
+        metrics.warm_start_left.set(0);
         let r = ask(addr, &get("/readyz")).await;
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
     }

@@ -26,7 +26,7 @@ pub struct Metrics {
     /// poll's spare budget.
     pub cloudwatch_streams: IntGaugeVec,
     /// Streams whose retained history a first start still reads before it is warm.
-    pub warm_start_streams: IntGauge,
+    pub warm_start_left: IntGauge,
     pub s3_objects: IntCounterVec,
     pub s3_object_errors: IntCounterVec,
     pub sqs_messages: IntCounterVec,
@@ -367,11 +367,11 @@ impl Metrics {
             )
             .expect("valid gauge"),
         );
-        let warm_start_streams = register(
+        let warm_start_left = register(
             &r,
             IntGauge::new(
-                "egresswatch_warm_start_streams_left",
-                "Log streams whose retained history (back to cloudwatch.history-seconds) a first start is still reading; /readyz answers 503 'warming' until it is 0.",
+                "egresswatch_warm_start_left",
+                "Log streams (CloudWatch) or objects (S3) of the retained history (back to history-seconds) a first start is still reading; /readyz answers 503 'warming' until it is 0.",
             )
             .expect("valid gauge"),
         );
@@ -596,7 +596,7 @@ impl Metrics {
             source_wait_seconds,
             cloudwatch_read_delay,
             cloudwatch_streams,
-            warm_start_streams,
+            warm_start_left,
             s3_objects,
             s3_object_errors,
             sqs_messages,

@@ -680,8 +680,8 @@ impl CloudWatchSource {
             if first_start && !self.streams.is_empty() {
                 let left: HashSet<String> = self.streams.keys().cloned().collect();
                 crate::events::WarmStart::Started {
-                    group: &self.group,
-                    streams: left.len(),
+                    from: &self.group,
+                    count: left.len(),
                     since: u64::try_from(history_floor.unwrap_or(0) / 1_000).unwrap_or(0),
                 }
                 .emit(&self.metrics);
@@ -971,7 +971,7 @@ impl CloudWatchSource {
                 w.left.remove(&f.stream);
                 if w.left.is_empty() {
                     crate::events::WarmStart::Done {
-                        streams: w.streams,
+                        count: w.streams,
                         seconds: w.started.elapsed().as_secs(),
                     }
                     .emit(&self.metrics);

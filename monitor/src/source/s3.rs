@@ -589,8 +589,19 @@ pub struct S3Source {
     backfill: Option<VecDeque<ObjectRef>>,
     range: Option<(u64, u64)>,
     listed: bool,
+    /// A first start's warm start: the retained history's objects, read before the queue.
+    warm: Option<WarmUp>,
     /// Receives that failed in a row, for the pause before the next.
     failures: u32,
+}
+
+/// The objects of the last `s3.history-seconds`, listed once, read oldest first.
+struct WarmUp {
+    since: u64,
+    /// None until listed.
+    objects: Option<VecDeque<ObjectRef>>,
+    count: usize,
+    started: Instant,
 }
 
 fn now_secs() -> u64 {
@@ -626,6 +637,16 @@ impl S3Source {
         )
         .unwrap_or_default();
         let range = config.s3.range();
+        // A first start: nothing read before. A restart resumes from the checkpoint.
+        let first_start = cp.s3_objects.is_empty() && cp.records_committed == 0;
+        let warm =
+            (range.is_none() && first_start && bucket.is_some() && config.s3.history_seconds > 0)
+                .then(|| WarmUp {
+                    since: now_secs().saturating_sub(config.s3.history_seconds),
+                    objects: None,
+                    count: 0,
+                    started: Instant::now(),
+                });
         if range.is_none() && queue_url.is_none() {
             return Err("the s3 source needs the queue that announces the objects: s3.queue-url, or an outputs-file of a stack that delivers to S3".into());
         }
@@ -675,6 +696,7 @@ impl S3Source {
             backfill: range.map(|_| VecDeque::new()),
             range,
             listed: false,
+            warm,
             failures: 0,
         })
     }
@@ -838,11 +860,58 @@ impl S3Source {
         Ok(())
     }
 
-    /// Lists the backfill's objects: those under the prefix whose name's time is within
-    /// the range, give or take the hour an object's records can span.
+    /// Lists the backfill's objects.
     async fn list(&mut self) -> Result<(), String> {
-        let (Some(bucket), Some((from, to))) = (self.bucket.clone(), self.range) else {
+        let Some((from, to)) = self.range else {
             return Ok(());
+        };
+        let found = self.list_between(from, to).await?;
+        crate::events::BackfillListed {
+            objects: found.len(),
+            bucket: self.bucket.as_deref().unwrap_or_default(),
+            prefix: &self.prefix,
+        }
+        .emit(&self.metrics);
+        self.backfill = Some(found.into());
+        Ok(())
+    }
+
+    /// Lists the first start's history and starts the warm start; one that cannot list
+    /// (no s3:ListBucket) is logged and skipped: the queue is read as before.
+    async fn list_warm(&mut self) {
+        let Some(since) = self.warm.as_ref().map(|w| w.since) else {
+            return;
+        };
+        match self.list_between(since, now_secs()).await {
+            Ok(found) => {
+                let from = format!(
+                    "s3://{}/{}",
+                    self.bucket.as_deref().unwrap_or_default(),
+                    self.prefix
+                );
+                crate::events::WarmStart::Started {
+                    from: &from,
+                    count: found.len(),
+                    since,
+                }
+                .emit(&self.metrics);
+                if let Some(w) = &mut self.warm {
+                    w.count = found.len();
+                    w.objects = Some(found.into());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "warm start skipped: the retained objects cannot be listed; the rules learn from the queue's objects instead");
+                self.warm = None;
+            }
+        }
+    }
+
+    /// The objects under the prefix whose name's time is within [from, to), give or take
+    /// the hour an object's records can span, in the order of their keys (their time).
+    async fn list_between(&mut self, from: u64, to: u64) -> Result<Vec<ObjectRef>, String> {
+        let Some(bucket) = self.bucket.clone() else {
+            return Ok(Vec::new());
         };
         let mut found = Vec::new();
         let mut pages = self
@@ -872,14 +941,7 @@ impl S3Source {
                 }
             }
         }
-        crate::events::BackfillListed {
-            objects: found.len(),
-            bucket: &bucket,
-            prefix: &self.prefix,
-        }
-        .emit(&self.metrics);
-        self.backfill = Some(found.into());
-        Ok(())
+        Ok(found)
     }
 
     /// Downloads and opens an object, past what was handed out of it before.
@@ -1002,6 +1064,25 @@ impl S3Source {
         if let Some(list) = &mut self.backfill {
             return list.pop_front();
         }
+        // Called once the previous object is read: the warm start is over when its last
+        // object is, not when that one is handed out.
+        if let Some(w) = &mut self.warm {
+            if let Some(list) = &mut w.objects {
+                if let Some(o) = list.pop_front() {
+                    crate::events::WarmStart::Progress {
+                        left: list.len() + 1,
+                    }
+                    .emit(&self.metrics);
+                    return Some(o);
+                }
+                crate::events::WarmStart::Done {
+                    count: w.count,
+                    seconds: w.started.elapsed().as_secs(),
+                }
+                .emit(&self.metrics);
+                self.warm = None;
+            }
+        }
         loop {
             let front = self.messages.front_mut()?;
             if let Some(o) = front.objects.pop_front() {
@@ -1093,6 +1174,9 @@ impl Source for S3Source {
                 if let Err(e) = self.list().await {
                     return Next::Failed(e);
                 }
+            }
+            if self.warm.as_ref().is_some_and(|w| w.objects.is_none()) {
+                self.list_warm().await;
             }
             if let Some(object) = self.next_object() {
                 match self.open(&object).await {
