@@ -179,6 +179,16 @@ async fn put(c: &Clients, bucket: &str, key: &str, body: Vec<u8>) -> String {
         .to_string()
 }
 
+/// Turns the bucket's notifications off: objects put after are announced by nobody.
+async fn notifications_off(c: &Clients, bucket: &str) {
+    c.s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
+        .send()
+        .await
+        .unwrap();
+}
+
 /// Messages in a queue, visible or not.
 async fn queued(c: &Clients, url: &str) -> u64 {
     use aws_sdk_sqs::types::QueueAttributeName as A;
@@ -515,12 +525,7 @@ async fn a_first_start_reads_the_retained_objects_of_its_history() {
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
     // Written before the daemon existed: no notification announces them.
-    c.s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
-        .send()
-        .await
-        .unwrap();
+    notifications_off(&c, &bucket).await;
     for n in 1..=3 {
         let body = text_object(&fmt, &records(&fmt, 500, 1_764_000_000, n));
         put(&c, &bucket, &key(&out, n, "log.gz"), body).await;
@@ -583,14 +588,8 @@ async fn a_message_naming_several_objects_reads_each_or_reports_it() {
     } = world("s3-multi", "multi").await;
     let bucket = out.flow_log_bucket.clone();
     let fmt = out.flow_log_format.clone();
-    // The bucket's own notifications are turned off, so the one message below is the only
-    // news of these objects.
-    c.s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
-        .send()
-        .await
-        .unwrap();
+    // The one message below is the only news of these objects.
+    notifications_off(&c, &bucket).await;
     let elsewhere = |n: usize| key(&out, n, "log.gz");
     let mut corrupt = text_object(&fmt, &records(&fmt, 50_000, 1_764_000_000, 2));
     corrupt.truncate(corrupt.len() / 2);
