@@ -75,6 +75,10 @@ impl Default for S3EndpointUploadRule {
 pub struct S3EndpointUpload {
     rule: S3EndpointUploadRule,
     state: S3State,
+    /// Step length and thresholds of the hour's window and of the long one, from the rule's
+    /// settings once: every record through the NAT passes here.
+    hour: (u64, Thresholds),
+    long: (u64, Thresholds),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,6 +103,8 @@ impl Snapshot for S3State {
 impl S3EndpointUpload {
     pub fn new(rule: S3EndpointUploadRule, entries: usize) -> Self {
         S3EndpointUpload {
+            hour: Self::measure(&rule, false),
+            long: Self::measure(&rule, true),
             rule,
             state: S3State {
                 workloads: BoundedMap::new(entries),
@@ -107,24 +113,24 @@ impl S3EndpointUpload {
     }
 
     /// Step length and thresholds of the hour's window (`long == false`) or the long one.
-    fn measure(&self, long: bool) -> (u64, Thresholds) {
+    fn measure(rule: &S3EndpointUploadRule, long: bool) -> (u64, Thresholds) {
         let (window, min_bytes) = if long {
-            (self.rule.long_window_seconds, self.rule.long_min_bytes)
+            (rule.long_window_seconds, rule.long_min_bytes)
         } else {
-            (self.rule.window_seconds, self.rule.min_bytes)
+            (rule.window_seconds, rule.min_bytes)
         };
         let step_seconds = (window / STEPS).max(1);
         // The no-history floor is the hour's scaled to the window, and holds until the
         // workload has been known for a whole window (at least `history-seconds`).
-        let scale = window as f64 / self.rule.window_seconds.max(1) as f64;
+        let scale = window as f64 / rule.window_seconds.max(1) as f64;
         let thresholds = Thresholds {
             min_bytes,
-            deviations: self.rule.deviations,
-            peak_factor: self.rule.peak_factor,
-            history_steps: self.rule.history_seconds.max(window).div_ceil(step_seconds),
-            no_history_bytes: ((self.rule.no_history_bytes as f64 * scale) as u64).max(min_bytes),
+            deviations: rule.deviations,
+            peak_factor: rule.peak_factor,
+            history_steps: rule.history_seconds.max(window).div_ceil(step_seconds),
+            no_history_bytes: ((rule.no_history_bytes as f64 * scale) as u64).max(min_bytes),
             steps_per_day: (86_400 / step_seconds).max(1),
-            earlier_days_factor: self.rule.earlier_days_factor,
+            earlier_days_factor: rule.earlier_days_factor,
         };
         (step_seconds, thresholds)
     }
@@ -141,8 +147,7 @@ impl Rule for S3EndpointUpload {
 
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         let Some(w) = f.workload else { return };
-        let (hour_step, hour) = self.measure(false);
-        let (long_step, long) = self.measure(true);
+        let ((hour_step, hour), (long_step, long)) = (self.hour, self.long);
         if f.path != Path::S3Endpoint || !f.outbound {
             // The workload's history on the S3 path starts when it is first seen on any
             // path: one that wrote nothing to S3 for days is judged against that, not as a
@@ -173,7 +178,7 @@ impl Rule for S3EndpointUpload {
             .long
             .judge(long_at, late.div_ceil(long_step), f.bytes, &long);
         // One rise, one finding: the hour's, when both windows cross.
-        let (u, window, step_seconds, step, judged) = match (found_hour, found_long) {
+        let (u, window, step_seconds, step, judged, baseline) = match (found_hour, found_long) {
             (Some(u), _) => {
                 s.long.found(long_at, long.steps_per_day);
                 (
@@ -182,6 +187,7 @@ impl Rule for S3EndpointUpload {
                     hour_step,
                     hour_at,
                     s.hour.judged_text(&u),
+                    s.hour.baseline,
                 )
             }
             (None, Some(u)) => {
@@ -192,6 +198,7 @@ impl Rule for S3EndpointUpload {
                     long_step,
                     long_at,
                     s.long.judged_text(&u),
+                    s.long.baseline,
                 )
             }
             (None, None) => return,
@@ -213,11 +220,6 @@ impl Rule for S3EndpointUpload {
             Severity::High
         } else {
             Severity::Low
-        };
-        let baseline = if window == self.rule.window_seconds {
-            s.hour.baseline
-        } else {
-            s.long.baseline
         };
         let mut finding = Finding::from_flow(self.name(), severity, summary, f);
         finding.remote = None;
