@@ -90,6 +90,9 @@ pub struct Flow<'a> {
     /// The record holds a connection's first packet (TCP SYN seen; always true for protocols
     /// without flags or when the format has no `tcp-flags`).
     pub opens_connection: bool,
+    /// The record holds a TCP connection's first packet and its last (SYN with FIN or RST):
+    /// flags are OR-ed over the record's window, so the connection began and ended in it.
+    pub closes_in_record: bool,
 }
 
 /// Where a record puts the traffic, given the topology.
@@ -124,6 +127,10 @@ pub fn classify<'a>(record: &Record<'a>, topo: &Topology) -> Option<Flow<'a>> {
         outbound: false,
         opens_connection: record.protocol() != Some(6)
             || record.tcp_flags().is_none_or(|f| f.syn()),
+        closes_in_record: record.protocol() == Some(6)
+            && record
+                .tcp_flags()
+                .is_some_and(|f| f.syn() && (f.fin() || f.rst())),
     };
     let outbound = |f: &mut Flow, path: Path, workload: IpAddr, remote: IpAddr| {
         f.path = path;
@@ -229,6 +236,24 @@ mod tests {
         assert_eq!(reply_inner.remote_port, Some(22));
         let instance = flow("eni-wl 10.0.1.5 203.0.113.5 40000 22 6 10 5000 100 160 ACCEPT OK 10.0.1.5 203.0.113.5 2");
         assert_eq!(instance.path, Path::Duplicate);
+    }
+
+    #[test]
+    fn a_connection_opened_and_closed_in_one_record_is_told_apart() {
+        let with_flags = |flags: &str| {
+            let line = format!(
+                "eni-nat 10.0.1.5 10.0.0.220 40000 443 6 10 5000 100 160 ACCEPT OK 10.0.1.5 203.0.113.5 {flags}"
+            );
+            flow(Box::leak(line.into_boxed_str()))
+        };
+        // SYN+FIN, SYN+ACK+FIN, SYN+RST: whole connections within the window.
+        for flags in ["3", "19", "6"] {
+            assert!(with_flags(flags).closes_in_record, "{flags}");
+        }
+        // SYN alone (a connection that stays open), mid-connection, FIN alone, no flags.
+        for flags in ["2", "0", "1", "-"] {
+            assert!(!with_flags(flags).closes_in_record, "{flags}");
+        }
     }
 
     #[test]

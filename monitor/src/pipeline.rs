@@ -13,7 +13,7 @@ use crate::classify::{classify, Path};
 use crate::events::Event;
 use crate::finding::Finding;
 use crate::metrics::{inc_saturating, port_class, Metrics};
-use crate::rules::Rule;
+use crate::rules::{Rule, SavedState};
 use crate::sketch::topk::TopK;
 use crate::topology::Topology;
 
@@ -160,15 +160,49 @@ impl Pipeline {
         }
     }
 
-    /// What every rule has learnt, as one snapshot.
+    /// What every rule has learnt, as one snapshot: the magic, then (rule name, state bytes)
+    /// pairs as postcard writes a `Vec<(String, Vec<u8>)>`. Each rule's part is sized first
+    /// and written in place into one buffer of the whole snapshot's size.
     pub fn save_state(&self) -> Vec<u8> {
-        let parts: Vec<(String, Vec<u8>)> = self
+        let parts: Vec<(&str, &dyn SavedState, usize)> = self
             .detectors
             .iter()
-            .filter_map(|d| d.save_state().map(|s| (d.name().to_string(), s)))
+            .filter_map(|d| {
+                let state = d.state()?;
+                Some((d.name(), state, state.encoded_len()?))
+            })
             .collect();
-        // Serialised straight after the magic, not into a second buffer copied over.
-        postcard::to_extend(&parts, STATE_MAGIC.to_vec()).unwrap_or_else(|_| STATE_MAGIC.to_vec())
+        let varint_len =
+            |n: usize| postcard::experimental::serialized_size(&(n as u64)).unwrap_or(10);
+        let total = parts.iter().fold(
+            STATE_MAGIC.len().saturating_add(varint_len(parts.len())),
+            |acc, (name, _, len)| {
+                acc.saturating_add(varint_len(name.len()))
+                    .saturating_add(name.len())
+                    .saturating_add(varint_len(*len))
+                    .saturating_add(*len)
+            },
+        );
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(STATE_MAGIC);
+        let put = |out: &mut Vec<u8>, value: &dyn SavedState| match value.encoded_len() {
+            Some(len) => value.encode_into(out, len),
+            None => false,
+        };
+        let mut whole = put(&mut out, &(parts.len() as u64));
+        for (name, state, len) in &parts {
+            whole = whole
+                && put(&mut out, name)
+                && put(&mut out, &(*len as u64))
+                && state.encode_into(&mut out, *len);
+        }
+        if !whole {
+            // Sizing succeeded, so writing cannot fail; were it to, a snapshot that reads as
+            // not ours is restored as nothing rather than as half a rule.
+            out.truncate(0);
+            out.extend_from_slice(STATE_MAGIC);
+        }
+        out
     }
 
     /// Restores a snapshot from `save_state`. A rule whose part cannot be read starts

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, human_bytes, kept_flow, restore, Rule, Snapshot};
+use super::{human_bytes, kept_flow, restore, Rule, SavedState, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::beacon::{periodicity, size_regularity};
@@ -105,7 +105,7 @@ struct Series {
     remote: IpAddr,
     port: u16,
     network: u64,
-    interface_id: Option<String>,
+    interface_id: Option<compact_str::CompactString>,
 }
 
 impl Beaconing {
@@ -298,7 +298,7 @@ impl Rule for Beaconing {
         s.opened = s.opened.saturating_add(1);
         s.remote = r;
         if s.interface_id.as_deref() != f.interface_id {
-            s.interface_id = f.interface_id.map(String::from);
+            s.interface_id = f.interface_id.map(compact_str::CompactString::from);
         }
         if learning {
             return;
@@ -314,8 +314,8 @@ impl Rule for Beaconing {
         }
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -483,7 +483,9 @@ mod tests {
         let mut d = Beaconing::new(no_learning(), 1_000);
         assert!(run(&mut d, &flows[..5]).is_empty());
         let mut restored = Beaconing::new(no_learning(), 1_000);
-        restored.load_state(&d.save_state().unwrap()).unwrap();
+        restored
+            .load_state(&crate::rules::encoded_state(&d).unwrap())
+            .unwrap();
         assert_eq!(run(&mut restored, &flows[5..]).len(), 1);
     }
 

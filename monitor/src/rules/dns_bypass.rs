@@ -79,6 +79,7 @@ mod tests {
             region: None,
             outbound: true,
             opens_connection: true,
+            closes_in_record: false,
         }
     }
 

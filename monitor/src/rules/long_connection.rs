@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, kept_flow, restore, through_the_nat, Rule, Snapshot};
+use super::{hours, human_bytes, kept_flow, restore, through_the_nat, Rule, SavedState, Snapshot};
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -87,7 +87,7 @@ struct Run {
     workload: IpAddr,
     remote: IpAddr,
     port: u16,
-    interface_id: Option<String>,
+    interface_id: Option<compact_str::CompactString>,
 }
 
 impl Run {
@@ -229,6 +229,11 @@ impl Rule for LongConnection {
         if !learning && !self.state.learning_judged {
             self.judge_learnt("when the learning period ended", out);
         }
+        if f.closes_in_record {
+            // Opened and closed within one record's window (most connections): it cannot be
+            // one held for hours, and keeping it would churn the table for nothing.
+            return;
+        }
         if sending {
             self.state
                 .audience
@@ -273,7 +278,7 @@ impl Rule for LongConnection {
             run.received = run.received.saturating_add(f.bytes);
         }
         if run.interface_id.is_none() && sending {
-            run.interface_id = f.interface_id.map(String::from);
+            run.interface_id = f.interface_id.map(compact_str::CompactString::from);
         }
         if learning || Self::shared(&self.state.audience, r, self.rule.max_workloads) {
             return;
@@ -292,8 +297,8 @@ impl Rule for LongConnection {
         }
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -341,6 +346,22 @@ mod tests {
             flows.push(back);
         }
         flows
+    }
+
+    #[test]
+    fn connections_that_open_and_close_in_one_record_are_not_kept() {
+        let mut d = LongConnection::new(no_learning(), 1_000);
+        // A request a minute for six hours, each its own connection (SYN and FIN in the
+        // record), all from one local port as a NAT can reuse it: no run is kept, none found.
+        let mut flows = shell("198.51.100.67", T0, 6 * 60);
+        for f in &mut flows {
+            f.opens_connection = f.path == Path::NatEgress;
+            f.closes_in_record = true;
+        }
+        assert!(run(&mut d, &flows).is_empty());
+        assert_eq!(d.state.runs.len(), 0);
+        // The shell itself, records without FIN, is still found beside them.
+        assert_eq!(run(&mut d, &shell("198.51.100.68", T0, 6 * 60)).len(), 1);
     }
 
     #[test]
@@ -411,7 +432,9 @@ mod tests {
         let all = shell("198.51.100.67", T0, 90);
         assert!(run(&mut d, &all[..60]).is_empty());
         let mut restored = LongConnection::new(no_learning(), 1_000);
-        restored.load_state(&d.save_state().unwrap()).unwrap();
+        restored
+            .load_state(&crate::rules::encoded_state(&d).unwrap())
+            .unwrap();
         assert_eq!(run(&mut restored, &all[60..]).len(), 1);
     }
 }

@@ -50,7 +50,7 @@ pub trait Rule: Send {
     /// Looks at one flow; pushes what it finds.
     fn observe(&mut self, flow: &Flow, out: &mut Vec<Finding>);
     /// The rule's learnt state, for the snapshot in the state dir; `None` for stateless rules.
-    fn save_state(&self) -> Option<Vec<u8>> {
+    fn state(&self) -> Option<&dyn SavedState> {
         None
     }
     /// Entries the rule's bounded state has forgotten so far.
@@ -59,7 +59,7 @@ pub trait Rule: Send {
     }
     /// At the end of a finite input: judges what was waiting for more records.
     fn finish(&mut self, _out: &mut Vec<Finding>) {}
-    /// Restores what `save_state` returned in an earlier run.
+    /// Restores what [`SavedState::encode_into`] wrote of `state` in an earlier run.
     fn load_state(&mut self, _bytes: &[u8]) -> Result<(), String> {
         Ok(())
     }
@@ -154,8 +154,45 @@ pub fn proto_name(p: Option<u8>) -> String {
     }
 }
 
-fn encode<T: Serialize>(state: &T) -> Option<Vec<u8>> {
-    postcard::to_stdvec(state).ok()
+/// A rule's state as the snapshot holds it (postcard). It is sized before it is written, so a
+/// snapshot of tens of megabytes is written into one buffer of the right size: each copy a
+/// growing buffer makes is that much more memory at its peak.
+pub trait SavedState {
+    /// The encoded length; `None` when the state cannot be encoded.
+    fn encoded_len(&self) -> Option<usize>;
+    /// Appends the encoding, `len` bytes as [`SavedState::encoded_len`] said, to `out`;
+    /// false (and `out` as it was) when it cannot be encoded.
+    fn encode_into(&self, out: &mut Vec<u8>, len: usize) -> bool;
+}
+
+impl<T: Serialize> SavedState for T {
+    fn encoded_len(&self) -> Option<usize> {
+        postcard::experimental::serialized_size(self).ok()
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>, len: usize) -> bool {
+        let before = out.len();
+        out.resize(before.saturating_add(len), 0);
+        match postcard::to_slice(self, &mut out[before..]) {
+            Ok(written) => {
+                let written = written.len();
+                out.truncate(before + written);
+                true
+            }
+            Err(_) => {
+                out.truncate(before);
+                false
+            }
+        }
+    }
+}
+
+/// A rule's state encoded on its own, as [`Rule::load_state`] takes it.
+pub fn encoded_state(rule: &dyn Rule) -> Option<Vec<u8>> {
+    let state = rule.state()?;
+    let len = state.encoded_len()?;
+    let mut out = Vec::with_capacity(len);
+    state.encode_into(&mut out, len).then_some(out)
 }
 
 /// A rule's state as saved in a snapshot. Table limits come from the configuration, not the
@@ -217,6 +254,7 @@ fn kept_flow(
         region: None,
         outbound: true,
         opens_connection: false,
+        closes_in_record: false,
     }
 }
 
@@ -274,6 +312,7 @@ pub(crate) mod testing {
             region: None,
             outbound: path != Path::NatReturn,
             opens_connection: true,
+            closes_in_record: false,
         }
     }
 
@@ -402,7 +441,7 @@ mod round_trip {
                 for f in &flows[..cut] {
                     first.observe(f, &mut got);
                 }
-                if let Some(bytes) = first.save_state() {
+                if let Some(bytes) = encoded_state(first.as_ref()) {
                     fresh.load_state(&bytes).map_err(TestCaseError::fail)?;
                 } else {
                     fresh = first;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, proto_name, restore, Rule, Snapshot};
+use super::{hours, proto_name, restore, Rule, SavedState, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -126,8 +126,8 @@ impl Rule for NewRemotePort {
         );
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -168,7 +168,9 @@ mod tests {
         ];
         // State survives a snapshot into a fresh detector.
         let mut restored = NewRemotePort::new(rule, 100);
-        restored.load_state(&d.save_state().unwrap()).unwrap();
+        restored
+            .load_state(&crate::rules::encoded_state(&d).unwrap())
+            .unwrap();
         let found = run(&mut restored, &later);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].rule, "new_remote_port");

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, proto_name, restore, Rule, Snapshot};
+use super::{proto_name, restore, Rule, SavedState, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -166,8 +166,8 @@ impl Rule for PortScan {
         }
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, kept_flow, restore, through_the_nat, Rule, Snapshot};
+use super::{hours, human_bytes, kept_flow, restore, through_the_nat, Rule, SavedState, Snapshot};
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bloom::Bloom;
@@ -106,7 +106,7 @@ struct NewDestination {
     alerted: bool,
     /// Waiting in `due` to be judged.
     due: bool,
-    interface_id: Option<String>,
+    interface_id: Option<compact_str::CompactString>,
 }
 
 impl NewDestination {
@@ -309,7 +309,7 @@ impl Rule for RareDestination {
             d.received = d.received.saturating_add(f.bytes);
         }
         if sending && d.interface_id.as_deref() != f.interface_id {
-            d.interface_id = f.interface_id.map(String::from);
+            d.interface_id = f.interface_id.map(compact_str::CompactString::from);
         }
         if d.while_learning
             || !sending
@@ -332,8 +332,8 @@ impl Rule for RareDestination {
         }
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -410,7 +410,7 @@ mod tests {
 
         // A snapshot carries what was learnt, but the table limits come from the new
         // configuration; a filter sized differently cannot be reused and says so.
-        let saved = d.save_state().unwrap();
+        let saved = crate::rules::encoded_state(&d).unwrap();
         let mut restored = RareDestination::new(RareDestinationRule::default(), 10);
         restored.load_state(&saved).unwrap();
         assert_eq!(restored.state.new_destinations.capacity(), 10);

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, restore, Rule, Snapshot};
+use super::{hours, human_bytes, restore, Rule, SavedState, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -234,8 +234,8 @@ impl Rule for S3EndpointUpload {
         }));
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -380,7 +380,9 @@ mod tests {
         let mut d = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
         run(&mut d, &steady(3 * GB, 24));
         let mut restored = S3EndpointUpload::new(S3EndpointUploadRule::default(), 100);
-        restored.load_state(&d.save_state().unwrap()).unwrap();
+        restored
+            .load_state(&crate::rules::encoded_state(&d).unwrap())
+            .unwrap();
         let w = key_of(crate::rules::testing::W.parse().unwrap());
         let b = restored.state.workloads.get(&w).unwrap().hour.baseline;
         assert!(b.samples > 100 && (b.mean - 3e9).abs() < 0.2e9, "{b:?}");

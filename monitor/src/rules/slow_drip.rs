@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, restore, through_the_nat, Rule, Snapshot};
+use super::{hours, human_bytes, restore, through_the_nat, Rule, SavedState, Snapshot};
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -180,8 +180,8 @@ impl Rule for SlowDrip {
         }));
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, human_bytes, restore, through_the_nat, Rule, Snapshot};
+use super::{human_bytes, restore, through_the_nat, Rule, SavedState, Snapshot};
 use crate::classify::Flow;
 use crate::finding::{Evidence, Finding, KeptRecord, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -382,8 +382,8 @@ impl Rule for TrafficVolume {
         self.judge_due(true, out);
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {

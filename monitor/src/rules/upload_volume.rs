@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, hours, human_bytes, restore, Rule, Snapshot};
+use super::{hours, human_bytes, restore, Rule, SavedState, Snapshot};
 use crate::classify::{Flow, Path};
 use crate::finding::{Evidence, Finding, Severity};
 use crate::sketch::bounded::BoundedMap;
@@ -176,8 +176,8 @@ impl Rule for UploadVolume {
         }));
     }
 
-    fn save_state(&self) -> Option<Vec<u8>> {
-        encode(&self.state)
+    fn state(&self) -> Option<&dyn SavedState> {
+        Some(&self.state)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -284,7 +284,9 @@ mod tests {
             .collect();
         run(&mut d, &quiet);
         let mut restored = UploadVolume::new(UploadVolumeRule::default(), 100);
-        restored.load_state(&d.save_state().unwrap()).unwrap();
+        restored
+            .load_state(&crate::rules::encoded_state(&d).unwrap())
+            .unwrap();
         let t = T0 + 24 * 3_600;
         let found = run(
             &mut restored,
