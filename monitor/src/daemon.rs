@@ -525,13 +525,31 @@ impl Stages {
         let started = std::time::Instant::now();
         let generation = cp.generation.saturating_add(1);
         let snapshot = p.save_state();
+        let metrics = p.metrics.clone();
         retry(health, shutdown, "save the rules' state", || {
-            store.save_rules(generation, &snapshot)
+            store.save_rules(generation, &snapshot).inspect_err(|e| {
+                crate::events::StateWriteFailed {
+                    store: "rules_snapshot",
+                    error: e,
+                    consequence: "cannot save the rules' state; the read positions stay where they are and the save is tried again",
+                }
+                .emit(&metrics)
+            })
         })
         .await?;
         cp.generation = generation;
         cp.outbox_seq = alerts.next_seq();
-        retry(health, shutdown, "save the checkpoint", || store.save(cp)).await?;
+        retry(health, shutdown, "save the checkpoint", || {
+            store.save(cp).inspect_err(|e| {
+                crate::events::StateWriteFailed {
+                    store: "checkpoint",
+                    error: e,
+                    consequence: "cannot save the checkpoint; the read positions stay where they are and the save is tried again",
+                }
+                .emit(&metrics)
+            })
+        })
+        .await?;
         let took = started.elapsed();
         crate::events::CheckpointCommitted {
             generation,

@@ -303,7 +303,7 @@ impl Event for SourceHealth<'_> {
             }
             SourceHealth::Failing { reason, new_reason } => {
                 if new_reason {
-                    tracing::error!(reason, "source cannot read; not ready until it can");
+                    tracing::error!(reason, "not ready until this is resolved");
                 }
                 m.source_up.set(0);
                 if let Ok(mut r) = m.not_ready_reason.lock() {

@@ -173,7 +173,13 @@ pub const STATE_REPAIRS: [(&str, &str); 7] = [
 ];
 
 /// The stores of `egresswatch_state_write_errors_total`.
-pub const STATE_STORES: [&str; 4] = ["checkpoint", "outbox", "delivery_acks", "findings"];
+pub const STATE_STORES: [&str; 5] = [
+    "checkpoint",
+    "rules_snapshot",
+    "outbox",
+    "delivery_acks",
+    "findings",
+];
 
 /// The changes of `egresswatch_cloudwatch_stream_changes_total`.
 pub const STREAM_CHANGES: [&str; 4] = ["recreated", "token_refused", "retired", "gone"];
@@ -515,7 +521,7 @@ impl Metrics {
         let state_write_errors = counter_vec(
             &r,
             "egresswatch_state_write_errors_total",
-            "Writes to the state dir that failed, by store (checkpoint, outbox, delivery_acks, findings).",
+            "Writes to the state dir that failed, by store (checkpoint, rules_snapshot, outbox, delivery_acks, findings).",
             &["store"],
         );
         for store in STATE_STORES {
