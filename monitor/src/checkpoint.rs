@@ -431,7 +431,9 @@ pub struct CheckpointStore {
     /// checkpoint names is never the one being written.
     rules_paths: [PathBuf; 2],
     /// Open for the store's life: the exclusive lock on the state dir goes with it.
-    _lock: File,
+    lock: File,
+    state_dir: PathBuf,
+    name: String,
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new content.
@@ -530,8 +532,35 @@ impl CheckpointStore {
             checkpoint_bytes: 0,
             journal_bytes: 0,
             rules_paths: [0, 1].map(|slot| state_dir.join(format!("{name}.rules.{slot}.state"))),
-            _lock: lock,
+            lock,
+            state_dir: state_dir.to_path_buf(),
+            name: name.to_string(),
         })
+    }
+
+    /// The lock is a file in the state dir: removed (the dir cleaned under the daemon), it
+    /// no longer keeps a second daemon out, so it is made and taken again. Called before each
+    /// checkpoint. True when it was; an error when another process took the dir meanwhile.
+    pub fn relock_if_removed(&mut self, metrics: &crate::metrics::Metrics) -> Result<bool, String> {
+        use std::os::unix::fs::MetadataExt;
+        let path = lock_path(&self.state_dir, &self.name);
+        let held = self.lock.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let on_disk = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+        if held.is_some() && held == on_disk {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| format!("state dir {}: {e}", self.state_dir.display()))?;
+        self.lock = lock_store(&self.state_dir, &self.name)?;
+        crate::events::StateRepaired {
+            store: "state_dir_lock",
+            kind: "removed",
+            count: 1,
+            file: &path.display(),
+            detail: &"the state dir's lock file was removed while the daemon ran; it is made and taken again, so a second daemon is still kept out",
+        }
+        .emit(metrics);
+        Ok(true)
     }
 
     /// The committed positions: the checkpoint with its journal applied. A torn entry at the
@@ -581,7 +610,14 @@ impl CheckpointStore {
         entry.push(b'\n');
         let entry_bytes = entry.len() as u64;
         let limit = self.checkpoint_bytes.max(JOURNAL_MIN_BYTES);
-        if self.checkpoint_bytes == 0 || self.journal_bytes.saturating_add(entry_bytes) > limit {
+        // A journal entry is a change against the checkpoint and the entries before it: if
+        // either file was removed under the daemon, the whole checkpoint is written instead.
+        let journal_len = std::fs::metadata(journal_path(&self.path)).map_or(0, |m| m.len());
+        let removed = !self.path.exists() || journal_len < self.journal_bytes;
+        if self.checkpoint_bytes == 0
+            || removed
+            || self.journal_bytes.saturating_add(entry_bytes) > limit
+        {
             self.rewrite(now, seq)?;
         } else {
             self.append(&entry)?;
@@ -791,6 +827,36 @@ mod tests {
         // A removed stream (aged out of retention) is journalled as removed.
         cp.streams.remove("eni-00000000000000000-all");
         cp.stream_created.remove("eni-00000000000000000-all");
+        store.save(&cp).unwrap();
+        drop(store);
+        let mut reopened = CheckpointStore::new(&dir, "t").unwrap();
+        assert_eq!(reopened.load(&Default::default()).unwrap(), cp);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_or_journal_removed_under_the_store_is_written_whole_again() {
+        let dir = dir("removed");
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        let mut cp = many_streams(10);
+        store.save(&cp).unwrap();
+        // Two journalled commits, each moving another stream.
+        cp.streams.insert("eni-a".into(), "f/a".into());
+        store.save(&cp).unwrap();
+        cp.streams.insert("eni-b".into(), "f/b".into());
+        store.save(&cp).unwrap();
+        // The journal goes: the next commit's change alone would lose eni-a.
+        std::fs::remove_file(journal_path(store.path())).unwrap();
+        cp.streams.insert("eni-c".into(), "f/c".into());
+        store.save(&cp).unwrap();
+        assert_eq!(read_with_journal(store.path()).unwrap().checkpoint, cp);
+        // The whole dir goes: the next commit writes the checkpoint whole where it was.
+        drop(store);
+        let mut store = CheckpointStore::new(&dir, "t").unwrap();
+        store.load(&Default::default()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        cp.streams.insert("eni-d".into(), "f/d".into());
         store.save(&cp).unwrap();
         drop(store);
         let mut reopened = CheckpointStore::new(&dir, "t").unwrap();

@@ -522,10 +522,14 @@ impl Stages {
                 "alerts of a batch are not in the outbox yet; the positions stay before it".into(),
             );
         }
+        let metrics = p.metrics.clone();
+        retry(health, shutdown, "keep the state dir's lock", || {
+            store.relock_if_removed(&metrics).map(|_| ())
+        })
+        .await?;
         let started = std::time::Instant::now();
         let generation = cp.generation.saturating_add(1);
         let snapshot = p.save_state();
-        let metrics = p.metrics.clone();
         retry(health, shutdown, "save the rules' state", || {
             store.save_rules(generation, &snapshot).inspect_err(|e| {
                 crate::events::StateWriteFailed {

@@ -162,7 +162,8 @@ pub const S3_OBJECT_ERRORS: [&str; 7] = [
 ];
 
 /// The (store, kind) pairs of `egresswatch_state_repairs_total`.
-pub const STATE_REPAIRS: [(&str, &str); 7] = [
+pub const STATE_REPAIRS: [(&str, &str); 8] = [
+    ("state_dir_lock", "removed"),
     ("outbox", "torn_write"),
     ("outbox", "corrupt_line"),
     ("outbox", "removed"),
@@ -512,7 +513,7 @@ impl Metrics {
         let state_repairs = counter_vec(
             &r,
             "egresswatch_state_repairs_total",
-            "State in the state dir found damaged or missing and repaired, by store (outbox, checkpoint_journal, rules_snapshot) and kind (torn_write, corrupt_line, missing, rule_not_restored, rule_not_carried_over).",
+            "State in the state dir found damaged or missing and repaired, by store (state_dir_lock, outbox, checkpoint_journal, rules_snapshot) and kind (removed, torn_write, corrupt_line, missing, rule_not_restored, rule_not_carried_over).",
             &["store", "kind"],
         );
         for (store, kind) in STATE_REPAIRS {

@@ -185,6 +185,11 @@ fn load_acks(path: &Path) -> Result<Option<Acks>, String> {
 
 fn save_acks(path: &Path, acks: &Acks) -> Result<(), String> {
     let bytes = serde_json::to_vec(acks).map_err(|e| e.to_string())?;
+    // The outbox (and its acks dir with it) may have been removed under the daemon and
+    // made again: the acknowledgements go where the outbox now is.
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     crate::checkpoint::write_atomically(path, &bytes)
 }
 

@@ -1,8 +1,9 @@
-//! A full disk under the daemon's state dir (a 4 MB tmpfs, filled by another writer while the
-//! daemon runs): the outbox write that fails is counted in
+//! What happens to the daemon's state dir under it. A full disk (a 4 MB tmpfs, filled by
+//! another writer while the daemon runs): the outbox write that fails is counted in
 //! `egresswatch_state_write_errors_total{store="outbox"}`, /readyz answers 503 naming the
 //! outbox and the reason, no alert is delivered before it is durable, and once space is free
-//! again every alert is delivered and the daemon is ready.
+//! again every alert is delivered and the daemon is ready. The whole dir removed: every store
+//! is made again (the lock too, so a second daemon is still refused), the repairs counted.
 
 mod common;
 
@@ -228,5 +229,126 @@ fn a_full_disk_holds_alerts_back_says_why_and_loses_none() {
         1 + ALERTS
     );
     drop(_unmount);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_state_dir_removed_under_the_daemon_is_made_again_lock_included() {
+    let dir = fresh_dir("state-removed");
+    let state = dir.join("state");
+    std::fs::write(
+        dir.join("monitor.toml"),
+        "status-interval-seconds = 1\ncheckpoint-interval-seconds = 1\n[topology]\nvpc-cidrs = [\"10.0.0.0/16\"]\nnat-interfaces = [\"eni-nat\"]\nnat-private-ips = [\"10.0.0.220\"]\n[alerts]\nstdout = true\n",
+    )
+    .unwrap();
+    let start = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+            .args(["monitor", "--source", "stdin", "--config"])
+            .arg(dir.join("monitor.toml"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let port = egresswatch_testkit::free_port();
+    let mut child = start(port);
+    let _stop = Kill(child.id());
+    let mut input = child.stdin.take().unwrap();
+    let delivered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let delivered = delivered.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                delivered.lock().unwrap().push(line);
+            }
+        })
+    };
+    let count = || delivered.lock().unwrap().len();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 300;
+    let ssh = |n: u32| {
+        format!(
+            "eni-nat 10.0.1.{n} 10.0.0.220 40000 22 6 10 5000 {now} {} ACCEPT OK 10.0.1.{n} 198.51.100.{n} 2\n",
+            now + 59
+        )
+    };
+    writeln!(input, "interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status pkt-srcaddr pkt-dstaddr tcp-flags").unwrap();
+    input.write_all(ssh(1).as_bytes()).unwrap();
+    input.flush().unwrap();
+    let checkpoint = state.join("file.checkpoint.json");
+    wait_for(
+        "the first alert and checkpoint",
+        Duration::from_secs(30),
+        &mut || count() == 1 && checkpoint.exists(),
+    );
+
+    std::fs::remove_dir_all(&state).unwrap();
+    input.write_all(ssh(2).as_bytes()).unwrap();
+    input.flush().unwrap();
+    let acks = state.join("file.outbox/acks/stdout.acks.json");
+    let lock = state.join("file.lock");
+    wait_for(
+        "the stores made again",
+        Duration::from_secs(30),
+        &mut || count() == 2 && checkpoint.exists() && acks.exists() && lock.exists(),
+    );
+    for (series, want) in [
+        (
+            "egresswatch_state_repairs_total{kind=\"removed\",store=\"outbox\"}",
+            1.0,
+        ),
+        (
+            "egresswatch_state_repairs_total{kind=\"removed\",store=\"state_dir_lock\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(port, series), want, "{series}");
+    }
+    assert_eq!(readyz(port).0, 200);
+    // The lock taken again keeps a second daemon out.
+    let second = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["monitor", "--source", "stdin", "--config"])
+        .arg(dir.join("monitor.toml"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", egresswatch_testkit::free_port()),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("in use"), "{said}");
+
+    // Stopped and started again: what was delivered and acknowledged is not sent twice.
+    drop(input);
+    terminate(&child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    reader.join().unwrap();
+    let port = egresswatch_testkit::free_port();
+    let again = start(port);
+    let _stop_again = Kill(again.id());
+    wait_for("the restarted daemon", Duration::from_secs(30), &mut || {
+        readyz(port).0 == 200
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    terminate(&again);
+    let out = again.wait_with_output().unwrap();
+    let resent = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(resent, 0, "alerts sent again after the restart");
     std::fs::remove_dir_all(&dir).unwrap();
 }
