@@ -63,6 +63,15 @@ enum Sub {
     /// evidence) is kept unless --delete-logs; a Studio domain's home directories are deleted
     /// only with --delete-home-data, and without it `down` refuses before deleting anything.
     Down(DownArgs),
+    /// Print every policy the stack writes or asks for, rendered for the account, region and
+    /// partition: the provisioner's and the monitor's own, the stack's roles and their trust,
+    /// the flow-log bucket's and queue's, the S3 endpoint's. For a security review before
+    /// `up`; makes no AWS call when --account is given.
+    Policies {
+        /// The account to render for (default: the credentials' account, from STS).
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Remove the stack's lock left by a run that crashed (a run holds it while it changes
     /// the stack, so two runs never create twice). Only when no run is going on.
     Unlock,
@@ -105,6 +114,50 @@ fn print_changes(changes: &[Change]) {
     }
 }
 
+/// `provision policies`: every policy, as text with a heading each or as one JSON array.
+fn print_policies(
+    spec: &StackSpec,
+    stack: &str,
+    partition: &str,
+    region: &str,
+    account: &str,
+    json: bool,
+) -> ExitCode {
+    let target = provision::policies::Target {
+        stack,
+        partition,
+        region,
+        account,
+    };
+    match provision::policies::render(spec, &target) {
+        Ok(all) if json => {
+            crate::print_json(&serde_json::json!(all));
+            ExitCode::SUCCESS
+        }
+        Ok(all) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for p in all {
+                let kind = match p.kind {
+                    provision::policies::PolicyKind::Identity => "identity policy",
+                    provision::policies::PolicyKind::Trust => "trust policy",
+                    provision::policies::PolicyKind::Resource => "resource policy",
+                };
+                let text = serde_json::to_string_pretty(&p.document).unwrap_or_default();
+                // A reader that stops early (`| head`) ends the listing, not in a panic.
+                if writeln!(out, "# {} ({kind}): {}\n{text}\n", p.name, p.attached_to).is_err() {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egresswatch provision policies: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn kind_word(k: &ChangeKind) -> &'static str {
     match k {
         ChangeKind::Create => "create",
@@ -140,6 +193,28 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Sub::Policies {
+        account: Some(account),
+    } = &args.command
+    {
+        let Some(region) = args
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+        else {
+            eprintln!("egresswatch provision policies: no region: pass --region or set AWS_REGION");
+            return ExitCode::FAILURE;
+        };
+        let partition = provision::aws::partition(&region);
+        return print_policies(
+            &given.unwrap_or_default(),
+            &args.stack,
+            partition,
+            &region,
+            account,
+            json,
+        );
+    }
     let runtime = match crate::tokio_runtime("provision") {
         Ok(r) => r,
         Err(code) => return code,
@@ -185,6 +260,9 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
         };
         let result = match args.command {
             Sub::Init => unreachable!("handled above"),
+            Sub::Policies { .. } => clients.caller().await.map(|(account, partition)| {
+                print_policies(&spec, &args.stack, &partition, &clients.region, &account, json)
+            }),
             Sub::Plan { detailed_exitcode } => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
                 if json {
                     crate::print_json(&serde_json::json!({"stack": args.stack, "changes": changes_json(&changes)}));

@@ -8,6 +8,7 @@ pub mod aws;
 pub(crate) mod down;
 pub mod lock;
 pub mod logs;
+pub mod policies;
 pub mod resources;
 pub mod retry;
 pub mod spec;

@@ -36,10 +36,12 @@ pub fn bucket_policy(
     let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
     let source = format!("arn:{partition}:logs:{region}:{account}:*");
     serde_json::json!({"Version": "2012-10-17", "Statement": [
+        // Both layouts: `flow-log-hive-prefixes` writes under aws-account-id=ACCOUNT, and a
+        // flow log being switched between them delivers to either meanwhile.
         {"Sid": "AWSLogDeliveryWrite", "Effect": "Allow", "Principal": {"Service": "delivery.logs.amazonaws.com"}, "Action": "s3:PutObject",
-         "Resource": format!("{bucket_arn}/{prefix}AWSLogs/{account}/*"),
+         "Resource": [format!("{bucket_arn}/{prefix}AWSLogs/{account}/*"), format!("{bucket_arn}/{prefix}AWSLogs/aws-account-id={account}/*")],
          "Condition": {"StringEquals": {"aws:SourceAccount": account, "s3:x-amz-acl": "bucket-owner-full-control"}, "ArnLike": {"aws:SourceArn": source}}},
-        {"Sid": "AWSLogDeliveryAclCheck", "Effect": "Allow", "Principal": {"Service": "delivery.logs.amazonaws.com"}, "Action": "s3:GetBucketAcl",
+        {"Sid": "AWSLogDeliveryAclCheck", "Effect": "Allow", "Principal": {"Service": "delivery.logs.amazonaws.com"}, "Action": ["s3:GetBucketAcl", "s3:ListBucket"],
          "Resource": bucket_arn,
          "Condition": {"StringEquals": {"aws:SourceAccount": account}, "ArnLike": {"aws:SourceArn": source}}},
         {"Sid": "DenyWithoutTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
@@ -456,7 +458,14 @@ mod tests {
         assert_eq!(write["Principal"]["Service"], "delivery.logs.amazonaws.com");
         assert_eq!(
             write["Resource"],
-            "arn:aws:s3:::b/egresswatch/research/AWSLogs/111111111111/*"
+            serde_json::json!([
+                "arn:aws:s3:::b/egresswatch/research/AWSLogs/111111111111/*",
+                "arn:aws:s3:::b/egresswatch/research/AWSLogs/aws-account-id=111111111111/*"
+            ])
+        );
+        assert_eq!(
+            p["Statement"][1]["Action"],
+            serde_json::json!(["s3:GetBucketAcl", "s3:ListBucket"])
         );
         assert_eq!(
             write["Condition"]["StringEquals"]["aws:SourceAccount"],

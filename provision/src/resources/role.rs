@@ -36,18 +36,23 @@ pub fn studio(spec: &StackSpec, partition: &str, region: &str, account: &str) ->
         serde_json::json!({"Sid": "StudioNetworkInterfaces", "Effect": "Allow", "Action": ["ec2:CreateNetworkInterface", "ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface", "ec2:DeleteNetworkInterfacePermission", "ec2:DescribeNetworkInterfaces", "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeDhcpOptions"], "Resource": "*"}),
         // What launching and using Studio apps needs (SageMaker Role Manager's "Run Studio
         // Applications"), on this account's Studio resources only.
-        serde_json::json!({"Sid": "StudioApps", "Effect": "Allow", "Action": ["sagemaker:CreateApp", "sagemaker:DeleteApp", "sagemaker:DescribeApp", "sagemaker:ListApps", "sagemaker:DescribeDomain", "sagemaker:ListDomains", "sagemaker:DescribeUserProfile", "sagemaker:ListUserProfiles", "sagemaker:DescribeSpace", "sagemaker:ListSpaces", "sagemaker:ListTags", "sagemaker:AddTags"], "Resource": [
+        serde_json::json!({"Sid": "StudioApps", "Effect": "Allow", "Action": ["sagemaker:CreateApp", "sagemaker:DeleteApp", "sagemaker:DescribeApp", "sagemaker:DescribeDomain", "sagemaker:DescribeUserProfile", "sagemaker:CreateSpace", "sagemaker:UpdateSpace", "sagemaker:DeleteSpace", "sagemaker:DescribeSpace", "sagemaker:ListTags", "sagemaker:AddTags"], "Resource": [
             format!("arn:{partition}:sagemaker:{region}:{account}:domain/*"),
             format!("arn:{partition}:sagemaker:{region}:{account}:user-profile/*"),
             format!("arn:{partition}:sagemaker:{region}:{account}:space/*"),
             format!("arn:{partition}:sagemaker:{region}:{account}:app/*"),
         ]}),
+        // Listing takes no resource ARN: these actions are authorised on "*" only.
+        serde_json::json!({"Sid": "StudioLists", "Effect": "Allow", "Action": ["sagemaker:ListApps", "sagemaker:ListDomains", "sagemaker:ListUserProfiles", "sagemaker:ListSpaces"], "Resource": "*"}),
         // Work started outside the VPC, a notebook instance with direct internet access, and
         // changes to the domain itself (VpcOnly, its groups).
-        serde_json::json!({"Sid": "DenyWorkOutsideTheVpc", "Effect": "Deny", "Action": ["sagemaker:CreateTrainingJob", "sagemaker:CreateProcessingJob", "sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateModel", "sagemaker:CreateNotebookInstance", "sagemaker:CreateAutoMLJob", "sagemaker:CreateAutoMLJobV2", "sagemaker:CreateMonitoringSchedule", "sagemaker:CreateDataQualityJobDefinition", "sagemaker:CreateModelQualityJobDefinition", "sagemaker:CreateModelBiasJobDefinition", "sagemaker:CreateModelExplainabilityJobDefinition"], "Resource": "*",
+        serde_json::json!({"Sid": "DenyWorkOutsideTheVpc", "Effect": "Deny", "Action": ["sagemaker:CreateTrainingJob", "sagemaker:CreateProcessingJob", "sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateModel", "sagemaker:CreateNotebookInstance", "sagemaker:CreateAutoMLJob", "sagemaker:CreateAutoMLJobV2", "sagemaker:CreateMonitoringSchedule", "sagemaker:CreateDataQualityJobDefinition", "sagemaker:CreateModelQualityJobDefinition", "sagemaker:CreateModelBiasJobDefinition", "sagemaker:CreateModelExplainabilityJobDefinition", "sagemaker:CreateCompilationJob", "sagemaker:CreateOptimizationJob"], "Resource": "*",
             "Condition": {"Null": {"sagemaker:VpcSubnets": "true"}}}),
         serde_json::json!({"Sid": "DenyDirectInternetAccess", "Effect": "Deny", "Action": ["sagemaker:CreateNotebookInstance"], "Resource": "*",
             "Condition": {"StringEquals": {"sagemaker:DirectInternetAccess": "Enabled"}}}),
+        // New ways out of the VPC that skip the NAT (a gateway endpoint to any bucket, a route
+        // to an internet gateway), even where the managed policy would allow them.
+        serde_json::json!({"Sid": "DenyNewPathsOutOfTheVpc", "Effect": "Deny", "Action": ["ec2:CreateVpcEndpoint", "ec2:ModifyVpcEndpoint", "ec2:CreateRoute", "ec2:ReplaceRoute", "ec2:AttachInternetGateway", "ec2:CreateNatGateway", "ec2:CreateVpcPeeringConnection"], "Resource": "*"}),
         serde_json::json!({"Sid": "DenyChangingTheDomain", "Effect": "Deny", "Action": ["sagemaker:CreateDomain", "sagemaker:UpdateDomain", "sagemaker:DeleteDomain"], "Resource": "*"}),
     ];
     if !spec.s3_endpoint_buckets.is_empty() {

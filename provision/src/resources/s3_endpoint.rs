@@ -27,11 +27,14 @@ pub fn policy(spec: &StackSpec, partition: &str, region: &str, account: &str) ->
             "Condition": {"StringEquals": {"aws:ResourceAccount": accounts}}}));
     }
     // Read-only, the AWS-owned buckets Studio needs: ECR serves image layers from the first,
-    // the Amazon Linux repositories the next two, JumpStart its models the last.
+    // the Amazon Linux repositories (1, 2 and 2023) the next four, JumpStart its models the
+    // last.
     statements.push(serde_json::json!({"Sid": "AwsOwnedBucketsStudioReads", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": [
         format!("arn:{partition}:s3:::prod-{region}-starport-layer-bucket/*"),
         format!("arn:{partition}:s3:::packages.{region}.amazonaws.com/*"),
         format!("arn:{partition}:s3:::repo.{region}.amazonaws.com/*"),
+        format!("arn:{partition}:s3:::amazonlinux-2-repos-{region}/*"),
+        format!("arn:{partition}:s3:::al2023-repos-{region}-de612dc2/*"),
         format!("arn:{partition}:s3:::jumpstart-cache-prod-{region}"),
         format!("arn:{partition}:s3:::jumpstart-cache-prod-{region}/*"),
     ]}));
