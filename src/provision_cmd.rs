@@ -142,6 +142,7 @@ fn print_policies(
                     provision::policies::PolicyKind::Identity => "identity policy",
                     provision::policies::PolicyKind::Trust => "trust policy",
                     provision::policies::PolicyKind::Resource => "resource policy",
+                    provision::policies::PolicyKind::Boundary => "permissions boundary",
                 };
                 let text = serde_json::to_string_pretty(&p.document).unwrap_or_default();
                 // A reader that stops early (`| head`) ends the listing, not in a panic.

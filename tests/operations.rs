@@ -491,10 +491,14 @@ fn provisioner_operations() -> std::collections::BTreeSet<String> {
     ops
 }
 
-fn actions(policy: &Value) -> Vec<String> {
+/// The actions the policy's statements of `effect` name.
+fn actions_of(policy: &Value, effect: &str) -> Vec<String> {
     let mut v = Vec::new();
     for s in policy["Statement"].as_array().unwrap() {
-        assert_eq!(s["Effect"], "Allow");
+        assert!(s["Effect"] == "Allow" || s["Effect"] == "Deny", "{s}");
+        if s["Effect"] != effect {
+            continue;
+        }
         match &s["Action"] {
             Value::String(a) => v.push(a.clone()),
             Value::Array(a) => v.extend(a.iter().map(|x| x.as_str().unwrap().to_string())),
@@ -502,6 +506,10 @@ fn actions(policy: &Value) -> Vec<String> {
         }
     }
     v
+}
+
+fn actions(policy: &Value) -> Vec<String> {
+    actions_of(policy, "Allow")
 }
 
 #[test]
@@ -559,6 +567,16 @@ fn iam_policies_cover_exactly_what_the_code_calls() {
                 .iter()
                 .any(|a| a.ends_with(&format!(":{action}"))),
             "provisioner policy lacks {op} ({action})"
+        );
+    }
+    // What it denies itself (lifting or rewriting the roles' boundary) the code never calls.
+    let denied = actions_of(&read("deploy/iam/provisioner-policy.json"), "Deny");
+    assert!(!denied.is_empty());
+    for op in &ops {
+        let action = s3_action(op);
+        assert!(
+            !denied.iter().any(|a| a.ends_with(&format!(":{action}"))),
+            "the provisioner calls {op}, which its policy denies"
         );
     }
     assert!(provisioner.iter().all(|a| !a.contains('*')));

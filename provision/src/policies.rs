@@ -15,14 +15,21 @@ use crate::spec::{FlowLogDestination, StackSpec};
 
 const PROVISIONER: &str = include_str!("../policies/provisioner.json");
 const MONITOR: &str = include_str!("../policies/monitor.json");
+const ROLE_BOUNDARY: &str = include_str!("../policies/role-boundary.json");
 
-/// Who a policy governs: an identity's permissions, a role's trust, or a resource's own.
+/// The name of the permissions boundary every role the stack makes carries (one per account,
+/// shared by its stacks, under the project's IAM path).
+pub const ROLE_BOUNDARY_NAME: &str = "egresswatch-role-boundary";
+
+/// Who a policy governs: an identity's permissions, a role's trust, a resource's own, or the
+/// permissions boundary that caps the stack's roles whatever their policies say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     Identity,
     Trust,
     Resource,
+    Boundary,
 }
 
 /// One rendered policy and what it is attached to.
@@ -70,6 +77,24 @@ pub fn provisioner(partition: &str, account: &str) -> Result<serde_json::Value, 
     )
 }
 
+/// The ARN of the stack roles' permissions boundary.
+pub fn role_boundary_arn(partition: &str, account: &str) -> String {
+    format!(
+        "arn:{partition}:iam::{account}:policy{}{ROLE_BOUNDARY_NAME}",
+        crate::resources::role::ROLE_PATH
+    )
+}
+
+/// The permissions boundary of every role the stack makes: what the Studio and flow-log
+/// roles may do at the most, so that the provisioner, which writes those roles' policies,
+/// cannot make a role that does more (IAM's answer to a role-writer's self-escalation).
+pub fn role_boundary(partition: &str, account: &str) -> Result<serde_json::Value, String> {
+    fill(
+        ROLE_BOUNDARY,
+        &[("Partition", partition), ("Account", account)],
+    )
+}
+
 /// The monitor's own policy (its read calls) for one stack delivering to `bucket`.
 pub fn monitor(t: &Target<'_>, bucket: &str) -> Result<serde_json::Value, String> {
     fill(
@@ -101,6 +126,15 @@ pub fn render(spec: &StackSpec, t: &Target<'_>) -> Result<Vec<RenderedPolicy>, S
             document: monitor(t, &bucket)?,
         },
     ];
+    out.push(RenderedPolicy {
+        name: "role-boundary",
+        kind: PolicyKind::Boundary,
+        attached_to: format!(
+            "managed policy {}, the permissions boundary of the stack's roles",
+            role_boundary_arn(t.partition, t.account)
+        ),
+        document: role_boundary(t.partition, t.account)?,
+    });
     let studio = role::studio(spec, t.partition, t.region, t.account);
     out.push(RenderedPolicy {
         name: "studio-execution-role",

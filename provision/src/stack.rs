@@ -26,6 +26,7 @@ pub const STACK: &[&dyn Resource] = &[
     &resources::s3_endpoint::S3Endpoint,
     &resources::security_group::SecurityGroup,
     &resources::default_security_group::DefaultSecurityGroup,
+    &resources::role_boundary::RoleBoundary,
     &resources::role::StudioRole,
     &resources::role::FlowLogRole,
     &resources::log_group::FlowLogGroup,

@@ -546,6 +546,10 @@ async fn up_creates_the_decision_records_network() {
 async fn up_interrupted_at_every_mutating_call_converges() {
     let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
     let spec = StackSpec::default();
+    // The roles' permissions boundary is the account's: the first `up` makes it and `down`
+    // keeps it. Made here first, so every stack below makes the same calls.
+    up(&c, &spec, "first").await;
+    provision::down(&c, "first", ALL, |_| {}).await.unwrap();
     // How many mutating calls a clean `up` makes, in a throwaway stack.
     let before = c.calls.mutating();
     up(&c, &spec, "probe").await;
@@ -2044,4 +2048,77 @@ async fn the_spec_goes_with_the_stack_and_a_changed_spec_is_recorded_again() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_stack_role_is_under_the_permissions_boundary_and_a_lifted_one_is_put_back() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let (_, out) = provision::reconcile(&c, &spec, "bounded", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    let boundary = provision::policies::role_boundary_arn("aws", &out.account_id);
+    let iam = &c.iam;
+    // The boundary is the document `provision policies` prints.
+    let policy = iam.get_policy().policy_arn(&boundary).send().await.unwrap();
+    let version = policy.policy().unwrap().default_version_id().unwrap();
+    let doc = iam
+        .get_policy_version()
+        .policy_arn(&boundary)
+        .version_id(version)
+        .send()
+        .await
+        .unwrap();
+    let doc = doc.policy_version().unwrap().document().unwrap();
+    // IAM returns the document URL-encoded.
+    let doc = provision::resources::decode_policy(doc);
+    assert_eq!(
+        doc,
+        provision::policies::role_boundary("aws", &out.account_id).unwrap()
+    );
+    let carried = |name: &'static str| async move {
+        iam.get_role()
+            .role_name(name)
+            .send()
+            .await
+            .unwrap()
+            .role()
+            .and_then(|r| r.permissions_boundary())
+            .and_then(|b| b.permissions_boundary_arn())
+            .map(String::from)
+    };
+    for role in ["bounded-studio-execution", "bounded-flow-logs"] {
+        assert_eq!(
+            carried(role).await.as_deref(),
+            Some(boundary.as_str()),
+            "{role}"
+        );
+    }
+    // Someone lifts the boundary: security drift, and `up` puts it back.
+    iam.delete_role_permissions_boundary()
+        .role_name("bounded-studio-execution")
+        .send()
+        .await
+        .unwrap();
+    let drift = plan(&c, &spec, "bounded").await;
+    assert!(
+        drift
+            .iter()
+            .any(|ch| ch.resource == "iam-role/studio-execution"
+                && ch.security
+                && ch.detail.contains("permissions boundary")),
+        "{drift:?}"
+    );
+    up(&c, &spec, "bounded").await;
+    assert_eq!(
+        carried("bounded-studio-execution").await.as_deref(),
+        Some(boundary.as_str())
+    );
+    assert_eq!(plan(&c, &spec, "bounded").await, vec![]);
+    // `down` keeps the boundary: other stacks of the account are under it.
+    provision::down(&c, "bounded", ALL, |_| {}).await.unwrap();
+    assert!(iam.get_policy().policy_arn(&boundary).send().await.is_ok());
 }

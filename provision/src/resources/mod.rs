@@ -17,6 +17,7 @@ pub mod log_group;
 pub mod nat_gateway;
 pub mod network_acl;
 pub mod role;
+pub mod role_boundary;
 pub mod route_tables;
 pub mod s3_endpoint;
 pub mod security_group;

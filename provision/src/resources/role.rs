@@ -173,8 +173,27 @@ async fn reconcile(r: &mut Reconciler<'_>, want: RoleSpec) -> Result<String, Pro
             replaced = true;
         }
     }
+    let boundary = crate::policies::role_boundary_arn(&r.partition, &r.out.account_id);
     let arn = match found.filter(|_| !replaced) {
         Some(role) => {
+            let carried = role
+                .permissions_boundary()
+                .and_then(|b| b.permissions_boundary_arn());
+            if carried != Some(boundary.as_str())
+                && r.change(
+                    &resource,
+                    ChangeKind::Update,
+                    format!("put it under the permissions boundary {boundary}"),
+                    true,
+                )
+            {
+                iam.put_role_permissions_boundary()
+                    .role_name(&name)
+                    .permissions_boundary(&boundary)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(&resource, "PutRolePermissionsBoundary", e))?;
+            }
             if decode_policy(role.assume_role_policy_document().unwrap_or("")) != want.trust
                 && r.change(
                     &resource,
@@ -207,6 +226,7 @@ async fn reconcile(r: &mut Reconciler<'_>, want: RoleSpec) -> Result<String, Pro
                 .create_role()
                 .role_name(&name)
                 .path(ROLE_PATH)
+                .permissions_boundary(&boundary)
                 .assume_role_policy_document(want.trust.to_string())
                 .description(format!("egresswatch stack {}: {}", r.stack, want.which))
                 .tags(
