@@ -54,7 +54,7 @@ pub struct Config {
     /// a bad line (reason `line_too_long`), so input without newlines cannot fill memory.
     pub max_line_bytes: usize,
     /// How far past this host's clock a record's start or end may be; past it (or before
-    /// flow logs existed, 2015-06-10, or a start after the end) the record is a bad line
+    /// 2014, older than any flow-log record, or a start after the end) the record is a bad line
     /// (reason `implausible_time`) and moves no learning clock.
     pub max_future_skew_seconds: u64,
     /// Removed: refused with the reason (see [`SHARD_REMOVED`]).

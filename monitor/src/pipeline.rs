@@ -61,8 +61,11 @@ pub struct Pipeline {
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
 const TOP_K_COUNTERS: usize = 1_024;
-/// VPC flow logs were launched on 2015-06-10: no record starts before.
-const FLOW_LOGS_BEGAN: u64 = 1_433_894_400;
+/// No flow-log record starts before 2014: the service launched on 2015-06-10, and the oldest
+/// records in circulation (AWS's own documentation examples, from December 2014, and records
+/// of the months before launch) are later than this. What it catches is a zero or a
+/// truncated time, which would end every learning period at once.
+const FLOW_LOGS_BEGAN: u64 = 1_388_534_400;
 /// Clocks and delivery disagree by minutes; a day past this host's clock is no record's time.
 pub const DEFAULT_MAX_FUTURE_SKEW_SECONDS: u64 = 86_400;
 /// Judged flows between refreshes of the top-k gauges.
@@ -263,7 +266,7 @@ impl Pipeline {
                 return Some(bad(
                     field,
                     t,
-                    "is before VPC flow logs existed (2015-06-10)".into(),
+                    "is before 2014, older than any flow-log record".into(),
                 ));
             }
             // The cached clock may be old after a quiet spell: the rare record past it is
