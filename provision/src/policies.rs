@@ -166,26 +166,21 @@ pub fn render(spec: &StackSpec, t: &Target<'_>) -> Result<Vec<RenderedPolicy>, S
                 t.account,
             ),
         });
-        let queue_arn = format!(
-            "arn:{}:sqs:{}:{}:{}",
-            t.partition,
-            t.region,
-            t.account,
-            flow_log_queue_name(t.stack, false)
-        );
+        let queue_arn = |dead_letter: bool| {
+            format!(
+                "arn:{}:sqs:{}:{}:{}",
+                t.partition,
+                t.region,
+                t.account,
+                flow_log_queue_name(t.stack, dead_letter)
+            )
+        };
         let bucket_arn = format!("arn:{}:s3:::{bucket}", t.partition);
         let owner =
             (bucket == flow_log_bucket_name(t.stack, t.account, t.region)).then_some(t.account);
-        let dead_letter_arn = format!(
-            "arn:{}:sqs:{}:{}:{}",
-            t.partition,
-            t.region,
-            t.account,
-            flow_log_queue_name(t.stack, true)
-        );
         let attributes = flow_log_queue::wanted_attributes(
-            &queue_arn,
-            Some(&dead_letter_arn),
+            &queue_arn(false),
+            Some(&queue_arn(true)),
             &bucket_arn,
             owner,
         );

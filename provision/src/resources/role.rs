@@ -128,7 +128,8 @@ impl Resource for FlowLogRole {
     }
 }
 
-fn not_found<E: aws_sdk_iam::error::ProvideErrorMetadata>(e: &E) -> bool {
+/// IAM's answer for a role, policy or version that does not exist.
+pub(super) fn not_found<E: aws_sdk_iam::error::ProvideErrorMetadata>(e: &E) -> bool {
     e.code() == Some("NoSuchEntity")
 }
 

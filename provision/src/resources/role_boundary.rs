@@ -5,6 +5,7 @@
 //! the one this version ships is security drift that an administrator resolves. `down` keeps
 //! it: other stacks of the account use it.
 
+use super::role::not_found;
 use super::Teardown;
 use crate::aws::aws_error;
 use crate::policies::{role_boundary, role_boundary_arn, ROLE_BOUNDARY_NAME};
@@ -14,10 +15,6 @@ use crate::ProvisionError;
 super::resource!(RoleBoundary, "iam-policy/role-boundary");
 
 const RESOURCE: &str = "iam-policy/role-boundary";
-
-fn not_found<E: aws_sdk_iam::error::ProvideErrorMetadata>(e: &E) -> bool {
-    e.code() == Some("NoSuchEntity")
-}
 
 async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
     let iam = r.clients.iam.clone();
