@@ -7,9 +7,24 @@ Usage: aws_behaviour.py PORT UPSTREAM DIR BEHAVIOURS_JSON
 Journal: DIR/journal.jsonl, one line per injected response: {"behaviour", "action", "source", ...}
 
 Behaviours:
-  eventual-consistency  {"misses": N}   Describe/Authorize/Revoke of a security group, and
-                                        Describe of a NAT gateway, right after it was created
-                                        answer NotFound N times.
+  eventual-consistency  {"misses": N}   Every EC2 call naming a VPC, subnet, internet gateway,
+                                        route table, network ACL, NAT gateway, address
+                                        allocation, security group or VPC endpoint this layer
+                                        saw created answers that id's NotFound error for the
+                                        first N calls that name it within 10 s of the create
+                                        (filters excepted: a filtered Describe answers what it
+                                        finds).
+  notification-validation {"refusals": N}
+                                        PutBucketNotificationConfiguration naming a queue whose
+                                        policy was set through this layer is refused N times
+                                        with "Unable to validate the following destination
+                                        configurations".
+  queue-deleted-recently {"seconds": S} CreateQueue of a name deleted through this layer less
+                                        than S seconds ago (default 60) is refused with
+                                        QueueDeletedRecently.
+  address-unmapping     {"refusals": N} After DeleteNatGateway, the next N
+                                        DetachInternetGateway calls are refused with
+                                        DependencyViolation (mapped public addresses).
   role-propagation      {"refusals": N} CreateFlowLogs and CreateDomain with a role created
                                         by this run are refused N times each ("unable to
                                         assume").
@@ -53,6 +68,7 @@ import json
 import re
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -65,7 +81,10 @@ ON = json.loads(sys.argv[4])
 LOCK = threading.Lock()
 
 SOURCES = {
-    "eventual-consistency": "ec2/latest/devguide/eventual-consistency.html; boto/boto3#779",
+    "eventual-consistency": "ec2/latest/devguide/eventual-consistency.html; boto/boto3#779; hashicorp/terraform#7104 and PR #7156; hashicorp/terraform-provider-aws PR #19426",
+    "notification-validation": "pulumi/pulumi-aws#1895; aws/aws-cdk#18090; SQS SetQueueAttributes: attribute changes take up to 60 seconds to propagate",
+    "queue-deleted-recently": "SQS API reference, CreateQueue: after deleting a queue, wait at least 60 seconds before creating one with the same name (QueueDeletedRecently)",
+    "address-unmapping": "hashicorp/terraform#1325 (DetachInternetGateway DependencyViolation: Network vpc-... has some mapped public address(es))",
     "role-propagation": "hashicorp/terraform-provider-aws#29323 (CreateFlowLogs InvalidParameter: Unable to assume given IAM role); hashicorp/terraform-provider-aws#26429; hashicorp/terraform#2869",
     "already-associated": "hashicorp/terraform-provider-aws#73 and PR #6999 (Resource.AlreadyAssociated; ReplaceRouteTableAssociation is the call)",
     "release-after-nat": "hashicorp/terraform-provider-aws#49299 (ReleaseAddress AuthFailure after the NAT gateway is deleted)",
@@ -92,10 +111,13 @@ def merge(base, over):
 
 
 # State the behaviours keep.
-misses = {}  # resource id -> NotFound answers still to give
+misses = {}  # resource id -> (NotFound answers still to give, when it was created)
 roles = set()  # role ARNs created through this layer
 role_refusals = {}  # (action, role arn) -> refusals still to give
 release_refusals = [0]
+unmapping_refusals = [0]
+queue_policies = {}  # queue ARN -> PutBucketNotificationConfiguration refusals still to give
+deleted_queues = {}  # queue name -> when it was deleted (time.monotonic())
 domains = {}  # domain id -> {"vpc", "subnets", "apps", "spaces", "profiles", "deleting", ...}
 dependency_refusals = {}  # resource id -> DependencyViolation answers still to give
 
@@ -119,6 +141,12 @@ def ec2_error(code, message):
 def json_error(kind, message):
     body = json.dumps({"__type": kind, "message": message}).encode()
     return 400, {"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": kind}, body
+
+
+def sqs_error(code, message):
+    """An SQS error as its JSON protocol answers it, with the query-compatible code header."""
+    body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message}).encode()
+    return 400, {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": f"AWS.SimpleQueueService.{code};Sender"}, body
 
 
 def json_ok(value):
@@ -297,21 +325,59 @@ def after_sagemaker(action, req, status, data):
         journal("domain-in-use", action, lingering=made)
 
 
+# The element of a create's answer holding the new resource's id (the first one in the
+# answer: later ones name its parents).
+CREATED = {
+    "CreateVpc": "vpcId",
+    "CreateSubnet": "subnetId",
+    "CreateInternetGateway": "internetGatewayId",
+    "CreateRouteTable": "routeTableId",
+    "CreateNetworkAcl": "networkAclId",
+    "CreateNatGateway": "natGatewayId",
+    "AllocateAddress": "allocationId",
+    "CreateSecurityGroup": "groupId",
+    "CreateVpcEndpoint": "vpcEndpointId",
+}
+
+
+def not_found(action, rid):
+    """The error code and message EC2 answers for an id it does not know (yet)."""
+    if rid.startswith("nat-"):
+        if action.startswith("Describe") or action == "DeleteNatGateway":
+            return "NatGatewayNotFound", f"The Nat Gateway {rid} was not found"
+        return "InvalidNatGatewayID.NotFound", f"The natGateway ID '{rid}' does not exist"
+    kinds = {
+        "vpc-": ("InvalidVpcID.NotFound", "vpc ID"),
+        "subnet-": ("InvalidSubnetID.NotFound", "subnet ID"),
+        "igw-": ("InvalidInternetGatewayID.NotFound", "internetGateway ID"),
+        "rtb-": ("InvalidRouteTableID.NotFound", "routeTable ID"),
+        "acl-": ("InvalidNetworkAclID.NotFound", "networkAcl ID"),
+        "eipalloc-": ("InvalidAllocationID.NotFound", "allocation ID"),
+        "vpce-": ("InvalidVpcEndpointId.NotFound", "Vpc Endpoint Id"),
+    }
+    if rid.startswith("sg-"):
+        return "InvalidGroup.NotFound", f"The security group '{rid}' does not exist"
+    for prefix, (code, what) in kinds.items():
+        if rid.startswith(prefix):
+            return code, f"The {what} '{rid}' does not exist"
+    return "InvalidID.NotFound", f"The ID '{rid}' does not exist"
+
+
 def ec2(action, params):
     """Refuses an EC2 call as AWS would; None passes it to moto."""
     values = set(params.values())
     if "eventual-consistency" in ON:
-        reads_group = action in ("DescribeSecurityGroups", "AuthorizeSecurityGroupEgress", "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupEgress", "RevokeSecurityGroupIngress", "DescribeSecurityGroupRules")
-        for rid in list(misses):
-            if rid in values and misses[rid] > 0:
-                if rid.startswith("sg-") and reads_group:
-                    misses[rid] -= 1
-                    journal("eventual-consistency", action, resource=rid)
-                    return ec2_error("InvalidGroup.NotFound", f"The security group '{rid}' does not exist")
-                if rid.startswith("nat-") and action == "DescribeNatGateways":
-                    misses[rid] -= 1
-                    journal("eventual-consistency", action, resource=rid)
-                    return ec2_error("NatGatewayNotFound", f"The Nat Gateway {rid} was not found")
+        named = {v for k, v in params.items() if not k.startswith("Filter.")}
+        for rid in named:
+            left, made = misses.get(rid, (0, 0))
+            if left > 0 and time.monotonic() - made < 10:
+                misses[rid] = (left - 1, made)
+                journal("eventual-consistency", action, resource=rid)
+                return ec2_error(*not_found(action, rid))
+    if "address-unmapping" in ON and action == "DetachInternetGateway" and unmapping_refusals[0] > 0:
+        unmapping_refusals[0] -= 1
+        journal("address-unmapping", action, vpc=params.get("VpcId"))
+        return ec2_error("DependencyViolation", f"Network {params.get('VpcId')} has some mapped public address(es). Please unmap those public address(es) before detaching the gateway.")
     if "role-propagation" in ON and action == "CreateFlowLogs":
         arn = params.get("DeliverLogsPermissionArn")
         key = (action, arn)
@@ -400,14 +466,14 @@ def after_ec2(action, params, status, data):
     text = data.decode(errors="replace")
     if "eventual-consistency" in ON:
         n = ON["eventual-consistency"].get("misses", 2)
-        if action == "CreateSecurityGroup":
-            for gid in re.findall(r"<groupId>([^<]+)</groupId>", text):
-                misses[gid] = n
-        if action == "CreateNatGateway":
-            for nid in re.findall(r"<natGatewayId>([^<]+)</natGatewayId>", text):
-                misses[nid] = n
+        tag = CREATED.get(action)
+        m = re.search(f"<{tag}>([^<]+)</{tag}>", text) if tag else None
+        if m:
+            misses[m.group(1)] = (n, time.monotonic())
     if "release-after-nat" in ON and action == "DeleteNatGateway":
         release_refusals[0] = ON["release-after-nat"].get("refusals", 2)
+    if "address-unmapping" in ON and action == "DeleteNatGateway":
+        unmapping_refusals[0] = ON["address-unmapping"].get("refusals", 2)
 
 
 class Handler(forwarding.Handler):
@@ -430,6 +496,20 @@ class Handler(forwarding.Handler):
         body = self.rfile.read(n) if n else None
         headers = dict(self.headers)
         parts = urllib.parse.urlsplit(self.path)
+        if method == "PUT" and parts.query == "notification" and body and "notification-validation" in ON:
+            text = body.decode(errors="replace")
+            for queue, left in queue_policies.items():
+                if left > 0 and f":{queue}</Queue>" in text:
+                    queue_policies[queue] = left - 1
+                    journal("notification-validation", "PutBucketNotificationConfiguration", queue=queue)
+                    error = (
+                        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code>'
+                        "<Message>Unable to validate the following destination configurations</Message>"
+                        f"<ArgumentName1>{queue}</ArgumentName1><ArgumentValue1>Permissions on the destination queue do not allow S3 to publish notifications from this bucket</ArgumentValue1>"
+                        f"<RequestId>{uuid.uuid4()}</RequestId></Error>"
+                    ).encode()
+                    self.answer(400, {"Content-Type": "application/xml"}, error)
+                    return
         if parts.query == "policy" and method == "DELETE":
             bucket_policies.pop(parts.path, None)
         if parts.query == "policy" and method == "PUT" and body:
@@ -454,6 +534,24 @@ class Handler(forwarding.Handler):
             return
         self.answer(status, out, data)
 
+    def sqs(self, action, headers, body):
+        req = json.loads(body or b"{}")
+        name = req.get("QueueName") or (req.get("QueueUrl") or "").rstrip("/").rsplit("/", 1)[-1]
+        if action == "CreateQueue" and "queue-deleted-recently" in ON:
+            deleted = deleted_queues.get(name)
+            if deleted is not None and time.monotonic() - deleted < ON["queue-deleted-recently"].get("seconds", 60):
+                journal("queue-deleted-recently", action, queue=name)
+                self.answer(*sqs_error("QueueDeletedRecently", "You must wait 60 seconds after deleting a queue before you can create another with the same name."))
+                return
+        status, out, data = upstream("POST", self.path, headers, body)
+        if status == 200:
+            if action == "DeleteQueue":
+                deleted_queues[name] = time.monotonic()
+            sets_policy = "Policy" in (req.get("Attributes") or {})
+            if "notification-validation" in ON and action in ("CreateQueue", "SetQueueAttributes") and sets_policy:
+                queue_policies[name] = ON["notification-validation"].get("refusals", 2)
+        self.answer(status, out, data)
+
     def do_PUT(self):
         self.forward("PUT")
 
@@ -468,6 +566,9 @@ class Handler(forwarding.Handler):
         headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
         target = self.headers.get("X-Amz-Target", "")
         with LOCK:
+            if target.startswith("AmazonSQS."):
+                self.sqs(target.split(".", 1)[1], headers, body)
+                return
             if target.startswith("SageMaker."):
                 action = target.split(".", 1)[1]
                 req = json.loads(body or b"{}")

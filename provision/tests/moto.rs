@@ -891,6 +891,102 @@ async fn up_converges_in_one_run_while_aws_is_eventually_consistent() {
     assert!(!out.domain_id.is_empty());
 }
 
+/// Every create-then-use of the stack meets EC2's eventual consistency (each new id unknown
+/// to the first call naming it), S3 cannot yet validate the queue's fresh policy, the
+/// internet gateway cannot be detached while the NAT's address is unmapped, and a queue name
+/// is held for 60 s after `down`: `up`, `down` and `up` again each finish in one run.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_down_up_waits_out_every_create_then_use_refusal_aws_gives() {
+    let (_moto, aws, c) = emulator(serde_json::json!({
+        "eventual-consistency": {"misses": 1},
+        "notification-validation": {"refusals": 2},
+        "address-unmapping": {"refusals": 2},
+        "queue-deleted-recently": {"seconds": 15},
+    }))
+    .await;
+    let spec = s3_spec(None);
+    let mut said = Vec::new();
+    let (_, out) = provision::reconcile(&c, &spec, "fresh", Mode::Apply, |s| {
+        said.push(s.to_string())
+    })
+    .await
+    .unwrap();
+    // Each new id was unknown to the first call naming it, whichever that was, and each such
+    // call was retried: every kind of resource the stack makes, and the uses of them the
+    // field reports failing.
+    let refused: Vec<(String, String)> = aws
+        .journal()
+        .iter()
+        .filter(|j| j["behaviour"] == "eventual-consistency")
+        .map(|j| {
+            (
+                j["action"].as_str().unwrap_or_default().to_string(),
+                j["resource"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for prefix in [
+        "vpc-",
+        "subnet-",
+        "igw-",
+        "rtb-",
+        "acl-",
+        "eipalloc-",
+        "nat-",
+        "sg-",
+    ] {
+        assert!(
+            refused.iter().any(|(_, id)| id.starts_with(prefix)),
+            "no {prefix} id was refused: {refused:?}"
+        );
+    }
+    for action in [
+        "AttachInternetGateway",
+        "CreateRoute",
+        "AssociateRouteTable",
+        "CreateNetworkAclEntry",
+        "CreateNatGateway",
+    ] {
+        assert!(
+            refused.iter().any(|(a, _)| a == action),
+            "{action} was never refused: {refused:?}"
+        );
+    }
+    assert_eq!(
+        aws.injected(
+            "notification-validation",
+            "PutBucketNotificationConfiguration"
+        ),
+        2
+    );
+    assert!(
+        said.iter().any(|s| s.contains("Unable to validate")),
+        "{said:?}"
+    );
+    // What S3 announces reaches the queue: the configuration was written after all.
+    assert_eq!(plan(&c, &spec, "fresh").await, vec![]);
+    let notifications =
+        c.s3.get_bucket_notification_configuration()
+            .bucket(&out.flow_log_bucket)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(notifications.queue_configurations().len(), 1);
+    provision::down(&c, "fresh", ALL, |_| {}).await.unwrap();
+    assert_eq!(
+        aws.injected("address-unmapping", "DetachInternetGateway"),
+        2
+    );
+    assert_eq!(tagged(&c, "fresh").await, 0);
+    // Straight back up: the queue's name is still held, then free.
+    provision::reconcile(&c, &spec, "fresh", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    assert!(aws.injected("queue-deleted-recently", "CreateQueue") >= 1);
+    assert_eq!(plan(&c, &spec, "fresh").await, vec![]);
+    provision::down(&c, "fresh", ALL, |_| {}).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_private_subnet_moved_to_the_public_table_is_security_drift_moved_back() {
     let (_moto, aws, c) = emulator(serde_json::json!({"already-associated": {}})).await;

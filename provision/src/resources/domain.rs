@@ -211,7 +211,7 @@ async fn create(
         r.out.security_group_id.clone(),
     );
     // A role made seconds ago cannot be assumed by SageMaker yet.
-    let c = crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *r.progress, {
+    let c = crate::retry_passing!(&[Passing::RoleNotYetAssumable], &mut *r.progress, {
         sm.create_domain()
             .domain_name(name)
             .auth_mode(AuthMode::Iam)
@@ -515,7 +515,7 @@ async fn delete_one(t: &mut Teardown<'_>, id: &str) -> Result<(), ProvisionError
         let Some(name) = space.space_name() else {
             continue;
         };
-        crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+        crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
             sm.delete_space()
                 .domain_id(id)
                 .space_name(name)
@@ -540,7 +540,7 @@ async fn delete_one(t: &mut Teardown<'_>, id: &str) -> Result<(), ProvisionError
         let Some(name) = profile.user_profile_name() else {
             continue;
         };
-        crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+        crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
             sm.delete_user_profile()
                 .domain_id(id)
                 .user_profile_name(name)
@@ -558,7 +558,7 @@ async fn delete_one(t: &mut Teardown<'_>, id: &str) -> Result<(), ProvisionError
     )
     .await?;
 
-    crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+    crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
         sm.delete_domain()
             .domain_id(id)
             .retention_policy(

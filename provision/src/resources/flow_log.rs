@@ -205,14 +205,19 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                     .build(),
             ),
     };
-    // A role made seconds ago cannot be assumed by the flow-log service yet.
-    let c = crate::retry_passing!(Passing::RoleNotYetAssumable, &mut *r.progress, {
-        request
-            .clone()
-            .send()
-            .await
-            .map_err(|e| aws_error("flow-log", "CreateFlowLogs", e))
-    })?;
+    // A role made seconds ago cannot be assumed by the flow-log service yet, and a VPC made
+    // seconds ago may not be known to every EC2 host.
+    let c = crate::retry_passing!(
+        &[Passing::RoleNotYetAssumable, Passing::NotYetVisible],
+        &mut *r.progress,
+        {
+            request
+                .clone()
+                .send()
+                .await
+                .map_err(|e| aws_error("flow-log", "CreateFlowLogs", e))
+        }
+    )?;
     if let Some(u) = c.unsuccessful().first() {
         let msg = u
             .error()

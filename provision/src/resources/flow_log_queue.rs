@@ -18,6 +18,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::flow_log_bucket::exists;
 use super::{decode_policy, flow_log_prefix, flow_log_queue_name, resource, Teardown, PLANNED};
 use crate::aws::{aws_error, Clients};
+use crate::retry::Passing;
 use crate::spec::FlowLogDestination;
 use crate::stack::{ChangeKind, Reconciler, STACK_TAG};
 use crate::ProvisionError;
@@ -220,13 +221,17 @@ async fn queue(
             if !dead_letter {
                 create = create.tags(BUCKET_TAG, &bucket);
             }
-            let url = create
-                .send()
-                .await
-                .map_err(|e| aws_error(resource, "CreateQueue", e))?
-                .queue_url()
-                .unwrap_or_default()
-                .to_string();
+            // `down` then `up` within a minute: SQS keeps a deleted queue's name for 60 s.
+            let url = crate::retry_passing!(&[Passing::NameDeletedRecently], &mut *r.progress, {
+                create
+                    .clone()
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(resource, "CreateQueue", e))
+            })?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
             return Ok((url, arn));
         }
     };
@@ -386,18 +391,23 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         )
         .build()
         .map_err(|e| ProvisionError::Unexpected(e.to_string()))?;
-    s3.put_bucket_notification_configuration()
-        .bucket(&bucket)
-        .notification_configuration(with_ours(&current, Some(ours), &id))
-        .send()
-        .await
-        .map_err(|e| {
-            aws_error(
-                "flow-log-notification",
-                "PutBucketNotificationConfiguration",
-                e,
-            )
-        })?;
+    let wanted = with_ours(&current, Some(ours), &id);
+    // S3 checks that the queue's policy admits it; a policy written a moment ago may not be
+    // visible to S3 for up to a minute.
+    crate::retry_passing!(&[Passing::DestinationNotYetValid], &mut *r.progress, {
+        s3.put_bucket_notification_configuration()
+            .bucket(&bucket)
+            .notification_configuration(wanted.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                aws_error(
+                    "flow-log-notification",
+                    "PutBucketNotificationConfiguration",
+                    e,
+                )
+            })
+    })?;
     Ok(())
 }
 

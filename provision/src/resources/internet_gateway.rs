@@ -7,6 +7,7 @@ use aws_sdk_ec2::types::ResourceType;
 
 use super::{every_page, filter, resource, Teardown, PLANNED};
 use crate::aws::aws_error;
+use crate::retry::Passing;
 use crate::stack::{ChangeKind, Reconciler};
 use crate::ProvisionError;
 
@@ -59,12 +60,14 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             false,
         )
     {
-        ec2.attach_internet_gateway()
-            .internet_gateway_id(&id)
-            .vpc_id(&r.out.vpc_id)
-            .send()
-            .await
-            .map_err(|e| aws_error("internet-gateway", "AttachInternetGateway", e))?;
+        crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+            ec2.attach_internet_gateway()
+                .internet_gateway_id(&id)
+                .vpc_id(&r.out.vpc_id)
+                .send()
+                .await
+                .map_err(|e| aws_error("internet-gateway", "AttachInternetGateway", e))
+        })?;
     }
     Ok(())
 }
@@ -106,12 +109,15 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
                 continue;
             }
             if t.live() {
-                ec2.detach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))?;
+                // A NAT gateway deleted a moment ago may still have its address mapped.
+                crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
+                    ec2.detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("internet-gateway", "DetachInternetGateway", e))
+                })?;
             }
         }
         if ours {

@@ -129,17 +129,21 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                     });
                     continue;
                 }
-                ec2.create_nat_gateway()
-                    .subnet_id(&public.id)
-                    .allocation_id(&allocation_id)
-                    .tag_specifications(r.tags(ResourceType::Natgateway, &nat_res))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(&nat_res, "CreateNatGateway", e))?
-                    .nat_gateway()
-                    .and_then(|n| n.nat_gateway_id())
-                    .unwrap_or_default()
-                    .to_string()
+                // The subnet and the address may have been made a moment ago.
+                let tags = r.tags(ResourceType::Natgateway, &nat_res);
+                crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                    ec2.create_nat_gateway()
+                        .subnet_id(&public.id)
+                        .allocation_id(&allocation_id)
+                        .tag_specifications(tags.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(&nat_res, "CreateNatGateway", e))
+                })?
+                .nat_gateway()
+                .and_then(|n| n.nat_gateway_id())
+                .unwrap_or_default()
+                .to_string()
             }
         };
         let nat = wait_available(r, &nat_id, &nat_res).await?;
@@ -169,7 +173,7 @@ async fn wait_available(
     let ec2 = r.clients.ec2.clone();
     loop {
         // Right after create, EC2 may not know the gateway yet.
-        let got = crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+        let got = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
             ec2.describe_nat_gateways()
                 .nat_gateway_ids(id)
                 .send()
@@ -261,7 +265,7 @@ async fn retire(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             format!("Elastic IP {id}, which no NAT gateway of the spec uses"),
             false,
         ) {
-            crate::retry_passing!(Passing::AddressStillHeld, &mut *r.progress, {
+            crate::retry_passing!(&[Passing::AddressStillHeld], &mut *r.progress, {
                 ec2.release_address()
                     .allocation_id(id)
                     .send()
@@ -351,7 +355,7 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
     for id in eips.addresses().iter().filter_map(|a| a.allocation_id()) {
         // The address stays held for a while after its NAT gateway reports deleted.
         if t.live() {
-            crate::retry_passing!(Passing::AddressStillHeld, &mut *t.progress, {
+            crate::retry_passing!(&[Passing::AddressStillHeld], &mut *t.progress, {
                 ec2.release_address()
                     .allocation_id(id)
                     .send()

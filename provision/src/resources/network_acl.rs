@@ -14,6 +14,7 @@ use aws_sdk_ec2::types::{NetworkAcl as AwsNetworkAcl, PortRange, ResourceType, R
 
 use super::{every_page, filter, has_tag, resource, Teardown, PLANNED};
 use crate::aws::aws_error;
+use crate::retry::Passing;
 use crate::stack::{ChangeKind, Reconciler, RESOURCE_TAG};
 use crate::ProvisionError;
 
@@ -137,13 +138,15 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             ) {
                 return Ok(());
             }
-            let created = ec2
-                .create_network_acl()
-                .vpc_id(&r.out.vpc_id)
-                .tag_specifications(r.tags(ResourceType::NetworkAcl, RESOURCE))
-                .send()
-                .await
-                .map_err(|e| aws_error(RESOURCE, "CreateNetworkAcl", e))?;
+            let tags = r.tags(ResourceType::NetworkAcl, RESOURCE);
+            let created = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                ec2.create_network_acl()
+                    .vpc_id(&r.out.vpc_id)
+                    .tag_specifications(tags.clone())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(RESOURCE, "CreateNetworkAcl", e))
+            })?;
             let id = created
                 .network_acl()
                 .and_then(|a| a.network_acl_id())
@@ -181,26 +184,29 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             format!("add {}", describe(e)),
             false,
         ) {
-            let req = ec2
-                .create_network_acl_entry()
-                .network_acl_id(&id)
-                .egress(e.0)
-                .rule_number(e.1)
-                .protocol(&e.2)
-                .rule_action(if e.3 {
-                    RuleAction::Allow
+            // The ACL may have been made a moment ago.
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                let req = ec2
+                    .create_network_acl_entry()
+                    .network_acl_id(&id)
+                    .egress(e.0)
+                    .rule_number(e.1)
+                    .protocol(&e.2)
+                    .rule_action(if e.3 {
+                        RuleAction::Allow
+                    } else {
+                        RuleAction::Deny
+                    })
+                    .cidr_block(&e.4);
+                let req = if e.2 == "-1" {
+                    req
                 } else {
-                    RuleAction::Deny
-                })
-                .cidr_block(&e.4);
-            let req = if e.2 == "-1" {
-                req
-            } else {
-                req.port_range(PortRange::builder().from(e.5).to(e.6).build())
-            };
-            req.send()
-                .await
-                .map_err(|e| aws_error(RESOURCE, "CreateNetworkAclEntry", e))?;
+                    req.port_range(PortRange::builder().from(e.5).to(e.6).build())
+                };
+                req.send()
+                    .await
+                    .map_err(|e| aws_error(RESOURCE, "CreateNetworkAclEntry", e))
+            })?;
         }
     }
     // Every subnet is associated with exactly one ACL (the VPC's default unless told): the
@@ -241,12 +247,14 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             }
         );
         if r.change(RESOURCE, ChangeKind::Update, detail, existed) {
-            ec2.replace_network_acl_association()
-                .association_id(&association)
-                .network_acl_id(&id)
-                .send()
-                .await
-                .map_err(|e| aws_error(RESOURCE, "ReplaceNetworkAclAssociation", e))?;
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                ec2.replace_network_acl_association()
+                    .association_id(&association)
+                    .network_acl_id(&id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(RESOURCE, "ReplaceNetworkAclAssociation", e))
+            })?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ use aws_sdk_ec2::types::{ResourceType, Route};
 
 use super::{every_page, filter, has_tag, resource, Teardown, PLANNED};
 use crate::aws::aws_error;
+use crate::retry::Passing;
 use crate::stack::{ChangeKind, Reconciler, RESOURCE_TAG};
 use crate::ProvisionError;
 
@@ -124,13 +125,15 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                 ) {
                     continue;
                 }
-                let c = ec2
-                    .create_route_table()
-                    .vpc_id(&r.out.vpc_id)
-                    .tag_specifications(r.tags(ResourceType::RouteTable, &resource))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(&resource, "CreateRouteTable", e))?;
+                let tags = r.tags(ResourceType::RouteTable, &resource);
+                let c = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                    ec2.create_route_table()
+                        .vpc_id(&r.out.vpc_id)
+                        .tag_specifications(tags.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(&resource, "CreateRouteTable", e))
+                })?;
                 let id = c
                     .route_table()
                     .and_then(|t| t.route_table_id())
@@ -153,32 +156,38 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                 None => format!("route 0.0.0.0/0 -> {}", target.label()),
             };
             if r.change(&resource, ChangeKind::Update, detail, current.is_some()) {
+                // The table, the NAT gateway or the internet gateway may have been made a
+                // moment ago.
                 if current.is_some() {
-                    let req = ec2
-                        .replace_route()
-                        .route_table_id(&rt_id)
-                        .destination_cidr_block("0.0.0.0/0");
-                    let req = match &target {
-                        Target::Nat(n) => req.nat_gateway_id(n),
-                        Target::Gateway(g) => req.gateway_id(g),
-                        Target::Other => req,
-                    };
-                    req.send()
-                        .await
-                        .map_err(|e| aws_error(&resource, "ReplaceRoute", e))?;
+                    crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                        let req = ec2
+                            .replace_route()
+                            .route_table_id(&rt_id)
+                            .destination_cidr_block("0.0.0.0/0");
+                        let req = match &target {
+                            Target::Nat(n) => req.nat_gateway_id(n),
+                            Target::Gateway(g) => req.gateway_id(g),
+                            Target::Other => req,
+                        };
+                        req.send()
+                            .await
+                            .map_err(|e| aws_error(&resource, "ReplaceRoute", e))
+                    })?;
                 } else {
-                    let req = ec2
-                        .create_route()
-                        .route_table_id(&rt_id)
-                        .destination_cidr_block("0.0.0.0/0");
-                    let req = match &target {
-                        Target::Nat(n) => req.nat_gateway_id(n),
-                        Target::Gateway(g) => req.gateway_id(g),
-                        Target::Other => req,
-                    };
-                    req.send()
-                        .await
-                        .map_err(|e| aws_error(&resource, "CreateRoute", e))?;
+                    crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                        let req = ec2
+                            .create_route()
+                            .route_table_id(&rt_id)
+                            .destination_cidr_block("0.0.0.0/0");
+                        let req = match &target {
+                            Target::Nat(n) => req.nat_gateway_id(n),
+                            Target::Gateway(g) => req.gateway_id(g),
+                            Target::Other => req,
+                        };
+                        req.send()
+                            .await
+                            .map_err(|e| aws_error(&resource, "CreateRoute", e))
+                    })?;
                 }
             }
         }
@@ -240,12 +249,16 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                         }
                     );
                     if r.change(&resource, ChangeKind::Update, detail, private) {
-                        ec2.replace_route_table_association()
-                            .association_id(&association)
-                            .route_table_id(&rt_id)
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(&resource, "ReplaceRouteTableAssociation", e))?;
+                        crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                            ec2.replace_route_table_association()
+                                .association_id(&association)
+                                .route_table_id(&rt_id)
+                                .send()
+                                .await
+                                .map_err(|e| {
+                                    aws_error(&resource, "ReplaceRouteTableAssociation", e)
+                                })
+                        })?;
                     }
                 }
                 None => {
@@ -255,12 +268,14 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                         format!("associate subnet {subnet}"),
                         false,
                     ) {
-                        ec2.associate_route_table()
-                            .route_table_id(&rt_id)
-                            .subnet_id(&subnet)
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(&resource, "AssociateRouteTable", e))?;
+                        crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                            ec2.associate_route_table()
+                                .route_table_id(&rt_id)
+                                .subnet_id(&subnet)
+                                .send()
+                                .await
+                                .map_err(|e| aws_error(&resource, "AssociateRouteTable", e))
+                        })?;
                     }
                 }
             }

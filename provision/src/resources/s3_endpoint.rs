@@ -7,6 +7,7 @@ use aws_sdk_ec2::types::{ResourceType, VpcEndpointType};
 
 use super::{bucket_arns, decode_policy, every_page, filter, resource, Teardown, PLANNED};
 use crate::aws::aws_error;
+use crate::retry::Passing;
 use crate::spec::{S3EndpointAccess, StackSpec};
 use crate::stack::{ChangeKind, Reconciler};
 use crate::ProvisionError;
@@ -71,17 +72,20 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                 "S3 gateway endpoint on the private route tables",
                 false,
             ) {
-                let c = ec2
-                    .create_vpc_endpoint()
-                    .vpc_id(&r.out.vpc_id)
-                    .service_name(&service)
-                    .vpc_endpoint_type(VpcEndpointType::Gateway)
-                    .set_route_table_ids(Some(tables))
-                    .policy_document(policy)
-                    .tag_specifications(r.tags(ResourceType::VpcEndpoint, "s3-endpoint"))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("s3-endpoint", "CreateVpcEndpoint", e))?;
+                // The VPC and the route tables may have been made a moment ago.
+                let tags = r.tags(ResourceType::VpcEndpoint, "s3-endpoint");
+                let c = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                    ec2.create_vpc_endpoint()
+                        .vpc_id(&r.out.vpc_id)
+                        .service_name(&service)
+                        .vpc_endpoint_type(VpcEndpointType::Gateway)
+                        .set_route_table_ids(Some(tables.clone()))
+                        .policy_document(&policy)
+                        .tag_specifications(tags.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("s3-endpoint", "CreateVpcEndpoint", e))
+                })?;
                 r.out.s3_endpoint_id = c
                     .vpc_endpoint()
                     .and_then(|e| e.vpc_endpoint_id())
@@ -113,16 +117,18 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                     policy_differs,
                 )
             {
-                let mut m = ec2
-                    .modify_vpc_endpoint()
-                    .vpc_endpoint_id(&id)
-                    .set_add_route_table_ids(Some(missing));
-                if policy_differs {
-                    m = m.policy_document(policy);
-                }
-                m.send()
-                    .await
-                    .map_err(|e| aws_error("s3-endpoint", "ModifyVpcEndpoint", e))?;
+                crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                    let mut m = ec2
+                        .modify_vpc_endpoint()
+                        .vpc_endpoint_id(&id)
+                        .set_add_route_table_ids(Some(missing.clone()));
+                    if policy_differs {
+                        m = m.policy_document(&policy);
+                    }
+                    m.send()
+                        .await
+                        .map_err(|e| aws_error("s3-endpoint", "ModifyVpcEndpoint", e))
+                })?;
             }
         }
     }
@@ -173,11 +179,15 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
             continue;
         }
         if t.live() {
-            ec2.delete_vpc_endpoints()
-                .set_vpc_endpoint_ids(Some(ids.clone()))
-                .send()
-                .await
-                .map_err(|e| aws_error("s3-endpoint", "DeleteVpcEndpoints", e))?;
+            // Listed a moment ago yet, right after its create (an `up` that failed on, then
+            // `down`), not known to every EC2 host.
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *t.progress, {
+                ec2.delete_vpc_endpoints()
+                    .set_vpc_endpoint_ids(Some(ids.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("s3-endpoint", "DeleteVpcEndpoints", e))
+            })?;
         }
         for id in ids {
             t.say(format!("vpc-endpoint {id}"));

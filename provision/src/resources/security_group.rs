@@ -161,21 +161,24 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                 r.out.security_group_id = PLANNED.into();
                 return Ok(());
             }
-            let c = ec2
-                .create_security_group()
-                .group_name(r.name("studio"))
-                .vpc_id(&r.out.vpc_id)
-                .description(
-                    "SageMaker Studio: HTTPS egress only; NFS and kernel ports within the group",
-                )
-                .tag_specifications(r.tags(ResourceType::SecurityGroup, "security-group"))
-                .send()
-                .await
-                .map_err(|e| aws_error("security-group", "CreateSecurityGroup", e))?;
+            let tags = r.tags(ResourceType::SecurityGroup, "security-group");
+            let name = r.name("studio");
+            let c = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                ec2.create_security_group()
+                    .group_name(&name)
+                    .vpc_id(&r.out.vpc_id)
+                    .description(
+                        "SageMaker Studio: HTTPS egress only; NFS and kernel ports within the group",
+                    )
+                    .tag_specifications(tags.clone())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("security-group", "CreateSecurityGroup", e))
+            })?;
             let id = c.group_id().unwrap_or_default().to_string();
             // A new group allows all egress; the rule comes back on describe and is revoked
             // below. Right after create, EC2 may not know the group yet.
-            let g = crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+            let g = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
                 ec2.describe_security_groups()
                     .group_ids(&id)
                     .send()
@@ -206,7 +209,7 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         } else {
             (vec![permission(extra)], vec![])
         };
-        crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+        crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
             revoke(&ec2, "security-group", &id, ingress.clone(), egress.clone()).await
         })?;
     }
@@ -220,7 +223,7 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             continue;
         }
         if missing.0 == "egress" {
-            crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
                 ec2.authorize_security_group_egress()
                     .group_id(&id)
                     .ip_permissions(permission(missing))
@@ -229,7 +232,7 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                     .map_err(|e| aws_error("security-group", "AuthorizeSecurityGroupEgress", e))
             })?;
         } else {
-            crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
                 ec2.authorize_security_group_ingress()
                     .group_id(&id)
                     .ip_permissions(permission(missing))
@@ -294,7 +297,7 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
         for id in groups.iter().filter_map(|g| g.group_id()) {
             // Interfaces of a deleted domain take a while to let go of their groups.
             if t.live() {
-                crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+                crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
                     ec2.delete_security_group()
                         .group_id(id)
                         .send()

@@ -91,18 +91,22 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
                         format!("{tier} subnet {cidr} in {zone}"),
                         false,
                     ) {
-                        ec2.create_subnet()
-                            .vpc_id(&r.out.vpc_id)
-                            .cidr_block(cidr.to_string())
-                            .availability_zone(&zone)
-                            .tag_specifications(r.tags(ResourceType::Subnet, &resource))
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(&resource, "CreateSubnet", e))?
-                            .subnet()
-                            .and_then(|s| s.subnet_id())
-                            .unwrap_or_default()
-                            .to_string()
+                        let tags = r.tags(ResourceType::Subnet, &resource);
+                        // The VPC made a moment ago may not be known to every EC2 host yet.
+                        crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                            ec2.create_subnet()
+                                .vpc_id(&r.out.vpc_id)
+                                .cidr_block(cidr.to_string())
+                                .availability_zone(&zone)
+                                .tag_specifications(tags.clone())
+                                .send()
+                                .await
+                                .map_err(|e| aws_error(&resource, "CreateSubnet", e))
+                        })?
+                        .subnet()
+                        .and_then(|s| s.subnet_id())
+                        .unwrap_or_default()
+                        .to_string()
                     } else {
                         PLANNED.into()
                     };
@@ -134,7 +138,7 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
         for id in subnets.iter().filter_map(|s| s.subnet_id()) {
             // Mount targets and interfaces SageMaker leaves take a while to go.
             if t.live() {
-                crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+                crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
                     ec2.delete_subnet()
                         .subnet_id(id)
                         .send()

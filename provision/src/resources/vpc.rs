@@ -156,7 +156,7 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         (VpcAttributeName::EnableDnsHostnames, "DNS hostnames"),
     ] {
         // Right after create, EC2 may not know the VPC yet.
-        let got = crate::retry_passing!(Passing::NotYetVisible, &mut *r.progress, {
+        let got = crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
             ec2.describe_vpc_attribute()
                 .vpc_id(&vpc_id)
                 .attribute(attr.clone())
@@ -171,15 +171,17 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         .unwrap_or(false);
         if !on && r.change("vpc", ChangeKind::Update, format!("turn on {label}"), false) {
             let value = AttributeBooleanValue::builder().value(true).build();
-            let req = ec2.modify_vpc_attribute().vpc_id(&vpc_id);
-            let req = if attr == VpcAttributeName::EnableDnsSupport {
-                req.enable_dns_support(value)
-            } else {
-                req.enable_dns_hostnames(value)
-            };
-            req.send()
-                .await
-                .map_err(|e| aws_error("vpc", "ModifyVpcAttribute", e))?;
+            crate::retry_passing!(&[Passing::NotYetVisible], &mut *r.progress, {
+                let req = ec2.modify_vpc_attribute().vpc_id(&vpc_id);
+                let req = if attr == VpcAttributeName::EnableDnsSupport {
+                    req.enable_dns_support(value.clone())
+                } else {
+                    req.enable_dns_hostnames(value.clone())
+                };
+                req.send()
+                    .await
+                    .map_err(|e| aws_error("vpc", "ModifyVpcAttribute", e))
+            })?;
         }
     }
     Ok(())
@@ -190,7 +192,7 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
     for vpc in t.vpc_ids.clone() {
         if t.live() {
             // What SageMaker left in it takes a while to go.
-            crate::retry_passing!(Passing::DependencyLeaving, &mut *t.progress, {
+            crate::retry_passing!(&[Passing::DependencyLeaving], &mut *t.progress, {
                 ec2.delete_vpc()
                     .vpc_id(&vpc)
                     .send()
