@@ -62,6 +62,13 @@ Behaviours:
                                         security groups and an ENI linger in the VPC, and the
                                         subnets and VPC refuse deletion M times with
                                         DependencyViolation (mount targets leaving).
+  studio-leftovers      {}              What Studio leaves in a VPC holds on: the interface a
+                                        deleted domain leaves (domain-in-use) stays in-use,
+                                        attached for SageMaker, until force-detached; the
+                                        interface of every EFS mount target made through this
+                                        layer is in-use and typed efs, described as EFS does,
+                                        and goes only with its mount target. Deleting either
+                                        while in use is refused (InvalidNetworkInterface.InUse).
 """
 import http.server
 import json
@@ -89,6 +96,7 @@ SOURCES = {
     "already-associated": "hashicorp/terraform-provider-aws#73 and PR #6999 (Resource.AlreadyAssociated; ReplaceRouteTableAssociation is the call)",
     "release-after-nat": "hashicorp/terraform-provider-aws#49299 (ReleaseAddress AuthFailure after the NAT gateway is deleted)",
     "flow-log-delivery-failed": "ec2 API reference, FlowLog: DeliverLogsStatus SUCCESS | FAILED, DeliverLogsErrorMessage Rate limited | Access error | Unknown error",
+    "studio-leftovers": "aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py (force-detaches SageMaker's ENIs, deletes EFS mount targets); EFS user guide, mount targets: a mount target's network interface is requester-managed and deleted with it",
     "domain-in-use": "aws-cloudformation/cloudformation-coverage-roadmap#1754; aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py; aws-samples/amazon-sagemaker-studio-vpc-networkfirewall:functions/test/sagemakerdomain.py",
 }
 
@@ -120,6 +128,8 @@ queue_policies = {}  # queue ARN -> PutBucketNotificationConfiguration refusals 
 deleted_queues = {}  # queue name -> when it was deleted (time.monotonic())
 domains = {}  # domain id -> {"vpc", "subnets", "apps", "spaces", "profiles", "deleting", ...}
 dependency_refusals = {}  # resource id -> DependencyViolation answers still to give
+sagemaker_enis = {}  # interface id -> whether SageMaker still holds it attached
+mount_target_enis = {}  # interface id -> (mount target id, file system id)
 
 
 def journal(behaviour, action, **more):
@@ -318,6 +328,8 @@ def after_sagemaker(action, req, status, data):
             m = re.search(r"<networkInterfaceId>([^<]+)</networkInterfaceId>", text)
             if m:
                 made.append(m.group(1))
+                if "studio-leftovers" in ON:
+                    sagemaker_enis[m.group(1)] = True
         refusals = cfg.get("dependency_refusals", 2)
         for sid in d["subnets"]:
             dependency_refusals[sid] = refusals
@@ -396,6 +408,17 @@ def ec2(action, params):
         release_refusals[0] -= 1
         journal("release-after-nat", action, allocation=params.get("AllocationId"))
         return ec2_error("AuthFailure", "You do not have permission to access the specified resource.")
+    if "studio-leftovers" in ON and action == "DetachNetworkInterface":
+        eni = "eni-" + params.get("AttachmentId", "").rsplit("-", 1)[-1]
+        if sagemaker_enis.get(eni):
+            sagemaker_enis[eni] = False
+            journal("studio-leftovers", action, interface=eni, force=params.get("Force"))
+            return 200, {"Content-Type": "text/xml"}, b'<?xml version="1.0" encoding="UTF-8"?><DetachNetworkInterfaceResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>r</requestId><return>true</return></DetachNetworkInterfaceResponse>'
+    if "studio-leftovers" in ON and action == "DeleteNetworkInterface":
+        eni = params.get("NetworkInterfaceId")
+        if sagemaker_enis.get(eni) or eni in mount_target_enis:
+            journal("studio-leftovers", action, interface=eni, refused="InvalidNetworkInterface.InUse")
+            return ec2_error("InvalidNetworkInterface.InUse", f"The network interface {eni} is currently in use.")
     if action in ("DeleteSubnet", "DeleteVpc"):
         rid = params.get("SubnetId") or params.get("VpcId")
         if dependency_refusals.get(rid, 0) > 0:
@@ -405,8 +428,39 @@ def ec2(action, params):
     return None
 
 
+def held_interface(item, eni):
+    """One interface of a DescribeNetworkInterfaces answer as AWS shows it while held."""
+    if eni in mount_target_enis:
+        target, fs = mount_target_enis[eni]
+        description, kind, attachment = f"EFS mount target for {fs} ({target})", "efs", f"ela-attach-{eni[4:]}"
+    else:
+        description, kind, attachment = None, "interface", f"eni-attach-{eni[4:]}"
+    item = item.replace("<status>available</status>", "<status>in-use</status>", 1)
+    item = item.replace("<requesterManaged>false</requesterManaged>", "<requesterManaged>true</requesterManaged>", 1)
+    item = re.sub(r"<interfaceType>[^<]*</interfaceType>", f"<interfaceType>{kind}</interfaceType>", item, count=1)
+    if description is not None:
+        item = re.sub(r"<description>[^<]*</description>|<description/>", "", item, count=1)
+        item = item.replace("<item>", f"<item><description>{description}</description>", 1)
+    return item.replace("<item>", f"<item><attachment><attachmentId>{attachment}</attachmentId><deviceIndex>1</deviceIndex><instanceOwnerId>amazon-aws</instanceOwnerId><status>attached</status></attachment>", 1)
+
+
 def patch_ec2(action, status, data):
     """Rewrites an EC2 answer as a behaviour needs; returns the body to send."""
+    if "studio-leftovers" in ON and action == "DescribeNetworkInterfaces" and status == 200:
+        text = data.decode()
+        held = [e for e, on in sagemaker_enis.items() if on] + list(mount_target_enis)
+        for eni in held:
+            at = text.find(f"<networkInterfaceId>{eni}</networkInterfaceId>")
+            if at < 0:
+                continue
+            # moto writes each interface's elements in name order, from availabilityZone to vpcId.
+            start = text.rfind("<item><availabilityZone>", 0, at)
+            end = text.find("</vpcId></item>", at)
+            if start < 0 or end < 0:
+                continue
+            end += len("</vpcId></item>")
+            text = text[:start] + held_interface(text[start:end], eni) + text[end:]
+        return text.encode()
     if "flow-log-delivery-failed" in ON and action == "DescribeFlowLogs" and status == 200:
         left = ON["flow-log-delivery-failed"].setdefault("answers", 2)
         if left > 0 and b"<flowLogId>" in data:
@@ -510,6 +564,12 @@ class Handler(forwarding.Handler):
                     ).encode()
                     self.answer(400, {"Content-Type": "application/xml"}, error)
                     return
+        if method == "DELETE" and parts.path.startswith("/2015-02-01/mount-targets/"):
+            target = parts.path.rsplit("/", 1)[-1]
+            for eni, (t, _) in list(mount_target_enis.items()):
+                if t == target:
+                    del mount_target_enis[eni]
+                    journal("studio-leftovers", "DeleteMountTarget", mount_target=target, interface=eni)
         if parts.query == "policy" and method == "DELETE":
             bucket_policies.pop(parts.path, None)
         if parts.query == "policy" and method == "PUT" and body:
@@ -589,6 +649,13 @@ class Handler(forwarding.Handler):
                 after_sagemaker(action, req, status, data)
                 if action == "DescribeDomain" and status == 200 and req.get("DomainId") in domain_updates:
                     data = json.dumps(merge(json.loads(data), domain_updates[req["DomainId"]])).encode()
+                self.answer(status, out, data)
+                return
+            if self.path.startswith("/2015-02-01/mount-targets"):
+                status, out, data = upstream("POST", self.path, headers, body)
+                if status == 200 and "studio-leftovers" in ON:
+                    made = json.loads(data)
+                    mount_target_enis[made["NetworkInterfaceId"]] = (made["MountTargetId"], made["FileSystemId"])
                 self.answer(status, out, data)
                 return
             params = {}

@@ -112,6 +112,10 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     /// For flow logs delivered to S3: the queue that announces the objects.
     pub sqs: aws_sdk_sqs::Client,
+    /// For `down`: mount targets a Studio home volume left in the stack's subnets.
+    pub efs: aws_sdk_efs::Client,
+    /// For `log-kms-key-arn`: whether the key's policy admits log delivery.
+    pub kms: aws_sdk_kms::Client,
     pub region: String,
     pub calls: Arc<CallLog>,
 }
@@ -176,6 +180,16 @@ impl Clients {
         );
         let sqs = aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let efs = aws_sdk_efs::Client::from_conf(
+            aws_sdk_efs::config::Builder::from(&shared)
+                .interceptor(counter.clone())
+                .build(),
+        );
+        let kms = aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&shared)
                 .interceptor(counter)
                 .build(),
         );
@@ -187,6 +201,8 @@ impl Clients {
             sts,
             s3,
             sqs,
+            efs,
+            kms,
             region,
             calls,
         })

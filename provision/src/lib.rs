@@ -7,6 +7,7 @@
 pub mod aws;
 pub(crate) mod down;
 pub mod lock;
+pub mod log_key;
 pub mod logs;
 pub mod policies;
 pub mod resources;

@@ -25,6 +25,8 @@ pub const STACK: &[&dyn Resource] = &[
     &resources::nat_gateway::RetiredNatGateways,
     &resources::s3_endpoint::S3Endpoint,
     &resources::security_group::SecurityGroup,
+    // Nothing to make; in `down`, what Studio left holding the groups and subnets goes first.
+    &resources::studio_leftovers::StudioLeftovers,
     &resources::default_security_group::DefaultSecurityGroup,
     &resources::role_boundary::RoleBoundary,
     &resources::role::StudioRole,

@@ -1069,6 +1069,113 @@ async fn a_private_subnet_moved_to_the_public_table_is_security_drift_moved_back
     assert_eq!(aws.injected("already-associated", "AssociateRouteTable"), 1);
 }
 
+/// After real Studio use SageMaker still holds an interface in the VPC, and a home volume
+/// kept from an earlier domain has mount targets in the private subnets: `down` force-detaches
+/// the one, deletes the other's mount targets (never the volume: it is the users' data) and
+/// each interface as it frees up, then the groups, subnets and VPC go.
+#[tokio::test(flavor = "multi_thread")]
+async fn down_releases_the_interfaces_and_mount_targets_studio_left_and_keeps_the_volume() {
+    let (_moto, aws, c) = emulator(serde_json::json!({
+        "domain-in-use": {"deleting_polls": 1, "dependency_refusals": 0},
+        "studio-leftovers": {},
+    }))
+    .await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "left", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // A home volume SageMaker made for a domain deleted with "retain", mounted in the
+    // private subnets behind the stack's group, as Studio mounts it.
+    let volume = c
+        .efs
+        .create_file_system()
+        .creation_token("home-of-an-earlier-domain")
+        .tags(
+            aws_sdk_efs::types::Tag::builder()
+                .key("ManagedByAmazonSageMakerResource")
+                .value("arn:aws:sagemaker:us-east-1:123456789012:domain/d-earlier")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .file_system_id()
+        .to_string();
+    for subnet in &out.private_subnets {
+        c.efs
+            .create_mount_target()
+            .file_system_id(&volume)
+            .subnet_id(&subnet.id)
+            .security_groups(&out.security_group_id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let held_by_efs = c
+        .ec2
+        .describe_network_interfaces()
+        .filters(Filter::builder().name("vpc-id").values(&out.vpc_id).build())
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()
+        .iter()
+        .filter(|i| i.interface_type().map(|t| t.as_str()) == Some("efs"))
+        .count();
+    assert_eq!(held_by_efs, out.private_subnets.len());
+    let mut said = Vec::new();
+    let deleted = provision::down(&c, "left", ALL, |s| said.push(s.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted
+            .iter()
+            .filter(|d| d.starts_with("efs-mount-target "))
+            .count(),
+        out.private_subnets.len(),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        aws.injected("studio-leftovers", "DetachNetworkInterface"),
+        1
+    );
+    assert_eq!(
+        aws.injected("studio-leftovers", "DeleteMountTarget"),
+        out.private_subnets.len()
+    );
+    assert!(
+        said.iter().any(|s| s.contains("SageMaker still held")),
+        "{said:?}"
+    );
+    // The network is gone; the volume, with the users' data, is kept and no longer mounted.
+    assert_eq!(tagged(&c, "left").await, 0);
+    let vpcs = c
+        .ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("vpc-id").values(&out.vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(vpcs.vpcs().is_empty());
+    let kept = c
+        .efs
+        .describe_file_systems()
+        .file_system_id(&volume)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.file_systems().len(), 1);
+    let mounted = c
+        .efs
+        .describe_mount_targets()
+        .file_system_id(&volume)
+        .send()
+        .await
+        .unwrap();
+    assert!(mounted.mount_targets().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn down_empties_a_used_domain_and_cleans_up_what_sagemaker_leaves() {
     let (_moto, aws, c) = emulator(serde_json::json!({
@@ -1798,6 +1905,111 @@ async fn a_role_outside_the_projects_iam_path_is_made_again_inside_it() {
     );
     provision::down(&c, "legacy", ALL, |_| {}).await.unwrap();
     assert_eq!(tagged(&c, "legacy").await, 0);
+}
+
+/// A customer key whose policy does not let CloudWatch Logs (or, for S3, log delivery) use it
+/// would fail every delivery with an access error AWS shows only as a status; `up` reads the
+/// key policy first and says what to add, and goes ahead once the policy admits the writer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_key_whose_policy_keeps_log_delivery_out_is_refused_before_it_is_used() {
+    let (_moto, _aws, c) = emulator(serde_json::json!({})).await;
+    let key = c
+        .kms
+        .create_key()
+        .description("flow logs")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_string();
+    for (destination, service) in [
+        (
+            provision::spec::FlowLogDestination::Cloudwatch,
+            "logs.us-east-1.amazonaws.com",
+        ),
+        (
+            provision::spec::FlowLogDestination::S3,
+            "delivery.logs.amazonaws.com",
+        ),
+    ] {
+        let spec = StackSpec {
+            studio_domain: false,
+            flow_log_destination: destination,
+            log_kms_key_arn: Some(key.clone()),
+            ..StackSpec::default()
+        };
+        let stack = format!("key-{}", service.split('.').next().unwrap());
+        let refused = provision::reconcile(&c, &spec, &stack, Mode::Apply, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(&format!("does not let {service} use the key")),
+            "{refused}"
+        );
+        assert!(refused.contains(&key), "{refused}");
+        // The key's owner adds the statement the error shows.
+        let mut policy: serde_json::Value = serde_json::from_str(
+            c.kms
+                .get_key_policy()
+                .key_id(&key)
+                .policy_name("default")
+                .send()
+                .await
+                .unwrap()
+                .policy()
+                .unwrap(),
+        )
+        .unwrap();
+        policy["Statement"].as_array_mut().unwrap().push(serde_json::json!({
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            "Resource": "*"
+        }));
+        c.kms
+            .put_key_policy()
+            .key_id(&key)
+            .policy_name("default")
+            .policy(policy.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (_, out) = provision::reconcile(&c, &spec, &stack, Mode::Apply, |_| {})
+            .await
+            .unwrap();
+        if destination == provision::spec::FlowLogDestination::Cloudwatch {
+            let groups = c
+                .logs
+                .describe_log_groups()
+                .log_group_name_prefix(&out.log_group)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(groups.log_groups()[0].kms_key_id(), Some(key.as_str()));
+        } else {
+            let encryption =
+                c.s3.get_bucket_encryption()
+                    .bucket(&out.flow_log_bucket)
+                    .send()
+                    .await
+                    .unwrap();
+            let rule = &encryption
+                .server_side_encryption_configuration()
+                .unwrap()
+                .rules()[0];
+            assert_eq!(
+                rule.apply_server_side_encryption_by_default()
+                    .unwrap()
+                    .kms_master_key_id(),
+                Some(key.as_str())
+            );
+        }
+        provision::down(&c, &stack, ALL, |_| {}).await.unwrap();
+    }
 }
 
 /// A spec delivering to S3 without a Studio domain.

@@ -229,6 +229,15 @@ async fn public_access(r: &mut Reconciler<'_>, bucket: &str) -> Result<(), Provi
 async fn encryption(r: &mut Reconciler<'_>, bucket: &str) -> Result<(), ProvisionError> {
     let s3 = r.clients.s3.clone();
     let key = r.spec.log_kms_key_arn.clone();
+    if let Some(k) = &key {
+        crate::log_key::check(
+            r.clients,
+            k,
+            "delivery.logs.amazonaws.com",
+            &mut *r.progress,
+        )
+        .await?;
+    }
     let current = match s3.get_bucket_encryption().bucket(bucket).send().await {
         Ok(got) => got
             .server_side_encryption_configuration()

@@ -71,6 +71,10 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
         }
     }
     let key = r.spec.log_kms_key_arn.clone();
+    if let Some(k) = &key {
+        let service = format!("logs.{}.amazonaws.com", r.clients.region);
+        crate::log_key::check(r.clients, k, &service, &mut *r.progress).await?;
+    }
     let retention = match existing {
         Some(g) => {
             if key.is_some()

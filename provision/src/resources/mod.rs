@@ -21,6 +21,7 @@ pub mod role_boundary;
 pub mod route_tables;
 pub mod s3_endpoint;
 pub mod security_group;
+pub mod studio_leftovers;
 pub mod subnets;
 pub mod vpc;
 

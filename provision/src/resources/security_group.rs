@@ -248,28 +248,8 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
 async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
     let ec2 = t.clients.ec2.clone();
     for vpc in t.vpc_ids.clone() {
-        // Interfaces Studio leaves behind hold their groups (and block the subnets).
-        let interfaces = every_page!(
-            ec2.describe_network_interfaces()
-                .filters(filter("vpc-id", &vpc)),
-            "network-interface",
-            "DescribeNetworkInterfaces"
-        )?;
-        for id in interfaces
-            .iter()
-            .filter(|i| i.status().map(|s| s.as_str()) == Some("available"))
-            .filter_map(|i| i.network_interface_id())
-        {
-            if t.live() {
-                ec2.delete_network_interface()
-                    .network_interface_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("network-interface", "DeleteNetworkInterface", e))?;
-            }
-            t.say(format!("network-interface {id}"));
-        }
-        // Ours and those SageMaker made in the VPC, all but the default (which goes with it).
+        // The interfaces Studio left, which held these groups, went just before
+        // (studio_leftovers.rs). Ours and those SageMaker made in the VPC, all but the default (which goes with it).
         let groups: Vec<_> = every_page!(
             ec2.describe_security_groups()
                 .filters(filter("vpc-id", &vpc)),
