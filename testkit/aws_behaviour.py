@@ -62,6 +62,11 @@ Behaviours:
                                         security groups and an ENI linger in the VPC, and the
                                         subnets and VPC refuse deletion M times with
                                         DependencyViolation (mount targets leaving).
+                                        UpdateDomain changing the network access type or
+                                        subnets is refused while any app is InService.
+  constrained-zone      {}              The zone of the first CreateSubnet this layer sees
+                                        takes no new subnets: that call and every later one in
+                                        the zone are refused as AWS refuses a constrained zone.
   studio-leftovers      {}              What Studio leaves in a VPC holds on: the interface a
                                         deleted domain leaves (domain-in-use) stays in-use,
                                         attached for SageMaker, until force-detached; the
@@ -96,6 +101,7 @@ SOURCES = {
     "already-associated": "hashicorp/terraform-provider-aws#73 and PR #6999 (Resource.AlreadyAssociated; ReplaceRouteTableAssociation is the call)",
     "release-after-nat": "hashicorp/terraform-provider-aws#49299 (ReleaseAddress AuthFailure after the NAT gateway is deleted)",
     "flow-log-delivery-failed": "ec2 API reference, FlowLog: DeliverLogsStatus SUCCESS | FAILED, DeliverLogsErrorMessage Rate limited | Access error | Unknown error",
+    "constrained-zone": "hashicorp/terraform#3434 (Subnets can currently only be created in the following availability zones); EC2 user guide, AZ IDs: zone names map to different zones in each account",
     "studio-leftovers": "aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py (force-detaches SageMaker's ENIs, deletes EFS mount targets); EFS user guide, mount targets: a mount target's network interface is requester-managed and deleted with it",
     "domain-in-use": "aws-cloudformation/cloudformation-coverage-roadmap#1754; aws-samples/amazon-sagemaker-build-train-deploy:STUDIO_CLASSIC/cleanup/cleanup.py; aws-samples/amazon-sagemaker-studio-vpc-networkfirewall:functions/test/sagemakerdomain.py",
 }
@@ -130,6 +136,7 @@ domains = {}  # domain id -> {"vpc", "subnets", "apps", "spaces", "profiles", "d
 dependency_refusals = {}  # resource id -> DependencyViolation answers still to give
 sagemaker_enis = {}  # interface id -> whether SageMaker still holds it attached
 mount_target_enis = {}  # interface id -> (mount target id, file system id)
+constrained = []  # the zone (name, id) that takes no new subnets, once chosen
 
 
 def journal(behaviour, action, **more):
@@ -207,6 +214,11 @@ def sagemaker(action, req):
     did = req.get("DomainId") or req.get("DomainIdEquals")
     if action == "ListTags" and ":domain/" in req.get("ResourceArn", ""):
         return json_ok({"Tags": domain_tags.get(req["ResourceArn"], [])})
+    if action == "UpdateDomain" and "domain-in-use" in ON and did in domains:
+        running = [x for x in domains[did]["apps"] if x["Status"] == "InService"]
+        if running and ("AppNetworkAccessType" in req or "SubnetIds" in req):
+            journal("domain-in-use", action, refused="ValidationException", apps=len(running))
+            return json_error("ValidationException", f"Domain {did} has apps in InService status. Delete all apps before updating AppNetworkAccessType or SubnetIds.")
     if action == "UpdateDomain":
         merge(domain_updates.setdefault(did, {}), {k: v for k, v in req.items() if k not in ("DomainId", "DomainSettingsForUpdate")})
         return json_ok({"DomainArn": f"arn:aws:sagemaker:us-east-1:123456789012:domain/{did}"})
@@ -419,6 +431,16 @@ def ec2(action, params):
         if sagemaker_enis.get(eni) or eni in mount_target_enis:
             journal("studio-leftovers", action, interface=eni, refused="InvalidNetworkInterface.InUse")
             return ec2_error("InvalidNetworkInterface.InUse", f"The network interface {eni} is currently in use.")
+    if "constrained-zone" in ON and action == "CreateSubnet":
+        text = ec2_call({"Action": "DescribeAvailabilityZones"})
+        zones = re.findall(r"<zoneName>([^<]+)</zoneName>.*?<zoneId>([^<]+)</zoneId>", text, re.S)
+        asked = next(((n, i) for n, i in zones if params.get("AvailabilityZone") == n or params.get("AvailabilityZoneId") == i), None)
+        if asked and not constrained:
+            constrained.append(asked)
+        if asked and asked == constrained[0]:
+            others = ", ".join(n for n, _ in zones if n != asked[0])
+            journal("constrained-zone", action, zone=asked[0], zone_id=asked[1])
+            return ec2_error("InvalidParameterValue", f"Value ({asked[0]}) for parameter availabilityZone is invalid. Subnets can currently only be created in the following availability zones: {others}.")
     if action in ("DeleteSubnet", "DeleteVpc"):
         rid = params.get("SubnetId") or params.get("VpcId")
         if dependency_refusals.get(rid, 0) > 0:

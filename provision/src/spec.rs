@@ -75,7 +75,7 @@ pub struct StackSpec {
     pub public_subnets: Vec<Ipv4Net>,
     /// One private subnet per availability zone, for Studio (2–4 addresses per user).
     pub private_subnets: Vec<Ipv4Net>,
-    /// Availability zones by name; empty means the region's first ones.
+    /// Availability zones by name or id; empty means the region's first ones by id.
     pub availability_zones: Vec<String>,
     /// One NAT gateway per zone (resilient, costs more) instead of one for all.
     pub nat_gateway_per_az: bool,
@@ -202,7 +202,9 @@ public-subnets = ["10.42.0.0/24", "10.42.1.0/24"]
 # per user.
 private-subnets = ["10.42.16.0/20", "10.42.32.0/20"]
 
-# Availability zones by name, one per subnet pair. Empty: the region's first zones.
+# Availability zones by name ("us-east-1a") or id ("use1-az1"), one per subnet pair. Empty:
+# the region's first zones by id (ids name the same zone in every account), skipping one that
+# takes no new subnets.
 availability-zones = []
 
 # One NAT gateway per zone (survives a zone outage; each costs about USD 0.045/hour plus

@@ -218,7 +218,8 @@ async fn up_creates_the_decision_records_network() {
             .and_then(|v| v.value());
         assert_eq!(on, Some(true), "{attr:?}");
     }
-    // Four subnets in two zones.
+    // Four subnets in the region's first two zones by id (in moto's us-east-1, use1-az1 is
+    // us-east-1b and use1-az2 us-east-1c).
     let subnets = ec2
         .describe_subnets()
         .filters(tag_filter("research"))
@@ -234,10 +235,10 @@ async fn up_creates_the_decision_records_network() {
     assert_eq!(
         cidrs,
         [
-            ("10.42.0.0/24", "us-east-1a"),
-            ("10.42.1.0/24", "us-east-1b"),
-            ("10.42.16.0/20", "us-east-1a"),
-            ("10.42.32.0/20", "us-east-1b")
+            ("10.42.0.0/24", "us-east-1b"),
+            ("10.42.1.0/24", "us-east-1c"),
+            ("10.42.16.0/20", "us-east-1b"),
+            ("10.42.32.0/20", "us-east-1c")
         ]
     );
     // Private route tables send 0.0.0.0/0 to the NAT gateway and S3 to the endpoint.
@@ -1741,6 +1742,98 @@ async fn a_domain_turned_away_from_the_network_design_is_drift_up_turns_back() {
     provision::down(&c, "dom", ALL, |_| {}).await.unwrap();
 }
 
+/// AWS refuses to change a domain's network settings while its apps run: `up` says which apps
+/// and what to do, the drift stays reported, and once the apps stop the repair goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_repair_refused_while_apps_run_names_them_and_goes_through_once_they_stop() {
+    let (_moto, aws, c) = emulator(serde_json::json!({
+        "domain-in-use": {"deleting_polls": 1, "dependency_refusals": 0},
+    }))
+    .await;
+    let spec = StackSpec::default();
+    let (_, out) = provision::reconcile(&c, &spec, "busy", Mode::Apply, |_| {})
+        .await
+        .unwrap();
+    // Users are given another group while their apps run.
+    c.sagemaker
+        .update_domain()
+        .domain_id(&out.domain_id)
+        .default_user_settings(
+            aws_sdk_sagemaker::types::UserSettings::builder()
+                .execution_role(&out.studio_role_arn)
+                .security_groups("sg-0123456789abcdef0")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let refused = provision::reconcile(&c, &spec, "busy", Mode::Apply, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("while apps run"), "{refused}");
+    assert!(refused.contains("3 app(s)"), "{refused}");
+    assert!(
+        refused.contains("analyst/default (JupyterServer)"),
+        "{refused}"
+    );
+    assert!(refused.contains("delete-app"), "{refused}");
+    assert_eq!(
+        aws.journal()
+            .iter()
+            .filter(|j| j["action"] == "UpdateDomain" && j["refused"] == "ValidationException")
+            .count(),
+        1
+    );
+    let drift = plan(&c, &spec, "busy").await;
+    assert!(drift
+        .iter()
+        .any(|d| d.security && d.detail.contains("sg-0123456789abcdef0")));
+    // The apps stop; the repair goes through.
+    for app in c
+        .sagemaker
+        .list_apps()
+        .domain_id_equals(&out.domain_id)
+        .send()
+        .await
+        .unwrap()
+        .apps()
+    {
+        c.sagemaker
+            .delete_app()
+            .domain_id(&out.domain_id)
+            .app_type(app.app_type().unwrap().clone())
+            .app_name(app.app_name().unwrap())
+            .set_user_profile_name(app.user_profile_name().map(String::from))
+            .set_space_name(app.space_name().map(String::from))
+            .send()
+            .await
+            .unwrap();
+    }
+    // One poll of ListApps takes a deleting app to deleted.
+    c.sagemaker
+        .list_apps()
+        .domain_id_equals(&out.domain_id)
+        .send()
+        .await
+        .unwrap();
+    up(&c, &spec, "busy").await;
+    assert_eq!(plan(&c, &spec, "busy").await, vec![]);
+    let d = c
+        .sagemaker
+        .describe_domain()
+        .domain_id(&out.domain_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.default_user_settings()
+            .map(|u| u.security_groups().to_vec()),
+        Some(vec![out.security_group_id.clone()])
+    );
+    provision::down(&c, "busy", ALL, |_| {}).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flow_log_that_cannot_deliver_is_security_drift_and_made_again() {
     let (moto, _aws, c) = emulator(serde_json::json!({})).await;
@@ -2010,6 +2103,85 @@ async fn a_log_key_whose_policy_keeps_log_delivery_out_is_refused_before_it_is_u
         }
         provision::down(&c, &stack, ALL, |_| {}).await.unwrap();
     }
+}
+
+/// Zones are chosen by id (names map to different zones in each account), and a zone listed
+/// as available that takes no new subnets gives way to the next; each pair of subnets shares
+/// its zone.
+#[tokio::test(flavor = "multi_thread")]
+async fn subnets_go_to_zones_by_id_and_past_one_that_takes_no_new_subnets() {
+    let (_moto, aws, c) = emulator(serde_json::json!({"constrained-zone": {}})).await;
+    let spec = StackSpec {
+        studio_domain: false,
+        ..StackSpec::default()
+    };
+    let mut said = Vec::new();
+    let (_, out) = provision::reconcile(&c, &spec, "zoned", Mode::Apply, |s| {
+        said.push(s.to_string())
+    })
+    .await
+    .unwrap();
+    let refused: Vec<_> = aws
+        .journal()
+        .into_iter()
+        .filter(|j| j["behaviour"] == "constrained-zone")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let refused_zone = refused[0]["zone"].as_str().unwrap().to_string();
+    assert!(
+        said.iter().any(|s| s.contains("takes no new subnets")),
+        "{said:?}"
+    );
+    let mut ids: Vec<(String, String)> = c
+        .ec2
+        .describe_availability_zones()
+        .send()
+        .await
+        .unwrap()
+        .availability_zones()
+        .iter()
+        .map(|z| {
+            (
+                z.zone_id().unwrap().to_string(),
+                z.zone_name().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    // The refused zone was the first by id; the pairs take the next ones, in id order.
+    assert_eq!(ids[0].1, refused_zone);
+    let expected: Vec<&str> = ids[1..=out.private_subnets.len()]
+        .iter()
+        .map(|(_, name)| name.as_str())
+        .collect();
+    let private: Vec<&str> = out
+        .private_subnets
+        .iter()
+        .map(|s| s.availability_zone.as_str())
+        .collect();
+    let public: Vec<&str> = out
+        .public_subnets
+        .iter()
+        .map(|s| s.availability_zone.as_str())
+        .collect();
+    assert_eq!(private, expected);
+    assert_eq!(public, expected);
+    // What AWS holds agrees with the outputs.
+    for s in out.private_subnets.iter().chain(&out.public_subnets) {
+        let got = c
+            .ec2
+            .describe_subnets()
+            .subnet_ids(&s.id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            got.subnets()[0].availability_zone(),
+            Some(s.availability_zone.as_str())
+        );
+    }
+    assert_eq!(plan(&c, &spec, "zoned").await, vec![]);
+    provision::down(&c, "zoned", ALL, |_| {}).await.unwrap();
 }
 
 /// A spec delivering to S3 without a Studio domain.

@@ -168,7 +168,8 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
     user_profile_overrides(r, &id).await?;
     // Every setting that decides where Studio's traffic goes, in one repair.
     if !found.is_empty() && r.change("studio-domain", ChangeKind::Update, found.join("; "), true) {
-        sm.update_domain()
+        let updated = sm
+            .update_domain()
             .domain_id(&id)
             .app_network_access_type(AppNetworkAccessType::VpcOnly)
             .default_user_settings(
@@ -186,7 +187,10 @@ async fn reconcile(r: &mut Reconciler<'_>) -> Result<(), ProvisionError> {
             .set_subnet_ids(Some(private))
             .send()
             .await
-            .map_err(|e| aws_error("studio-domain", "UpdateDomain", e))?;
+            .map_err(|e| aws_error("studio-domain", "UpdateDomain", e));
+        if let Err(e) = updated {
+            return Err(refused_while_apps_run(r.clients, &id, e).await);
+        }
     }
     Ok(())
 }
@@ -427,6 +431,65 @@ where
     }
 }
 
+/// Every app of the domain, in any state.
+async fn list_apps(
+    clients: &Clients,
+    id: &str,
+    resource: &str,
+) -> Result<Vec<aws_sdk_sagemaker::types::AppDetails>, ProvisionError> {
+    let mut all = Vec::new();
+    let mut pages = clients
+        .sagemaker
+        .list_apps()
+        .domain_id_equals(id)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws_error(resource, "ListApps", e))?;
+        all.extend(page.apps().iter().cloned());
+    }
+    Ok(all)
+}
+
+/// UpdateDomain refused because apps are running: which ones, and what to do, instead of
+/// AWS's bare refusal. The drift stays until they stop; nothing else of `up` waits on it.
+async fn refused_while_apps_run(clients: &Clients, id: &str, e: ProvisionError) -> ProvisionError {
+    let ProvisionError::Aws { code, message, .. } = &e else {
+        return e;
+    };
+    let in_use = code == "ResourceInUse"
+        || (code == "ValidationException" && message.to_ascii_lowercase().contains("inservice"));
+    if !in_use {
+        return e;
+    }
+    let running: Vec<String> = match list_apps(clients, id, "studio-domain").await {
+        Ok(apps) => apps
+            .iter()
+            .filter(|a| a.status() == Some(&AppStatus::InService))
+            .map(|a| {
+                format!(
+                    "{}/{} ({})",
+                    a.user_profile_name().or(a.space_name()).unwrap_or("?"),
+                    a.app_name().unwrap_or("?"),
+                    a.app_type().map(|t| t.as_str()).unwrap_or("?")
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    ProvisionError::Conflict(format!(
+        "studio-domain {id}: AWS refuses to change its network settings while apps run ({message}); \
+         the security drift above stays until {} stop{}: stop them in Studio or with \
+         `aws sagemaker delete-app --domain-id {id} ...`, then run up again (everything else is in spec)",
+        if running.is_empty() {
+            "the domain's apps".to_string()
+        } else {
+            format!("{} app(s) [{}]", running.len(), running.join(", "))
+        },
+        if running.len() == 1 { "s" } else { "" }
+    ))
+}
+
 /// Deletes one domain and what people made in it, waiting on each step and on the domain by
 /// id until AWS no longer knows it.
 async fn delete_one(t: &mut Teardown<'_>, id: &str) -> Result<(), ProvisionError> {
@@ -434,15 +497,7 @@ async fn delete_one(t: &mut Teardown<'_>, id: &str) -> Result<(), ProvisionError
     let sm = &clients.sagemaker;
     let res = format!("studio-domain {id}");
 
-    let apps = || async {
-        let mut all = Vec::new();
-        let mut pages = sm.list_apps().domain_id_equals(id).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(&res, "ListApps", e))?;
-            all.extend(page.apps().iter().cloned());
-        }
-        Ok::<_, ProvisionError>(all)
-    };
+    let apps = || list_apps(clients, id, &res);
     let spaces = || async {
         let mut all = Vec::new();
         let mut pages = sm
