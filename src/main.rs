@@ -42,8 +42,47 @@ struct Cli {
         env = "EGRESSWATCH_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// How much is logged on stderr: error, warn, info, debug or trace. `RUST_LOG` (e.g.
+    /// `egresswatch_monitor=debug`), when set, takes precedence and can tune each module.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "info",
+        env = "EGRESSWATCH_LOG_LEVEL"
+    )]
+    log_level: LogLevel,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The filter for this level. At info and below, the AWS SDK's own warnings (each several
+    /// hundred characters, e.g. every instance-metadata attempt without a region) are left
+    /// out: the command says in one line what was wrong.
+    fn filter(self) -> String {
+        let level = match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        };
+        if self <= LogLevel::Info {
+            format!("{level},aws_config=error,aws_smithy_runtime=error")
+        } else {
+            level.to_string()
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -270,13 +309,23 @@ fn man_pages(dir: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; RUST_LOG tunes them (default: info). Colour only on a terminal and
-    // unless NO_COLOR is set (no-color.org): journald, awslogs and files get plain text.
+    if !matches!(cli.command, Command::Monitor(_)) {
+        // A command whose output is cut short (`provision outputs | head`) ends quietly, as
+        // Unix tools do, instead of panicking on the closed pipe. The daemon keeps Rust's
+        // default (a write error it handles), so a reader going away never kills it.
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    // Logs go to stderr; --log-level or RUST_LOG tunes them (default: info). Colour only on a
+    // terminal and unless NO_COLOR is set (no-color.org): journald, awslogs and files get
+    // plain text.
     use std::io::IsTerminal;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.log_level.filter()));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

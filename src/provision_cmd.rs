@@ -52,11 +52,12 @@ enum Sub {
     /// Create or repair the stack until it matches the spec. Safe to run again at any time.
     Up,
     /// Report each resource present, missing or drifted; security findings first.
-    /// Exit status 0 when in spec, 3 when drifted or incomplete.
+    /// Exit status 0 when in spec, 3 when drifted or incomplete, 4 when no such stack exists
+    /// in the region.
     Status,
     /// Print, as JSON, everything the monitor needs to know about the stack. Exit 0 when the
-    /// outputs were printed (differences from the spec are `status`'s to report), 3 when the
-    /// stack does not exist.
+    /// outputs were printed (differences from the spec are `status`'s to report), 4 when the
+    /// stack does not exist in the region.
     Outputs,
     /// Delete everything the stack created, including what Studio left behind. Shows what it
     /// will delete and asks for the stack's name unless --yes. The flow-log group (the
@@ -182,6 +183,9 @@ fn changes_json(changes: &[Change]) -> serde_json::Value {
         .collect()
 }
 
+/// The exit status of `status` and `outputs` for a stack the region does not have.
+const STACK_NOT_FOUND: u8 = 4;
+
 pub fn run(args: ProvisionArgs) -> ExitCode {
     let json = args.output == crate::Output::Json;
     if let Sub::Init = args.command {
@@ -234,7 +238,10 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
             Some(s) => s,
             None => match provision::recorded_spec(&clients, &args.stack).await {
                 Ok(Some(s)) => {
-                    eprintln!("egresswatch provision: no --spec given: using the spec recorded with stack {}", args.stack);
+                    // Only where it decides what is changed; elsewhere it is noise.
+                    if matches!(args.command, Sub::Up | Sub::Plan { .. }) {
+                        eprintln!("egresswatch provision: no --spec given: using the spec recorded with stack {}", args.stack);
+                    }
                     s
                 }
                 Ok(None) => StackSpec::default(),
@@ -277,9 +284,20 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
             }),
             Sub::Status => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, progress).await.map(|(changes, _)| {
                 let security = changes.iter().filter(|c| c.security).count();
+                if !provision::stack_exists(&changes) {
+                    // A mistyped --stack or another region: nothing to repair, and no
+                    // invitation to create a billable NAT gateway by accident.
+                    if json {
+                        crate::print_json(&serde_json::json!({"stack": args.stack, "region": clients.region, "found": false}));
+                    } else {
+                        println!("stack {} not found in {} (no VPC carries {}={})", args.stack, clients.region, provision::STACK_TAG, args.stack);
+                    }
+                    return ExitCode::from(STACK_NOT_FOUND);
+                }
                 if json {
                     crate::print_json(&serde_json::json!({
                         "stack": args.stack,
+                        "found": true,
                         "in_spec": changes.is_empty(),
                         "security_differences": security,
                         "differences": changes_json(&changes),
@@ -317,8 +335,8 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
             }
             Sub::Outputs => provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, |_| {}).await.map(|(changes, out)| {
                 if !provision::stack_exists(&changes) {
-                    eprintln!("egresswatch provision: stack {} does not exist; run `up` first", args.stack);
-                    return ExitCode::from(3);
+                    eprintln!("egresswatch provision: stack {} not found in {}", args.stack, clients.region);
+                    return ExitCode::from(STACK_NOT_FOUND);
                 }
                 match serde_json::to_string_pretty(&out) {
                     Ok(text) => {
@@ -382,10 +400,11 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 opts.dry_run = d.dry_run;
                 provision::down(&clients, &args.stack, opts, progress).await.map(|deleted| {
                     if json {
+                        let list = if d.dry_run { "would_delete" } else { "deleted" };
                         crate::print_json(&serde_json::json!({
                             "stack": args.stack,
                             "dry_run": d.dry_run,
-                            "deleted": deleted,
+                            list: deleted,
                             "flow_log_group_kept": !d.delete_logs,
                         }));
                         return ExitCode::SUCCESS;

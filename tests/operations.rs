@@ -793,6 +793,15 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    // A dry run says what the real run would refuse: the users' home data, unasked.
+    let refused = egresswatch(&aws.endpoint())
+        .args(["provision", "down", "--stack", "asked", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--delete-home-data"), "{said}");
+    assert!(said.contains("nothing would be deleted"), "{said}");
     // The plan of destruction.
     let plan = run(egresswatch(&aws.endpoint()).args([
         "provision",
@@ -800,6 +809,7 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
         "--stack",
         "asked",
         "--dry-run",
+        "--delete-home-data",
     ]));
     assert!(plan.contains("would delete"), "{plan}");
     assert!(plan.contains("studio-domain"), "{plan}");
@@ -831,6 +841,7 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
             "--stack",
             "asked",
             "--dry-run",
+            "--delete-home-data",
             "--output",
             "json",
         ])
@@ -839,7 +850,8 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
     assert!(dry.status.success(), "{dry:?}");
     let dry: Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(dry["dry_run"], true);
-    assert!(dry["deleted"].as_array().unwrap().len() > 5, "{dry}");
+    assert!(dry.get("deleted").is_none(), "{dry}");
+    assert!(dry["would_delete"].as_array().unwrap().len() > 5, "{dry}");
     // Confirmed, with the users' home data: gone, the flow-log group kept.
     let done = run(egresswatch(&aws.endpoint()).args([
         "provision",
@@ -861,14 +873,21 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
         ])
         .output()
         .unwrap();
-    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    // Gone: no invitation to make it again, an exit status of its own.
+    assert_eq!(status.status.code(), Some(4), "{status:?}");
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["in_spec"], false);
-    assert!(status["differences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["action"] == "create" && c["resource"].as_str().unwrap().starts_with("vpc")));
+    assert_eq!(status["found"], false, "{status}");
+    assert_eq!(status["region"], "us-east-1", "{status}");
+    let said = egresswatch(&aws.endpoint())
+        .args(["provision", "status", "--stack", "asked"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(
+        said.contains("stack asked not found in us-east-1"),
+        "{said}"
+    );
+    assert!(!said.contains("up"), "{said}");
     let plan = egresswatch(&aws.endpoint())
         .args([
             "provision",
@@ -1052,4 +1071,27 @@ fn monitor_check_tries_everything_the_daemon_needs_and_names_what_fails() {
     let left: Vec<_> = std::fs::read_dir(dir.join("state")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `egresswatch provision init | head -1`: the reader goes away before the output is written,
+/// and the command ends as Unix tools do (by SIGPIPE), without a panic on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_egresswatch"))
+        .args(["provision", "init"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("panicked"), "{said}");
+    assert_eq!(out.status.signal(), Some(libc_sigpipe()), "{out:?}");
+}
+
+/// SIGPIPE's number on Linux and the BSDs.
+fn libc_sigpipe() -> i32 {
+    13
 }

@@ -386,7 +386,7 @@ async fn run_stack(
     // written, when the positions must stay behind them), and the sinks get their grace.
     // Open folds are closed only at the end of a finite input; a daemon that stops keeps
     // them open, to go on counting at the next start.
-    s.p.publish_top_k();
+    s.p.publish_gauges();
     match s.checkpoint().await {
         Ok(true) => {
             if let Ok(source) = &mut source {
@@ -720,7 +720,7 @@ async fn drive<S: Source>(
                 // A quiet source can be quiet for hours: waiting on it is progress too, and
                 // what was read before the quiet is committed.
                 beat();
-                s.p.publish_top_k();
+                s.p.publish_gauges();
                 reloader.reload_if_asked_or_changed(&mut s.p);
                 status.tick(config, &s.p);
                 if s.checkpoint().await? {
@@ -841,7 +841,7 @@ async fn drive<S: Source>(
 pub(crate) fn aws_error<E: std::error::Error + ProvideErrorMetadata>(e: &E) -> String {
     match e.message() {
         Some(m) => format!("{}: {m}", e.code().unwrap_or("error")),
-        None => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
+        None => egresswatch_stack::client::error_chain(e),
     }
 }
 

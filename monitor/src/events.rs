@@ -558,6 +558,28 @@ impl Event for RulesRestored<'_> {
     }
 }
 
+/// A rule began or ended its learning period (in event time).
+pub struct RuleLearning<'a> {
+    pub rule: &'a str,
+    pub learning: bool,
+    /// The event time the period ends at.
+    pub ends: u64,
+}
+
+impl Event for RuleLearning<'_> {
+    fn emit(self, m: &Metrics) {
+        m.rule_learning
+            .with_label_values(&[self.rule])
+            .set(i64::from(self.learning));
+        let ends = crate::alert::rfc3339(self.ends);
+        if self.learning {
+            tracing::info!(rule = self.rule, until = %ends, "rule is learning what the fleet shares: it keeps what it sees and judges it when learning ends (event time)");
+        } else {
+            tracing::info!(rule = self.rule, ended = %ends, "rule finished learning; what it saw meanwhile is judged now");
+        }
+    }
+}
+
 /// The periodic status line: the figures are the metrics' own (records, findings, the
 /// newest record's age), said in the log for those who read it rather than scrape it.
 pub struct Status<'a> {

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub top_workloads: IntGaugeVec,
     pub top_remotes: IntGaugeVec,
     pub rule_state_evictions: IntCounterVec,
+    /// 1 while a rule learns what the fleet shares, 0 after, by rule.
+    pub rule_learning: IntGaugeVec,
     /// State found damaged or missing at start (or a reload) and repaired, by store and kind.
     pub state_repairs: IntCounterVec,
     /// Writes to the state dir that failed, by store.
@@ -510,6 +512,12 @@ impl Metrics {
             "Entries the behavioural rules forgot to stay within rules.state-entries, by rule.",
             &["rule"],
         );
+        let rule_learning = gauge_vec(
+            &r,
+            "egresswatch_rule_learning",
+            "1 while a rule is in its learning period (it keeps what it sees and judges it when the period ends), 0 after, by rule; absent for rules that do not learn.",
+            &["rule"],
+        );
         let state_repairs = counter_vec(
             &r,
             "egresswatch_state_repairs_total",
@@ -581,6 +589,7 @@ impl Metrics {
             top_workloads,
             top_remotes,
             rule_state_evictions,
+            rule_learning,
             state_repairs,
             state_write_errors,
             cloudwatch_stream_changes,

@@ -57,6 +57,8 @@ pub struct Pipeline {
     pub max_future_skew_seconds: u64,
     /// The stack's name in a daemon that watches several: it goes with every finding.
     pub stack: Option<String>,
+    /// Whether each rule that learns was last said to be learning, by rule name.
+    learning: std::collections::BTreeMap<&'static str, bool>,
 }
 
 /// Counters the top-k estimates keep (the exported top 10 are reliable well beyond that).
@@ -146,12 +148,27 @@ impl Pipeline {
             max_future_skew_seconds: DEFAULT_MAX_FUTURE_SKEW_SECONDS,
             range: None,
             stack: None,
+            learning: Default::default(),
         }
     }
 
-    /// Refreshes the top-k gauges and the rules' eviction counts (also done every few
-    /// thousand flows).
-    pub fn publish_top_k(&self) {
+    /// Refreshes the top-k gauges, the rules' eviction counts and whether each rule is still
+    /// learning (also done every few thousand flows).
+    pub fn publish_gauges(&mut self) {
+        for d in &self.detectors {
+            let Some(ends) = d.learning_ends() else {
+                continue;
+            };
+            let now = self.newest_event < ends;
+            if self.learning.insert(d.name(), now) != Some(now) {
+                crate::events::RuleLearning {
+                    rule: d.name(),
+                    learning: now,
+                    ends,
+                }
+                .emit(&self.metrics);
+            }
+        }
         self.top_workloads.export(&self.metrics.top_workloads);
         self.top_remotes.export(&self.metrics.top_remotes);
         for d in &self.detectors {
@@ -404,7 +421,7 @@ impl Pipeline {
             }
         }
         if self.flows_judged.is_multiple_of(TOP_K_REFRESH) {
-            self.publish_top_k();
+            self.publish_gauges();
         }
         for d in &mut self.detectors {
             d.observe(&flow, &mut self.findings);

@@ -63,7 +63,7 @@ min-flows = 1
     }
     // The end of the input: windows that waited for late records are judged.
     p.finish();
-    p.publish_top_k();
+    p.publish_gauges();
 
     let bytes = |path: &str| {
         metrics

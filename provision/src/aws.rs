@@ -253,7 +253,7 @@ where
     let code = err.code().unwrap_or("").to_string();
     let message = match err.message() {
         Some(m) => m.to_string(),
-        None => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+        None => egresswatch_stack::client::error_chain(&err),
     };
     ProvisionError::Aws {
         resource: resource.to_string(),

@@ -25,7 +25,7 @@ pub use stack::{stack_exists, Change, ChangeKind, Mode, Outputs, Reconciler, STA
 /// Everything that can stop a provisioning run, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("{resource}: {call} failed: {code} {message}{}", if hint.is_empty() { String::new() } else { format!("\n  hint: {hint}") })]
+    #[error("{resource}: {call} failed: {}{message}{}", if code.is_empty() { String::new() } else { format!("{code} ") }, if hint.is_empty() { String::new() } else { format!("\n  hint: {hint}") })]
     Aws {
         resource: String,
         call: &'static str,

@@ -64,3 +64,53 @@ mod tests {
         }
     }
 }
+
+/// An error and its causes in one line, each said once: what the AWS SDK's dispatch failures
+/// hide behind "dispatch failure" (no credentials, an unreachable endpoint), without the
+/// Rust structures its own formatting appends.
+pub fn error_chain<E: std::error::Error + ?Sized>(err: &E) -> String {
+    let mut said: Vec<String> = vec![err.to_string()];
+    let mut current = err.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        // A cause often repeats the text of the error it explains.
+        if !text.is_empty() && !said.iter().any(|s| s.contains(&text)) {
+            said.push(text);
+        }
+        current = e.source();
+    }
+    said.join(": ")
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn every_cause_is_said_once_and_no_structure_is_dumped() {
+        let e = Layer(
+            "dispatch failure",
+            Some(Box::new(Layer(
+                "other",
+                Some(Box::new(Layer(
+                    "no credentials",
+                    Some(Box::new(Layer("no credentials", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(error_chain(&e), "dispatch failure: other: no credentials");
+    }
+}

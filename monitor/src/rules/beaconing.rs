@@ -240,6 +240,10 @@ impl Rule for Beaconing {
         "beaconing"
     }
 
+    fn learning_ends(&self) -> Option<u64> {
+        self.state.first_flow.ends(self.rule.learning_seconds)
+    }
+
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         if f.path != Path::NatEgress {
             return;

@@ -214,6 +214,10 @@ impl Rule for LongConnection {
         "long_connection"
     }
 
+    fn learning_ends(&self) -> Option<u64> {
+        self.state.first_flow.ends(self.rule.learning_seconds)
+    }
+
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         let Some((sending, w, r)) = through_the_nat(f) else {
             return;

@@ -57,6 +57,11 @@ pub trait Rule: Send {
     fn state_evictions(&self) -> u64 {
         0
     }
+    /// For a rule that first learns what the fleet shares: the event time its learning period
+    /// ends at (what it saw meanwhile is judged then), once it has seen a record.
+    fn learning_ends(&self) -> Option<u64> {
+        None
+    }
     /// At the end of a finite input: judges what was waiting for more records.
     fn finish(&mut self, _out: &mut Vec<Finding>) {}
     /// Restores what [`SavedState::encode_into`] wrote of `state` in an earlier run.

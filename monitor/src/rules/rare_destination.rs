@@ -247,6 +247,10 @@ impl Rule for RareDestination {
         "rare_destination"
     }
 
+    fn learning_ends(&self) -> Option<u64> {
+        self.state.first_flow.ends(self.rule.learning_seconds)
+    }
+
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         if f.end > self.state.watermark {
             self.state.watermark = f.end;

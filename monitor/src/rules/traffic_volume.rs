@@ -254,6 +254,10 @@ impl Rule for TrafficVolume {
         "traffic_volume_unusual"
     }
 
+    fn learning_ends(&self) -> Option<u64> {
+        self.state.first_flow.ends(self.rule.learning_seconds)
+    }
+
     fn observe(&mut self, f: &Flow, out: &mut Vec<Finding>) {
         if f.end > self.state.watermark {
             self.state.watermark = f.end;

@@ -20,6 +20,11 @@ impl LearningClock {
         // Event times come from the input: a start near 2^64 must not overflow.
         end < first.saturating_add(seconds)
     }
+
+    /// The event time the learning period of `seconds` ends at, once a record was seen.
+    pub fn ends(&self, seconds: u64) -> Option<u64> {
+        self.0.map(|first| first.saturating_add(seconds))
+    }
 }
 
 #[cfg(test)]

@@ -382,12 +382,14 @@ async fn delete(t: &mut Teardown<'_>) -> Result<(), ProvisionError> {
         }
     }
     // Users' home directories are not the stack's to delete unasked: refused before anything
-    // is deleted (the domain is the first resource `down` deletes).
-    if !t.opts.delete_home_data && t.live() {
+    // is deleted (the domain is the first resource `down` deletes), and a dry run says so
+    // too rather than list what the real run would refuse to delete.
+    if !t.opts.delete_home_data {
         if let Some((id, efs)) = ours.first() {
             let efs = efs.as_deref().unwrap_or("its home EFS volume");
             return Err(ProvisionError::Conflict(format!(
-                "studio-domain {id} keeps its users' home directories on {efs}; `down` deletes them with the domain only when asked (--delete-home-data). Copy what must be kept first; nothing was deleted"
+                "studio-domain {id} keeps its users' home directories on {efs}; `down` deletes them with the domain only when asked (--delete-home-data). Copy what must be kept first; nothing {} deleted",
+                if t.live() { "was" } else { "would be" }
             )));
         }
     }
