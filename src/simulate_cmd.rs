@@ -204,6 +204,15 @@ pub fn simulate(args: SimulateArgs) -> ExitCode {
 }
 
 fn simulate_inner(args: SimulateArgs) -> Result<(), String> {
+    let duration = args.traffic.duration(&SIMULATE_DEFAULTS);
+    let learning = egresswatch_monitor::config::Rules::default().longest_learning_seconds();
+    if duration.as_secs() < learning {
+        eprintln!(
+            "egresswatch simulate: note: {} is shorter than the rules' learning period ({} of event time by default): a monitor that reads only this traffic judges what it saw while learning at the end of its input, not as it arrives (rules.*.learning-seconds, or its warm start from retained history, changes that)",
+            egresswatch_monitor::config::Rules::period_text(duration.as_secs()),
+            egresswatch_monitor::config::Rules::period_text(learning)
+        );
+    }
     let start = args.start.unwrap_or_else(|| {
         now().saturating_sub(args.traffic.duration(&SIMULATE_DEFAULTS).as_secs())
     });

@@ -1017,6 +1017,8 @@ fn monitor_check_tries_everything_the_daemon_needs_and_names_what_fails() {
     assert_eq!(good.status.code(), Some(0), "{text}");
     for line in [
         "ok    network: VPC",
+        "ok    learning: beaconing 24 h, long_connection 6 h, rare_destination 24 h, slow_drip 24 h, traffic_volume_unusual 24 h",
+        "a first start learns from 7 days of retained flow logs first",
         "ok    state dir:",
         "ok    source cloudwatch: flow log format:",
         &format!("ok    source cloudwatch: log group /egresswatch/{stack}/flow-logs: listed"),

@@ -48,6 +48,33 @@ pub async fn run(config: &Config, clients: Option<crate::aws::Clients>) -> Vec<C
         "rules",
         crate::rules::build(&config.rules).map(|r| format!("{} rules on", r.len())),
     ));
+    let periods = config.rules.learning_periods();
+    if !periods.is_empty() {
+        let each: Vec<String> = periods
+            .iter()
+            .map(|(rule, s)| format!("{rule} {}", crate::config::Rules::period_text(*s)))
+            .collect();
+        let warm = match config.source.as_str() {
+            "cloudwatch" => config.cloudwatch.history_seconds,
+            "s3" => config.s3.history_seconds,
+            _ => 0,
+        };
+        out.push(checked(
+            "learning",
+            Ok(format!(
+                "{}: each keeps what it sees and judges it when its period (event time) ends{}",
+                each.join(", "),
+                if warm > 0 {
+                    format!(
+                        "; a first start learns from {} of retained flow logs first",
+                        crate::config::Rules::period_text(warm)
+                    )
+                } else {
+                    String::new()
+                }
+            )),
+        ));
+    }
     let describe = |t: &crate::topology::Topology| {
         format!(
             "VPC {:?}, {} NAT interface(s), {} S3 range(s)",

@@ -713,6 +713,63 @@ impl Alerts {
 }
 
 impl Rules {
+    /// Each rule on that first learns what the fleet shares, with its learning period in
+    /// seconds of event time (what it sees meanwhile is judged when the period ends).
+    pub fn learning_periods(&self) -> Vec<(&'static str, u64)> {
+        [
+            (
+                "beaconing",
+                self.beaconing.enabled,
+                self.beaconing.learning_seconds,
+            ),
+            (
+                "long_connection",
+                self.long_connection.enabled,
+                self.long_connection.learning_seconds,
+            ),
+            (
+                "rare_destination",
+                self.rare_destination.enabled,
+                self.rare_destination.learning_seconds,
+            ),
+            (
+                "slow_drip",
+                self.slow_drip.enabled,
+                self.slow_drip.learning_seconds,
+            ),
+            (
+                "traffic_volume_unusual",
+                self.traffic_volume.enabled,
+                self.traffic_volume.learning_seconds,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, on, seconds)| *on && *seconds > 0)
+        .map(|(rule, _, seconds)| (rule, seconds))
+        .collect()
+    }
+
+    /// A period as people say it: "24 h", "7 days", "90 s".
+    pub fn period_text(seconds: u64) -> String {
+        const DAY: u64 = 86_400;
+        if seconds >= 2 * DAY && seconds.is_multiple_of(DAY) {
+            format!("{} days", seconds / DAY)
+        } else if seconds >= 3_600 && seconds.is_multiple_of(3_600) {
+            format!("{} h", seconds / 3_600)
+        } else {
+            format!("{seconds} s")
+        }
+    }
+
+    /// The longest of [`Rules::learning_periods`] (0 when no rule learns).
+    pub fn longest_learning_seconds(&self) -> u64 {
+        self.learning_periods()
+            .iter()
+            .map(|(_, s)| *s)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn validate(&self) -> Result<(), String> {
         const DAY: u64 = 86_400;
         // (key, value, least, most). Each maximum bounds the memory or the wait the value
@@ -1013,6 +1070,28 @@ fn within(key: &str, value: u64, least: u64, most: u64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learning_periods_name_each_rule_on_that_learns() {
+        let mut rules = Rules::default();
+        assert_eq!(rules.longest_learning_seconds(), 86_400);
+        rules.beaconing.enabled = false;
+        rules.long_connection.learning_seconds = 7 * 86_400;
+        rules.slow_drip.learning_seconds = 0;
+        let names: Vec<_> = rules.learning_periods().iter().map(|(r, _)| *r).collect();
+        assert_eq!(
+            names,
+            [
+                "long_connection",
+                "rare_destination",
+                "traffic_volume_unusual"
+            ]
+        );
+        assert_eq!(rules.longest_learning_seconds(), 7 * 86_400);
+        assert_eq!(Rules::period_text(7 * 86_400), "7 days");
+        assert_eq!(Rules::period_text(86_400), "24 h");
+        assert_eq!(Rules::period_text(90), "90 s");
+    }
 
     #[test]
     fn defaults_and_errors() {
