@@ -92,8 +92,8 @@ pub struct FindingsArgs {
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
-    egresswatch report --output report.html                (the last 7 days)\n  \
-    egresswatch report --since 30d --stack research --output research-november.html")]
+    egresswatch report --out report.html                   (the last 7 days)\n  \
+    egresswatch report --since 30d --stack research --out research-november.html")]
 pub struct ReportArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -103,9 +103,10 @@ pub struct ReportArgs {
     /// Only this stack's findings.
     #[arg(long)]
     stack: Option<String>,
-    /// Where to write the page.
-    #[arg(long, short = 'o')]
-    output: PathBuf,
+    /// The file to write the page to. (`--output`/`-o` is a format everywhere else, so a
+    /// file is `--out`, as Terraform's `plan -out` is.)
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// A `--since` as given (for messages) and as a duration.
@@ -255,17 +256,17 @@ pub fn report(args: ReportArgs) -> ExitCode {
             until,
         },
     );
-    match std::fs::write(&args.output, page) {
+    match std::fs::write(&args.out, page) {
         Ok(()) => {
             eprintln!(
                 "egresswatch report: {} finding(s) in {}",
                 found.len(),
-                args.output.display()
+                args.out.display()
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("egresswatch report: {}: {e}", args.output.display());
+            eprintln!("egresswatch report: {}: {e}", args.out.display());
             ExitCode::FAILURE
         }
     }

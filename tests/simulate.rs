@@ -392,7 +392,7 @@ fn the_monitor_catches_simulated_attacks_from_a_file_and_remembers_what_it_learn
     // The report renders in a browser with what the store holds.
     let page = dir.join("report.html");
     let report = bin()
-        .args(["report", "--since", "400d", "--output"])
+        .args(["report", "--since", "400d", "--out"])
         .arg(&page)
         .arg("--state-dir")
         .arg(dir.join("state"))
