@@ -75,6 +75,45 @@ fn alertmanager_example_is_valid() {
         .args(["check-config", "alertmanager.yml"])
         .current_dir(root().join("dashboards/alertmanager")));
     assert!(out.contains("SUCCESS"), "{out}");
+    // Findings go to security, the daemon's health to the platform team, each by severity.
+    for (labels, receiver) in [
+        (
+            "alertname=EgressWatchFinding severity=critical",
+            "security-pager",
+        ),
+        (
+            "alertname=EgressWatchFinding severity=high",
+            "security-pager",
+        ),
+        (
+            "alertname=EgressWatchFinding severity=medium",
+            "security-chat",
+        ),
+        ("alertname=EgressWatchFinding severity=low", "low-priority"),
+        (
+            "alertname=EgressWatchDown severity=critical",
+            "platform-pager",
+        ),
+        (
+            "alertname=EgressWatchBadLines severity=warning",
+            "platform-chat",
+        ),
+        (
+            "alertname=EgressWatchSkipData severity=info",
+            "low-priority",
+        ),
+    ] {
+        let routed = run(Command::new("amtool")
+            .args(["config", "routes", "test", "--config.file=alertmanager.yml"])
+            .args(labels.split(' '))
+            .current_dir(root().join("dashboards/alertmanager")));
+        let chosen: Vec<&str> = routed
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("Warning"))
+            .collect();
+        assert_eq!(chosen, [receiver], "{labels}: {routed}");
+    }
 }
 
 fn dashboards() -> Vec<(String, Value)> {

@@ -56,10 +56,9 @@ pub fn provision_stack(endpoint: &str, stack: &str, dir: &Path) -> PathBuf {
 /// The record count `egresswatch simulate` reports on stderr.
 pub fn records_simulated(stderr: &str) -> u64 {
     stderr
-        .split("simulate: ")
-        .nth(1)
-        .and_then(|t| t.split(' ').next())
-        .and_then(|n| n.parse().ok())
+        .lines()
+        .filter_map(|l| l.split("simulate: ").nth(1))
+        .find_map(|t| t.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no record count in: {stderr}"))
 }
 
