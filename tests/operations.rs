@@ -145,7 +145,8 @@ fn panel_queries() -> Vec<(String, String, String)> {
                     .unwrap()
                     .replace("$__rate_interval", "1m")
                     .replace("$__range", "1h")
-                    .replace("$instance", ".*");
+                    .replace("$instance", ".*")
+                    .replace("$stack", ".*");
                 out.push((file.clone(), p["title"].as_str().unwrap().to_string(), q));
             }
         }
@@ -161,6 +162,11 @@ fn dashboards_take_their_data_source_from_a_variable() {
         let vars = d["templating"]["list"].as_array().unwrap();
         assert!(
             vars.iter()
+                .any(|v| v["name"] == "stack" && v["allValue"] == ".*"),
+            "{file}: a stack picker whose All matches a daemon of one stack"
+        );
+        assert!(
+            vars.iter()
                 .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
             "{file}"
         );
@@ -173,15 +179,19 @@ fn dashboards_take_their_data_source_from_a_variable() {
             );
             for t in p["targets"].as_array().unwrap() {
                 assert_eq!(t["datasource"]["uid"], "${datasource}");
-                // The instance picker applies to every panel.
+                // The instance picker applies to every panel, the stack picker to every
+                // series of the daemon's (the scrape's own `up` has no stack).
+                let expr = t["expr"].as_str().unwrap();
                 assert!(
-                    t["expr"]
-                        .as_str()
-                        .unwrap()
-                        .contains("instance=~\"$instance\""),
-                    "{file}: {}: {}",
-                    p["title"],
-                    t["expr"]
+                    expr.contains("instance=~\"$instance\""),
+                    "{file}: {}: {expr}",
+                    p["title"]
+                );
+                assert_eq!(
+                    expr.matches("egresswatch_").count(),
+                    expr.matches("stack=~\"$stack\"").count(),
+                    "{file}: {}: {expr}",
+                    p["title"]
                 );
             }
         }
