@@ -50,7 +50,13 @@ enum Sub {
         detailed_exitcode: bool,
     },
     /// Create or repair the stack until it matches the spec. Safe to run again at any time.
-    Up,
+    /// Shows the plan and asks before changing anything, unless --yes.
+    Up {
+        /// Do not ask: apply at once (needed when stdin is not a terminal), as Terraform's
+        /// `apply -auto-approve`.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Report each resource present, missing or drifted; security findings first.
     /// Exit status 0 when in spec, 3 when drifted or incomplete, 4 when no such stack exists
     /// in the region.
@@ -92,6 +98,40 @@ struct DownArgs {
     /// Delete the Studio domain's home EFS volume, the users' home directories.
     #[arg(long)]
     delete_home_data: bool,
+}
+
+/// The changes by resource, as `plan` and `up` both count them: "2 to create, 1 to change"
+/// (or "2 created, 1 changed" once done). A resource counts once, by its weightiest change.
+fn summary(changes: &[Change], done: bool) -> String {
+    use std::collections::BTreeMap;
+    let mut by_resource: BTreeMap<&str, u8> = BTreeMap::new();
+    for c in changes {
+        let weight = match c.kind {
+            ChangeKind::Delete => 3,
+            ChangeKind::Create => 2,
+            ChangeKind::Replace => 1,
+            ChangeKind::Update => 0,
+        };
+        let w = by_resource.entry(c.resource.as_str()).or_insert(weight);
+        *w = (*w).max(weight);
+    }
+    let count = |w: u8| by_resource.values().filter(|v| **v == w).count();
+    let words: [(u8, &str, &str); 4] = [
+        (2, "to create", "created"),
+        (1, "to replace", "replaced"),
+        (0, "to change", "changed"),
+        (3, "to delete", "deleted"),
+    ];
+    let parts: Vec<String> = words
+        .iter()
+        .filter(|(w, _, _)| count(*w) > 0)
+        .map(|(w, planned, made)| format!("{} {}", count(*w), if done { made } else { planned }))
+        .collect();
+    if parts.is_empty() {
+        "nothing to change".into()
+    } else {
+        format!("{} resource(s): {}", by_resource.len(), parts.join(", "))
+    }
 }
 
 fn print_changes(changes: &[Change]) {
@@ -239,7 +279,7 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
             None => match provision::recorded_spec(&clients, &args.stack).await {
                 Ok(Some(s)) => {
                     // Only where it decides what is changed; elsewhere it is noise.
-                    if matches!(args.command, Sub::Up | Sub::Plan { .. }) {
+                    if matches!(args.command, Sub::Up { .. } | Sub::Plan { .. }) {
                         eprintln!("egresswatch provision: no --spec given: using the spec recorded with stack {}", args.stack);
                     }
                     s
@@ -277,7 +317,7 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 } else if changes.is_empty() {
                     println!("stack {}: no changes; the account matches the spec", args.stack);
                 } else {
-                    println!("stack {}: `up` would make {} change(s):", args.stack, changes.len());
+                    println!("stack {}: `up` would change {}:", args.stack, summary(&changes, false));
                     print_changes(&changes);
                 }
                 if detailed_exitcode && !changes.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS }
@@ -311,7 +351,34 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                 }
                 if changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
             }),
-            Sub::Up => {
+            Sub::Up { yes } => {
+                if !yes {
+                    // The plan first, then a yes typed back, as Terraform's apply asks.
+                    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("egresswatch provision: up changes stack {} in {}; pass --yes to apply without asking when stdin is not a terminal (`plan` shows the changes)", args.stack, clients.region);
+                        return ExitCode::from(2);
+                    }
+                    match provision::reconcile(&clients, &spec, &args.stack, Mode::Plan, |_| {}).await {
+                        Ok((changes, _)) if changes.is_empty() => {
+                            println!("stack {}: already in spec; nothing to change", args.stack);
+                            return ExitCode::SUCCESS;
+                        }
+                        Ok((changes, _)) => {
+                            println!("stack {} in {}: `up` will change {}:", args.stack, clients.region, summary(&changes, false));
+                            print_changes(&changes);
+                        }
+                        Err(e) => {
+                            eprintln!("egresswatch provision: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    eprint!("type yes to apply: ");
+                    let mut answer = String::new();
+                    if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
+                        eprintln!("egresswatch provision: not confirmed; nothing was changed");
+                        return ExitCode::from(2);
+                    }
+                }
                 let started = std::time::Instant::now();
                 provision::reconcile(&clients, &spec, &args.stack, Mode::Apply, progress).await.map(|(changes, _)| {
                     let calls = clients.calls.calls();
@@ -328,7 +395,7 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
                     } else if changes.is_empty() {
                         println!("stack {}: already in spec; no change made ({calls} read calls, {seconds:.1}s)", args.stack);
                     } else {
-                        println!("stack {}: {} change(s) made ({mutating} mutating of {calls} calls, {seconds:.1}s)", args.stack, changes.len());
+                        println!("stack {}: {} ({mutating} AWS calls that change something, {calls} in all, {seconds:.1}s)", args.stack, summary(&changes, true));
                     }
                     ExitCode::SUCCESS
                 })

@@ -833,6 +833,37 @@ fn down_shows_what_it_would_delete_and_asks_before_deleting() {
     let moto = egresswatch_testkit::moto();
     let aws = egresswatch_testkit::aws_behaviour(&moto, &serde_json::json!({}));
     let dir = fresh_dir("down-cli");
+    // `up` asks too: not on a terminal and no --yes, refused before any change.
+    let refused = egresswatch(&aws.endpoint())
+        .args(["provision", "up", "--stack", "asked"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    let nothing = egresswatch(&aws.endpoint())
+        .args(["provision", "status", "--stack", "asked"])
+        .output()
+        .unwrap();
+    assert_eq!(nothing.status.code(), Some(4), "{nothing:?}");
+    // The plan and `up` count alike: by resource.
+    let plan = run(egresswatch(&aws.endpoint()).args(["provision", "plan", "--stack", "asked"]));
+    let counted = |text: &str| -> String {
+        text.lines()
+            .find_map(|l| l.split(" resource(s): ").nth(1))
+            .unwrap_or_else(|| panic!("no count in {text}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let planned = counted(&plan);
+    let applied =
+        run(egresswatch(&aws.endpoint()).args(["provision", "up", "--yes", "--stack", "asked"]));
+    assert!(
+        applied.contains(&format!("{planned} created")),
+        "plan: {plan}\nup: {applied}"
+    );
     provision_stack(&aws.endpoint(), "asked", &dir);
     // Not on a terminal and no --yes: refused, nothing deleted.
     let refused = egresswatch(&aws.endpoint())

@@ -150,7 +150,10 @@ impl<'c> Reconciler<'c> {
             security,
         };
         if self.mode == Mode::Apply {
-            (self.progress)(&format!("{:?} {}: {}", c.kind, c.resource, c.detail).to_lowercase());
+            // The kind in lower case; the detail as written (VpcOnly, EIP and ARNs keep their
+            // spelling).
+            let kind = format!("{:?}", c.kind).to_lowercase();
+            (self.progress)(&format!("{kind} {}: {}", c.resource, c.detail));
         }
         self.changes.push(c);
         self.mode == Mode::Apply

@@ -36,14 +36,19 @@ pub fn egresswatch(endpoint: &str) -> Command {
 /// Through testkit's AWS layer, which answers the SageMaker calls moto lacks.
 pub fn provision_stack(endpoint: &str, stack: &str, dir: &Path) -> PathBuf {
     let aws = egresswatch_testkit::aws_behaviour_at(endpoint, &serde_json::json!({}));
-    for (step, file) in [("up", None), ("outputs", Some(dir.join("outputs.json")))] {
+    for (step, file) in [
+        (&["up", "--yes"][..], None),
+        (&["outputs"][..], Some(dir.join("outputs.json"))),
+    ] {
         let out = egresswatch(&aws.endpoint())
-            .args(["provision", step, "--stack", stack])
+            .arg("provision")
+            .args(step)
+            .args(["--stack", stack])
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "provision {step}: {}",
+            "provision {step:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         if let Some(file) = file {

@@ -95,11 +95,16 @@ pub fn desired_rules(sg: &str) -> BTreeSet<Rule> {
     ])
 }
 
+/// A rule as people read one: "egress rule tcp 443 to pl:pl-63a5400a", "egress rule all
+/// traffic to cidr:0.0.0.0/0" (EC2 writes protocol -1 and ports -1 for "all").
 fn describe(rule: &Rule) -> String {
-    format!(
-        "{} rule {} {}-{} {}",
-        rule.0, rule.1, rule.2, rule.3, rule.4
-    )
+    let what = match (rule.1.as_str(), rule.2, rule.3) {
+        ("-1", _, _) => "all traffic".to_string(),
+        (proto, from, to) if from == to => format!("{proto} {from}"),
+        (proto, from, to) => format!("{proto} {from}-{to}"),
+    };
+    let direction = if rule.0 == "egress" { "to" } else { "from" };
+    format!("{} rule {what} {direction} {}", rule.0, rule.4)
 }
 
 /// Revokes these permissions of a group (both directions): what `down` does before deleting
@@ -319,7 +324,7 @@ mod tests {
         );
         let desired = desired_rules("sg-1");
         let extra: Vec<_> = current.difference(&desired).map(describe).collect();
-        assert_eq!(extra, ["egress rule -1 -1--1 cidr:0.0.0.0/0"]);
+        assert_eq!(extra, ["egress rule all traffic to cidr:0.0.0.0/0"]);
         assert_eq!(desired.difference(&current).count(), 5);
     }
 }
