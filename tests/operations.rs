@@ -60,6 +60,19 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         .map(|a| a.trim_end_matches('"'))
         .collect();
     assert_eq!(anchors.len(), 12, "every rule links its runbook");
+    // The links lead into the repository the project declares, as the daemon's own do.
+    for url in rules
+        .lines()
+        .filter_map(|l| l.split("{{ else }}").nth(1))
+        .filter_map(|l| l.split("{{ end }}").next())
+    {
+        assert_eq!(
+            url,
+            egresswatch_monitor::config::DEFAULT_RUNBOOK_BASE_URL,
+            "a rule's runbook link"
+        );
+        assert!(url.starts_with(env!("CARGO_PKG_REPOSITORY")));
+    }
     // And the daemon's own finding alerts.
     for anchor in anchors.into_iter().chain(["runbook-findings"]) {
         assert!(

@@ -639,9 +639,10 @@ impl Config {
     }
 }
 
-/// The README's runbook section, where `alerts.runbook-base-url` points unless set.
+/// The README's runbook section in the project's repository (as Cargo.toml declares it),
+/// where `alerts.runbook-base-url` points unless set.
 pub const DEFAULT_RUNBOOK_BASE_URL: &str =
-    "https://github.com/egresswatch/egresswatch/blob/main/README.md";
+    concat!(env!("CARGO_PKG_REPOSITORY"), "/blob/main/README.md");
 
 /// Refuses a URL the sinks could never reach: anything but http:// or https:// with a host.
 fn http_url(key: &str, url: &str) -> Result<(), String> {
