@@ -72,9 +72,16 @@ impl Denylist {
         Ok(added)
     }
 
+    /// Adds the file's ranges under the list's name (the file's name without its directory
+    /// and extension: `spamhaus-drop` for /etc/egresswatch/spamhaus-drop.txt): findings name
+    /// the list, not where this host keeps it.
     pub fn load(&mut self, path: &Path) -> Result<usize, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.add_text(&text, &path.display().to_string())
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        self.add_text(&text, &name)
     }
 
     fn normalise(&mut self) {
@@ -97,7 +104,7 @@ impl Denylist {
         self.ranges.is_empty()
     }
 
-    /// The file that lists `ip`, if any.
+    /// The name of the list that has `ip`, if any.
     pub fn lookup(&self, ip: IpAddr) -> Option<&str> {
         let x = to_u128(ip);
         let i = self.ranges.partition_point(|r| r.0 <= x);
@@ -109,6 +116,21 @@ impl Denylist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_known_by_its_list_name_not_its_path() {
+        let dir = std::env::temp_dir().join(format!("ew-denylist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("spamhaus-drop.txt");
+        std::fs::write(&path, "192.0.2.0/25 ; SBL1\n").unwrap();
+        let mut d = Denylist::default();
+        assert_eq!(d.load(&path).unwrap(), 1);
+        assert_eq!(
+            d.lookup("192.0.2.9".parse().unwrap()),
+            Some("spamhaus-drop")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn three_formats() {

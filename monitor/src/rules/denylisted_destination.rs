@@ -34,7 +34,7 @@ impl Rule for DenylistedDestination {
             } else {
                 "tried to reach"
             };
-            let summary = format!("workload {verb} {remote}, listed in {source}");
+            let summary = format!("workload {verb} {remote}, on the deny list {source}");
             out.push(Finding::from_flow(self.name(), severity, summary, f));
         }
     }
