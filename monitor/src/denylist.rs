@@ -28,6 +28,12 @@ fn net_range(net: IpNet) -> (u128, u128) {
 impl Denylist {
     /// Parses one file's text; errors name the line.
     pub fn add_text(&mut self, text: &str, source: &str) -> Result<usize, String> {
+        self.add_list(text, source, source)
+    }
+
+    /// Parses a list's text, known to findings as `name`; errors name `origin` (the file) and
+    /// the line.
+    fn add_list(&mut self, text: &str, name: &str, origin: &str) -> Result<usize, String> {
         let idx = self.sources.len();
         let mut parsed = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -55,7 +61,7 @@ impl Denylist {
                     Ok(ip) => IpNet::from(ip),
                     Err(_) => {
                         return Err(format!(
-                            "{source}:{}: `{token}` is not an address or CIDR",
+                            "{origin}:{}: `{token}` is not an address or CIDR",
                             i + 1
                         ))
                     }
@@ -66,7 +72,7 @@ impl Denylist {
         }
         // Only a file that parsed whole changes the list.
         let added = parsed.len();
-        self.sources.push(source.to_string());
+        self.sources.push(name.to_string());
         self.ranges.extend(parsed);
         self.normalise();
         Ok(added)
@@ -81,7 +87,7 @@ impl Denylist {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        self.add_text(&text, &name)
+        self.add_list(&text, &name, &path.display().to_string())
     }
 
     fn normalise(&mut self) {
