@@ -632,7 +632,7 @@ async fn tampering_is_reported_and_repaired_then_down_leaves_nothing() {
         ]
     );
     assert!(
-        findings[0].detail.contains("22-22 cidr:0.0.0.0/0"),
+        findings[0].detail.contains("tcp 22 to cidr:0.0.0.0/0"),
         "{}",
         findings[0].detail
     );
@@ -1261,12 +1261,28 @@ async fn down_lists_first_keeps_the_evidence_and_deletes_home_data_only_when_ask
         .await
         .unwrap();
     let before = tagged(&c, "careful").await;
+    // A plan of destruction that the real run would refuse says so.
+    let refused = provision::down(
+        &c,
+        "careful",
+        DownOptions {
+            dry_run: true,
+            ..DownOptions::default()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("--delete-home-data"), "{refused}");
+    assert!(refused.contains("nothing would be deleted"), "{refused}");
     // The plan of destruction deletes nothing.
     let would = provision::down(
         &c,
         "careful",
         DownOptions {
             dry_run: true,
+            delete_home_data: true,
             ..DownOptions::default()
         },
         |_| {},
